@@ -1,0 +1,158 @@
+use crate::error::StoreResult;
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+use tessera_crypto::Digest;
+
+/// What an authorization code stands for. Stored as JSON under the code's digest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodeGrant {
+    pub client_id: String,
+    pub redirect_uri: String,
+    pub scope: String,
+    pub user_id: String,
+    pub auth_time: i64,
+    pub nonce: Option<String>,
+    pub code_challenge: Option<String>,
+    /// "S256" or "plain".
+    pub code_challenge_method: Option<String>,
+    /// Unix seconds; a code is dead at or after this instant whatever its TTL says.
+    pub expires_at: i64,
+}
+
+/// What the first use of a code issued (or is about to issue), kept in its tombstone so a
+/// replay can revoke it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Issued {
+    pub access_jti: String,
+    pub access_exp: i64,
+    pub family_id: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CodeTake {
+    /// First use: here is the grant; a tombstone holding `issued` now stands in its place.
+    Fresh(CodeGrant),
+    /// The code was used before; the tombstone is now marked replayed.
+    Replayed(Issued),
+    /// No such code, or it has expired.
+    Unknown,
+}
+
+/// What a device authorization stands for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceGrant {
+    pub client_id: String,
+    pub scope: String,
+    /// Canonical `XXXX-XXXX`.
+    pub user_code: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+    /// Seconds between polls; raised by 5 at every `slow_down` (RFC 8628 §3.5).
+    pub interval: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeviceStatus {
+    Pending,
+    Approved { user_id: String, auth_time: i64 },
+    Denied,
+    /// The approved grant was handed out by a poll; nothing more will be.
+    Consumed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeviceDecision {
+    Approve { user_id: String, auth_time: i64 },
+    Deny,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DecideOutcome {
+    Decided,
+    /// Unknown or expired user code.
+    NotFound,
+    /// Approved or denied before.
+    AlreadyDecided,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DevicePoll {
+    /// The user has not decided yet.
+    Pending,
+    /// Polled sooner than `interval` after the previous poll; the interval is now the one given.
+    SlowDown { interval: i64 },
+    /// Approved; returned to exactly one poll, after which the state is `Consumed`.
+    Approved { grant: DeviceGrant, user_id: String, auth_time: i64 },
+    Denied,
+    /// The device code is past `expires_at`.
+    Expired,
+    /// Approved before and already handed out.
+    Consumed,
+    Unknown,
+}
+
+/// A browser login session held for the pages.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginSession {
+    pub user_id: String,
+    pub username: String,
+    pub auth_time: i64,
+    pub expires_at: i64,
+}
+
+/// Short-lived state: codes, device sessions, login sessions, failure counters, and the
+/// revocation fan-out. Every mutation is one atomic operation (a single command or Lua
+/// script on Redis, one critical section in memory). Expiry is checked against the `now`
+/// passed in on every read, not left to TTL purges; TTLs only reclaim space.
+#[async_trait]
+pub trait Ephemeral: Send + Sync {
+    /// A cheap round trip, for readiness.
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Stores a fresh code under its digest until `grant.expires_at`.
+    async fn put_code(&self, code: Digest, grant: &CodeGrant) -> StoreResult<()>;
+    /// Takes a code, atomically. The first call for a live code returns `Fresh` and leaves a
+    /// tombstone with `issued` that lives `tombstone_ttl` seconds; every later call returns
+    /// `Replayed` with what the tombstone holds and marks it replayed. Of many concurrent
+    /// calls exactly one gets `Fresh`. An expired code gives `Unknown`.
+    async fn take_code(&self, code: Digest, now: i64, issued: &Issued, tombstone_ttl: i64) -> StoreResult<CodeTake>;
+    /// Whether the code's tombstone was marked replayed (checked by the first use after it
+    /// has stored its tokens, so a replay that raced it still revokes them).
+    async fn code_replayed(&self, code: Digest) -> StoreResult<bool>;
+
+    /// Stores a device authorization under the device code's digest and indexes it by its
+    /// user code, until `grant.expires_at` (plus a grace so `Expired` can be told from
+    /// `Unknown`). `StoreError::Conflict` if the user code is already in use.
+    async fn put_device(&self, device: Digest, grant: &DeviceGrant) -> StoreResult<()>;
+    /// The live device authorization a user code names, with its status; `None` if unknown
+    /// or expired.
+    async fn lookup_user_code(&self, user_code: &str, now: i64) -> StoreResult<Option<(DeviceGrant, DeviceStatus)>>;
+    /// Records the user's decision, once.
+    async fn decide_device(&self, user_code: &str, decision: &DeviceDecision, now: i64) -> StoreResult<DecideOutcome>;
+    /// One poll by the device, atomically: checks expiry, the polling interval (a `Pending`
+    /// authorization polled less than `interval` seconds after the previous poll gets
+    /// `SlowDown` and its interval raised by 5), and hands an approval out once.
+    async fn poll_device(&self, device: Digest, now_ms: i64) -> StoreResult<DevicePoll>;
+
+    /// Stores a login session under its handle's digest until `session.expires_at`.
+    async fn put_session(&self, handle: Digest, session: &LoginSession) -> StoreResult<()>;
+    /// The live session, `None` if unknown or expired.
+    async fn get_session(&self, handle: Digest, now: i64) -> StoreResult<Option<LoginSession>>;
+    async fn delete_session(&self, handle: Digest) -> StoreResult<()>;
+
+    /// Counts one failure under `key` and returns the count. The window of `window_secs`
+    /// starts at the first failure; after it the count starts again from zero.
+    async fn record_failure(&self, key: &str, window_secs: i64) -> StoreResult<u32>;
+    /// The current failure count (0 if none or the window passed).
+    async fn failures(&self, key: &str) -> StoreResult<u32>;
+    async fn clear_failures(&self, key: &str) -> StoreResult<()>;
+
+    /// Marks an access token id revoked until `exp` and announces it to every node.
+    async fn revoke_access(&self, jti: &str, exp: i64) -> StoreResult<()>;
+    /// Every access token id revoked and not yet expired at `now`, with its `exp`.
+    async fn revoked_access(&self, now: i64) -> StoreResult<Vec<(String, i64)>>;
+    /// Revocations announced by any node from now on. The stream ends when the connection
+    /// is lost; the caller reloads with `revoked_access` and subscribes again.
+    async fn subscribe_revocations(&self) -> StoreResult<BoxStream<'static, (String, i64)>>;
+}
