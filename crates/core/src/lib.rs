@@ -5,9 +5,20 @@
 //! adapters that live in their own crates. CI checks that with `cargo tree`.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::todo))]
 
+pub mod admin;
+pub mod authorize;
 pub mod clock;
+pub mod config;
+pub mod engine;
 pub mod error;
+pub mod grants;
+pub mod introspect;
+pub mod keys;
 pub mod model;
+pub mod pkce;
 pub mod ports;
+pub mod tokens;
 
+pub use config::CoreConfig;
+pub use engine::{ClientAuth, Started, Tessera, TokenSet};
 pub use error::{ErrorCode, OAuthError, StoreError, StoreResult};

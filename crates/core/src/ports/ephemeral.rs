@@ -112,6 +112,10 @@ pub trait Ephemeral: Send + Sync {
 
     /// Stores a fresh code under its digest until `grant.expires_at`.
     async fn put_code(&self, code: Digest, grant: &CodeGrant) -> StoreResult<()>;
+    /// Reads a live code without using it, so a request that fails validation (another
+    /// client, another redirect URI, a wrong PKCE verifier) changes nothing. `None` if the
+    /// code is unknown, expired or already used.
+    async fn peek_code(&self, code: Digest, now: i64) -> StoreResult<Option<CodeGrant>>;
     /// Takes a code, atomically. The first call for a live code returns `Fresh` and leaves a
     /// tombstone with `issued` that lives `tombstone_ttl` seconds; every later call returns
     /// `Replayed` with what the tombstone holds and marks it replayed. Of many concurrent

@@ -1,0 +1,50 @@
+//! The core's settings: lifetimes, the issuer, lockout policy. Plain values; the services
+//! fill them from their configuration.
+
+/// Token service policy. All durations are seconds.
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    /// `iss` of every token, and the base of the device verification URI.
+    pub issuer: String,
+    /// `aud` of access tokens (RFC 9068 §2.2). Defaults to the issuer.
+    pub audience: String,
+    pub access_token_ttl: i64,
+    pub refresh_token_ttl: i64,
+    pub id_token_ttl: i64,
+    pub code_ttl: i64,
+    pub device_code_ttl: i64,
+    pub device_interval: i64,
+    pub session_ttl: i64,
+    /// Where a person enters a user code (RFC 8628 §3.2 `verification_uri`).
+    pub verification_uri: String,
+    /// Failed password attempts within `lockout_window` that lock an account.
+    pub lockout_threshold: u32,
+    pub lockout_window: i64,
+    /// How long a used code's tombstone is kept so a replay can still revoke.
+    pub code_tombstone_ttl: i64,
+    /// The JWS algorithm of new signing keys.
+    pub signing_alg: tessera_crypto::keys::Algorithm,
+}
+
+impl CoreConfig {
+    pub fn new(issuer: impl Into<String>) -> Self {
+        let issuer: String = issuer.into();
+        let issuer = issuer.trim_end_matches('/').to_owned();
+        Self {
+            audience: issuer.clone(),
+            verification_uri: format!("{issuer}/device"),
+            issuer,
+            access_token_ttl: 3600,
+            refresh_token_ttl: 30 * 24 * 3600,
+            id_token_ttl: 3600,
+            code_ttl: 60,
+            device_code_ttl: 600,
+            device_interval: 5,
+            session_ttl: 8 * 3600,
+            lockout_threshold: 5,
+            lockout_window: 15 * 60,
+            code_tombstone_ttl: 24 * 3600,
+            signing_alg: tessera_crypto::keys::Algorithm::Es256,
+        }
+    }
+}

@@ -1,0 +1,439 @@
+//! [`Tessera`]: the token service's decisions, wired to its ports. Transports turn requests
+//! into the typed commands here; everything that can be refused is refused here.
+
+use crate::clock::Clock;
+use crate::config::CoreConfig;
+use crate::error::OAuthError;
+use crate::keys::KeyRing;
+use crate::model::{Client, ClientSecret, GrantType, Password, RefreshToken, ScopeSet, User};
+use crate::ports::{AuditEvent, Durable, Ephemeral, RefreshRecord, RefreshState};
+use crate::tokens::{self, AccessClaims, RevocationSet, VerifiedCache};
+use serde_json::json;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How a client authenticated: HTTP Basic or body parameters both end up here.
+#[derive(Clone, Debug)]
+pub struct ClientAuth {
+    pub client_id: String,
+    /// `None` (or empty) for public clients.
+    pub client_secret: Option<ClientSecret>,
+}
+
+impl ClientAuth {
+    pub fn new(client_id: impl Into<String>, client_secret: impl Into<String>) -> Self {
+        let secret: String = client_secret.into();
+        Self {
+            client_id: client_id.into(),
+            client_secret: if secret.is_empty() { None } else { Some(ClientSecret::new(secret)) },
+        }
+    }
+}
+
+/// A successful token response (RFC 6749 §5.1).
+#[derive(Clone)]
+pub struct TokenSet {
+    pub access_token: String,
+    pub expires_in: i64,
+    pub refresh_token: Option<RefreshToken>,
+    pub scope: ScopeSet,
+    pub id_token: Option<String>,
+}
+
+impl TokenSet {
+    pub const TOKEN_TYPE: &'static str = "Bearer";
+}
+
+impl fmt::Debug for TokenSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenSet").field("expires_in", &self.expires_in).field("scope", &self.scope).finish_non_exhaustive()
+    }
+}
+
+/// The token service core.
+pub struct Tessera {
+    pub(crate) cfg: CoreConfig,
+    pub(crate) durable: Arc<dyn Durable>,
+    pub(crate) ephemeral: Arc<dyn Ephemeral>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) keys: KeyRing,
+    pub(crate) revoked: Arc<RevocationSet>,
+    pub(crate) verified: VerifiedCache,
+}
+
+/// The result of [`Tessera::start`].
+pub struct Started {
+    pub tessera: Arc<Tessera>,
+    /// True when this start created the first signing key: the store was new.
+    pub first_start: bool,
+}
+
+impl Tessera {
+    /// Loads (or on a new store creates) the signing keys and the revocation snapshot.
+    pub async fn start(
+        cfg: CoreConfig,
+        durable: Arc<dyn Durable>,
+        ephemeral: Arc<dyn Ephemeral>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Started, OAuthError> {
+        let now = clock.now();
+        let loaded = KeyRing::load(durable.as_ref(), cfg.signing_alg, now, key_retention(&cfg)).await?;
+        let revoked = Arc::new(RevocationSet::default());
+        // A node that cannot read the revocations yet still starts; the sync task retries.
+        if let Ok(snapshot) = ephemeral.revoked_access(now).await {
+            revoked.merge_snapshot(snapshot, now);
+        }
+        let tessera = Arc::new(Self {
+            cfg,
+            durable,
+            ephemeral,
+            clock,
+            keys: loaded.ring,
+            revoked,
+            verified: VerifiedCache::new(100_000),
+        });
+        Ok(Started { tessera, first_start: loaded.first_start })
+    }
+
+    pub fn config(&self) -> &CoreConfig {
+        &self.cfg
+    }
+
+    pub fn now(&self) -> i64 {
+        self.clock.now()
+    }
+
+    pub fn durable(&self) -> &Arc<dyn Durable> {
+        &self.durable
+    }
+
+    pub fn ephemeral(&self) -> &Arc<dyn Ephemeral> {
+        &self.ephemeral
+    }
+
+    /// The JWK Set document.
+    pub fn jwks_json(&self) -> String {
+        self.keys.current().jwks_json.clone()
+    }
+
+    /// Readiness: both stores answer.
+    pub async fn ready(&self) -> Result<(), OAuthError> {
+        self.durable.ping().await?;
+        self.ephemeral.ping().await?;
+        Ok(())
+    }
+
+    /// Keeps this node's revocation set in step with every other node's, forever: loads a
+    /// snapshot, follows the fan-out, and on any loss reloads and resubscribes.
+    pub async fn run_revocation_sync(self: Arc<Self>) {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match self.ephemeral.subscribe_revocations().await {
+                Ok(mut stream) => {
+                    // Subscribe first, then snapshot, so nothing announced in between is missed.
+                    if let Ok(snapshot) = self.ephemeral.revoked_access(self.now()).await {
+                        self.revoked.merge_snapshot(snapshot, self.now());
+                    }
+                    backoff = Duration::from_millis(200);
+                    use futures::StreamExt as _;
+                    while let Some((jti, exp)) = stream.next().await {
+                        self.revoked.insert(jti, exp);
+                    }
+                    tracing::warn!("revocation fan-out ended; resubscribing");
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot subscribe to revocations; retrying"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            self.revoked.purge(self.now());
+        }
+    }
+
+    /// Authenticates a client (RFC 6749 §2.3). Confidential clients must present their
+    /// secret, compared by digest in constant time; public clients must present none.
+    pub async fn authenticate_client(&self, auth: &ClientAuth) -> Result<Client, OAuthError> {
+        let failed = || OAuthError::invalid_client("client authentication failed");
+        if auth.client_id.is_empty() || auth.client_id.len() > 255 {
+            return Err(failed());
+        }
+        let client = self.durable.get_client(&auth.client_id).await?.ok_or_else(failed)?;
+        match (&client.secret_digest, &auth.client_secret) {
+            (Some(stored), Some(presented)) if client.confidential => {
+                if stored.ct_eq(&presented.digest()) {
+                    Ok(client)
+                } else {
+                    Err(failed())
+                }
+            }
+            (_, None) if !client.confidential => Ok(client),
+            _ => Err(failed()),
+        }
+    }
+
+    pub(crate) fn require_grant(&self, client: &Client, grant: GrantType) -> Result<(), OAuthError> {
+        if client.allows_grant(grant) {
+            Ok(())
+        } else {
+            Err(OAuthError::unauthorized_client(format!("this client may not use the {} grant", grant.as_str())))
+        }
+    }
+
+    /// RFC 6749 §3.3: an empty request means the client's allowed scopes; anything beyond
+    /// them is `invalid_scope`.
+    pub(crate) fn resolve_scope(&self, client: &Client, requested: &str) -> Result<ScopeSet, OAuthError> {
+        let requested = ScopeSet::parse(requested)?;
+        let allowed = client.allowed_scopes();
+        if requested.is_empty() {
+            return Ok(allowed);
+        }
+        if !requested.is_subset(&allowed) {
+            return Err(OAuthError::invalid_scope("the requested scope exceeds what this client may ask for"));
+        }
+        Ok(requested)
+    }
+
+    pub(crate) fn access_ttl(&self, client: &Client) -> i64 {
+        client.access_token_ttl.filter(|t| *t > 0).unwrap_or(self.cfg.access_token_ttl)
+    }
+
+    pub(crate) fn refresh_ttl(&self, client: &Client) -> i64 {
+        client.refresh_token_ttl.filter(|t| *t > 0).unwrap_or(self.cfg.refresh_token_ttl)
+    }
+
+    /// Signs an access token (RFC 9068) with the given `jti`; returns it with its `exp`.
+    pub(crate) fn mint_access(
+        &self,
+        client: &Client,
+        user: Option<&User>,
+        scope: &ScopeSet,
+        auth_time: Option<i64>,
+        jti: String,
+        now: i64,
+    ) -> Result<(String, i64), OAuthError> {
+        let exp = now + self.access_ttl(client);
+        let claims = AccessClaims {
+            iss: self.cfg.issuer.clone(),
+            sub: user.map(|u| u.id.clone()).unwrap_or_else(|| client.id.clone()),
+            aud: self.cfg.audience.clone(),
+            exp,
+            iat: now,
+            nbf: now,
+            jti,
+            client_id: client.id.clone(),
+            scope: scope.to_string(),
+            auth_time,
+            username: user.map(|u| u.username.clone()),
+        };
+        let value = serde_json::to_value(&claims).map_err(|e| OAuthError::server_error(e.to_string()))?;
+        let keys = self.keys.current();
+        let token = tessera_crypto::jwt::encode(&keys.signing, tokens::ACCESS_TOKEN_TYP, &value)
+            .map_err(|e| OAuthError::server_error(e.to_string()))?;
+        Ok((token, exp))
+    }
+
+    /// Signs an OpenID Connect ID token (OIDC Core §2) for `user`.
+    pub(crate) fn mint_id_token(
+        &self,
+        client: &Client,
+        user: &User,
+        scope: &ScopeSet,
+        auth_time: i64,
+        nonce: Option<&str>,
+        access_token: &str,
+        now: i64,
+    ) -> Result<String, OAuthError> {
+        let mut claims = json!({
+            "iss": self.cfg.issuer,
+            "sub": user.id,
+            "aud": client.id,
+            "azp": client.id,
+            "exp": now + self.cfg.id_token_ttl,
+            "iat": now,
+            "auth_time": auth_time,
+            "at_hash": tessera_crypto::half_hash(access_token),
+        });
+        if let Some(n) = nonce.filter(|n| !n.is_empty()) {
+            claims["nonce"] = json!(n);
+        }
+        add_profile_claims(&mut claims, user, scope);
+        let keys = self.keys.current();
+        tessera_crypto::jwt::encode(&keys.signing, "JWT", &claims).map_err(|e| OAuthError::server_error(e.to_string()))
+    }
+
+    /// Issues tokens for a user after a grant succeeded: an access token, a refresh token in
+    /// a new family when the client may refresh, and an ID token for scope `openid`.
+    /// `jti` and `family_id` may be chosen in advance (a code's tombstone names them).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn issue_for_user(
+        &self,
+        client: &Client,
+        user: &User,
+        scope: ScopeSet,
+        auth_time: i64,
+        nonce: Option<&str>,
+        jti: String,
+        family_id: String,
+    ) -> Result<TokenSet, OAuthError> {
+        let now = self.now();
+        let (access_token, access_exp) = self.mint_access(client, Some(user), &scope, Some(auth_time), jti.clone(), now)?;
+        let refresh_token = if client.allows_grant(GrantType::RefreshToken) {
+            let token = RefreshToken::new(tessera_crypto::random_secret(32));
+            let record = RefreshRecord {
+                digest: token.digest(),
+                family_id,
+                client_id: client.id.clone(),
+                user_id: Some(user.id.clone()),
+                scope: scope.to_string(),
+                issued_at: now,
+                expires_at: now + self.refresh_ttl(client),
+                auth_time: Some(auth_time),
+                access_jti: jti,
+                access_exp,
+                state: RefreshState::Active,
+            };
+            self.durable.insert_refresh(&record).await?;
+            Some(token)
+        } else {
+            None
+        };
+        let id_token = if scope.contains("openid") {
+            Some(self.mint_id_token(client, user, &scope, auth_time, nonce, &access_token, now)?)
+        } else {
+            None
+        };
+        Ok(TokenSet { access_token, expires_in: access_exp - now, refresh_token, scope, id_token })
+    }
+
+    /// Revokes one access token everywhere: locally at once, on other nodes through the fan-out.
+    pub(crate) async fn revoke_access(&self, jti: &str, exp: i64) -> Result<(), OAuthError> {
+        if exp <= self.now() {
+            return Ok(());
+        }
+        self.revoked.insert(jti.to_owned(), exp);
+        self.ephemeral.revoke_access(jti, exp).await?;
+        Ok(())
+    }
+
+    /// Revokes a refresh-token family and every access token it issued that is still alive.
+    pub(crate) async fn revoke_family(&self, family_id: &str) -> Result<(), OAuthError> {
+        let issued = self.durable.revoke_family(family_id).await?;
+        for (jti, exp) in issued {
+            self.revoke_access(&jti, exp).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes a security event to the `tessera::audit` target and the audit log.
+    pub(crate) async fn audit(&self, kind: &str, client_id: Option<&str>, user_id: Option<&str>, detail: &str) {
+        tracing::warn!(target: "tessera::audit", kind, client_id, user_id, detail);
+        let event = AuditEvent {
+            at: self.now(),
+            kind: kind.to_owned(),
+            client_id: client_id.map(str::to_owned),
+            user_id: user_id.map(str::to_owned),
+            detail: detail.to_owned(),
+        };
+        if let Err(e) = self.durable.record_event(&event).await {
+            tracing::error!(target: "tessera::audit", error = %e, kind, "could not store an audit event");
+        }
+    }
+
+    /// Checks a user's password with lockout (DESIGN.md: Argon2id, lockout on repeated
+    /// failure, one generic error whether the user exists or not). Fails closed: without
+    /// its failure counter no password is checked.
+    pub(crate) async fn verify_user_password(&self, username: &str, password: &Password) -> Result<User, OAuthError> {
+        let generic = || OAuthError::invalid_grant("invalid username or password, or the account is temporarily locked");
+        let username = normalize_username(username)?;
+        let counter = format!("login:{}", tessera_crypto::Digest::of(username.as_bytes()).to_hex());
+        let failures = self.ephemeral.failures(&counter).await?;
+        if failures >= self.cfg.lockout_threshold {
+            return Err(generic());
+        }
+        let user = self.durable.find_user_by_username(&username).await?;
+        let presented = password.clone();
+        let verified = match &user {
+            Some(u) => {
+                let hash = u.password_hash.clone();
+                tokio::task::spawn_blocking(move || tessera_crypto::password::verify_password(presented.expose(), &hash))
+                    .await
+                    .map_err(|e| OAuthError::server_error(e.to_string()))?
+            }
+            None => {
+                tokio::task::spawn_blocking(move || tessera_crypto::password::verify_dummy(presented.expose()))
+                    .await
+                    .map_err(|e| OAuthError::server_error(e.to_string()))?;
+                false
+            }
+        };
+        match user {
+            Some(u) if verified && !u.disabled => {
+                if failures > 0 {
+                    self.ephemeral.clear_failures(&counter).await?;
+                }
+                Ok(u)
+            }
+            user => {
+                let count = self.ephemeral.record_failure(&counter, self.cfg.lockout_window).await?;
+                if count == self.cfg.lockout_threshold {
+                    let uid = user.as_ref().map(|u| u.id.as_str());
+                    self.audit("lockout", None, uid, "too many failed password attempts").await;
+                }
+                Err(generic())
+            }
+        }
+    }
+}
+
+/// How long a retired key keeps verifying: the longest lifetime a token it signed may have.
+fn key_retention(cfg: &CoreConfig) -> i64 {
+    cfg.access_token_ttl.max(cfg.id_token_ttl).max(24 * 3600)
+}
+
+/// Usernames compare case-insensitively; they are stored lower-cased.
+pub fn normalize_username(username: &str) -> Result<String, OAuthError> {
+    let u = username.trim();
+    if u.is_empty() {
+        return Err(OAuthError::invalid_request("username is required"));
+    }
+    if u.len() > 128 || u.chars().any(char::is_control) {
+        return Err(OAuthError::invalid_request("username is malformed"));
+    }
+    Ok(u.to_lowercase())
+}
+
+pub(crate) fn add_profile_claims(claims: &mut serde_json::Value, user: &User, scope: &ScopeSet) {
+    if scope.contains("profile") {
+        claims["preferred_username"] = json!(user.username);
+        if let Some(name) = &user.name {
+            claims["name"] = json!(name);
+        }
+    }
+    if scope.contains("email") {
+        if let Some(email) = &user.email {
+            claims["email"] = json!(email);
+        }
+    }
+}
+
+/// A human description of a scope, for the consent and device pages.
+pub fn describe_scope(scope: &str) -> String {
+    match scope {
+        "openid" => "Sign you in with your account".to_owned(),
+        "profile" => "See your name and username".to_owned(),
+        "email" => "See your email address".to_owned(),
+        "offline_access" => "Stay connected when you are not using it".to_owned(),
+        other => format!("Access “{other}”"),
+    }
+}
+
+/// Rejects a string parameter that is absent or larger than a sane bound.
+pub(crate) fn required<'a>(value: &'a str, name: &str, max: usize) -> Result<&'a str, OAuthError> {
+    if value.is_empty() {
+        return Err(OAuthError::invalid_request(format!("{name} is required")));
+    }
+    if value.len() > max {
+        return Err(OAuthError::invalid_request(format!("{name} is too long")));
+    }
+    Ok(value)
+}

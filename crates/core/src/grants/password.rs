@@ -1,0 +1,26 @@
+//! `password` (RFC 6749 §4.3): only for clients allowed to use it; Argon2id with lockout.
+
+use crate::engine::TokenSet;
+use crate::error::OAuthError;
+use crate::model::{Client, Password};
+use crate::tokens::new_jti;
+use crate::Tessera;
+
+pub(super) async fn run(
+    t: &Tessera,
+    client: &Client,
+    username: &str,
+    password: &Password,
+    scope: &str,
+) -> Result<TokenSet, OAuthError> {
+    if password.is_empty() {
+        return Err(OAuthError::invalid_request("password is required"));
+    }
+    if password.expose().len() > 1024 {
+        return Err(OAuthError::invalid_request("password is too long"));
+    }
+    let scope = t.resolve_scope(client, scope)?;
+    let user = t.verify_user_password(username, password).await?;
+    let now = t.now();
+    t.issue_for_user(client, &user, scope, now, None, new_jti(), uuid::Uuid::new_v4().to_string()).await
+}

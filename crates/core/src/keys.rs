@@ -1,0 +1,107 @@
+//! The key ring: the one key that signs, and every key whose tokens may still be alive.
+//! Keys are generated on first start and kept in the durable store, so tokens stay valid
+//! across restarts and across replicas.
+
+use crate::error::{OAuthError, StoreError};
+use crate::ports::{Durable, StoredKey};
+use std::sync::{Arc, RwLock};
+use tessera_crypto::keys::{self, Algorithm, SigningKey, VerifyingKey};
+
+pub struct KeySet {
+    pub signing: SigningKey,
+    pub verifying: Vec<VerifyingKey>,
+    pub jwks_json: String,
+}
+
+impl KeySet {
+    pub fn find(&self, kid: &str) -> Option<&VerifyingKey> {
+        self.verifying.iter().find(|k| k.kid == kid)
+    }
+}
+
+pub struct KeyRing {
+    current: RwLock<Arc<KeySet>>,
+}
+
+/// Whether loading the ring had to create the very first key (a first start).
+pub struct Loaded {
+    pub ring: KeyRing,
+    pub first_start: bool,
+}
+
+impl KeyRing {
+    /// Loads the keys, creating one if none is active. `retain` is how long a retired key
+    /// keeps verifying (the longest token lifetime it may have signed).
+    pub async fn load(durable: &dyn Durable, alg: Algorithm, now: i64, retain: i64) -> Result<Loaded, OAuthError> {
+        let mut stored = durable.list_keys().await?;
+        let mut first_start = false;
+        if !stored.iter().any(|k| k.retired_at.is_none()) {
+            first_start = stored.is_empty();
+            create_key(durable, alg, now).await?;
+            stored = durable.list_keys().await?;
+        }
+        let set = build(&stored, now, retain)?;
+        Ok(Loaded { ring: KeyRing { current: RwLock::new(Arc::new(set)) }, first_start })
+    }
+
+    pub fn current(&self) -> Arc<KeySet> {
+        match self.current.read() {
+            Ok(g) => Arc::clone(&g),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Re-reads the keys (after a rotation on any node).
+    pub async fn reload(&self, durable: &dyn Durable, now: i64, retain: i64) -> Result<(), OAuthError> {
+        let set = build(&durable.list_keys().await?, now, retain)?;
+        match self.current.write() {
+            Ok(mut g) => *g = Arc::new(set),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(set),
+        }
+        Ok(())
+    }
+}
+
+/// Creates a new active key and retires the others; returns its kid.
+pub async fn rotate(durable: &dyn Durable, alg: Algorithm, now: i64) -> Result<String, OAuthError> {
+    let kid = create_key(durable, alg, now).await?;
+    durable.retire_keys_except(&kid, now).await?;
+    Ok(kid)
+}
+
+async fn create_key(durable: &dyn Durable, alg: Algorithm, now: i64) -> Result<String, OAuthError> {
+    let der = keys::generate_pkcs8(alg).map_err(|e| OAuthError::server_error(e.to_string()))?;
+    let key = SigningKey::from_pkcs8(alg, &der).map_err(|e| OAuthError::server_error(e.to_string()))?;
+    let kid = key.kid().to_owned();
+    let record = StoredKey { kid: kid.clone(), alg: alg.as_str().to_owned(), private_der: der, created_at: now, retired_at: None };
+    match durable.insert_key(&record).await {
+        Ok(()) | Err(StoreError::Conflict(_)) => Ok(kid),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn build(stored: &[StoredKey], now: i64, retain: i64) -> Result<KeySet, OAuthError> {
+    // Replicas starting together may each create a key; all of them pick the oldest active one.
+    let active = stored
+        .iter()
+        .find(|k| k.retired_at.is_none())
+        .ok_or_else(|| OAuthError::server_error("no active signing key"))?;
+    let signing = parse(active)?;
+    let mut verifying = Vec::new();
+    for k in stored {
+        let alive = match k.retired_at {
+            None => true,
+            Some(at) => at + retain > now,
+        };
+        if alive {
+            verifying.push(parse(k)?.verifying_key());
+        }
+    }
+    let jwks_json = keys::jwks(&verifying).to_string();
+    Ok(KeySet { signing, verifying, jwks_json })
+}
+
+fn parse(k: &StoredKey) -> Result<SigningKey, OAuthError> {
+    let alg = Algorithm::parse(&k.alg).ok_or_else(|| OAuthError::server_error(format!("unknown key algorithm {}", k.alg)))?;
+    SigningKey::from_pkcs8(alg, &k.private_der).map_err(|e| OAuthError::server_error(format!("key {}: {e}", k.kid)))
+}

@@ -1,0 +1,176 @@
+//! Token claims, minting, and the local verification path of introspection: signature,
+//! time, issuer, and an in-memory revocation set, with no store round trip (DESIGN.md rule 6).
+
+use crate::keys::KeySet;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use tessera_crypto::{jwt, Digest};
+
+/// Claims of an access token (RFC 9068 §2.2).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessClaims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: String,
+    pub exp: i64,
+    pub iat: i64,
+    pub nbf: i64,
+    pub jti: String,
+    pub client_id: String,
+    pub scope: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_time: Option<i64>,
+    /// The resource owner's username, for introspection (RFC 7662 §2.2 `username`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+}
+
+/// The media type of access tokens in the JWT `typ` header (RFC 9068 §2.1).
+pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
+
+pub fn new_jti() -> String {
+    tessera_crypto::random_secret(16)
+}
+
+/// Why a presented access token is not active. Never shown to clients in detail.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Inactive {
+    Malformed,
+    Signature,
+    WrongType,
+    WrongIssuer,
+    Expired,
+    NotYetValid,
+    Revoked,
+}
+
+/// Access-token ids revoked before their expiry. Every node keeps the whole set in memory and
+/// updates it from the ephemeral store's fan-out.
+#[derive(Default)]
+pub struct RevocationSet {
+    revoked: RwLock<HashMap<String, i64>>,
+}
+
+impl RevocationSet {
+    pub fn insert(&self, jti: String, exp: i64) {
+        if let Ok(mut m) = self.revoked.write() {
+            m.insert(jti, exp);
+        }
+    }
+
+    pub fn contains(&self, jti: &str) -> bool {
+        self.revoked.read().map(|m| m.contains_key(jti)).unwrap_or(true)
+    }
+
+    /// Replaces the set with a fresh snapshot plus what is already known, dropping expired ids.
+    pub fn merge_snapshot(&self, snapshot: Vec<(String, i64)>, now: i64) {
+        if let Ok(mut m) = self.revoked.write() {
+            m.retain(|_, exp| *exp > now);
+            m.extend(snapshot.into_iter().filter(|(_, exp)| *exp > now));
+        }
+    }
+
+    pub fn purge(&self, now: i64) {
+        if let Ok(mut m) = self.revoked.write() {
+            m.retain(|_, exp| *exp > now);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.revoked.read().map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Tokens whose signature was verified, by digest, so hot tokens skip ECDSA. Entries are only
+/// good for their signature: time and revocation are checked on every use.
+pub struct VerifiedCache {
+    entries: Mutex<HashMap<Digest, Arc<AccessClaims>>>,
+    capacity: usize,
+}
+
+impl VerifiedCache {
+    pub fn new(capacity: usize) -> Self {
+        Self { entries: Mutex::new(HashMap::new()), capacity }
+    }
+
+    fn get(&self, d: &Digest) -> Option<Arc<AccessClaims>> {
+        self.entries.lock().ok()?.get(d).cloned()
+    }
+
+    fn put(&self, d: Digest, claims: Arc<AccessClaims>, now: i64) {
+        if let Ok(mut m) = self.entries.lock() {
+            if m.len() >= self.capacity {
+                m.retain(|_, c| c.exp > now);
+                if m.len() >= self.capacity {
+                    m.clear();
+                }
+            }
+            m.insert(d, claims);
+        }
+    }
+}
+
+/// Verifies an access token locally: signature (cached), `typ`, issuer, time, revocation.
+pub fn verify_access(
+    token: &str,
+    keys: &KeySet,
+    issuer: &str,
+    now: i64,
+    revoked: &RevocationSet,
+    cache: &VerifiedCache,
+) -> Result<Arc<AccessClaims>, Inactive> {
+    let digest = Digest::of(token.as_bytes());
+    let claims = match cache.get(&digest) {
+        Some(c) => c,
+        None => {
+            let v = jwt::verify(token, |kid| keys.find(kid)).map_err(|e| match e {
+                jwt::JwtError::Malformed => Inactive::Malformed,
+                _ => Inactive::Signature,
+            })?;
+            if v.header.get("typ").and_then(|t| t.as_str()) != Some(ACCESS_TOKEN_TYP) {
+                return Err(Inactive::WrongType);
+            }
+            let claims: AccessClaims = serde_json::from_value(v.claims).map_err(|_| Inactive::Malformed)?;
+            let claims = Arc::new(claims);
+            cache.put(digest, Arc::clone(&claims), now);
+            claims
+        }
+    };
+    if claims.iss != issuer {
+        return Err(Inactive::WrongIssuer);
+    }
+    if claims.exp <= now {
+        return Err(Inactive::Expired);
+    }
+    if claims.nbf > now {
+        return Err(Inactive::NotYetValid);
+    }
+    if revoked.contains(&claims.jti) {
+        return Err(Inactive::Revoked);
+    }
+    Ok(claims)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_revocation_set_forgets_expired_ids() {
+        let set = RevocationSet::default();
+        set.insert("a".into(), 10);
+        set.insert("b".into(), 30);
+        assert!(set.contains("a"));
+        set.purge(20);
+        assert!(!set.contains("a"));
+        assert!(set.contains("b"));
+        set.merge_snapshot(vec![("c".into(), 40), ("d".into(), 5)], 20);
+        assert!(set.contains("c"));
+        assert!(!set.contains("d"));
+    }
+}
