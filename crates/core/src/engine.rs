@@ -26,7 +26,11 @@ impl ClientAuth {
         let secret: String = client_secret.into();
         Self {
             client_id: client_id.into(),
-            client_secret: if secret.is_empty() { None } else { Some(ClientSecret::new(secret)) },
+            client_secret: if secret.is_empty() {
+                None
+            } else {
+                Some(ClientSecret::new(secret))
+            },
         }
     }
 }
@@ -47,7 +51,10 @@ impl TokenSet {
 
 impl fmt::Debug for TokenSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenSet").field("expires_in", &self.expires_in).field("scope", &self.scope).finish_non_exhaustive()
+        f.debug_struct("TokenSet")
+            .field("expires_in", &self.expires_in)
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
     }
 }
 
@@ -78,7 +85,8 @@ impl Tessera {
         clock: Arc<dyn Clock>,
     ) -> Result<Started, OAuthError> {
         let now = clock.now();
-        let loaded = KeyRing::load(durable.as_ref(), cfg.signing_alg, now, key_retention(&cfg)).await?;
+        let loaded =
+            KeyRing::load(durable.as_ref(), cfg.signing_alg, now, key_retention(&cfg)).await?;
         let revoked = Arc::new(RevocationSet::default());
         // A node that cannot read the revocations yet still starts; the sync task retries.
         if let Ok(snapshot) = ephemeral.revoked_access(now).await {
@@ -93,7 +101,10 @@ impl Tessera {
             revoked,
             verified: VerifiedCache::new(100_000),
         });
-        Ok(Started { tessera, first_start: loaded.first_start })
+        Ok(Started {
+            tessera,
+            first_start: loaded.first_start,
+        })
     }
 
     pub fn config(&self) -> &CoreConfig {
@@ -157,7 +168,11 @@ impl Tessera {
         if auth.client_id.is_empty() || auth.client_id.len() > 255 {
             return Err(failed());
         }
-        let client = self.durable.get_client(&auth.client_id).await?.ok_or_else(failed)?;
+        let client = self
+            .durable
+            .get_client(&auth.client_id)
+            .await?
+            .ok_or_else(failed)?;
         match (&client.secret_digest, &auth.client_secret) {
             (Some(stored), Some(presented)) if client.confidential => {
                 if stored.ct_eq(&presented.digest()) {
@@ -171,34 +186,53 @@ impl Tessera {
         }
     }
 
-    pub(crate) fn require_grant(&self, client: &Client, grant: GrantType) -> Result<(), OAuthError> {
+    pub(crate) fn require_grant(
+        &self,
+        client: &Client,
+        grant: GrantType,
+    ) -> Result<(), OAuthError> {
         if client.allows_grant(grant) {
             Ok(())
         } else {
-            Err(OAuthError::unauthorized_client(format!("this client may not use the {} grant", grant.as_str())))
+            Err(OAuthError::unauthorized_client(format!(
+                "this client may not use the {} grant",
+                grant.as_str()
+            )))
         }
     }
 
     /// RFC 6749 §3.3: an empty request means the client's allowed scopes; anything beyond
     /// them is `invalid_scope`.
-    pub(crate) fn resolve_scope(&self, client: &Client, requested: &str) -> Result<ScopeSet, OAuthError> {
+    pub(crate) fn resolve_scope(
+        &self,
+        client: &Client,
+        requested: &str,
+    ) -> Result<ScopeSet, OAuthError> {
         let requested = ScopeSet::parse(requested)?;
         let allowed = client.allowed_scopes();
         if requested.is_empty() {
             return Ok(allowed);
         }
         if !requested.is_subset(&allowed) {
-            return Err(OAuthError::invalid_scope("the requested scope exceeds what this client may ask for"));
+            return Err(OAuthError::invalid_scope(
+                "the requested scope exceeds what this client may ask for",
+            ));
         }
         Ok(requested)
     }
 
     pub(crate) fn access_ttl(&self, client: &Client) -> i64 {
-        client.access_token_ttl.filter(|t| *t > 0).unwrap_or(self.cfg.access_token_ttl)
+        client
+            .access_token_ttl
+            .filter(|t| *t > 0)
+            .unwrap_or(self.cfg.access_token_ttl)
     }
 
     pub(crate) fn refresh_ttl(&self, client: &Client) -> i64 {
-        client.refresh_token_ttl.filter(|t| *t > 0).unwrap_or(self.cfg.refresh_token_ttl)
+        client
+            .refresh_token_ttl
+            .filter(|t| *t > 0)
+            .unwrap_or(self.cfg.refresh_token_ttl)
     }
 
     /// Signs an access token (RFC 9068) with the given `jti`; returns it with its `exp`.
@@ -214,7 +248,9 @@ impl Tessera {
         let exp = now + self.access_ttl(client);
         let claims = AccessClaims {
             iss: self.cfg.issuer.clone(),
-            sub: user.map(|u| u.id.clone()).unwrap_or_else(|| client.id.clone()),
+            sub: user
+                .map(|u| u.id.clone())
+                .unwrap_or_else(|| client.id.clone()),
             aud: self.cfg.audience.clone(),
             exp,
             iat: now,
@@ -225,7 +261,8 @@ impl Tessera {
             auth_time,
             username: user.map(|u| u.username.clone()),
         };
-        let value = serde_json::to_value(&claims).map_err(|e| OAuthError::server_error(e.to_string()))?;
+        let value =
+            serde_json::to_value(&claims).map_err(|e| OAuthError::server_error(e.to_string()))?;
         let keys = self.keys.current();
         let token = tessera_crypto::jwt::encode(&keys.signing, tokens::ACCESS_TOKEN_TYP, &value)
             .map_err(|e| OAuthError::server_error(e.to_string()))?;
@@ -233,6 +270,7 @@ impl Tessera {
     }
 
     /// Signs an OpenID Connect ID token (OIDC Core §2) for `user`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn mint_id_token(
         &self,
         client: &Client,
@@ -258,7 +296,8 @@ impl Tessera {
         }
         add_profile_claims(&mut claims, user, scope);
         let keys = self.keys.current();
-        tessera_crypto::jwt::encode(&keys.signing, "JWT", &claims).map_err(|e| OAuthError::server_error(e.to_string()))
+        tessera_crypto::jwt::encode(&keys.signing, "JWT", &claims)
+            .map_err(|e| OAuthError::server_error(e.to_string()))
     }
 
     /// Issues tokens for a user after a grant succeeded: an access token, a refresh token in
@@ -276,7 +315,14 @@ impl Tessera {
         family_id: String,
     ) -> Result<TokenSet, OAuthError> {
         let now = self.now();
-        let (access_token, access_exp) = self.mint_access(client, Some(user), &scope, Some(auth_time), jti.clone(), now)?;
+        let (access_token, access_exp) = self.mint_access(
+            client,
+            Some(user),
+            &scope,
+            Some(auth_time),
+            jti.clone(),
+            now,
+        )?;
         let refresh_token = if client.allows_grant(GrantType::RefreshToken) {
             let token = RefreshToken::new(tessera_crypto::random_secret(32));
             let record = RefreshRecord {
@@ -302,7 +348,13 @@ impl Tessera {
         } else {
             None
         };
-        Ok(TokenSet { access_token, expires_in: access_exp - now, refresh_token, scope, id_token })
+        Ok(TokenSet {
+            access_token,
+            expires_in: access_exp - now,
+            refresh_token,
+            scope,
+            id_token,
+        })
     }
 
     /// Revokes one access token everywhere: locally at once, on other nodes through the fan-out.
@@ -325,7 +377,13 @@ impl Tessera {
     }
 
     /// Writes a security event to the `tessera::audit` target and the audit log.
-    pub(crate) async fn audit(&self, kind: &str, client_id: Option<&str>, user_id: Option<&str>, detail: &str) {
+    pub(crate) async fn audit(
+        &self,
+        kind: &str,
+        client_id: Option<&str>,
+        user_id: Option<&str>,
+        detail: &str,
+    ) {
         tracing::warn!(target: "tessera::audit", kind, client_id, user_id, detail);
         let event = AuditEvent {
             at: self.now(),
@@ -342,10 +400,21 @@ impl Tessera {
     /// Checks a user's password with lockout (DESIGN.md: Argon2id, lockout on repeated
     /// failure, one generic error whether the user exists or not). Fails closed: without
     /// its failure counter no password is checked.
-    pub(crate) async fn verify_user_password(&self, username: &str, password: &Password) -> Result<User, OAuthError> {
-        let generic = || OAuthError::invalid_grant("invalid username or password, or the account is temporarily locked");
+    pub(crate) async fn verify_user_password(
+        &self,
+        username: &str,
+        password: &Password,
+    ) -> Result<User, OAuthError> {
+        let generic = || {
+            OAuthError::invalid_grant(
+                "invalid username or password, or the account is temporarily locked",
+            )
+        };
         let username = normalize_username(username)?;
-        let counter = format!("login:{}", tessera_crypto::Digest::of(username.as_bytes()).to_hex());
+        let counter = format!(
+            "login:{}",
+            tessera_crypto::Digest::of(username.as_bytes()).to_hex()
+        );
         let failures = self.ephemeral.failures(&counter).await?;
         if failures >= self.cfg.lockout_threshold {
             return Err(generic());
@@ -355,14 +424,18 @@ impl Tessera {
         let verified = match &user {
             Some(u) => {
                 let hash = u.password_hash.clone();
-                tokio::task::spawn_blocking(move || tessera_crypto::password::verify_password(presented.expose(), &hash))
-                    .await
-                    .map_err(|e| OAuthError::server_error(e.to_string()))?
+                tokio::task::spawn_blocking(move || {
+                    tessera_crypto::password::verify_password(presented.expose(), &hash)
+                })
+                .await
+                .map_err(|e| OAuthError::server_error(e.to_string()))?
             }
             None => {
-                tokio::task::spawn_blocking(move || tessera_crypto::password::verify_dummy(presented.expose()))
-                    .await
-                    .map_err(|e| OAuthError::server_error(e.to_string()))?;
+                tokio::task::spawn_blocking(move || {
+                    tessera_crypto::password::verify_dummy(presented.expose())
+                })
+                .await
+                .map_err(|e| OAuthError::server_error(e.to_string()))?;
                 false
             }
         };
@@ -374,10 +447,14 @@ impl Tessera {
                 Ok(u)
             }
             user => {
-                let count = self.ephemeral.record_failure(&counter, self.cfg.lockout_window).await?;
+                let count = self
+                    .ephemeral
+                    .record_failure(&counter, self.cfg.lockout_window)
+                    .await?;
                 if count == self.cfg.lockout_threshold {
                     let uid = user.as_ref().map(|u| u.id.as_str());
-                    self.audit("lockout", None, uid, "too many failed password attempts").await;
+                    self.audit("lockout", None, uid, "too many failed password attempts")
+                        .await;
                 }
                 Err(generic())
             }

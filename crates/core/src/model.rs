@@ -126,15 +126,20 @@ impl ScopeSet {
         }
         let mut set = BTreeSet::new();
         for token in s.split(' ').filter(|t| !t.is_empty()) {
-            if !token.bytes().all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b)) {
-                return Err(OAuthError::invalid_scope("scope contains a character RFC 6749 §3.3 does not allow"));
+            if !token
+                .bytes()
+                .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+            {
+                return Err(OAuthError::invalid_scope(
+                    "scope contains a character RFC 6749 §3.3 does not allow",
+                ));
             }
             set.insert(token.to_owned());
         }
         Ok(Self(set))
     }
 
-    pub fn from_iter<I: IntoIterator<Item = S>, S: Into<String>>(it: I) -> Self {
+    pub fn from_tokens<I: IntoIterator<Item = S>, S: Into<String>>(it: I) -> Self {
         Self(it.into_iter().map(Into::into).collect())
     }
 
@@ -207,7 +212,7 @@ impl Client {
     }
 
     pub fn allowed_scopes(&self) -> ScopeSet {
-        ScopeSet::from_iter(self.scopes.iter().cloned())
+        ScopeSet::from_tokens(self.scopes.iter().cloned())
     }
 }
 
@@ -226,7 +231,11 @@ pub struct User {
 
 impl fmt::Debug for User {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("User").field("id", &self.id).field("username", &self.username).field("disabled", &self.disabled).finish_non_exhaustive()
+        f.debug_struct("User")
+            .field("id", &self.id)
+            .field("username", &self.username)
+            .field("disabled", &self.disabled)
+            .finish_non_exhaustive()
     }
 }
 
@@ -253,7 +262,10 @@ mod tests {
     #[test]
     fn the_short_device_grant_type_is_an_alias() {
         assert_eq!(GrantType::parse("device_code"), Some(GrantType::DeviceCode));
-        assert_eq!(GrantType::parse(GrantType::DeviceCode.as_str()), Some(GrantType::DeviceCode));
+        assert_eq!(
+            GrantType::parse(GrantType::DeviceCode.as_str()),
+            Some(GrantType::DeviceCode)
+        );
         assert_eq!(GrantType::parse("implicit "), None);
     }
 }

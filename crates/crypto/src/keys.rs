@@ -59,7 +59,10 @@ pub struct SigningKey {
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKey").field("kid", &self.kid).field("alg", &self.alg).finish_non_exhaustive()
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
     }
 }
 
@@ -67,7 +70,9 @@ impl std::fmt::Debug for SigningKey {
 pub fn generate_pkcs8(alg: Algorithm) -> Result<Vec<u8>, KeyError> {
     let rng = SystemRandom::new();
     let doc = match alg {
-        Algorithm::Es256 => EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng),
+        Algorithm::Es256 => {
+            EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+        }
         Algorithm::EdDsa => Ed25519KeyPair::generate_pkcs8(&rng),
     }
     .map_err(|_| KeyError::Generate)?;
@@ -83,11 +88,17 @@ impl SigningKey {
                 EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8, &rng)
                     .map_err(|_| KeyError::Parse("ES256"))?,
             ),
-            Algorithm::EdDsa => {
-                Pair::EdDsa(Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8).map_err(|_| KeyError::Parse("EdDSA"))?)
-            }
+            Algorithm::EdDsa => Pair::EdDsa(
+                Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8)
+                    .map_err(|_| KeyError::Parse("EdDSA"))?,
+            ),
         };
-        let mut key = Self { kid: String::new(), alg, pair, rng };
+        let mut key = Self {
+            kid: String::new(),
+            alg,
+            pair,
+            rng,
+        };
         key.kid = key.verifying_key().thumbprint();
         Ok(key)
     }
@@ -103,7 +114,10 @@ impl SigningKey {
     /// Signs `message` (the JWS signing input).
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
         match &self.pair {
-            Pair::Es256(p) => p.sign(&self.rng, message).map(|s| s.as_ref().to_vec()).map_err(|_| KeyError::Sign),
+            Pair::Es256(p) => p
+                .sign(&self.rng, message)
+                .map(|s| s.as_ref().to_vec())
+                .map_err(|_| KeyError::Sign),
             Pair::EdDsa(p) => Ok(p.sign(message).as_ref().to_vec()),
         }
     }
@@ -114,7 +128,11 @@ impl SigningKey {
             Pair::Es256(p) => p.public_key().as_ref().to_vec(),
             Pair::EdDsa(p) => p.public_key().as_ref().to_vec(),
         };
-        VerifyingKey { kid: self.kid.clone(), alg: self.alg, public }
+        VerifyingKey {
+            kid: self.kid.clone(),
+            alg: self.alg,
+            public,
+        }
     }
 }
 
@@ -133,14 +151,20 @@ impl VerifyingKey {
             Algorithm::Es256 => &signature::ECDSA_P256_SHA256_FIXED,
             Algorithm::EdDsa => &signature::ED25519,
         };
-        signature::UnparsedPublicKey::new(alg, &self.public).verify(message, sig).is_ok()
+        signature::UnparsedPublicKey::new(alg, &self.public)
+            .verify(message, sig)
+            .is_ok()
     }
 
     /// The required JWK members only, in the lexicographic order RFC 7638 §3.2 hashes.
     fn required_members(&self) -> Value {
         match self.alg {
             Algorithm::Es256 => {
-                let (x, y) = self.public.get(1..).unwrap_or_default().split_at(32.min(self.public.len().saturating_sub(1)));
+                let (x, y) = self
+                    .public
+                    .get(1..)
+                    .unwrap_or_default()
+                    .split_at(32.min(self.public.len().saturating_sub(1)));
                 json!({"crv": "P-256", "kty": "EC", "x": b64url(x), "y": b64url(y)})
             }
             Algorithm::EdDsa => json!({"crv": "Ed25519", "kty": "OKP", "x": b64url(&self.public)}),

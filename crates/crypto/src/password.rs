@@ -27,7 +27,9 @@ pub fn hash_password(password: &str) -> Result<String, HashError> {
 /// Verifies `password` against a PHC string. A malformed hash verifies nothing.
 pub fn verify_password(password: &str, phc: &str) -> bool {
     match PasswordHash::new(phc) {
-        Ok(parsed) => hasher().verify_password(password.as_bytes(), &parsed).is_ok(),
+        Ok(parsed) => hasher()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok(),
         Err(_) => false,
     }
 }

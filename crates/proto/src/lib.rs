@@ -2,7 +2,10 @@
 //! one mapping between the core's [`OAuthError`] and a gRPC [`Status`]: the code travels as
 //! `google.rpc.ErrorInfo { reason = <oauth code>, domain = "oauth2" }` in the status details,
 //! so the round trip is lossless whatever gRPC code carries it.
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::todo))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::todo)
+)]
 
 pub mod token {
     pub mod v1 {
@@ -19,7 +22,8 @@ pub mod admin {
 }
 
 /// The encoded descriptors of every Tessera service, for gRPC server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tessera_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/tessera_descriptor.bin"));
 
 use tessera_core::{ErrorCode, OAuthError};
 use tonic::{Code, Status};
@@ -38,7 +42,9 @@ pub fn grpc_code(code: ErrorCode) -> Code {
         | ErrorCode::UnsupportedResponseType
         | ErrorCode::UnsupportedTokenType => Code::InvalidArgument,
         ErrorCode::InvalidClient | ErrorCode::InvalidToken => Code::Unauthenticated,
-        ErrorCode::UnauthorizedClient | ErrorCode::AccessDenied | ErrorCode::InsufficientScope => Code::PermissionDenied,
+        ErrorCode::UnauthorizedClient | ErrorCode::AccessDenied | ErrorCode::InsufficientScope => {
+            Code::PermissionDenied
+        }
         ErrorCode::AuthorizationPending
         | ErrorCode::SlowDown
         | ErrorCode::ExpiredToken
@@ -55,7 +61,11 @@ pub fn to_status(e: &OAuthError) -> Status {
     Status::with_error_details(
         grpc_code(e.code),
         e.description.clone(),
-        ErrorDetails::with_error_info(e.code.as_str(), OAUTH_DOMAIN, std::collections::HashMap::new()),
+        ErrorDetails::with_error_info(
+            e.code.as_str(),
+            OAUTH_DOMAIN,
+            std::collections::HashMap::new(),
+        ),
     )
 }
 
@@ -71,9 +81,10 @@ pub fn from_status(s: &Status) -> OAuthError {
         }
     }
     match s.code() {
-        Code::Unavailable | Code::DeadlineExceeded => {
-            OAuthError::new(ErrorCode::TemporarilyUnavailable, "the token service is unavailable; retry later")
-        }
+        Code::Unavailable | Code::DeadlineExceeded => OAuthError::new(
+            ErrorCode::TemporarilyUnavailable,
+            "the token service is unavailable; retry later",
+        ),
         _ => OAuthError::server_error(format!("unexpected gRPC status {:?}", s.code())),
     }
 }
@@ -102,14 +113,26 @@ mod tests {
     #[test]
     fn the_issue_table_of_grpc_codes_holds() {
         assert_eq!(grpc_code(ErrorCode::InvalidClient), Code::Unauthenticated);
-        assert_eq!(grpc_code(ErrorCode::AuthorizationPending), Code::FailedPrecondition);
+        assert_eq!(
+            grpc_code(ErrorCode::AuthorizationPending),
+            Code::FailedPrecondition
+        );
         assert_eq!(grpc_code(ErrorCode::SlowDown), Code::FailedPrecondition);
-        assert_eq!(grpc_code(ErrorCode::TemporarilyUnavailable), Code::Unavailable);
+        assert_eq!(
+            grpc_code(ErrorCode::TemporarilyUnavailable),
+            Code::Unavailable
+        );
     }
 
     #[test]
     fn a_status_without_oauth_details_is_classified_by_its_code() {
-        assert_eq!(from_status(&Status::unavailable("down")).code, ErrorCode::TemporarilyUnavailable);
-        assert_eq!(from_status(&Status::internal("boom")).code, ErrorCode::ServerError);
+        assert_eq!(
+            from_status(&Status::unavailable("down")).code,
+            ErrorCode::TemporarilyUnavailable
+        );
+        assert_eq!(
+            from_status(&Status::internal("boom")).code,
+            ErrorCode::ServerError
+        );
     }
 }
