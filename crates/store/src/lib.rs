@@ -1,1 +1,142 @@
-//! placeholder
+//! Tessera's durable store: SeaORM entities, the schema migrations, and [`SqlStore`], the one
+//! adapter that implements every durable port of `tessera_core::ports` (clients, users,
+//! refresh-token families, consents, signing keys, the audit log) on Postgres and SQLite
+//! with the same behaviour.
+//!
+//! This crate owns its transactions: the core never begins or commits anything. It depends on
+//! the core only for the port traits and model types, and must not depend on any transport
+//! (tonic, actix-web) or on the ephemeral store. Secrets never reach it: ports take digests.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::todo)
+)]
+
+pub mod entity;
+mod error;
+mod migration;
+mod ports;
+
+pub use migration::Migrator;
+
+use sea_orm::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sea_orm::sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
+use sea_orm::{
+    ConnectionTrait as _, DatabaseConnection, SqlxPostgresConnector, SqlxSqliteConnector,
+};
+use sea_orm_migration::MigratorTrait as _;
+use std::time::Duration;
+use tessera_core::StoreError;
+
+/// How long a caller waits for a pooled connection, including opening a new one. Short, so
+/// a database that is down turns into `Unavailable` instead of a hung request.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long SQLite waits on another writer's lock before giving up with `SQLITE_BUSY`.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+const POSTGRES_MAX_CONNECTIONS: u32 = 10;
+/// SQLite serializes writers anyway; a few connections let readers proceed under WAL.
+const SQLITE_FILE_MAX_CONNECTIONS: u32 = 4;
+
+/// Every durable port on one SeaORM connection pool, Postgres or SQLite.
+///
+/// Cheap to clone: clones share the pool. The pool reconnects by itself after the database
+/// comes back (each connection is checked before it is handed out).
+#[derive(Clone)]
+pub struct SqlStore {
+    db: DatabaseConnection,
+}
+
+// Hand-written so nothing about the connection (its URL above all) is ever printed.
+impl std::fmt::Debug for SqlStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlStore")
+            .field("backend", &self.db.get_database_backend())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqlStore {
+    /// Connects to `postgres://…` (or `postgresql://…`), `sqlite://path?mode=rwc` or
+    /// `sqlite::memory:`, opening one connection to prove the database is there.
+    ///
+    /// Fails with `StoreError::Unavailable` if the database cannot be reached within a few
+    /// seconds, and `StoreError::Other` for a URL of another scheme or a malformed one. The
+    /// URL, which may hold a password, never appears in an error.
+    pub async fn connect(url: &str) -> Result<SqlStore, StoreError> {
+        let db = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            connect_postgres(url).await?
+        } else if url.starts_with("sqlite:") {
+            connect_sqlite(url).await?
+        } else {
+            return Err(StoreError::Other(
+                "unsupported database URL: expected postgres:// or sqlite:".into(),
+            ));
+        };
+        Ok(SqlStore { db })
+    }
+
+    /// Applies every migration not yet applied. Running it again is a no-op.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        Migrator::up(&self.db, None).await.map_err(error::from_db)?;
+        tracing::debug!(backend = ?self.db.get_database_backend(), "database schema is up to date");
+        Ok(())
+    }
+
+    /// Closes the pool, waiting for connections in use to be returned. Other clones of this
+    /// store fail with `Unavailable` afterwards.
+    pub async fn close(self) -> Result<(), StoreError> {
+        self.db.close().await.map_err(error::from_db)
+    }
+}
+
+async fn connect_postgres(url: &str) -> Result<DatabaseConnection, StoreError> {
+    let options: PgConnectOptions = url.parse().map_err(error::from_connect)?;
+    let pool = PgPoolOptions::new()
+        .max_connections(POSTGRES_MAX_CONNECTIONS)
+        .min_connections(0)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .idle_timeout(Some(Duration::from_secs(600)))
+        .max_lifetime(Some(Duration::from_secs(1800)))
+        // A connection that died with the server is found and replaced here, not handed to
+        // a caller.
+        .test_before_acquire(true)
+        .connect_with(options)
+        .await
+        .map_err(error::from_connect)?;
+    Ok(SqlxPostgresConnector::from_sqlx_postgres_pool(pool))
+}
+
+async fn connect_sqlite(url: &str) -> Result<DatabaseConnection, StoreError> {
+    let options: SqliteConnectOptions = url.parse().map_err(error::from_connect)?;
+    let options = options
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(SQLITE_BUSY_TIMEOUT)
+        .foreign_keys(true);
+    let pool = if is_sqlite_memory(url) {
+        // Each connection to `:memory:` would be its own database, and the database dies with
+        // its last connection: exactly one connection, kept forever. It also serializes
+        // writers, which is all the concurrency safety an in-memory database needs.
+        SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+    } else {
+        // WAL lets readers run beside the one writer; writers wait out each other's locks
+        // through the busy timeout. Every write transaction starts with its write, so the
+        // wait happens before it has read anything and cannot end in SQLITE_BUSY_SNAPSHOT.
+        SqlitePoolOptions::new().max_connections(SQLITE_FILE_MAX_CONNECTIONS)
+    };
+    let pool = pool
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_with(options)
+        .await
+        .map_err(error::from_connect)?;
+    Ok(SqlxSqliteConnector::from_sqlx_sqlite_pool(pool))
+}
+
+fn is_sqlite_memory(url: &str) -> bool {
+    url.contains(":memory:") || url.contains("mode=memory")
+}

@@ -1,0 +1,18 @@
+//! Schema migrations, written with the SeaQuery schema builder so one definition serves
+//! Postgres and SQLite. A migration, once released, is history: change the schema by adding
+//! a new one, never by editing an old one (which is also why migrations name their own
+//! columns instead of borrowing the entities').
+
+use sea_orm_migration::prelude::*;
+
+mod m20260101_000001_initial;
+
+/// Every migration of the store, oldest first.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20260101_000001_initial::Migration)]
+    }
+}

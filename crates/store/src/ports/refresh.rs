@@ -1,0 +1,141 @@
+use super::{corrupt, digest_from_hex};
+use crate::entity::refresh_tokens::{Column, Entity, Model};
+use crate::error;
+use crate::SqlStore;
+use async_trait::async_trait;
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait,
+};
+use tessera_core::ports::{RefreshRecord, RefreshState, RefreshStore, Rotation};
+use tessera_core::StoreResult;
+use tessera_crypto::Digest;
+
+const TABLE: &str = "refresh_tokens";
+const ACTIVE: &str = "active";
+const ROTATED: &str = "rotated";
+const REVOKED: &str = "revoked";
+
+/// Enough sweeps to outlast any rotation that was in flight when the revocation began.
+const MAX_REVOKE_SWEEPS: usize = 8;
+
+fn to_row(record: &RefreshRecord, state: RefreshState) -> Model {
+    Model {
+        digest: record.digest.to_hex(),
+        family_id: record.family_id.clone(),
+        client_id: record.client_id.clone(),
+        user_id: record.user_id.clone(),
+        scope: record.scope.clone(),
+        issued_at: record.issued_at,
+        expires_at: record.expires_at,
+        auth_time: record.auth_time,
+        access_jti: record.access_jti.clone(),
+        access_exp: record.access_exp,
+        state: state.as_str().to_owned(),
+    }
+}
+
+fn from_row(row: Model) -> StoreResult<RefreshRecord> {
+    Ok(RefreshRecord {
+        digest: digest_from_hex(TABLE, &row.digest)?,
+        state: RefreshState::parse(&row.state)
+            .ok_or_else(|| corrupt(TABLE, format!("unknown state {:?}", row.state)))?,
+        family_id: row.family_id,
+        client_id: row.client_id,
+        user_id: row.user_id,
+        scope: row.scope,
+        issued_at: row.issued_at,
+        expires_at: row.expires_at,
+        auth_time: row.auth_time,
+        access_jti: row.access_jti,
+        access_exp: row.access_exp,
+    })
+}
+
+#[async_trait]
+impl RefreshStore for SqlStore {
+    async fn insert_refresh(&self, record: &RefreshRecord) -> StoreResult<()> {
+        Entity::insert(to_row(record, record.state).into_active_model())
+            .exec_without_returning(&self.db)
+            .await
+            .map_err(error::from_db)?;
+        Ok(())
+    }
+
+    async fn get_refresh(&self, digest: Digest) -> StoreResult<Option<RefreshRecord>> {
+        Entity::find_by_id(digest.to_hex())
+            .one(&self.db)
+            .await
+            .map_err(error::from_db)?
+            .map(from_row)
+            .transpose()
+    }
+
+    async fn rotate_refresh(&self, old: Digest, new: &RefreshRecord) -> StoreResult<Rotation> {
+        let old = old.to_hex();
+        let txn = self.db.begin().await.map_err(error::from_db)?;
+        // The winner is whoever's UPDATE matches the row while it is still active: Postgres
+        // makes the others wait on the row lock and re-check `state`, SQLite serializes the
+        // writers. Either way exactly one sees rows_affected = 1.
+        let flipped = Entity::update_many()
+            .col_expr(Column::State, Expr::value(ROTATED))
+            .filter(Column::Digest.eq(old.as_str()))
+            .filter(Column::State.eq(ACTIVE))
+            .exec(&txn)
+            .await
+            .map_err(error::from_db)?
+            .rows_affected;
+        if flipped == 1 {
+            Entity::insert(to_row(new, RefreshState::Active).into_active_model())
+                .exec_without_returning(&txn)
+                .await
+                .map_err(error::from_db)?;
+            txn.commit().await.map_err(error::from_db)?;
+            return Ok(Rotation::Rotated);
+        }
+        // Read inside the transaction: an in-memory SQLite pool has a single connection,
+        // which the transaction is holding.
+        let row = Entity::find_by_id(old)
+            .one(&txn)
+            .await
+            .map_err(error::from_db)?;
+        txn.rollback().await.map_err(error::from_db)?;
+        Ok(match row {
+            Some(row) if row.state == ROTATED => Rotation::Reused {
+                family_id: row.family_id,
+            },
+            _ => Rotation::Unknown,
+        })
+    }
+
+    async fn revoke_family(&self, family_id: &str) -> StoreResult<Vec<(String, i64)>> {
+        // One UPDATE revokes the family. On Postgres a rotation that was in flight when it
+        // started can commit a new active row its snapshot did not see, so sweep again until
+        // nothing changes; once every row is revoked no new row can join the family.
+        for _ in 0..MAX_REVOKE_SWEEPS {
+            let changed = Entity::update_many()
+                .col_expr(Column::State, Expr::value(REVOKED))
+                .filter(Column::FamilyId.eq(family_id))
+                .filter(Column::State.ne(REVOKED))
+                .exec(&self.db)
+                .await
+                .map_err(error::from_db)?
+                .rows_affected;
+            if changed == 0 {
+                break;
+            }
+        }
+        Entity::find()
+            .select_only()
+            .column(Column::AccessJti)
+            .column(Column::AccessExp)
+            .filter(Column::FamilyId.eq(family_id))
+            .order_by_asc(Column::IssuedAt)
+            .order_by_asc(Column::Digest)
+            .into_tuple::<(String, i64)>()
+            .all(&self.db)
+            .await
+            .map_err(error::from_db)
+    }
+}
