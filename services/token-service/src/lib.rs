@@ -1,1 +1,365 @@
-//! placeholder
+//! The token service: Tessera's core served over gRPC (tonic) — `TokenService`,
+//! `AdminService`, the standard health service and server reflection — wired at start-up to
+//! the stores its settings name (SQLite + in-memory by default, Postgres + Redis in
+//! production).
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::todo)
+)]
+
+pub mod admin;
+pub mod errors;
+pub mod grpc;
+pub mod settings;
+
+use anyhow::Context as _;
+use secrecy::ExposeSecret as _;
+use settings::Settings;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tessera_core::admin::{NewClient, NewUser};
+use tessera_core::clock::{Clock, SystemClock};
+use tessera_core::model::{ClientSecret, Password};
+use tessera_core::ports::{Durable, Ephemeral};
+use tessera_core::Tessera;
+use tessera_proto::admin::v1::admin_service_server::AdminServiceServer;
+use tessera_proto::token::v1::token_service_server::TokenServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The largest gRPC message accepted: far above any honest OAuth request.
+const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// Credentials of the demo client and user created on a first start.
+#[derive(Clone, Debug)]
+pub struct DemoCredentials {
+    pub client_id: String,
+    pub client_secret: ClientSecret,
+    pub username: String,
+    pub password: Password,
+}
+
+/// Connects the stores the settings name and runs the durable store's migrations.
+pub async fn connect_stores(
+    settings: &Settings,
+) -> anyhow::Result<(Arc<dyn Durable>, Arc<dyn Ephemeral>)> {
+    let url = settings.database_url();
+    if url.starts_with("sqlite:") {
+        std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+            format!(
+                "creating the data directory {}",
+                settings.data_dir.display()
+            )
+        })?;
+    }
+    let store = tessera_store::SqlStore::connect(&url)
+        .await
+        .context("connecting to the database")?;
+    store
+        .migrate()
+        .await
+        .context("running database migrations")?;
+    let ephemeral: Arc<dyn Ephemeral> = if settings.redis.url.is_empty() {
+        Arc::new(tessera_ephemeral::MemoryEphemeral::new())
+    } else {
+        Arc::new(
+            tessera_ephemeral::RedisEphemeral::connect(
+                &settings.redis.url,
+                &settings.redis.key_prefix,
+            )
+            .await
+            .context("connecting to Redis")?,
+        )
+    };
+    Ok((Arc::new(store), ephemeral))
+}
+
+/// Runs the migrations and exits: `tessera migrate`.
+pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    connect_stores(settings).await.map(|_| ())
+}
+
+/// A running token service.
+pub struct Application {
+    grpc_addr: SocketAddr,
+    tessera: Arc<Tessera>,
+    demo: Option<DemoCredentials>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Application {
+    /// Connects the configured stores and binds the gRPC listener (port 0 picks a free port).
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let (durable, ephemeral) = connect_stores(&settings).await?;
+        Self::build_with(settings, durable, ephemeral, Arc::new(SystemClock)).await
+    }
+
+    /// Builds on stores and a clock the caller provides.
+    pub async fn build_with(
+        settings: Settings,
+        durable: Arc<dyn Durable>,
+        ephemeral: Arc<dyn Ephemeral>,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Self> {
+        let started = Tessera::start(settings.core_config(), durable, ephemeral, clock)
+            .await
+            .map_err(|e| anyhow::anyhow!("starting the token service: {e}"))?;
+        let tessera = started.tessera;
+        let demo = if started.first_start && settings.demo.enabled {
+            Some(seed_demo(&tessera, &settings).await?)
+        } else {
+            None
+        };
+        let admin_token = admin_token(&settings)?;
+
+        let listener = TcpListener::bind(&settings.grpc.listen)
+            .await
+            .with_context(|| format!("binding the gRPC listener on {}", settings.grpc.listen))?;
+        let grpc_addr = listener.local_addr()?;
+
+        let (mut health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<TokenServiceServer<grpc::TokenApi>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tessera_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("building the reflection service")?;
+        let token = TokenServiceServer::new(grpc::TokenApi {
+            tessera: Arc::clone(&tessera),
+        })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let guard = admin::AdminGuard {
+            token_digest: tessera_crypto::Digest::of(admin_token.as_bytes()),
+        };
+        let admin = tonic::service::interceptor::InterceptedService::new(
+            AdminServiceServer::new(admin::AdminApi {
+                tessera: Arc::clone(&tessera),
+            })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            guard,
+        );
+
+        let (tx, rx) = oneshot::channel::<()>();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(health_service)
+                .add_service(reflection)
+                .add_service(token)
+                .add_service(admin)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = rx.await;
+                }),
+        );
+
+        let background = vec![
+            tokio::spawn(Arc::clone(&tessera).run_revocation_sync()),
+            tokio::spawn(watch_health(Arc::clone(&tessera), health)),
+        ];
+        tracing::info!(%grpc_addr, "token service listening");
+        Ok(Self {
+            grpc_addr,
+            tessera,
+            demo,
+            shutdown: Some(tx),
+            server,
+            background,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    pub fn tessera(&self) -> &Arc<Tessera> {
+        &self.tessera
+    }
+
+    /// The demo credentials, when this start created them.
+    pub fn demo(&self) -> Option<&DemoCredentials> {
+        self.demo.as_ref()
+    }
+
+    /// Stops accepting, lets in-flight calls finish, and returns when the server has stopped.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        for task in &self.background {
+            task.abort();
+        }
+        let server = std::mem::replace(&mut self.server, tokio::spawn(async { Ok(()) }));
+        server
+            .await
+            .context("the gRPC server task failed")?
+            .context("the gRPC server failed")?;
+        Ok(())
+    }
+
+    /// Serves until `signal` completes, then shuts down gracefully.
+    pub async fn run_until(
+        self,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        signal.await;
+        tracing::info!("shutting down");
+        self.shutdown().await
+    }
+}
+
+impl Drop for Application {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        for task in &self.background {
+            task.abort();
+        }
+    }
+}
+
+/// Reports NOT_SERVING on the standard health service while a store cannot be reached.
+async fn watch_health(tessera: Arc<Tessera>, mut health: tonic_health::server::HealthReporter) {
+    let mut serving = true;
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let ok = tessera.ready().await.is_ok();
+        if ok != serving {
+            serving = ok;
+            if ok {
+                tracing::info!("stores reachable again; serving");
+                health
+                    .set_serving::<TokenServiceServer<grpc::TokenApi>>()
+                    .await;
+                health
+                    .set_service_status("", tonic_health::ServingStatus::Serving)
+                    .await;
+            } else {
+                tracing::warn!("a store is unreachable; reporting NOT_SERVING");
+                health
+                    .set_not_serving::<TokenServiceServer<grpc::TokenApi>>()
+                    .await;
+                health
+                    .set_service_status("", tonic_health::ServingStatus::NotServing)
+                    .await;
+            }
+        }
+    }
+}
+
+/// The admin credential: from the settings, or generated once into `<data_dir>/admin-token`.
+fn admin_token(settings: &Settings) -> anyhow::Result<String> {
+    if let Some(t) = &settings.admin.token {
+        let t = t.expose_secret().trim().to_owned();
+        if t.len() < 16 {
+            anyhow::bail!("admin.token: must be at least 16 characters");
+        }
+        return Ok(t);
+    }
+    let path = settings.data_dir.join("admin-token");
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        let t = existing.trim().to_owned();
+        if !t.is_empty() {
+            return Ok(t);
+        }
+    }
+    std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+        format!(
+            "creating the data directory {}",
+            settings.data_dir.display()
+        )
+    })?;
+    let token = tessera_crypto::random_secret(32);
+    write_private(&path, &token)?;
+    tracing::info!(path = %path.display(), "generated an admin credential");
+    Ok(token)
+}
+
+/// Writes a file only its owner can read.
+pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut f = options
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(contents.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Creates the demo client and user of a first start and writes their secrets to files in
+/// the data directory (never to the log).
+async fn seed_demo(tessera: &Tessera, settings: &Settings) -> anyhow::Result<DemoCredentials> {
+    let public = settings.public_url();
+    let created = tessera
+        .create_client(NewClient {
+            client_id: "demo".into(),
+            name: "Demo application".into(),
+            public: false,
+            grant_types: [
+                "client_credentials",
+                "password",
+                "refresh_token",
+                "authorization_code",
+                "device_code",
+            ]
+            .map(String::from)
+            .to_vec(),
+            redirect_uris: vec![
+                format!("{public}/callback"),
+                "http://127.0.0.1:9999/callback".into(),
+            ],
+            scopes: ["openid", "profile", "email", "offline_access", "api"]
+                .map(String::from)
+                .to_vec(),
+            ..NewClient::default()
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the demo client: {e}"))?;
+    let password = Password::new(tessera_crypto::random_secret(12));
+    tessera
+        .create_user(NewUser {
+            username: "demo".into(),
+            password: Some(password.clone()),
+            email: Some("demo@example.com".into()),
+            name: Some("Demo User".into()),
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the demo user: {e}"))?;
+    let secret = created
+        .secret
+        .ok_or_else(|| anyhow::anyhow!("the demo client has no secret"))?;
+    std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+        format!(
+            "creating the data directory {}",
+            settings.data_dir.display()
+        )
+    })?;
+    write_private(
+        &settings.data_dir.join("demo-client-secret"),
+        secret.expose(),
+    )?;
+    write_private(
+        &settings.data_dir.join("demo-user-password"),
+        password.expose(),
+    )?;
+    Ok(DemoCredentials {
+        client_id: created.client.id,
+        client_secret: secret,
+        username: "demo".into(),
+        password,
+    })
+}

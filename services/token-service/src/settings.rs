@@ -1,0 +1,408 @@
+//! The token service's settings: defaults (embedded SQLite + in-memory store) → an optional
+//! TOML file (unknown keys refused) → `TESSERA_SECTION__KEY` environment variables →
+//! `DATABASE_URL` / `REDIS_URL`. Invalid settings stop the process before it binds, naming
+//! the key.
+
+use anyhow::{bail, Context as _};
+use figment::providers::{Format as _, Toml};
+use figment::Figment;
+use secrecy::SecretString;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Where files of the embedded default live: the SQLite database, the generated admin
+    /// token, the demo credentials.
+    pub data_dir: PathBuf,
+    /// `iss` of every token. Defaults to the facade's public URL.
+    pub issuer: Option<String>,
+    pub grpc: GrpcSettings,
+    pub http: HttpSettings,
+    pub database: DatabaseSettings,
+    pub redis: RedisSettings,
+    pub tokens: TokenSettings,
+    pub admin: AdminSettings,
+    pub demo: DemoSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcSettings {
+    pub listen: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    pub listen: String,
+    /// The URL browsers and clients use to reach the facade.
+    pub public_url: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSettings {
+    /// `postgres://…` or `sqlite://…`; empty means `<data_dir>/tessera.db`.
+    pub url: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSettings {
+    /// `redis://…`; empty means the in-memory store (one process only).
+    pub url: String,
+    pub key_prefix: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenSettings {
+    pub access_token_ttl: i64,
+    pub refresh_token_ttl: i64,
+    pub id_token_ttl: i64,
+    pub code_ttl: i64,
+    pub device_code_ttl: i64,
+    pub device_interval: i64,
+    pub session_ttl: i64,
+    pub lockout_threshold: u32,
+    pub lockout_window: i64,
+    /// "ES256" (default) or "EdDSA".
+    pub signing_alg: String,
+    /// `aud` of access tokens; defaults to the issuer.
+    pub audience: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// The admin credential. When unset, one is generated into `<data_dir>/admin-token`.
+    pub token: Option<SecretString>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DemoSettings {
+    /// Create a demo client and user on the first start.
+    pub enabled: bool,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// "text" or "json".
+    pub format: String,
+    pub level: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+            issuer: None,
+            grpc: GrpcSettings::default(),
+            http: HttpSettings::default(),
+            database: DatabaseSettings::default(),
+            redis: RedisSettings::default(),
+            tokens: TokenSettings::default(),
+            admin: AdminSettings::default(),
+            demo: DemoSettings::default(),
+            log: LogSettings::default(),
+        }
+    }
+}
+
+impl Default for GrpcSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:50051".into(),
+        }
+    }
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            public_url: None,
+        }
+    }
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self { url: String::new() }
+    }
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            key_prefix: "tessera:".into(),
+        }
+    }
+}
+
+impl Default for TokenSettings {
+    fn default() -> Self {
+        Self {
+            access_token_ttl: 3600,
+            refresh_token_ttl: 30 * 24 * 3600,
+            id_token_ttl: 3600,
+            code_ttl: 60,
+            device_code_ttl: 600,
+            device_interval: 5,
+            session_ttl: 8 * 3600,
+            lockout_threshold: 5,
+            lockout_window: 900,
+            signing_alg: "ES256".into(),
+            audience: None,
+        }
+    }
+}
+
+impl Default for DemoSettings {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: "text".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+/// Where settings come from besides the file: the process environment in production, a map
+/// in tests (so no test ever calls `std::env::set_var`).
+pub trait EnvSource {
+    fn vars(&self) -> Vec<(String, String)>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl EnvSource for ProcessEnv {
+    fn vars(&self) -> Vec<(String, String)> {
+        std::env::vars().collect()
+    }
+}
+
+impl EnvSource for Vec<(String, String)> {
+    fn vars(&self) -> Vec<(String, String)> {
+        self.clone()
+    }
+}
+
+impl Settings {
+    /// Loads settings from an optional TOML file and the environment, then validates them.
+    pub fn load(file: Option<&Path>, env: &dyn EnvSource) -> anyhow::Result<Self> {
+        let mut figment = Figment::new();
+        if let Some(path) = file {
+            if !path.exists() {
+                bail!("configuration file {} does not exist", path.display());
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        let vars = env.vars();
+        let mut toml_env = String::new();
+        for (key, value) in &vars {
+            let Some(rest) = key.strip_prefix("TESSERA_") else {
+                continue;
+            };
+            // Variables for other tools that happen to share the prefix are not settings.
+            if rest.is_empty() {
+                continue;
+            }
+            let path = rest.to_lowercase().replace("__", ".");
+            toml_env.push_str(&format!("{path} = {}\n", toml_value(value)));
+        }
+        for (key, path) in [("DATABASE_URL", "database.url"), ("REDIS_URL", "redis.url")] {
+            if let Some((_, v)) = vars.iter().find(|(k, _)| k == key) {
+                toml_env.push_str(&format!("{path} = {}\n", toml_value(v)));
+            }
+        }
+        figment = figment.merge(Toml::string(&toml_env));
+        let settings: Settings = figment
+            .extract()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks every value that can be checked before binding anything.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.grpc
+            .listen
+            .parse::<SocketAddr>()
+            .with_context(|| format!("grpc.listen: {:?} is not an address", self.grpc.listen))?;
+        self.http
+            .listen
+            .parse::<SocketAddr>()
+            .with_context(|| format!("http.listen: {:?} is not an address", self.http.listen))?;
+        let db = self.database_url();
+        if !(db.starts_with("postgres://")
+            || db.starts_with("postgresql://")
+            || db.starts_with("sqlite:"))
+        {
+            bail!("database.url (DATABASE_URL): must start with postgres:// or sqlite:");
+        }
+        if !self.redis.url.is_empty()
+            && !(self.redis.url.starts_with("redis://") || self.redis.url.starts_with("rediss://"))
+        {
+            bail!("redis.url (REDIS_URL): must start with redis:// or rediss://");
+        }
+        let t = &self.tokens;
+        for (name, v) in [
+            ("tokens.access_token_ttl", t.access_token_ttl),
+            ("tokens.refresh_token_ttl", t.refresh_token_ttl),
+            ("tokens.id_token_ttl", t.id_token_ttl),
+            ("tokens.code_ttl", t.code_ttl),
+            ("tokens.device_code_ttl", t.device_code_ttl),
+            ("tokens.device_interval", t.device_interval),
+            ("tokens.session_ttl", t.session_ttl),
+            ("tokens.lockout_window", t.lockout_window),
+        ] {
+            if v <= 0 {
+                bail!("{name}: must be a positive number of seconds, got {v}");
+            }
+        }
+        if t.lockout_threshold == 0 {
+            bail!("tokens.lockout_threshold: must be at least 1");
+        }
+        if tessera_crypto::keys::Algorithm::parse(&t.signing_alg).is_none() {
+            bail!(
+                "tokens.signing_alg: must be ES256 or EdDSA, got {:?}",
+                t.signing_alg
+            );
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            bail!(
+                "log.format: must be text or json, got {:?}",
+                self.log.format
+            );
+        }
+        for (name, url) in [
+            ("issuer", &self.issuer),
+            ("http.public_url", &self.http.public_url),
+        ] {
+            if let Some(u) = url {
+                if !(u.starts_with("http://") || u.starts_with("https://")) {
+                    bail!("{name}: must be an http(s) URL, got {u:?}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn database_url(&self) -> String {
+        if self.database.url.is_empty() {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("tessera.db").display()
+            )
+        } else {
+            self.database.url.clone()
+        }
+    }
+
+    pub fn public_url(&self) -> String {
+        match &self.http.public_url {
+            Some(u) => u.trim_end_matches('/').to_owned(),
+            None => format!("http://{}", self.http.listen),
+        }
+    }
+
+    pub fn issuer(&self) -> String {
+        self.issuer.clone().unwrap_or_else(|| self.public_url())
+    }
+
+    /// The core's policy from these settings.
+    pub fn core_config(&self) -> tessera_core::CoreConfig {
+        let mut c = tessera_core::CoreConfig::new(self.issuer());
+        let t = &self.tokens;
+        c.access_token_ttl = t.access_token_ttl;
+        c.refresh_token_ttl = t.refresh_token_ttl;
+        c.id_token_ttl = t.id_token_ttl;
+        c.code_ttl = t.code_ttl;
+        c.device_code_ttl = t.device_code_ttl;
+        c.device_interval = t.device_interval;
+        c.session_ttl = t.session_ttl;
+        c.lockout_threshold = t.lockout_threshold;
+        c.lockout_window = t.lockout_window;
+        c.verification_uri = format!("{}/device", self.public_url());
+        if let Some(a) = &t.audience {
+            c.audience = a.clone();
+        }
+        if let Some(alg) = tessera_crypto::keys::Algorithm::parse(&t.signing_alg) {
+            c.signing_alg = alg;
+        }
+        c
+    }
+}
+
+/// An environment value as a TOML value: numbers and booleans as such, anything else a string.
+fn toml_value(v: &str) -> String {
+    if v.parse::<i64>().is_ok() || v == "true" || v == "false" {
+        v.to_owned()
+    } else {
+        toml::Value::String(v.to_owned()).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_pair_on_the_documented_ports() {
+        let s = Settings::load(None, &env(&[])).unwrap();
+        assert_eq!(s.grpc.listen, "127.0.0.1:50051");
+        assert_eq!(s.http.listen, "127.0.0.1:8080");
+        assert!(s.database_url().starts_with("sqlite://"));
+        assert!(s.redis.url.is_empty());
+        assert_eq!(s.tokens.access_token_ttl, 3600);
+        assert_eq!(s.tokens.code_ttl, 60);
+    }
+
+    #[test]
+    fn environment_variables_override_and_name_the_bad_key() {
+        let s = Settings::load(
+            None,
+            &env(&[
+                ("TESSERA_GRPC__LISTEN", "0.0.0.0:6000"),
+                ("TESSERA_TOKENS__ACCESS_TOKEN_TTL", "60"),
+                ("DATABASE_URL", "postgres://u@h/db"),
+                ("REDIS_URL", "redis://127.0.0.1:6379"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.grpc.listen, "0.0.0.0:6000");
+        assert_eq!(s.tokens.access_token_ttl, 60);
+        assert_eq!(s.database_url(), "postgres://u@h/db");
+        assert_eq!(s.redis.url, "redis://127.0.0.1:6379");
+
+        let e =
+            Settings::load(None, &env(&[("TESSERA_TOKENS__ACCESS_TOKEN_TTL", "-5")])).unwrap_err();
+        assert!(e.to_string().contains("tokens.access_token_ttl"), "{e}");
+        let e = Settings::load(None, &env(&[("TESSERA_TOKENS__NOPE", "1")])).unwrap_err();
+        assert!(format!("{e:#}").contains("nope"), "{e:#}");
+        let e =
+            Settings::load(None, &env(&[("TESSERA_GRPC__LISTEN", "not an address")])).unwrap_err();
+        assert!(format!("{e:#}").contains("grpc.listen"), "{e:#}");
+    }
+}
