@@ -1,0 +1,1 @@
+//! Store outages: see the tests in this module.
