@@ -1,1 +1,192 @@
-//! Store outages: see the tests in this module.
+//! Store outages, simulated by cutting a TCP proxy that stands between the service and the
+//! real Postgres and Redis: requests that need the lost store fail with UNAVAILABLE
+//! (`temporarily_unavailable`), what needs Redis fails closed, what needs neither keeps
+//! working, and the service recovers on its own when the proxy is restored.
+
+use crate::harness::*;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tessera_core::ErrorCode;
+use tessera_proto::token::v1 as pb;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// A loopback TCP proxy that can be cut (every connection dropped, new ones refused at once)
+/// and restored.
+struct Proxy {
+    addr: SocketAddr,
+    up: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    accept: JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(target: &str) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(AtomicBool::new(true));
+        let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let (up2, conns2, target) = (Arc::clone(&up), Arc::clone(&conns), target.to_owned());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !up2.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let target = target.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                conns2.lock().unwrap().push(task);
+            }
+        });
+        Proxy { addr, up, conns, accept }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+/// Retries `f` until it succeeds or `within` passes.
+async fn eventually<T, E: std::fmt::Debug, F: std::future::Future<Output = Result<T, E>>>(
+    within: Duration,
+    mut f: impl FnMut() -> F,
+) -> T {
+    let start = Instant::now();
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) if start.elapsed() > within => panic!("did not recover within {within:?}: {e:?}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_outage_gives_unavailable_fails_closed_and_recovers_by_itself() {
+    let pg = Proxy::start("127.0.0.1:5432").await;
+    let redis = Proxy::start("127.0.0.1:6379").await;
+    let (pg_addr, redis_addr) = (pg.addr, redis.addr);
+    let Some(app) = TestApp::spawn_with(Backend::PostgresRedis, |s| {
+        s.database.url = s.database.url.replace("127.0.0.1:5432", &pg_addr.to_string());
+        s.redis.url = format!("redis://{redis_addr}");
+    })
+    .await
+    else {
+        return;
+    };
+    let (svc_id, svc_secret) =
+        app.client(ClientSpec { id: "svc", grants: &["client_credentials"], ..Default::default() }).await;
+    let (web_id, web_secret) = app
+        .client(ClientSpec {
+            id: "web",
+            grants: &["password", "authorization_code"],
+            redirect_uris: &["https://app.example/cb"],
+            skip_consent: true,
+            ..Default::default()
+        })
+        .await;
+    app.user("alice", "alice-password").await;
+    let cc = pb::IssueTokenRequest {
+        grant_type: "client_credentials".into(),
+        client_id: svc_id.clone(),
+        client_secret: svc_secret.clone(),
+        ..Default::default()
+    };
+    let pw = pb::IssueTokenRequest {
+        grant_type: "password".into(),
+        client_id: web_id.clone(),
+        client_secret: web_secret.clone(),
+        username: "alice".into(),
+        password: "alice-password".into(),
+        ..Default::default()
+    };
+    let token = app.issue(cc.clone()).await.unwrap().access_token;
+
+    // Redis down: nothing that needs a single-use check or a lockout counter is decided.
+    redis.cut();
+    let s = assert_oauth(app.issue(pw.clone()).await, ErrorCode::TemporarilyUnavailable, "password grant without Redis");
+    assert_eq!(s.code(), tonic::Code::Unavailable);
+    assert!(s.message().contains("unavailable"), "a clear message: {}", s.message());
+    assert!(!s.message().contains(&redis_addr.to_string()), "no infrastructure detail in the message");
+    let code = app
+        .token
+        .clone()
+        .exchange_code(pb::ExchangeCodeRequest {
+            client_id: web_id.clone(),
+            client_secret: web_secret.clone(),
+            code: "some-code".into(),
+            redirect_uri: "https://app.example/cb".into(),
+            code_verifier: String::new(),
+        })
+        .await;
+    assert_oauth(code, ErrorCode::TemporarilyUnavailable, "code exchange without Redis");
+    // What needs only Postgres, or nothing, still works.
+    assert!(app.issue(cc.clone()).await.is_ok(), "client_credentials needs no Redis");
+    assert!(app.introspect(&token, (&svc_id, &svc_secret)).await.active, "introspection is local");
+    redis.restore();
+    eventually(Duration::from_secs(15), || app.issue(pw.clone())).await;
+
+    // Postgres down: client lookups fail with UNAVAILABLE; introspection does not notice.
+    pg.cut();
+    let s = assert_oauth(app.issue(cc.clone()).await, ErrorCode::TemporarilyUnavailable, "client_credentials without Postgres");
+    assert_eq!(s.code(), tonic::Code::Unavailable);
+    let checked = app
+        .token
+        .clone()
+        .introspect(pb::IntrospectRequest {
+            token: token.clone(),
+            client_id: svc_id.clone(),
+            client_secret: svc_secret.clone(),
+            ..Default::default()
+        })
+        .await;
+    // The caller's client authentication needs the database, so introspection is
+    // unavailable too; the token check itself touches no store.
+    assert_oauth(checked, ErrorCode::TemporarilyUnavailable, "introspection without Postgres");
+    // The standard health service reports it.
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.addr)).unwrap().connect().await.unwrap();
+    let health = HealthClient::new(channel);
+    let not_serving = tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
+    eventually(Duration::from_secs(10), || {
+        let mut h = health.clone();
+        async move {
+            let s = h.check(HealthCheckRequest { service: String::new() }).await.map_err(|e| e.to_string())?.into_inner().status;
+            if s == not_serving { Ok(()) } else { Err(format!("status {s}")) }
+        }
+    })
+    .await;
+    pg.restore();
+    eventually(Duration::from_secs(15), || app.issue(cc.clone())).await;
+    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+    eventually(Duration::from_secs(10), || {
+        let mut h = health.clone();
+        async move {
+            let s = h.check(HealthCheckRequest { service: String::new() }).await.map_err(|e| e.to_string())?.into_inner().status;
+            if s == serving { Ok(()) } else { Err(format!("status {s}")) }
+        }
+    })
+    .await;
+    assert!(app.introspect(&token, (&svc_id, &svc_secret)).await.active);
+}
