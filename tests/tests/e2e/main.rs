@@ -4,6 +4,7 @@
 
 mod flows;
 mod harness;
+mod leaks;
 mod outage;
 
 macro_rules! for_both_backends {
