@@ -51,15 +51,8 @@ fn conflict_or(e: StoreError, what: &str) -> OAuthError {
 }
 
 fn validate_client_id(id: &str) -> Result<(), OAuthError> {
-    if id.is_empty()
-        || id.len() > 128
-        || !id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
-    {
-        return Err(bad(
-            "client_id must be 1 to 128 characters of letters, digits, '-', '.', '_' or '~'",
-        ));
+    if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b)) {
+        return Err(bad("client_id must be 1 to 128 characters of letters, digits, '-', '.', '_' or '~'"));
     }
     Ok(())
 }
@@ -67,19 +60,14 @@ fn validate_client_id(id: &str) -> Result<(), OAuthError> {
 /// RFC 6749 §3.1.2: an absolute URI without a fragment. Plain http only for loopback hosts
 /// (RFC 8252 §7.3) or custom schemes of native apps.
 fn validate_redirect_uri(uri: &str) -> Result<(), OAuthError> {
-    let url =
-        Url::parse(uri).map_err(|_| bad(format!("redirect URI {uri:?} is not an absolute URI")))?;
+    let url = Url::parse(uri).map_err(|_| bad(format!("redirect URI {uri:?} is not an absolute URI")))?;
     if url.fragment().is_some() {
-        return Err(bad(format!(
-            "redirect URI {uri:?} must not contain a fragment"
-        )));
+        return Err(bad(format!("redirect URI {uri:?} must not contain a fragment")));
     }
     if url.scheme() == "http" {
         let loopback = matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
         if !loopback {
-            return Err(bad(format!(
-                "redirect URI {uri:?} must use https (http only for loopback)"
-            )));
+            return Err(bad(format!("redirect URI {uri:?} must use https (http only for loopback)")));
         }
     }
     Ok(())
@@ -87,17 +75,9 @@ fn validate_redirect_uri(uri: &str) -> Result<(), OAuthError> {
 
 impl Tessera {
     pub async fn create_client(&self, spec: NewClient) -> Result<CreatedClient, OAuthError> {
-        let id = if spec.client_id.is_empty() {
-            tessera_crypto::random_secret(12)
-        } else {
-            spec.client_id.clone()
-        };
+        let id = if spec.client_id.is_empty() { tessera_crypto::random_secret(12) } else { spec.client_id.clone() };
         validate_client_id(&id)?;
-        let name = if spec.name.trim().is_empty() {
-            id.clone()
-        } else {
-            spec.name.trim().to_owned()
-        };
+        let name = if spec.name.trim().is_empty() { id.clone() } else { spec.name.trim().to_owned() };
         if name.len() > 200 {
             return Err(bad("name is too long"));
         }
@@ -116,18 +96,13 @@ impl Tessera {
         }
         let browser = grant_types.contains(&GrantType::AuthorizationCode) || spec.allow_implicit;
         if browser && spec.redirect_uris.is_empty() {
-            return Err(bad(
-                "authorization_code and implicit need at least one redirect URI",
-            ));
+            return Err(bad("authorization_code and implicit need at least one redirect URI"));
         }
         for uri in &spec.redirect_uris {
             validate_redirect_uri(uri)?;
         }
         let scopes = ScopeSet::parse(&spec.scopes.join(" "))?;
-        for ttl in [spec.access_token_ttl, spec.refresh_token_ttl]
-            .into_iter()
-            .flatten()
-        {
+        for ttl in [spec.access_token_ttl, spec.refresh_token_ttl].into_iter().flatten() {
             if !(0..=366 * 24 * 3600).contains(&ttl) {
                 return Err(bad("token lifetimes must be between 0 and 366 days"));
             }
@@ -151,25 +126,13 @@ impl Tessera {
             allow_plain_pkce: spec.allow_plain_pkce,
             created_at: self.now(),
         };
-        self.durable
-            .create_client(&client)
-            .await
-            .map_err(|e| conflict_or(e, "a client with this id"))?;
-        self.audit(
-            "client_created",
-            Some(&client.id),
-            None,
-            "client registered",
-        )
-        .await;
+        self.durable.create_client(&client).await.map_err(|e| conflict_or(e, "a client with this id"))?;
+        self.audit("client_created", Some(&client.id), None, "client registered").await;
         Ok(CreatedClient { client, secret })
     }
 
     pub async fn get_client(&self, id: &str) -> Result<Client, OAuthError> {
-        self.durable
-            .get_client(id)
-            .await?
-            .ok_or_else(|| bad("no such client"))
+        self.durable.get_client(id).await?.ok_or_else(|| bad("no such client"))
     }
 
     pub async fn list_clients(&self) -> Result<Vec<Client>, OAuthError> {
@@ -177,11 +140,12 @@ impl Tessera {
     }
 
     pub async fn delete_client(&self, id: &str) -> Result<(), OAuthError> {
-        if !self.durable.delete_client(id).await? {
+        let deleted = self.durable.delete_client(id).await?;
+        self.clients.forget(id);
+        if !deleted {
             return Err(bad("no such client"));
         }
-        self.audit("client_deleted", Some(id), None, "client deleted")
-            .await;
+        self.audit("client_deleted", Some(id), None, "client deleted").await;
         Ok(())
     }
 
@@ -192,16 +156,12 @@ impl Tessera {
             return Err(bad("public clients have no secret"));
         }
         let secret = ClientSecret::new(tessera_crypto::random_secret(32));
-        if !self.durable.set_client_secret(id, secret.digest()).await? {
+        let replaced = self.durable.set_client_secret(id, secret.digest()).await?;
+        self.clients.forget(id);
+        if !replaced {
             return Err(bad("no such client"));
         }
-        self.audit(
-            "client_secret_rotated",
-            Some(id),
-            None,
-            "client secret replaced",
-        )
-        .await;
+        self.audit("client_secret_rotated", Some(id), None, "client secret replaced").await;
         Ok(secret)
     }
 
@@ -218,12 +178,8 @@ impl Tessera {
             name: spec.name.filter(|n| !n.is_empty()),
             created_at: self.now(),
         };
-        self.durable
-            .create_user(&user)
-            .await
-            .map_err(|e| conflict_or(e, "a user with this username"))?;
-        self.audit("user_created", None, Some(&user.id), "user created")
-            .await;
+        self.durable.create_user(&user).await.map_err(|e| conflict_or(e, "a user with this username"))?;
+        self.audit("user_created", None, Some(&user.id), "user created").await;
         Ok(user)
     }
 
@@ -231,46 +187,19 @@ impl Tessera {
         Ok(self.durable.list_users().await?)
     }
 
-    pub async fn set_user_disabled(
-        &self,
-        username: &str,
-        disabled: bool,
-    ) -> Result<User, OAuthError> {
+    pub async fn set_user_disabled(&self, username: &str, disabled: bool) -> Result<User, OAuthError> {
         let username = normalize_username(username)?;
-        let user = self
-            .durable
-            .set_user_disabled(&username, disabled)
-            .await?
-            .ok_or_else(|| bad("no such user"))?;
-        let what = if disabled {
-            "user disabled"
-        } else {
-            "user enabled"
-        };
-        self.audit("user_disabled", None, Some(&user.id), what)
-            .await;
+        let user = self.durable.set_user_disabled(&username, disabled).await?.ok_or_else(|| bad("no such user"))?;
+        let what = if disabled { "user disabled" } else { "user enabled" };
+        self.audit("user_disabled", None, Some(&user.id), what).await;
         Ok(user)
     }
 
-    pub async fn set_user_password(
-        &self,
-        username: &str,
-        password: &Password,
-    ) -> Result<User, OAuthError> {
+    pub async fn set_user_password(&self, username: &str, password: &Password) -> Result<User, OAuthError> {
         let username = normalize_username(username)?;
         let hash = hash_password(password).await?;
-        let user = self
-            .durable
-            .set_user_password(&username, &hash)
-            .await?
-            .ok_or_else(|| bad("no such user"))?;
-        self.audit(
-            "user_password_set",
-            None,
-            Some(&user.id),
-            "password replaced",
-        )
-        .await;
+        let user = self.durable.set_user_password(&username, &hash).await?.ok_or_else(|| bad("no such user"))?;
+        self.audit("user_password_set", None, Some(&user.id), "password replaced").await;
         Ok(user)
     }
 
@@ -279,22 +208,9 @@ impl Tessera {
         let now = self.now();
         let kid = crate::keys::rotate(self.durable.as_ref(), self.cfg.signing_alg, now).await?;
         self.keys
-            .reload(
-                self.durable.as_ref(),
-                now,
-                self.cfg
-                    .access_token_ttl
-                    .max(self.cfg.id_token_ttl)
-                    .max(24 * 3600),
-            )
+            .reload(self.durable.as_ref(), now, self.cfg.access_token_ttl.max(self.cfg.id_token_ttl).max(24 * 3600))
             .await?;
-        self.audit(
-            "signing_key_rotated",
-            None,
-            None,
-            &format!("new signing key {kid}"),
-        )
-        .await;
+        self.audit("signing_key_rotated", None, None, &format!("new signing key {kid}")).await;
         Ok(kid)
     }
 }

@@ -42,12 +42,7 @@ pub enum AuthorizeOutcome {
     /// Show the login page.
     LoginRequired { client_name: String },
     /// Show the consent page.
-    ConsentRequired {
-        client_id: String,
-        client_name: String,
-        scopes: Vec<(String, String)>,
-        username: String,
-    },
+    ConsentRequired { client_id: String, client_name: String, scopes: Vec<(String, String)>, username: String },
 }
 
 /// A successful login.
@@ -64,11 +59,7 @@ const FRESH_LOGIN_SECS: i64 = 600;
 impl Tessera {
     /// Checks a username and password (with lockout) and opens a login session.
     #[tracing::instrument(skip_all)]
-    pub async fn authenticate(
-        &self,
-        username: &str,
-        password: &Password,
-    ) -> Result<Authenticated, OAuthError> {
+    pub async fn authenticate(&self, username: &str, password: &Password) -> Result<Authenticated, OAuthError> {
         if password.is_empty() || password.expose().len() > 1024 {
             return Err(OAuthError::invalid_request("a password is required"));
         }
@@ -82,14 +73,8 @@ impl Tessera {
             auth_time: now,
             expires_at: now + self.cfg.session_ttl,
         };
-        self.ephemeral
-            .put_session(session.digest(), &record)
-            .await?;
-        Ok(Authenticated {
-            session,
-            user,
-            expires_in: self.cfg.session_ttl,
-        })
+        self.ephemeral.put_session(session.digest(), &record).await?;
+        Ok(Authenticated { session, user, expires_in: self.cfg.session_ttl })
     }
 
     /// Ends a login session. An unknown session is not an error.
@@ -100,17 +85,11 @@ impl Tessera {
         Ok(())
     }
 
-    pub(crate) async fn session(
-        &self,
-        session: &SessionHandle,
-    ) -> Result<Option<LoginSession>, OAuthError> {
+    pub(crate) async fn session(&self, session: &SessionHandle) -> Result<Option<LoginSession>, OAuthError> {
         if session.is_empty() || session.expose().len() > 256 {
             return Ok(None);
         }
-        Ok(self
-            .ephemeral
-            .get_session(session.digest(), self.now())
-            .await?)
+        Ok(self.ephemeral.get_session(session.digest(), self.now()).await?)
     }
 
     /// Decides an authorization request. `Err` means the client or redirect URI cannot be
@@ -137,9 +116,7 @@ impl Tessera {
                 if registered.iter().any(|r| r == given) {
                     given.to_owned()
                 } else {
-                    return Err(OAuthError::invalid_request(
-                        "redirect_uri is not registered for this client",
-                    ));
+                    return Err(OAuthError::invalid_request("redirect_uri is not registered for this client"));
                 }
             }
             (_, [only]) => only.clone(),
@@ -154,13 +131,8 @@ impl Tessera {
         };
         // RFC 6749 §4.1.2.1: from here on, errors go back to the client (including
         // server_error and temporarily_unavailable).
-        let outcome = match self
-            .decide_authorization(req, &client, &redirect_uri, session, consent)
-            .await
-        {
-            Ok(AuthorizeOutcome::Redirect(params)) => {
-                AuthorizeOutcome::Redirect(back.join(&params))
-            }
+        let outcome = match self.decide_authorization(req, &client, &redirect_uri, session, consent).await {
+            Ok(AuthorizeOutcome::Redirect(params)) => AuthorizeOutcome::Redirect(back.join(&params)),
             Ok(other) => other,
             Err(e) => AuthorizeOutcome::Redirect(back.join(&back.error(&e))),
         };
@@ -182,18 +154,13 @@ impl Tessera {
             }
             "token" => {
                 if !client.allow_implicit {
-                    return Err(OAuthError::unauthorized_client(
-                        "the implicit grant is not enabled for this client",
-                    ));
+                    return Err(OAuthError::unauthorized_client("the implicit grant is not enabled for this client"));
                 }
                 true
             }
             "" => return Err(OAuthError::invalid_request("response_type is required")),
             _ => {
-                return Err(OAuthError::new(
-                    ErrorCode::UnsupportedResponseType,
-                    "response_type must be code or token",
-                ))
+                return Err(OAuthError::new(ErrorCode::UnsupportedResponseType, "response_type must be code or token"))
             }
         };
         for (name, value, max) in [("state", &req.state, 1024), ("nonce", &req.nonce, 512)] {
@@ -207,35 +174,22 @@ impl Tessera {
         } else if req.code_challenge.is_empty() {
             // DESIGN.md: PKCE is required for public clients (RFC 9700 §2.1.1).
             if !client.confidential {
-                return Err(OAuthError::invalid_request(
-                    "code_challenge is required for public clients (PKCE)",
-                ));
+                return Err(OAuthError::invalid_request("code_challenge is required for public clients (PKCE)"));
             }
             if !req.code_challenge_method.is_empty() {
-                return Err(OAuthError::invalid_request(
-                    "code_challenge_method without code_challenge",
-                ));
+                return Err(OAuthError::invalid_request("code_challenge_method without code_challenge"));
             }
             None
         } else {
-            Some(pkce::parse_challenge(
-                &req.code_challenge,
-                &req.code_challenge_method,
-                client.allow_plain_pkce,
-            )?)
+            Some(pkce::parse_challenge(&req.code_challenge, &req.code_challenge_method, client.allow_plain_pkce)?)
         };
         let prompts: Vec<&str> = req.prompt.split(' ').filter(|p| !p.is_empty()).collect();
-        if prompts
-            .iter()
-            .any(|p| !matches!(*p, "none" | "login" | "consent" | "select_account"))
-        {
+        if prompts.iter().any(|p| !matches!(*p, "none" | "login" | "consent" | "select_account")) {
             return Err(OAuthError::invalid_request("prompt has an unknown value"));
         }
         let prompt_none = prompts.contains(&"none");
         if prompt_none && prompts.len() > 1 {
-            return Err(OAuthError::invalid_request(
-                "prompt=none cannot be combined with other values",
-            ));
+            return Err(OAuthError::invalid_request("prompt=none cannot be combined with other values"));
         }
 
         let now = self.now();
@@ -247,14 +201,9 @@ impl Tessera {
         });
         let Some(login) = login else {
             if prompt_none {
-                return Err(OAuthError::new(
-                    ErrorCode::LoginRequired,
-                    "the user is not signed in",
-                ));
+                return Err(OAuthError::new(ErrorCode::LoginRequired, "the user is not signed in"));
             }
-            return Ok(AuthorizeOutcome::LoginRequired {
-                client_name: client.name.clone(),
-            });
+            return Ok(AuthorizeOutcome::LoginRequired { client_name: client.name.clone() });
         };
         let user = self
             .durable
@@ -265,32 +214,18 @@ impl Tessera {
 
         if !client.skip_consent {
             match consent {
-                Consent::Approve => {
-                    self.durable
-                        .grant_scopes(&user.id, &client.id, &scope.to_vec())
-                        .await?
-                }
-                Consent::Deny => {
-                    return Err(OAuthError::access_denied("the user denied the request"))
-                }
+                Consent::Approve => self.durable.grant_scopes(&user.id, &client.id, &scope.to_vec()).await?,
+                Consent::Deny => return Err(OAuthError::access_denied("the user denied the request")),
                 Consent::NotAsked => {
-                    let granted = ScopeSet::from_tokens(
-                        self.durable.granted_scopes(&user.id, &client.id).await?,
-                    );
+                    let granted = ScopeSet::from_tokens(self.durable.granted_scopes(&user.id, &client.id).await?);
                     if prompts.contains(&"consent") || !scope.is_subset(&granted) {
                         if prompt_none {
-                            return Err(OAuthError::new(
-                                ErrorCode::ConsentRequired,
-                                "the user has not consented",
-                            ));
+                            return Err(OAuthError::new(ErrorCode::ConsentRequired, "the user has not consented"));
                         }
                         return Ok(AuthorizeOutcome::ConsentRequired {
                             client_id: client.id.clone(),
                             client_name: client.name.clone(),
-                            scopes: scope
-                                .iter()
-                                .map(|s| (s.to_owned(), describe_scope(s)))
-                                .collect(),
+                            scopes: scope.iter().map(|s| (s.to_owned(), describe_scope(s))).collect(),
                             username: user.username.clone(),
                         });
                     }
@@ -300,14 +235,7 @@ impl Tessera {
 
         if implicit {
             // RFC 6749 §4.2.2: the token goes in the fragment; no refresh token.
-            let (token, exp) = self.mint_access(
-                client,
-                Some(&user),
-                &scope,
-                Some(login.auth_time),
-                new_jti(),
-                now,
-            )?;
+            let (token, exp) = self.mint_access(client, Some(&user), &scope, Some(login.auth_time), new_jti(), now)?;
             let params = encode(&[
                 ("access_token", token.as_str()),
                 ("token_type", "Bearer"),
@@ -320,11 +248,7 @@ impl Tessera {
         let code = AuthorizationCode::new(tessera_crypto::random_secret(32));
         let grant = CodeGrant {
             client_id: client.id.clone(),
-            redirect_uri: if req.redirect_uri.is_empty() {
-                String::new()
-            } else {
-                redirect_uri.to_owned()
-            },
+            redirect_uri: if req.redirect_uri.is_empty() { String::new() } else { redirect_uri.to_owned() },
             scope: scope.to_string(),
             user_id: user.id.clone(),
             auth_time: login.auth_time,
@@ -334,10 +258,7 @@ impl Tessera {
             expires_at: now + self.cfg.code_ttl,
         };
         self.ephemeral.put_code(code.digest(), &grant).await?;
-        Ok(AuthorizeOutcome::Redirect(format!(
-            "?{}",
-            encode(&[("code", code.expose())])
-        )))
+        Ok(AuthorizeOutcome::Redirect(format!("?{}", encode(&[("code", code.expose())]))))
     }
 }
 
@@ -353,13 +274,7 @@ struct Back {
 impl Back {
     fn error(&self, e: &OAuthError) -> String {
         let sep = if self.fragment { '#' } else { '?' };
-        format!(
-            "{sep}{}",
-            encode(&[
-                ("error", e.code.as_str()),
-                ("error_description", &e.description)
-            ])
-        )
+        format!("{sep}{}", encode(&[("error", e.code.as_str()), ("error_description", &e.description)]))
     }
 
     /// Appends `params` (starting with `?` or `#`) plus `state` and `iss` to the redirect URI.
@@ -371,11 +286,7 @@ impl Back {
         extra.push(("iss", self.issuer.as_str()));
         let extra = encode(&extra);
         let body = &params[1..];
-        let all = if body.is_empty() {
-            extra
-        } else {
-            format!("{body}&{extra}")
-        };
+        let all = if body.is_empty() { extra } else { format!("{body}&{extra}") };
         if params.starts_with('#') {
             format!("{}#{all}", self.redirect_uri)
         } else {
@@ -388,7 +299,5 @@ impl Back {
 }
 
 fn encode(pairs: &[(&str, &str)]) -> String {
-    url::form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(pairs)
-        .finish()
+    url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish()
 }

@@ -24,6 +24,11 @@ pub struct CoreConfig {
     pub code_tombstone_ttl: i64,
     /// The JWS algorithm of new signing keys.
     pub signing_alg: tessera_crypto::keys::Algorithm,
+    /// How long a node trusts a client it read from the durable store, so client
+    /// authentication on the hot paths (client_credentials, introspection) needs no database
+    /// round trip. Changes made through this node apply at once; through another node, within
+    /// this many seconds. 0 disables the cache.
+    pub client_cache_ttl: i64,
 }
 
 impl CoreConfig {
@@ -45,6 +50,7 @@ impl CoreConfig {
             lockout_window: 15 * 60,
             code_tombstone_ttl: 24 * 3600,
             signing_alg: tessera_crypto::keys::Algorithm::Es256,
+            client_cache_ttl: 10,
         }
     }
 }

@@ -26,11 +26,7 @@ impl ClientAuth {
         let secret: String = client_secret.into();
         Self {
             client_id: client_id.into(),
-            client_secret: if secret.is_empty() {
-                None
-            } else {
-                Some(ClientSecret::new(secret))
-            },
+            client_secret: if secret.is_empty() { None } else { Some(ClientSecret::new(secret)) },
         }
     }
 }
@@ -67,6 +63,37 @@ pub struct Tessera {
     pub(crate) keys: KeyRing,
     pub(crate) revoked: Arc<RevocationSet>,
     pub(crate) verified: VerifiedCache,
+    pub(crate) clients: ClientCache,
+}
+
+/// Clients read from the durable store, each trusted for `client_cache_ttl` seconds.
+#[derive(Default)]
+pub(crate) struct ClientCache {
+    entries: std::sync::RwLock<std::collections::HashMap<String, (Arc<Client>, i64)>>,
+}
+
+impl ClientCache {
+    const CAPACITY: usize = 10_000;
+
+    fn get(&self, id: &str, now: i64) -> Option<Arc<Client>> {
+        let entries = self.entries.read().ok()?;
+        entries.get(id).filter(|(_, until)| *until > now).map(|(c, _)| Arc::clone(c))
+    }
+
+    fn put(&self, client: Arc<Client>, until: i64) {
+        if let Ok(mut entries) = self.entries.write() {
+            if entries.len() >= Self::CAPACITY {
+                entries.clear();
+            }
+            entries.insert(client.id.clone(), (client, until));
+        }
+    }
+
+    pub(crate) fn forget(&self, id: &str) {
+        if let Ok(mut entries) = self.entries.write() {
+            entries.remove(id);
+        }
+    }
 }
 
 /// The result of [`Tessera::start`].
@@ -85,8 +112,7 @@ impl Tessera {
         clock: Arc<dyn Clock>,
     ) -> Result<Started, OAuthError> {
         let now = clock.now();
-        let loaded =
-            KeyRing::load(durable.as_ref(), cfg.signing_alg, now, key_retention(&cfg)).await?;
+        let loaded = KeyRing::load(durable.as_ref(), cfg.signing_alg, now, key_retention(&cfg)).await?;
         let revoked = Arc::new(RevocationSet::default());
         // A node that cannot read the revocations yet still starts; the sync task retries.
         if let Ok(snapshot) = ephemeral.revoked_access(now).await {
@@ -100,11 +126,9 @@ impl Tessera {
             keys: loaded.ring,
             revoked,
             verified: VerifiedCache::new(100_000),
+            clients: ClientCache::default(),
         });
-        Ok(Started {
-            tessera,
-            first_start: loaded.first_start,
-        })
+        Ok(Started { tessera, first_start: loaded.first_start })
     }
 
     pub fn config(&self) -> &CoreConfig {
@@ -168,71 +192,63 @@ impl Tessera {
         if auth.client_id.is_empty() || auth.client_id.len() > 255 {
             return Err(failed());
         }
-        let client = self
-            .durable
-            .get_client(&auth.client_id)
-            .await?
-            .ok_or_else(failed)?;
-        match (&client.secret_digest, &auth.client_secret) {
-            (Some(stored), Some(presented)) if client.confidential => {
-                if stored.ct_eq(&presented.digest()) {
-                    Ok(client)
-                } else {
-                    Err(failed())
-                }
-            }
-            (_, None) if !client.confidential => Ok(client),
-            _ => Err(failed()),
+        let client = self.client(&auth.client_id).await?.ok_or_else(failed)?;
+        let authenticated = match (&client.secret_digest, &auth.client_secret) {
+            (Some(stored), Some(presented)) if client.confidential => stored.ct_eq(&presented.digest()),
+            (_, None) => !client.confidential,
+            _ => false,
+        };
+        if authenticated {
+            Ok(Client::clone(&client))
+        } else {
+            Err(failed())
         }
     }
 
-    pub(crate) fn require_grant(
-        &self,
-        client: &Client,
-        grant: GrantType,
-    ) -> Result<(), OAuthError> {
+    /// A client by id, from the cache when it is fresh enough.
+    pub(crate) async fn client(&self, id: &str) -> Result<Option<Arc<Client>>, OAuthError> {
+        let now = self.now();
+        if let Some(c) = self.clients.get(id, now) {
+            return Ok(Some(c));
+        }
+        let Some(client) = self.durable.get_client(id).await? else {
+            return Ok(None);
+        };
+        let client = Arc::new(client);
+        if self.cfg.client_cache_ttl > 0 {
+            self.clients.put(Arc::clone(&client), now + self.cfg.client_cache_ttl);
+        }
+        Ok(Some(client))
+    }
+
+    pub(crate) fn require_grant(&self, client: &Client, grant: GrantType) -> Result<(), OAuthError> {
         if client.allows_grant(grant) {
             Ok(())
         } else {
-            Err(OAuthError::unauthorized_client(format!(
-                "this client may not use the {} grant",
-                grant.as_str()
-            )))
+            Err(OAuthError::unauthorized_client(format!("this client may not use the {} grant", grant.as_str())))
         }
     }
 
     /// RFC 6749 §3.3: an empty request means the client's allowed scopes; anything beyond
     /// them is `invalid_scope`.
-    pub(crate) fn resolve_scope(
-        &self,
-        client: &Client,
-        requested: &str,
-    ) -> Result<ScopeSet, OAuthError> {
+    pub(crate) fn resolve_scope(&self, client: &Client, requested: &str) -> Result<ScopeSet, OAuthError> {
         let requested = ScopeSet::parse(requested)?;
         let allowed = client.allowed_scopes();
         if requested.is_empty() {
             return Ok(allowed);
         }
         if !requested.is_subset(&allowed) {
-            return Err(OAuthError::invalid_scope(
-                "the requested scope exceeds what this client may ask for",
-            ));
+            return Err(OAuthError::invalid_scope("the requested scope exceeds what this client may ask for"));
         }
         Ok(requested)
     }
 
     pub(crate) fn access_ttl(&self, client: &Client) -> i64 {
-        client
-            .access_token_ttl
-            .filter(|t| *t > 0)
-            .unwrap_or(self.cfg.access_token_ttl)
+        client.access_token_ttl.filter(|t| *t > 0).unwrap_or(self.cfg.access_token_ttl)
     }
 
     pub(crate) fn refresh_ttl(&self, client: &Client) -> i64 {
-        client
-            .refresh_token_ttl
-            .filter(|t| *t > 0)
-            .unwrap_or(self.cfg.refresh_token_ttl)
+        client.refresh_token_ttl.filter(|t| *t > 0).unwrap_or(self.cfg.refresh_token_ttl)
     }
 
     /// Signs an access token (RFC 9068) with the given `jti`; returns it with its `exp`.
@@ -248,9 +264,7 @@ impl Tessera {
         let exp = now + self.access_ttl(client);
         let claims = AccessClaims {
             iss: self.cfg.issuer.clone(),
-            sub: user
-                .map(|u| u.id.clone())
-                .unwrap_or_else(|| client.id.clone()),
+            sub: user.map(|u| u.id.clone()).unwrap_or_else(|| client.id.clone()),
             aud: self.cfg.audience.clone(),
             exp,
             iat: now,
@@ -261,8 +275,7 @@ impl Tessera {
             auth_time,
             username: user.map(|u| u.username.clone()),
         };
-        let value =
-            serde_json::to_value(&claims).map_err(|e| OAuthError::server_error(e.to_string()))?;
+        let value = serde_json::to_value(&claims).map_err(|e| OAuthError::server_error(e.to_string()))?;
         let keys = self.keys.current();
         let token = tessera_crypto::jwt::encode(&keys.signing, tokens::ACCESS_TOKEN_TYP, &value)
             .map_err(|e| OAuthError::server_error(e.to_string()))?;
@@ -296,8 +309,7 @@ impl Tessera {
         }
         add_profile_claims(&mut claims, user, scope);
         let keys = self.keys.current();
-        tessera_crypto::jwt::encode(&keys.signing, "JWT", &claims)
-            .map_err(|e| OAuthError::server_error(e.to_string()))
+        tessera_crypto::jwt::encode(&keys.signing, "JWT", &claims).map_err(|e| OAuthError::server_error(e.to_string()))
     }
 
     /// Issues tokens for a user after a grant succeeded: an access token, a refresh token in
@@ -315,14 +327,8 @@ impl Tessera {
         family_id: String,
     ) -> Result<TokenSet, OAuthError> {
         let now = self.now();
-        let (access_token, access_exp) = self.mint_access(
-            client,
-            Some(user),
-            &scope,
-            Some(auth_time),
-            jti.clone(),
-            now,
-        )?;
+        let (access_token, access_exp) =
+            self.mint_access(client, Some(user), &scope, Some(auth_time), jti.clone(), now)?;
         let refresh_token = if client.allows_grant(GrantType::RefreshToken) {
             let token = RefreshToken::new(tessera_crypto::random_secret(32));
             let record = RefreshRecord {
@@ -348,13 +354,7 @@ impl Tessera {
         } else {
             None
         };
-        Ok(TokenSet {
-            access_token,
-            expires_in: access_exp - now,
-            refresh_token,
-            scope,
-            id_token,
-        })
+        Ok(TokenSet { access_token, expires_in: access_exp - now, refresh_token, scope, id_token })
     }
 
     /// Revokes one access token everywhere: locally at once, on other nodes through the fan-out.
@@ -377,13 +377,7 @@ impl Tessera {
     }
 
     /// Writes a security event to the `tessera::audit` target and the audit log.
-    pub(crate) async fn audit(
-        &self,
-        kind: &str,
-        client_id: Option<&str>,
-        user_id: Option<&str>,
-        detail: &str,
-    ) {
+    pub(crate) async fn audit(&self, kind: &str, client_id: Option<&str>, user_id: Option<&str>, detail: &str) {
         tracing::warn!(target: "tessera::audit", kind, client_id, user_id, detail);
         let event = AuditEvent {
             at: self.now(),
@@ -400,21 +394,11 @@ impl Tessera {
     /// Checks a user's password with lockout (DESIGN.md: Argon2id, lockout on repeated
     /// failure, one generic error whether the user exists or not). Fails closed: without
     /// its failure counter no password is checked.
-    pub(crate) async fn verify_user_password(
-        &self,
-        username: &str,
-        password: &Password,
-    ) -> Result<User, OAuthError> {
-        let generic = || {
-            OAuthError::invalid_grant(
-                "invalid username or password, or the account is temporarily locked",
-            )
-        };
+    pub(crate) async fn verify_user_password(&self, username: &str, password: &Password) -> Result<User, OAuthError> {
+        let generic =
+            || OAuthError::invalid_grant("invalid username or password, or the account is temporarily locked");
         let username = normalize_username(username)?;
-        let counter = format!(
-            "login:{}",
-            tessera_crypto::Digest::of(username.as_bytes()).to_hex()
-        );
+        let counter = format!("login:{}", tessera_crypto::Digest::of(username.as_bytes()).to_hex());
         let failures = self.ephemeral.failures(&counter).await?;
         if failures >= self.cfg.lockout_threshold {
             return Err(generic());
@@ -431,11 +415,9 @@ impl Tessera {
                 .map_err(|e| OAuthError::server_error(e.to_string()))?
             }
             None => {
-                tokio::task::spawn_blocking(move || {
-                    tessera_crypto::password::verify_dummy(presented.expose())
-                })
-                .await
-                .map_err(|e| OAuthError::server_error(e.to_string()))?;
+                tokio::task::spawn_blocking(move || tessera_crypto::password::verify_dummy(presented.expose()))
+                    .await
+                    .map_err(|e| OAuthError::server_error(e.to_string()))?;
                 false
             }
         };
@@ -447,14 +429,10 @@ impl Tessera {
                 Ok(u)
             }
             user => {
-                let count = self
-                    .ephemeral
-                    .record_failure(&counter, self.cfg.lockout_window)
-                    .await?;
+                let count = self.ephemeral.record_failure(&counter, self.cfg.lockout_window).await?;
                 if count == self.cfg.lockout_threshold {
                     let uid = user.as_ref().map(|u| u.id.as_str());
-                    self.audit("lockout", None, uid, "too many failed password attempts")
-                        .await;
+                    self.audit("lockout", None, uid, "too many failed password attempts").await;
                 }
                 Err(generic())
             }

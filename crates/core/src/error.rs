@@ -93,11 +93,7 @@ pub struct OAuthError {
 
 impl OAuthError {
     pub fn new(code: ErrorCode, description: impl Into<String>) -> Self {
-        Self {
-            code,
-            description: description.into(),
-            detail: None,
-        }
+        Self { code, description: description.into(), detail: None }
     }
 
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
@@ -127,11 +123,7 @@ impl OAuthError {
         Self::new(ErrorCode::InvalidToken, d)
     }
     pub fn server_error(detail: impl Into<String>) -> Self {
-        Self::new(
-            ErrorCode::ServerError,
-            "the server could not complete the request",
-        )
-        .with_detail(detail)
+        Self::new(ErrorCode::ServerError, "the server could not complete the request").with_detail(detail)
     }
 }
 
@@ -158,14 +150,11 @@ pub enum StoreError {
 impl From<StoreError> for OAuthError {
     fn from(e: StoreError) -> Self {
         match &e {
-            StoreError::Unavailable { store, .. } => OAuthError::new(
-                ErrorCode::TemporarilyUnavailable,
-                format!("the {store} is unavailable; retry later"),
-            )
-            .with_detail(e.to_string()),
-            StoreError::Conflict(_) | StoreError::Other(_) => {
-                OAuthError::server_error(e.to_string())
+            StoreError::Unavailable { store, .. } => {
+                OAuthError::new(ErrorCode::TemporarilyUnavailable, format!("the {store} is unavailable; retry later"))
+                    .with_detail(e.to_string())
             }
+            StoreError::Conflict(_) | StoreError::Other(_) => OAuthError::server_error(e.to_string()),
         }
     }
 }
@@ -186,11 +175,8 @@ mod tests {
 
     #[test]
     fn an_unavailable_store_is_temporarily_unavailable_without_its_reason() {
-        let e: OAuthError = StoreError::Unavailable {
-            store: "ephemeral store",
-            reason: "connection refused 10.0.0.1".into(),
-        }
-        .into();
+        let e: OAuthError =
+            StoreError::Unavailable { store: "ephemeral store", reason: "connection refused 10.0.0.1".into() }.into();
         assert_eq!(e.code, ErrorCode::TemporarilyUnavailable);
         assert!(!e.description.contains("10.0.0.1"));
     }

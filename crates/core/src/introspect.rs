@@ -42,30 +42,16 @@ impl Tessera {
     /// Verifies an access token locally; `None` if it is not active for any reason.
     pub fn verify_access_token(&self, token: &str) -> Option<Arc<AccessClaims>> {
         let keys = self.keys.current();
-        verify_access(
-            token,
-            &keys,
-            &self.cfg.issuer,
-            self.now(),
-            &self.revoked,
-            &self.verified,
-        )
-        .ok()
+        verify_access(token, &keys, &self.cfg.issuer, self.now(), &self.revoked, &self.verified).ok()
     }
 
     /// RFC 7662: the caller must be an authenticated (confidential) client. Anything that is
     /// not an active token gives `Inactive` and nothing else.
     #[tracing::instrument(skip_all, fields(client_id = %auth.client_id))]
-    pub async fn introspect(
-        &self,
-        auth: &ClientAuth,
-        token: &PresentedToken,
-    ) -> Result<Introspection, OAuthError> {
+    pub async fn introspect(&self, auth: &ClientAuth, token: &PresentedToken) -> Result<Introspection, OAuthError> {
         let caller = self.authenticate_client(auth).await?;
         if !caller.confidential {
-            return Err(OAuthError::invalid_client(
-                "introspection needs an authenticated confidential client",
-            ));
+            return Err(OAuthError::invalid_client("introspection needs an authenticated confidential client"));
         }
         required(token.expose(), "token", 8192)?;
         if looks_like_jwt(token.expose()) {
@@ -90,17 +76,11 @@ impl Tessera {
             return Ok(Introspection::Inactive);
         };
         // Refresh tokens are the client's own: only the client they were issued to sees them.
-        if r.state != RefreshState::Active || r.expires_at <= self.now() || r.client_id != caller.id
-        {
+        if r.state != RefreshState::Active || r.expires_at <= self.now() || r.client_id != caller.id {
             return Ok(Introspection::Inactive);
         }
         let username = match &r.user_id {
-            Some(id) => self
-                .durable
-                .get_user(id)
-                .await?
-                .map(|u| u.username)
-                .unwrap_or_default(),
+            Some(id) => self.durable.get_user(id).await?.map(|u| u.username).unwrap_or_default(),
             None => String::new(),
         };
         Ok(Introspection::Active(Box::new(ActiveToken {
@@ -124,12 +104,7 @@ impl Tessera {
     /// nothing is revoked. Revoking a refresh token revokes its whole family and the access
     /// tokens it issued.
     #[tracing::instrument(skip_all, fields(client_id = %auth.client_id))]
-    pub async fn revoke(
-        &self,
-        auth: &ClientAuth,
-        token: &PresentedToken,
-        hint: &str,
-    ) -> Result<(), OAuthError> {
+    pub async fn revoke(&self, auth: &ClientAuth, token: &PresentedToken, hint: &str) -> Result<(), OAuthError> {
         let caller = self.authenticate_client(auth).await?;
         required(token.expose(), "token", 8192)?;
         if !hint.is_empty() && hint != "access_token" && hint != "refresh_token" {
@@ -138,8 +113,7 @@ impl Tessera {
                 "token_type_hint must be access_token or refresh_token",
             ));
         }
-        let not_yours =
-            || OAuthError::unauthorized_client("the token was not issued to this client");
+        let not_yours = || OAuthError::unauthorized_client("the token was not issued to this client");
         if looks_like_jwt(token.expose()) {
             let keys = self.keys.current();
             // Expired or revoked tokens need no revoking; forged ones are unknown tokens.
@@ -169,24 +143,19 @@ impl Tessera {
     /// OIDC UserInfo for a Bearer access token: `invalid_token` when it is not active,
     /// `insufficient_scope` without `openid` (RFC 6750 §3.1).
     pub async fn userinfo(&self, access_token: &str) -> Result<serde_json::Value, OAuthError> {
-        let claims = self.verify_access_token(access_token).ok_or_else(|| {
-            OAuthError::invalid_token("the access token is invalid, expired or revoked")
-        })?;
+        let claims = self
+            .verify_access_token(access_token)
+            .ok_or_else(|| OAuthError::invalid_token("the access token is invalid, expired or revoked"))?;
         let scope = crate::model::ScopeSet::parse(&claims.scope)?;
         if !scope.contains("openid") {
-            return Err(OAuthError::new(
-                ErrorCode::InsufficientScope,
-                "the access token lacks the openid scope",
-            ));
+            return Err(OAuthError::new(ErrorCode::InsufficientScope, "the access token lacks the openid scope"));
         }
         let user = self
             .durable
             .get_user(&claims.sub)
             .await?
             .filter(|u| !u.disabled)
-            .ok_or_else(|| {
-                OAuthError::invalid_token("the access token's subject no longer exists")
-            })?;
+            .ok_or_else(|| OAuthError::invalid_token("the access token's subject no longer exists"))?;
         let mut out = json!({ "sub": user.id });
         add_profile_claims(&mut out, &user, &scope);
         Ok(out)

@@ -32,12 +32,7 @@ pub struct Loaded {
 impl KeyRing {
     /// Loads the keys, creating one if none is active. `retain` is how long a retired key
     /// keeps verifying (the longest token lifetime it may have signed).
-    pub async fn load(
-        durable: &dyn Durable,
-        alg: Algorithm,
-        now: i64,
-        retain: i64,
-    ) -> Result<Loaded, OAuthError> {
+    pub async fn load(durable: &dyn Durable, alg: Algorithm, now: i64, retain: i64) -> Result<Loaded, OAuthError> {
         let mut stored = durable.list_keys().await?;
         let mut first_start = false;
         if !stored.iter().any(|k| k.retired_at.is_none()) {
@@ -46,12 +41,7 @@ impl KeyRing {
             stored = durable.list_keys().await?;
         }
         let set = build(&stored, now, retain)?;
-        Ok(Loaded {
-            ring: KeyRing {
-                current: RwLock::new(Arc::new(set)),
-            },
-            first_start,
-        })
+        Ok(Loaded { ring: KeyRing { current: RwLock::new(Arc::new(set)) }, first_start })
     }
 
     pub fn current(&self) -> Arc<KeySet> {
@@ -62,12 +52,7 @@ impl KeyRing {
     }
 
     /// Re-reads the keys (after a rotation on any node).
-    pub async fn reload(
-        &self,
-        durable: &dyn Durable,
-        now: i64,
-        retain: i64,
-    ) -> Result<(), OAuthError> {
+    pub async fn reload(&self, durable: &dyn Durable, now: i64, retain: i64) -> Result<(), OAuthError> {
         let set = build(&durable.list_keys().await?, now, retain)?;
         match self.current.write() {
             Ok(mut g) => *g = Arc::new(set),
@@ -86,8 +71,7 @@ pub async fn rotate(durable: &dyn Durable, alg: Algorithm, now: i64) -> Result<S
 
 async fn create_key(durable: &dyn Durable, alg: Algorithm, now: i64) -> Result<String, OAuthError> {
     let der = keys::generate_pkcs8(alg).map_err(|e| OAuthError::server_error(e.to_string()))?;
-    let key =
-        SigningKey::from_pkcs8(alg, &der).map_err(|e| OAuthError::server_error(e.to_string()))?;
+    let key = SigningKey::from_pkcs8(alg, &der).map_err(|e| OAuthError::server_error(e.to_string()))?;
     let kid = key.kid().to_owned();
     let record = StoredKey {
         kid: kid.clone(),
@@ -120,16 +104,11 @@ fn build(stored: &[StoredKey], now: i64, retain: i64) -> Result<KeySet, OAuthErr
         }
     }
     let jwks_json = keys::jwks(&verifying).to_string();
-    Ok(KeySet {
-        signing,
-        verifying,
-        jwks_json,
-    })
+    Ok(KeySet { signing, verifying, jwks_json })
 }
 
 fn parse(k: &StoredKey) -> Result<SigningKey, OAuthError> {
-    let alg = Algorithm::parse(&k.alg)
-        .ok_or_else(|| OAuthError::server_error(format!("unknown key algorithm {}", k.alg)))?;
-    SigningKey::from_pkcs8(alg, &k.private_der)
-        .map_err(|e| OAuthError::server_error(format!("key {}: {e}", k.kid)))
+    let alg =
+        Algorithm::parse(&k.alg).ok_or_else(|| OAuthError::server_error(format!("unknown key algorithm {}", k.alg)))?;
+    SigningKey::from_pkcs8(alg, &k.private_der).map_err(|e| OAuthError::server_error(format!("key {}: {e}", k.kid)))
 }

@@ -3,10 +3,7 @@
 //!
 //! This crate must not depend on tonic, actix-web, SeaORM or redis: transports and stores are
 //! adapters that live in their own crates. CI checks that with `cargo tree`.
-#![cfg_attr(
-    not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::todo)
-)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::todo))]
 
 pub mod admin;
 pub mod authorize;

@@ -126,13 +126,8 @@ impl ScopeSet {
         }
         let mut set = BTreeSet::new();
         for token in s.split(' ').filter(|t| !t.is_empty()) {
-            if !token
-                .bytes()
-                .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
-            {
-                return Err(OAuthError::invalid_scope(
-                    "scope contains a character RFC 6749 §3.3 does not allow",
-                ));
+            if !token.bytes().all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b)) {
+                return Err(OAuthError::invalid_scope("scope contains a character RFC 6749 §3.3 does not allow"));
             }
             set.insert(token.to_owned());
         }
@@ -262,10 +257,7 @@ mod tests {
     #[test]
     fn the_short_device_grant_type_is_an_alias() {
         assert_eq!(GrantType::parse("device_code"), Some(GrantType::DeviceCode));
-        assert_eq!(
-            GrantType::parse(GrantType::DeviceCode.as_str()),
-            Some(GrantType::DeviceCode)
-        );
+        assert_eq!(GrantType::parse(GrantType::DeviceCode.as_str()), Some(GrantType::DeviceCode));
         assert_eq!(GrantType::parse("implicit "), None);
     }
 }

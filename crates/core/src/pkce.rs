@@ -19,25 +19,15 @@ impl Method {
 
 /// RFC 7636 §4.1 / §4.2: 43 to 128 characters of [A-Z] / [a-z] / [0-9] / "-" / "." / "_" / "~".
 fn well_formed(s: &str) -> bool {
-    (43..=128).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+    (43..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
 }
 
 /// Validates an authorization request's challenge. RFC 7636 §4.3: an absent method means `plain`.
-pub fn parse_challenge(
-    challenge: &str,
-    method: &str,
-    allow_plain: bool,
-) -> Result<Method, OAuthError> {
+pub fn parse_challenge(challenge: &str, method: &str, allow_plain: bool) -> Result<Method, OAuthError> {
     let method = match method {
         "S256" => Method::S256,
         "" | "plain" => Method::Plain,
-        _ => {
-            return Err(OAuthError::invalid_request(
-                "code_challenge_method must be S256",
-            ))
-        }
+        _ => return Err(OAuthError::invalid_request("code_challenge_method must be S256")),
     };
     if method == Method::Plain && !allow_plain {
         return Err(OAuthError::invalid_request(
@@ -45,9 +35,7 @@ pub fn parse_challenge(
         ));
     }
     if !well_formed(challenge) {
-        return Err(OAuthError::invalid_request(
-            "code_challenge is malformed (RFC 7636 §4.2)",
-        ));
+        return Err(OAuthError::invalid_request("code_challenge is malformed (RFC 7636 §4.2)"));
     }
     Ok(method)
 }
@@ -58,9 +46,7 @@ pub fn verify(challenge: &str, method: &str, verifier: &str) -> Result<(), OAuth
         return Err(OAuthError::invalid_request("code_verifier is required"));
     }
     if !well_formed(verifier) {
-        return Err(OAuthError::invalid_request(
-            "code_verifier is malformed (RFC 7636 §4.1)",
-        ));
+        return Err(OAuthError::invalid_request("code_verifier is malformed (RFC 7636 §4.1)"));
     }
     let computed = match method {
         "plain" => verifier.to_owned(),
@@ -69,8 +55,6 @@ pub fn verify(challenge: &str, method: &str, verifier: &str) -> Result<(), OAuth
     if tessera_crypto::ct_eq(computed.as_bytes(), challenge.as_bytes()) {
         Ok(())
     } else {
-        Err(OAuthError::invalid_grant(
-            "code_verifier does not match the code_challenge",
-        ))
+        Err(OAuthError::invalid_grant("code_verifier does not match the code_challenge"))
     }
 }

@@ -60,10 +60,7 @@ impl RevocationSet {
     }
 
     pub fn contains(&self, jti: &str) -> bool {
-        self.revoked
-            .read()
-            .map(|m| m.contains_key(jti))
-            .unwrap_or(true)
+        self.revoked.read().map(|m| m.contains_key(jti)).unwrap_or(true)
     }
 
     /// Replaces the set with a fresh snapshot plus what is already known, dropping expired ids.
@@ -98,10 +95,7 @@ pub struct VerifiedCache {
 
 impl VerifiedCache {
     pub fn new(capacity: usize) -> Self {
-        Self {
-            entries: Mutex::new(HashMap::new()),
-            capacity,
-        }
+        Self { entries: Mutex::new(HashMap::new()), capacity }
     }
 
     fn get(&self, d: &Digest) -> Option<Arc<AccessClaims>> {
@@ -141,8 +135,7 @@ pub fn verify_access(
             if v.header.get("typ").and_then(|t| t.as_str()) != Some(ACCESS_TOKEN_TYP) {
                 return Err(Inactive::WrongType);
             }
-            let claims: AccessClaims =
-                serde_json::from_value(v.claims).map_err(|_| Inactive::Malformed)?;
+            let claims: AccessClaims = serde_json::from_value(v.claims).map_err(|_| Inactive::Malformed)?;
             let claims = Arc::new(claims);
             cache.put(digest, Arc::clone(&claims), now);
             claims

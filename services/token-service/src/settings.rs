@@ -27,6 +27,7 @@ pub struct Settings {
     pub admin: AdminSettings,
     pub demo: DemoSettings,
     pub log: LogSettings,
+    pub facade: FacadeSettings,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -74,6 +75,8 @@ pub struct TokenSettings {
     pub signing_alg: String,
     /// `aud` of access tokens; defaults to the issuer.
     pub audience: Option<String>,
+    /// Seconds a node trusts a client it read from the database (0: no cache).
+    pub client_cache_ttl: i64,
 }
 
 #[derive(Clone, Debug, Deserialize, Default)]
@@ -98,6 +101,14 @@ pub struct LogSettings {
     pub level: String,
 }
 
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct FacadeSettings {
+    /// The token service's gRPC URL for an HTTP facade running on its own; empty means
+    /// `http://` + `grpc.listen` (a wildcard address becomes 127.0.0.1).
+    pub token_service_url: String,
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Self {
@@ -111,24 +122,20 @@ impl Default for Settings {
             admin: AdminSettings::default(),
             demo: DemoSettings::default(),
             log: LogSettings::default(),
+            facade: FacadeSettings::default(),
         }
     }
 }
 
 impl Default for GrpcSettings {
     fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:50051".into(),
-        }
+        Self { listen: "127.0.0.1:50051".into() }
     }
 }
 
 impl Default for HttpSettings {
     fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:8080".into(),
-            public_url: None,
-        }
+        Self { listen: "127.0.0.1:8080".into(), public_url: None }
     }
 }
 
@@ -140,10 +147,7 @@ impl Default for DatabaseSettings {
 
 impl Default for RedisSettings {
     fn default() -> Self {
-        Self {
-            url: String::new(),
-            key_prefix: "tessera:".into(),
-        }
+        Self { url: String::new(), key_prefix: "tessera:".into() }
     }
 }
 
@@ -160,6 +164,7 @@ impl Default for TokenSettings {
             lockout_threshold: 5,
             lockout_window: 900,
             signing_alg: "ES256".into(),
+            client_cache_ttl: 10,
             audience: None,
         }
     }
@@ -173,10 +178,7 @@ impl Default for DemoSettings {
 
 impl Default for LogSettings {
     fn default() -> Self {
-        Self {
-            format: "text".into(),
-            level: "info".into(),
-        }
+        Self { format: "text".into(), level: "info".into() }
     }
 }
 
@@ -230,9 +232,7 @@ impl Settings {
             }
         }
         figment = figment.merge(Toml::string(&toml_env));
-        let settings: Settings = figment
-            .extract()
-            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        let settings: Settings = figment.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         settings.validate()?;
         Ok(settings)
     }
@@ -248,10 +248,7 @@ impl Settings {
             .parse::<SocketAddr>()
             .with_context(|| format!("http.listen: {:?} is not an address", self.http.listen))?;
         let db = self.database_url();
-        if !(db.starts_with("postgres://")
-            || db.starts_with("postgresql://")
-            || db.starts_with("sqlite:"))
-        {
+        if !(db.starts_with("postgres://") || db.starts_with("postgresql://") || db.starts_with("sqlite:")) {
             bail!("database.url (DATABASE_URL): must start with postgres:// or sqlite:");
         }
         if !self.redis.url.is_empty()
@@ -278,21 +275,16 @@ impl Settings {
             bail!("tokens.lockout_threshold: must be at least 1");
         }
         if tessera_crypto::keys::Algorithm::parse(&t.signing_alg).is_none() {
-            bail!(
-                "tokens.signing_alg: must be ES256 or EdDSA, got {:?}",
-                t.signing_alg
-            );
+            bail!("tokens.signing_alg: must be ES256 or EdDSA, got {:?}", t.signing_alg);
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
-            bail!(
-                "log.format: must be text or json, got {:?}",
-                self.log.format
-            );
+            bail!("log.format: must be text or json, got {:?}", self.log.format);
         }
-        for (name, url) in [
-            ("issuer", &self.issuer),
-            ("http.public_url", &self.http.public_url),
-        ] {
+        let facade_url = &self.facade.token_service_url;
+        if !facade_url.is_empty() && !(facade_url.starts_with("http://") || facade_url.starts_with("https://")) {
+            bail!("facade.token_service_url: must be an http(s) URL, got {facade_url:?}");
+        }
+        for (name, url) in [("issuer", &self.issuer), ("http.public_url", &self.http.public_url)] {
             if let Some(u) = url {
                 if !(u.starts_with("http://") || u.starts_with("https://")) {
                     bail!("{name}: must be an http(s) URL, got {u:?}");
@@ -304,10 +296,7 @@ impl Settings {
 
     pub fn database_url(&self) -> String {
         if self.database.url.is_empty() {
-            format!(
-                "sqlite://{}?mode=rwc",
-                self.data_dir.join("tessera.db").display()
-            )
+            format!("sqlite://{}?mode=rwc", self.data_dir.join("tessera.db").display())
         } else {
             self.database.url.clone()
         }
@@ -318,6 +307,16 @@ impl Settings {
             Some(u) => u.trim_end_matches('/').to_owned(),
             None => format!("http://{}", self.http.listen),
         }
+    }
+
+    /// Where a facade reaches the token service's gRPC listener.
+    pub fn token_service_url(&self) -> String {
+        if !self.facade.token_service_url.is_empty() {
+            return self.facade.token_service_url.clone();
+        }
+        let listen = self.grpc.listen.replace("0.0.0.0:", "127.0.0.1:");
+        let listen = listen.replace("[::]:", "[::1]:");
+        format!("http://{listen}")
     }
 
     pub fn issuer(&self) -> String {
@@ -337,6 +336,7 @@ impl Settings {
         c.session_ttl = t.session_ttl;
         c.lockout_threshold = t.lockout_threshold;
         c.lockout_window = t.lockout_window;
+        c.client_cache_ttl = t.client_cache_ttl.max(0);
         c.verification_uri = format!("{}/device", self.public_url());
         if let Some(a) = &t.audience {
             c.audience = a.clone();
@@ -362,10 +362,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -396,13 +393,22 @@ mod tests {
         assert_eq!(s.database_url(), "postgres://u@h/db");
         assert_eq!(s.redis.url, "redis://127.0.0.1:6379");
 
-        let e =
-            Settings::load(None, &env(&[("TESSERA_TOKENS__ACCESS_TOKEN_TTL", "-5")])).unwrap_err();
+        let e = Settings::load(None, &env(&[("TESSERA_TOKENS__ACCESS_TOKEN_TTL", "-5")])).unwrap_err();
         assert!(e.to_string().contains("tokens.access_token_ttl"), "{e}");
         let e = Settings::load(None, &env(&[("TESSERA_TOKENS__NOPE", "1")])).unwrap_err();
         assert!(format!("{e:#}").contains("nope"), "{e:#}");
-        let e =
-            Settings::load(None, &env(&[("TESSERA_GRPC__LISTEN", "not an address")])).unwrap_err();
+        let e = Settings::load(None, &env(&[("TESSERA_GRPC__LISTEN", "not an address")])).unwrap_err();
         assert!(format!("{e:#}").contains("grpc.listen"), "{e:#}");
+    }
+
+    #[test]
+    fn a_facade_on_its_own_finds_the_token_service_from_config() {
+        let s = Settings::load(None, &env(&[("TESSERA_GRPC__LISTEN", "0.0.0.0:6000")])).unwrap();
+        assert_eq!(s.token_service_url(), "http://127.0.0.1:6000");
+        let s =
+            Settings::load(None, &env(&[("TESSERA_FACADE__TOKEN_SERVICE_URL", "http://token-service:50051")])).unwrap();
+        assert_eq!(s.token_service_url(), "http://token-service:50051");
+        let e = Settings::load(None, &env(&[("TESSERA_FACADE__TOKEN_SERVICE_URL", "nope")])).unwrap_err();
+        assert!(format!("{e:#}").contains("facade.token_service_url"), "{e:#}");
     }
 }

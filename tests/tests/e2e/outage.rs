@@ -146,8 +146,12 @@ async fn a_store_outage_gives_unavailable_fails_closed_and_recovers_by_itself() 
     redis.restore();
     eventually(Duration::from_secs(15), || app.issue(pw.clone())).await;
 
-    // Postgres down: client lookups fail with UNAVAILABLE; introspection does not notice.
+    // Postgres down: once the node's cached clients are stale, client authentication fails
+    // with UNAVAILABLE.
     pg.cut();
+    let cached = app.issue(cc.clone()).await;
+    assert!(cached.is_ok(), "a recently used client is served from the node's cache: {cached:?}");
+    app.clock.advance_secs(11);
     let s = assert_oauth(app.issue(cc.clone()).await, ErrorCode::TemporarilyUnavailable, "client_credentials without Postgres");
     assert_eq!(s.code(), tonic::Code::Unavailable);
     let checked = app

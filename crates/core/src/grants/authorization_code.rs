@@ -16,8 +16,7 @@ pub(super) async fn run(
     code_verifier: &str,
 ) -> Result<TokenSet, OAuthError> {
     required(code.expose(), "code", 512)?;
-    let invalid =
-        || OAuthError::invalid_grant("the authorization code is invalid, expired or already used");
+    let invalid = || OAuthError::invalid_grant("the authorization code is invalid, expired or already used");
     let digest = code.digest();
     let now = t.now();
 
@@ -29,16 +28,9 @@ pub(super) async fn run(
 
     let jti = new_jti();
     let family_id = uuid::Uuid::new_v4().to_string();
-    let issued = Issued {
-        access_jti: jti.clone(),
-        access_exp: now + t.access_ttl(client),
-        family_id: Some(family_id.clone()),
-    };
-    let grant = match t
-        .ephemeral
-        .take_code(digest, now, &issued, t.cfg.code_tombstone_ttl)
-        .await?
-    {
+    let issued =
+        Issued { access_jti: jti.clone(), access_exp: now + t.access_ttl(client), family_id: Some(family_id.clone()) };
+    let grant = match t.ephemeral.take_code(digest, now, &issued, t.cfg.code_tombstone_ttl).await? {
         CodeTake::Fresh(grant) => grant,
         CodeTake::Replayed(first) => {
             revoke_issued(t, &first).await?;
@@ -56,24 +48,10 @@ pub(super) async fn run(
     // The code is immutable, so this repeats the checks above on what was actually taken.
     check(client, &grant, redirect_uri, code_verifier)?;
 
-    let user = t
-        .durable
-        .get_user(&grant.user_id)
-        .await?
-        .filter(|u| !u.disabled)
-        .ok_or_else(invalid)?;
+    let user = t.durable.get_user(&grant.user_id).await?.filter(|u| !u.disabled).ok_or_else(invalid)?;
     let scope = ScopeSet::parse(&grant.scope)?;
-    let tokens = t
-        .issue_for_user(
-            client,
-            &user,
-            scope,
-            grant.auth_time,
-            grant.nonce.as_deref(),
-            jti,
-            family_id,
-        )
-        .await?;
+    let tokens =
+        t.issue_for_user(client, &user, scope, grant.auth_time, grant.nonce.as_deref(), jti, family_id).await?;
 
     // A replay that raced this exchange found the tombstone before our tokens existed, so
     // its revocation may have missed them: revoke them now. This exchange still answered
@@ -84,47 +62,33 @@ pub(super) async fn run(
     Ok(tokens)
 }
 
-fn check(
-    client: &Client,
-    grant: &CodeGrant,
-    redirect_uri: &str,
-    verifier: &str,
-) -> Result<(), OAuthError> {
+fn check(client: &Client, grant: &CodeGrant, redirect_uri: &str, verifier: &str) -> Result<(), OAuthError> {
     // RFC 6749 §4.1.3: the code must have been issued to this client.
     if grant.client_id != client.id {
-        return Err(OAuthError::invalid_grant(
-            "the authorization code was issued to another client",
-        ));
+        return Err(OAuthError::invalid_grant("the authorization code was issued to another client"));
     }
     // RFC 6749 §4.1.3: redirect_uri must be identical to the authorization request's.
     if !grant.redirect_uri.is_empty() && grant.redirect_uri != redirect_uri {
-        return Err(OAuthError::invalid_grant(
-            "redirect_uri does not match the authorization request",
-        ));
+        return Err(OAuthError::invalid_grant("redirect_uri does not match the authorization request"));
     }
     if grant.redirect_uri.is_empty()
         && !redirect_uri.is_empty()
         && !client.redirect_uris.iter().any(|u| u == redirect_uri)
     {
-        return Err(OAuthError::invalid_grant(
-            "redirect_uri does not match the authorization request",
-        ));
+        return Err(OAuthError::invalid_grant("redirect_uri does not match the authorization request"));
     }
     match (&grant.code_challenge, &grant.code_challenge_method) {
-        (Some(challenge), method) => {
-            crate::pkce::verify(challenge, method.as_deref().unwrap_or("plain"), verifier)
-        }
+        (Some(challenge), method) => crate::pkce::verify(challenge, method.as_deref().unwrap_or("plain"), verifier),
         // RFC 9700 §2.1.1: a verifier without a challenge is a PKCE downgrade attempt.
-        (None, _) if !verifier.is_empty() => Err(OAuthError::invalid_grant(
-            "code_verifier was sent but the authorization request had no code_challenge",
-        )),
+        (None, _) if !verifier.is_empty() => {
+            Err(OAuthError::invalid_grant("code_verifier was sent but the authorization request had no code_challenge"))
+        }
         (None, _) => Ok(()),
     }
 }
 
 async fn revoke_issued(t: &Tessera, issued: &Issued) -> Result<(), OAuthError> {
-    t.revoke_access(&issued.access_jti, issued.access_exp)
-        .await?;
+    t.revoke_access(&issued.access_jti, issued.access_exp).await?;
     if let Some(family) = &issued.family_id {
         t.revoke_family(family).await?;
     }

@@ -27,9 +27,7 @@ pub struct DeviceAuthorization {
 
 impl std::fmt::Debug for DeviceAuthorization {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeviceAuthorization")
-            .field("expires_in", &self.expires_in)
-            .finish_non_exhaustive()
+        f.debug_struct("DeviceAuthorization").field("expires_in", &self.expires_in).finish_non_exhaustive()
     }
 }
 
@@ -49,25 +47,16 @@ fn new_user_code() -> String {
         if i == 4 {
             s.push('-');
         }
-        s.push(char::from(
-            USER_CODE_ALPHABET[rng.gen_range(0..USER_CODE_ALPHABET.len())],
-        ));
+        s.push(char::from(USER_CODE_ALPHABET[rng.gen_range(0..USER_CODE_ALPHABET.len())]));
     }
     s
 }
 
 /// Canonical `XXXX-XXXX` from what a person typed: case, dashes and spaces do not matter.
 pub fn normalize_user_code(input: &str) -> Option<String> {
-    let chars: Vec<char> = input
-        .chars()
-        .filter(|c| !matches!(c, '-' | ' ' | '\t'))
-        .map(|c| c.to_ascii_uppercase())
-        .collect();
-    if chars.len() != 8
-        || !chars
-            .iter()
-            .all(|c| c.is_ascii() && USER_CODE_ALPHABET.contains(&(*c as u8)))
-    {
+    let chars: Vec<char> =
+        input.chars().filter(|c| !matches!(c, '-' | ' ' | '\t')).map(|c| c.to_ascii_uppercase()).collect();
+    if chars.len() != 8 || !chars.iter().all(|c| c.is_ascii() && USER_CODE_ALPHABET.contains(&(*c as u8))) {
         return None;
     }
     let mut s: String = chars[..4].iter().collect();
@@ -100,20 +89,13 @@ impl Tessera {
         let mut attempts = 0;
         loop {
             grant.user_code = new_user_code();
-            match self
-                .ephemeral
-                .put_device(device_code.digest(), &grant)
-                .await
-            {
+            match self.ephemeral.put_device(device_code.digest(), &grant).await {
                 Ok(()) => break,
                 Err(StoreError::Conflict(_)) if attempts < 5 => attempts += 1,
                 Err(e) => return Err(e.into()),
             }
         }
-        let complete = format!(
-            "{}?user_code={}",
-            self.cfg.verification_uri, grant.user_code
-        );
+        let complete = format!("{}?user_code={}", self.cfg.verification_uri, grant.user_code);
         Ok(DeviceAuthorization {
             device_code,
             user_code: grant.user_code,
@@ -126,142 +108,63 @@ impl Tessera {
 
     /// What a typed user code stands for; `expired_token` when it is unknown or expired.
     pub async fn lookup_user_code(&self, user_code: &str) -> Result<DeviceRequestView, OAuthError> {
-        let unknown = || {
-            OAuthError::new(
-                ErrorCode::ExpiredToken,
-                "that code is unknown or has expired",
-            )
-        };
+        let unknown = || OAuthError::new(ErrorCode::ExpiredToken, "that code is unknown or has expired");
         let code = normalize_user_code(user_code).ok_or_else(unknown)?;
         let now = self.now();
-        let (grant, _status) = self
-            .ephemeral
-            .lookup_user_code(&code, now)
-            .await?
-            .ok_or_else(unknown)?;
-        let client = self
-            .durable
-            .get_client(&grant.client_id)
-            .await?
-            .ok_or_else(unknown)?;
-        let scopes = ScopeSet::parse(&grant.scope)?
-            .iter()
-            .map(|s| (s.to_owned(), describe_scope(s)))
-            .collect();
-        Ok(DeviceRequestView {
-            user_code: code,
-            client,
-            scopes,
-            expires_in: grant.expires_at - now,
-        })
+        let (grant, _status) = self.ephemeral.lookup_user_code(&code, now).await?.ok_or_else(unknown)?;
+        let client = self.durable.get_client(&grant.client_id).await?.ok_or_else(unknown)?;
+        let scopes = ScopeSet::parse(&grant.scope)?.iter().map(|s| (s.to_owned(), describe_scope(s))).collect();
+        Ok(DeviceRequestView { user_code: code, client, scopes, expires_in: grant.expires_at - now })
     }
 
     /// The person approves the device on the verification page, signed in by `session`.
-    pub async fn approve_device(
-        &self,
-        user_code: &str,
-        session: &SessionHandle,
-    ) -> Result<(), OAuthError> {
-        let s = self
-            .session(session)
-            .await?
-            .ok_or_else(|| OAuthError::new(ErrorCode::LoginRequired, "sign in first"))?;
-        self.decide(
-            user_code,
-            DeviceDecision::Approve {
-                user_id: s.user_id,
-                auth_time: s.auth_time,
-            },
-        )
-        .await
+    pub async fn approve_device(&self, user_code: &str, session: &SessionHandle) -> Result<(), OAuthError> {
+        let s =
+            self.session(session).await?.ok_or_else(|| OAuthError::new(ErrorCode::LoginRequired, "sign in first"))?;
+        self.decide(user_code, DeviceDecision::Approve { user_id: s.user_id, auth_time: s.auth_time }).await
     }
 
     /// The person denies the device.
-    pub async fn deny_device(
-        &self,
-        user_code: &str,
-        session: &SessionHandle,
-    ) -> Result<(), OAuthError> {
-        self.session(session)
-            .await?
-            .ok_or_else(|| OAuthError::new(ErrorCode::LoginRequired, "sign in first"))?;
+    pub async fn deny_device(&self, user_code: &str, session: &SessionHandle) -> Result<(), OAuthError> {
+        self.session(session).await?.ok_or_else(|| OAuthError::new(ErrorCode::LoginRequired, "sign in first"))?;
         self.decide(user_code, DeviceDecision::Deny).await
     }
 
     async fn decide(&self, user_code: &str, decision: DeviceDecision) -> Result<(), OAuthError> {
-        let unknown = || {
-            OAuthError::new(
-                ErrorCode::ExpiredToken,
-                "that code is unknown or has expired",
-            )
-        };
+        let unknown = || OAuthError::new(ErrorCode::ExpiredToken, "that code is unknown or has expired");
         let code = normalize_user_code(user_code).ok_or_else(unknown)?;
-        match self
-            .ephemeral
-            .decide_device(&code, &decision, self.now())
-            .await?
-        {
+        match self.ephemeral.decide_device(&code, &decision, self.now()).await? {
             DecideOutcome::Decided => Ok(()),
             DecideOutcome::NotFound => Err(unknown()),
-            DecideOutcome::AlreadyDecided => Err(OAuthError::invalid_request(
-                "this code was already approved or denied",
-            )),
+            DecideOutcome::AlreadyDecided => {
+                Err(OAuthError::invalid_request("this code was already approved or denied"))
+            }
         }
     }
 }
 
 /// The device access token request (RFC 8628 §3.4, §3.5).
-pub(super) async fn poll(
-    t: &Tessera,
-    client: &Client,
-    device_code: &DeviceCode,
-) -> Result<TokenSet, OAuthError> {
+pub(super) async fn poll(t: &Tessera, client: &Client, device_code: &DeviceCode) -> Result<TokenSet, OAuthError> {
     required(device_code.expose(), "device_code", 512)?;
     let invalid = || OAuthError::invalid_grant("the device code is invalid or was already used");
-    match t
-        .ephemeral
-        .poll_device(device_code.digest(), t.clock.now_ms())
-        .await?
-    {
-        DevicePoll::Pending => Err(OAuthError::new(
-            ErrorCode::AuthorizationPending,
-            "the user has not yet approved the request",
-        )),
+    match t.ephemeral.poll_device(device_code.digest(), t.clock.now_ms()).await? {
+        DevicePoll::Pending => {
+            Err(OAuthError::new(ErrorCode::AuthorizationPending, "the user has not yet approved the request"))
+        }
         DevicePoll::SlowDown { interval } => Err(OAuthError::new(
             ErrorCode::SlowDown,
             format!("polling too fast; wait at least {interval} seconds between requests"),
         )),
         DevicePoll::Denied => Err(OAuthError::access_denied("the user denied the request")),
-        DevicePoll::Expired => Err(OAuthError::new(
-            ErrorCode::ExpiredToken,
-            "the device code has expired",
-        )),
+        DevicePoll::Expired => Err(OAuthError::new(ErrorCode::ExpiredToken, "the device code has expired")),
         DevicePoll::Consumed | DevicePoll::Unknown => Err(invalid()),
-        DevicePoll::Approved {
-            grant,
-            user_id,
-            auth_time,
-        } => {
+        DevicePoll::Approved { grant, user_id, auth_time } => {
             if grant.client_id != client.id {
                 return Err(invalid());
             }
-            let user = t
-                .durable
-                .get_user(&user_id)
-                .await?
-                .filter(|u| !u.disabled)
-                .ok_or_else(invalid)?;
+            let user = t.durable.get_user(&user_id).await?.filter(|u| !u.disabled).ok_or_else(invalid)?;
             let scope = ScopeSet::parse(&grant.scope)?;
-            t.issue_for_user(
-                client,
-                &user,
-                scope,
-                auth_time,
-                None,
-                new_jti(),
-                uuid::Uuid::new_v4().to_string(),
-            )
-            .await
+            t.issue_for_user(client, &user, scope, auth_time, None, new_jti(), uuid::Uuid::new_v4().to_string()).await
         }
     }
 }
@@ -283,14 +186,8 @@ mod tests {
 
     #[test]
     fn typed_user_codes_are_case_and_dash_insensitive() {
-        assert_eq!(
-            normalize_user_code("bcdf ghjk").as_deref(),
-            Some("BCDF-GHJK")
-        );
-        assert_eq!(
-            normalize_user_code("BCDFGHJK").as_deref(),
-            Some("BCDF-GHJK")
-        );
+        assert_eq!(normalize_user_code("bcdf ghjk").as_deref(), Some("BCDF-GHJK"));
+        assert_eq!(normalize_user_code("BCDFGHJK").as_deref(), Some("BCDF-GHJK"));
         assert_eq!(normalize_user_code("bcdf-ghj"), None);
         assert_eq!(normalize_user_code("ABCD-EFGH"), None);
     }

@@ -18,26 +18,11 @@ pub use device_code::{normalize_user_code, DeviceAuthorization};
 /// A token request, typed.
 #[derive(Debug)]
 pub enum Grant {
-    ClientCredentials {
-        scope: String,
-    },
-    Password {
-        username: String,
-        password: Password,
-        scope: String,
-    },
-    RefreshToken {
-        refresh_token: RefreshToken,
-        scope: String,
-    },
-    AuthorizationCode {
-        code: AuthorizationCode,
-        redirect_uri: String,
-        code_verifier: String,
-    },
-    DeviceCode {
-        device_code: DeviceCode,
-    },
+    ClientCredentials { scope: String },
+    Password { username: String, password: Password, scope: String },
+    RefreshToken { refresh_token: RefreshToken, scope: String },
+    AuthorizationCode { code: AuthorizationCode, redirect_uri: String, code_verifier: String },
+    DeviceCode { device_code: DeviceCode },
 }
 
 impl Grant {
@@ -60,26 +45,17 @@ impl Tessera {
         let client = self.authenticate_client(auth).await?;
         self.require_grant(&client, grant.grant_type())?;
         match grant {
-            Grant::ClientCredentials { scope } => {
-                client_credentials::run(self, &client, &scope).await
+            Grant::ClientCredentials { scope } => client_credentials::run(self, &client, &scope).await,
+            Grant::Password { username, password, scope } => {
+                password::run(self, &client, &username, &password, &scope).await
             }
-            Grant::Password {
-                username,
-                password,
-                scope,
-            } => password::run(self, &client, &username, &password, &scope).await,
-            Grant::RefreshToken {
-                refresh_token,
-                scope,
-            } => refresh_token::run(self, &client, &refresh_token, &scope).await,
-            Grant::AuthorizationCode {
-                code,
-                redirect_uri,
-                code_verifier,
-            } => authorization_code::run(self, &client, &code, &redirect_uri, &code_verifier).await,
-            Grant::DeviceCode { device_code } => {
-                device_code::poll(self, &client, &device_code).await
+            Grant::RefreshToken { refresh_token, scope } => {
+                refresh_token::run(self, &client, &refresh_token, &scope).await
             }
+            Grant::AuthorizationCode { code, redirect_uri, code_verifier } => {
+                authorization_code::run(self, &client, &code, &redirect_uri, &code_verifier).await
+            }
+            Grant::DeviceCode { device_code } => device_code::poll(self, &client, &device_code).await,
         }
     }
 }

@@ -22,14 +22,5 @@ pub(super) async fn run(
     let scope = t.resolve_scope(client, scope)?;
     let user = t.verify_user_password(username, password).await?;
     let now = t.now();
-    t.issue_for_user(
-        client,
-        &user,
-        scope,
-        now,
-        None,
-        new_jti(),
-        uuid::Uuid::new_v4().to_string(),
-    )
-    .await
+    t.issue_for_user(client, &user, scope, now, None, new_jti(), uuid::Uuid::new_v4().to_string()).await
 }

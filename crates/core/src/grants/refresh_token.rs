@@ -17,11 +17,7 @@ pub(super) async fn run(
     required(token.expose(), "refresh_token", 512)?;
     let invalid = || OAuthError::invalid_grant("the refresh token is invalid, expired or revoked");
     let now = t.now();
-    let old = t
-        .durable
-        .get_refresh(token.digest())
-        .await?
-        .ok_or_else(invalid)?;
+    let old = t.durable.get_refresh(token.digest()).await?.ok_or_else(invalid)?;
     // RFC 6749 §6: the refresh token must have been issued to the authenticated client.
     if old.client_id != client.id {
         return Err(invalid());
@@ -42,30 +38,15 @@ pub(super) async fn run(
     } else if requested.is_subset(&granted) {
         requested
     } else {
-        return Err(OAuthError::invalid_scope(
-            "a refresh may not widen the scope granted",
-        ));
+        return Err(OAuthError::invalid_scope("a refresh may not widen the scope granted"));
     };
     let user = match &old.user_id {
-        Some(id) => Some(
-            t.durable
-                .get_user(id)
-                .await?
-                .filter(|u| !u.disabled)
-                .ok_or_else(invalid)?,
-        ),
+        Some(id) => Some(t.durable.get_user(id).await?.filter(|u| !u.disabled).ok_or_else(invalid)?),
         None => None,
     };
 
     let jti = new_jti();
-    let (access_token, access_exp) = t.mint_access(
-        client,
-        user.as_ref(),
-        &scope,
-        old.auth_time,
-        jti.clone(),
-        now,
-    )?;
+    let (access_token, access_exp) = t.mint_access(client, user.as_ref(), &scope, old.auth_time, jti.clone(), now)?;
     let new_token = RefreshToken::new(tessera_crypto::random_secret(32));
     let new = RefreshRecord {
         digest: new_token.digest(),
@@ -86,24 +67,12 @@ pub(super) async fn run(
         Rotation::Unknown => return Err(invalid()),
     }
     let id_token = match (&user, scope.contains("openid")) {
-        (Some(u), true) => Some(t.mint_id_token(
-            client,
-            u,
-            &scope,
-            old.auth_time.unwrap_or(now),
-            None,
-            &access_token,
-            now,
-        )?),
+        (Some(u), true) => {
+            Some(t.mint_id_token(client, u, &scope, old.auth_time.unwrap_or(now), None, &access_token, now)?)
+        }
         _ => None,
     };
-    Ok(TokenSet {
-        access_token,
-        expires_in: access_exp - now,
-        refresh_token: Some(new_token),
-        scope,
-        id_token,
-    })
+    Ok(TokenSet { access_token, expires_in: access_exp - now, refresh_token: Some(new_token), scope, id_token })
 }
 
 async fn reused(t: &Tessera, old: &RefreshRecord) -> Result<TokenSet, OAuthError> {
@@ -115,7 +84,5 @@ async fn reused(t: &Tessera, old: &RefreshRecord) -> Result<TokenSet, OAuthError
         "a rotated refresh token was presented again; its family is revoked",
     )
     .await;
-    Err(OAuthError::invalid_grant(
-        "the refresh token is invalid, expired or revoked",
-    ))
+    Err(OAuthError::invalid_grant("the refresh token is invalid, expired or revoked"))
 }

@@ -31,11 +31,7 @@ pub trait UserStore: Send + Sync {
     /// Sets the disabled flag; returns the updated user, `None` if unknown.
     async fn set_user_disabled(&self, username: &str, disabled: bool) -> StoreResult<Option<User>>;
     /// Replaces the Argon2id hash; returns the updated user, `None` if unknown.
-    async fn set_user_password(
-        &self,
-        username: &str,
-        password_hash: &str,
-    ) -> StoreResult<Option<User>>;
+    async fn set_user_password(&self, username: &str, password_hash: &str) -> StoreResult<Option<User>>;
 }
 
 /// The state of one refresh token in its family.
@@ -124,12 +120,7 @@ pub trait ConsentStore: Send + Sync {
     /// The scopes granted so far (empty if none).
     async fn granted_scopes(&self, user_id: &str, client_id: &str) -> StoreResult<Vec<String>>;
     /// Adds `scopes` to what was granted (a union; never narrows).
-    async fn grant_scopes(
-        &self,
-        user_id: &str,
-        client_id: &str,
-        scopes: &[String],
-    ) -> StoreResult<()>;
+    async fn grant_scopes(&self, user_id: &str, client_id: &str, scopes: &[String]) -> StoreResult<()>;
 }
 
 /// A signing key at rest.
@@ -147,10 +138,7 @@ pub struct StoredKey {
 
 impl std::fmt::Debug for StoredKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StoredKey")
-            .field("kid", &self.kid)
-            .field("alg", &self.alg)
-            .finish_non_exhaustive()
+        f.debug_struct("StoredKey").field("kid", &self.kid).field("alg", &self.alg).finish_non_exhaustive()
     }
 }
 
@@ -186,9 +174,7 @@ pub trait AuditLog: Send + Sync {
 
 /// Every durable port in one object, as one adapter provides them.
 #[async_trait]
-pub trait Durable:
-    ClientStore + UserStore + RefreshStore + ConsentStore + KeyStore + AuditLog
-{
+pub trait Durable: ClientStore + UserStore + RefreshStore + ConsentStore + KeyStore + AuditLog {
     /// A cheap round trip, for readiness.
     async fn ping(&self) -> StoreResult<()>;
 }

@@ -129,13 +129,7 @@ pub trait Ephemeral: Send + Sync {
     /// tombstone with `issued` that lives `tombstone_ttl` seconds; every later call returns
     /// `Replayed` with what the tombstone holds and marks it replayed. Of many concurrent
     /// calls exactly one gets `Fresh`. An expired code gives `Unknown`.
-    async fn take_code(
-        &self,
-        code: Digest,
-        now: i64,
-        issued: &Issued,
-        tombstone_ttl: i64,
-    ) -> StoreResult<CodeTake>;
+    async fn take_code(&self, code: Digest, now: i64, issued: &Issued, tombstone_ttl: i64) -> StoreResult<CodeTake>;
     /// Whether the code's tombstone was marked replayed (checked by the first use after it
     /// has stored its tokens, so a replay that raced it still revokes them).
     async fn code_replayed(&self, code: Digest) -> StoreResult<bool>;
@@ -146,18 +140,9 @@ pub trait Ephemeral: Send + Sync {
     async fn put_device(&self, device: Digest, grant: &DeviceGrant) -> StoreResult<()>;
     /// The live device authorization a user code names, with its status; `None` if unknown
     /// or expired.
-    async fn lookup_user_code(
-        &self,
-        user_code: &str,
-        now: i64,
-    ) -> StoreResult<Option<(DeviceGrant, DeviceStatus)>>;
+    async fn lookup_user_code(&self, user_code: &str, now: i64) -> StoreResult<Option<(DeviceGrant, DeviceStatus)>>;
     /// Records the user's decision, once.
-    async fn decide_device(
-        &self,
-        user_code: &str,
-        decision: &DeviceDecision,
-        now: i64,
-    ) -> StoreResult<DecideOutcome>;
+    async fn decide_device(&self, user_code: &str, decision: &DeviceDecision, now: i64) -> StoreResult<DecideOutcome>;
     /// One poll by the device, atomically: checks expiry, the polling interval (a `Pending`
     /// authorization polled less than `interval` seconds after the previous poll gets
     /// `SlowDown` and its interval raised by 5), and hands an approval out once.
