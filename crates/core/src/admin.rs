@@ -102,10 +102,12 @@ impl Tessera {
             validate_redirect_uri(uri)?;
         }
         let scopes = ScopeSet::parse(&spec.scopes.join(" "))?;
-        for ttl in [spec.access_token_ttl, spec.refresh_token_ttl].into_iter().flatten() {
-            if !(0..=366 * 24 * 3600).contains(&ttl) {
-                return Err(bad("token lifetimes must be between 0 and 366 days"));
-            }
+        // Retired signing keys are published for a day, so no access token may outlive that.
+        if spec.access_token_ttl.is_some_and(|t| !(0..=24 * 3600).contains(&t)) {
+            return Err(bad("access_token_ttl must be between 0 and 86400 seconds"));
+        }
+        if spec.refresh_token_ttl.is_some_and(|t| !(0..=366 * 24 * 3600).contains(&t)) {
+            return Err(bad("refresh_token_ttl must be between 0 and 366 days"));
         }
         if spec.allow_implicit && !grant_types.contains(&GrantType::Implicit) {
             grant_types.push(GrantType::Implicit);
@@ -206,10 +208,8 @@ impl Tessera {
     /// Makes a new signing key active; the old ones keep verifying until their tokens expire.
     pub async fn rotate_signing_key(&self) -> Result<String, OAuthError> {
         let now = self.now();
-        let kid = crate::keys::rotate(self.durable.as_ref(), self.cfg.signing_alg, now).await?;
-        self.keys
-            .reload(self.durable.as_ref(), now, self.cfg.access_token_ttl.max(self.cfg.id_token_ttl).max(24 * 3600))
-            .await?;
+        let kid = crate::keys::rotate(self.durable.as_ref(), self.cfg.signing_alg, self.keys.kek(), now).await?;
+        self.refresh_keys().await?;
         self.audit("signing_key_rotated", None, None, &format!("new signing key {kid}")).await;
         Ok(kid)
     }

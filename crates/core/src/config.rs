@@ -29,6 +29,8 @@ pub struct CoreConfig {
     /// round trip. Changes made through this node apply at once; through another node, within
     /// this many seconds. 0 disables the cache.
     pub client_cache_ttl: i64,
+    /// Seals private signing keys at rest (AES-256-GCM). `None`: keys are stored unsealed.
+    pub key_encryption_key: Option<tessera_crypto::seal::Kek>,
 }
 
 impl CoreConfig {
@@ -51,6 +53,7 @@ impl CoreConfig {
             code_tombstone_ttl: 24 * 3600,
             signing_alg: tessera_crypto::keys::Algorithm::Es256,
             client_cache_ttl: 10,
+            key_encryption_key: None,
         }
     }
 }

@@ -112,7 +112,9 @@ impl Tessera {
         clock: Arc<dyn Clock>,
     ) -> Result<Started, OAuthError> {
         let now = clock.now();
-        let loaded = KeyRing::load(durable.as_ref(), cfg.signing_alg, now, key_retention(&cfg)).await?;
+        let loaded =
+            KeyRing::load(durable.as_ref(), cfg.signing_alg, cfg.key_encryption_key.clone(), now, key_retention(&cfg))
+                .await?;
         let revoked = Arc::new(RevocationSet::default());
         // A node that cannot read the revocations yet still starts; the sync task retries.
         if let Ok(snapshot) = ephemeral.revoked_access(now).await {
@@ -182,6 +184,22 @@ impl Tessera {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
             self.revoked.purge(self.now());
+        }
+    }
+
+    /// Re-reads the signing keys, so a rotation made through any node reaches this one.
+    pub async fn refresh_keys(&self) -> Result<(), OAuthError> {
+        self.keys.reload(self.durable.as_ref(), self.now(), key_retention(&self.cfg)).await
+    }
+
+    /// Re-reads the keys every `every` (a rotation elsewhere makes this node sign with the
+    /// new key within that time; tokens with an unknown `kid` trigger a reload sooner).
+    pub async fn run_key_refresh(self: Arc<Self>, every: Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            if let Err(e) = self.refresh_keys().await {
+                tracing::warn!(error = %e, detail = e.detail.as_deref().unwrap_or(""), "cannot reload signing keys");
+            }
         }
     }
 
@@ -441,7 +459,7 @@ impl Tessera {
 }
 
 /// How long a retired key keeps verifying: the longest lifetime a token it signed may have.
-fn key_retention(cfg: &CoreConfig) -> i64 {
+pub(crate) fn key_retention(cfg: &CoreConfig) -> i64 {
     cfg.access_token_ttl.max(cfg.id_token_ttl).max(24 * 3600)
 }
 

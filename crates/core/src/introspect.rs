@@ -6,7 +6,10 @@ use crate::engine::{add_profile_claims, required, ClientAuth};
 use crate::error::{ErrorCode, OAuthError};
 use crate::model::PresentedToken;
 use crate::ports::RefreshState;
-use crate::tokens::{verify_access, AccessClaims};
+use crate::tokens::{verify_access, AccessClaims, Inactive};
+
+/// The least time between two key reloads caused by unknown `kid`s.
+const KEY_RELOAD_COOLDOWN: i64 = 5;
 use crate::Tessera;
 use serde_json::json;
 use std::sync::Arc;
@@ -39,10 +42,24 @@ fn looks_like_jwt(token: &str) -> bool {
 }
 
 impl Tessera {
-    /// Verifies an access token locally; `None` if it is not active for any reason.
-    pub fn verify_access_token(&self, token: &str) -> Option<Arc<AccessClaims>> {
-        let keys = self.keys.current();
-        verify_access(token, &keys, &self.cfg.issuer, self.now(), &self.revoked, &self.verified).ok()
+    /// Verifies an access token locally; `None` if it is not active for any reason. A token
+    /// signed by a key this node has not seen makes it re-read the keys (at most every few
+    /// seconds), so a rotation on another node is honoured at once.
+    pub async fn verify_access_token(&self, token: &str) -> Option<Arc<AccessClaims>> {
+        let check = || {
+            let keys = self.keys.current();
+            verify_access(token, &keys, &self.cfg.issuer, self.now(), &self.revoked, &self.verified)
+        };
+        match check() {
+            Ok(c) => Some(c),
+            Err(Inactive::UnknownKey) if self.now() - self.keys.loaded_at() >= KEY_RELOAD_COOLDOWN => {
+                if let Err(e) = self.refresh_keys().await {
+                    tracing::warn!(error = %e, "cannot reload signing keys");
+                }
+                check().ok()
+            }
+            Err(_) => None,
+        }
     }
 
     /// RFC 7662: the caller must be an authenticated (confidential) client. Anything that is
@@ -55,7 +72,7 @@ impl Tessera {
         }
         required(token.expose(), "token", 8192)?;
         if looks_like_jwt(token.expose()) {
-            return Ok(match self.verify_access_token(token.expose()) {
+            return Ok(match self.verify_access_token(token.expose()).await {
                 Some(c) => Introspection::Active(Box::new(ActiveToken {
                     scope: c.scope.clone(),
                     client_id: c.client_id.clone(),
@@ -145,6 +162,7 @@ impl Tessera {
     pub async fn userinfo(&self, access_token: &str) -> Result<serde_json::Value, OAuthError> {
         let claims = self
             .verify_access_token(access_token)
+            .await
             .ok_or_else(|| OAuthError::invalid_token("the access token is invalid, expired or revoked"))?;
         let scope = crate::model::ScopeSet::parse(&claims.scope)?;
         if !scope.contains("openid") {

@@ -5,7 +5,9 @@
 use crate::error::{OAuthError, StoreError};
 use crate::ports::{Durable, StoredKey};
 use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicI64, Ordering};
 use tessera_crypto::keys::{self, Algorithm, SigningKey, VerifyingKey};
+use tessera_crypto::seal::{self, Kek};
 
 pub struct KeySet {
     pub signing: SigningKey,
@@ -21,6 +23,9 @@ impl KeySet {
 
 pub struct KeyRing {
     current: RwLock<Arc<KeySet>>,
+    kek: Option<Kek>,
+    /// When the ring was last read from the store (Unix seconds).
+    loaded_at: AtomicI64,
 }
 
 /// Whether loading the ring had to create the very first key (a first start).
@@ -32,16 +37,33 @@ pub struct Loaded {
 impl KeyRing {
     /// Loads the keys, creating one if none is active. `retain` is how long a retired key
     /// keeps verifying (the longest token lifetime it may have signed).
-    pub async fn load(durable: &dyn Durable, alg: Algorithm, now: i64, retain: i64) -> Result<Loaded, OAuthError> {
+    /// Private keys are stored sealed with `kek` when one is configured.
+    pub async fn load(
+        durable: &dyn Durable,
+        alg: Algorithm,
+        kek: Option<Kek>,
+        now: i64,
+        retain: i64,
+    ) -> Result<Loaded, OAuthError> {
         let mut stored = durable.list_keys().await?;
         let mut first_start = false;
         if !stored.iter().any(|k| k.retired_at.is_none()) {
             first_start = stored.is_empty();
-            create_key(durable, alg, now).await?;
+            create_key(durable, alg, kek.as_ref(), now).await?;
             stored = durable.list_keys().await?;
         }
-        let set = build(&stored, now, retain)?;
-        Ok(Loaded { ring: KeyRing { current: RwLock::new(Arc::new(set)) }, first_start })
+        let set = build(&stored, kek.as_ref(), now, retain)?;
+        let ring = KeyRing { current: RwLock::new(Arc::new(set)), kek, loaded_at: AtomicI64::new(now) };
+        Ok(Loaded { ring, first_start })
+    }
+
+    pub(crate) fn kek(&self) -> Option<&Kek> {
+        self.kek.as_ref()
+    }
+
+    /// When the ring was last read from the store.
+    pub fn loaded_at(&self) -> i64 {
+        self.loaded_at.load(Ordering::Relaxed)
     }
 
     pub fn current(&self) -> Arc<KeySet> {
@@ -53,7 +75,8 @@ impl KeyRing {
 
     /// Re-reads the keys (after a rotation on any node).
     pub async fn reload(&self, durable: &dyn Durable, now: i64, retain: i64) -> Result<(), OAuthError> {
-        let set = build(&durable.list_keys().await?, now, retain)?;
+        self.loaded_at.store(now, Ordering::Relaxed);
+        let set = build(&durable.list_keys().await?, self.kek.as_ref(), now, retain)?;
         match self.current.write() {
             Ok(mut g) => *g = Arc::new(set),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(set),
@@ -63,20 +86,24 @@ impl KeyRing {
 }
 
 /// Creates a new active key and retires the others; returns its kid.
-pub async fn rotate(durable: &dyn Durable, alg: Algorithm, now: i64) -> Result<String, OAuthError> {
-    let kid = create_key(durable, alg, now).await?;
+pub async fn rotate(durable: &dyn Durable, alg: Algorithm, kek: Option<&Kek>, now: i64) -> Result<String, OAuthError> {
+    let kid = create_key(durable, alg, kek, now).await?;
     durable.retire_keys_except(&kid, now).await?;
     Ok(kid)
 }
 
-async fn create_key(durable: &dyn Durable, alg: Algorithm, now: i64) -> Result<String, OAuthError> {
+async fn create_key(durable: &dyn Durable, alg: Algorithm, kek: Option<&Kek>, now: i64) -> Result<String, OAuthError> {
     let der = keys::generate_pkcs8(alg).map_err(|e| OAuthError::server_error(e.to_string()))?;
     let key = SigningKey::from_pkcs8(alg, &der).map_err(|e| OAuthError::server_error(e.to_string()))?;
     let kid = key.kid().to_owned();
+    let private_der = match kek {
+        Some(kek) => kek.seal(&kid, &der).map_err(|e| OAuthError::server_error(e.to_string()))?,
+        None => der,
+    };
     let record = StoredKey {
         kid: kid.clone(),
         alg: alg.as_str().to_owned(),
-        private_der: der,
+        private_der,
         created_at: now,
         retired_at: None,
     };
@@ -86,13 +113,13 @@ async fn create_key(durable: &dyn Durable, alg: Algorithm, now: i64) -> Result<S
     }
 }
 
-fn build(stored: &[StoredKey], now: i64, retain: i64) -> Result<KeySet, OAuthError> {
+fn build(stored: &[StoredKey], kek: Option<&Kek>, now: i64, retain: i64) -> Result<KeySet, OAuthError> {
     // Replicas starting together may each create a key; all of them pick the oldest active one.
     let active = stored
         .iter()
         .find(|k| k.retired_at.is_none())
         .ok_or_else(|| OAuthError::server_error("no active signing key"))?;
-    let signing = parse(active)?;
+    let signing = parse(active, kek)?;
     let mut verifying = Vec::new();
     for k in stored {
         let alive = match k.retired_at {
@@ -100,15 +127,17 @@ fn build(stored: &[StoredKey], now: i64, retain: i64) -> Result<KeySet, OAuthErr
             Some(at) => at + retain > now,
         };
         if alive {
-            verifying.push(parse(k)?.verifying_key());
+            verifying.push(parse(k, kek)?.verifying_key());
         }
     }
     let jwks_json = keys::jwks(&verifying).to_string();
     Ok(KeySet { signing, verifying, jwks_json })
 }
 
-fn parse(k: &StoredKey) -> Result<SigningKey, OAuthError> {
+fn parse(k: &StoredKey, kek: Option<&Kek>) -> Result<SigningKey, OAuthError> {
     let alg =
         Algorithm::parse(&k.alg).ok_or_else(|| OAuthError::server_error(format!("unknown key algorithm {}", k.alg)))?;
-    SigningKey::from_pkcs8(alg, &k.private_der).map_err(|e| OAuthError::server_error(format!("key {}: {e}", k.kid)))
+    let der = seal::open(kek, &k.kid, &k.private_der)
+        .map_err(|e| OAuthError::server_error(format!("signing key {}: {e}", k.kid)))?;
+    SigningKey::from_pkcs8(alg, &der).map_err(|e| OAuthError::server_error(format!("signing key {}: {e}", k.kid)))
 }

@@ -37,6 +37,8 @@ pub fn new_jti() -> String {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Inactive {
     Malformed,
+    /// Signed with a key this node does not know (yet: it may have been rotated elsewhere).
+    UnknownKey,
     Signature,
     WrongType,
     WrongIssuer,
@@ -130,6 +132,7 @@ pub fn verify_access(
         None => {
             let v = jwt::verify(token, |kid| keys.find(kid)).map_err(|e| match e {
                 jwt::JwtError::Malformed => Inactive::Malformed,
+                jwt::JwtError::UnknownKey => Inactive::UnknownKey,
                 _ => Inactive::Signature,
             })?;
             if v.header.get("typ").and_then(|t| t.as_str()) != Some(ACCESS_TOKEN_TYP) {

@@ -12,6 +12,7 @@
 pub mod jwt;
 pub mod keys;
 pub mod password;
+pub mod seal;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;

@@ -39,6 +39,19 @@ enum AdminCommand {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Manage signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Make a new signing key active; the old ones keep verifying until their tokens expire.
+    Rotate,
+    /// Print a fresh random key-encryption key for `keys.encryption_key` (no server needed).
+    GenerateKek,
 }
 
 #[derive(Subcommand)]
@@ -190,6 +203,15 @@ fn print_client(c: &pb::Client) {
 }
 
 pub async fn run(args: &AdminArgs, config: Option<&Path>) -> anyhow::Result<()> {
+    if let AdminCommand::Keys { command: KeysCommand::GenerateKek } = &args.command {
+        let kek = tessera_crypto::seal::Kek::generate_b64();
+        if args.json {
+            println!("{}", json!({ "encryption_key": kek }));
+        } else {
+            println!("{kek}");
+        }
+        return Ok(());
+    }
     let settings = Settings::load(config, &ProcessEnv)?;
     let endpoint = args
         .endpoint
@@ -328,6 +350,15 @@ pub async fn run(args: &AdminArgs, config: Option<&Path>) -> anyhow::Result<()> 
                 }
             }
         },
+        AdminCommand::Keys { command: KeysCommand::Rotate } => {
+            let r = client.rotate_signing_key(pb::RotateSigningKeyRequest {}).await.map_err(failed)?.into_inner();
+            if json {
+                println!("{}", json!({ "kid": r.kid }));
+            } else {
+                println!("new active signing key: {}", r.kid);
+            }
+        }
+        AdminCommand::Keys { command: KeysCommand::GenerateKek } => {}
         AdminCommand::User { command } => {
             let user = match command {
                 UserCommand::Create {

@@ -201,4 +201,13 @@ impl pb::admin_service_server::AdminService for AdminApi {
             .map_err(status)?;
         Ok(Response::new(user_pb(u)))
     }
+
+    #[tracing::instrument(name = "RotateSigningKey", skip_all)]
+    async fn rotate_signing_key(
+        &self,
+        _request: Request<pb::RotateSigningKeyRequest>,
+    ) -> Result<Response<pb::RotateSigningKeyResponse>, Status> {
+        let kid = self.tessera.rotate_signing_key().await.map_err(status)?;
+        Ok(Response::new(pb::RotateSigningKeyResponse { kid }))
+    }
 }

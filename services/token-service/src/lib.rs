@@ -108,7 +108,8 @@ impl Application {
     ) -> anyhow::Result<Self> {
         let started = Tessera::start(settings.core_config(), durable, ephemeral, clock)
             .await
-            .map_err(|e| anyhow::anyhow!("starting the token service: {e}"))?;
+            // At start-up the operator is the audience: show the cause, not the client-safe text.
+            .map_err(|e| anyhow::anyhow!("starting the token service: {}", e.detail.as_deref().unwrap_or(&e.description)))?;
         let tessera = started.tessera;
         let demo = if started.first_start && settings.demo.enabled {
             Some(seed_demo(&tessera, &settings).await?)
@@ -162,6 +163,7 @@ impl Application {
         let background = vec![
             tokio::spawn(Arc::clone(&tessera).run_revocation_sync()),
             tokio::spawn(watch_health(Arc::clone(&tessera), health)),
+            tokio::spawn(Arc::clone(&tessera).run_key_refresh(Duration::from_secs(60))),
         ];
         tracing::info!(%grpc_addr, "token service listening");
         Ok(Self {

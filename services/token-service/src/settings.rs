@@ -27,6 +27,7 @@ pub struct Settings {
     pub admin: AdminSettings,
     pub demo: DemoSettings,
     pub log: LogSettings,
+    pub keys: KeySettings,
     pub facade: FacadeSettings,
 }
 
@@ -81,6 +82,14 @@ pub struct TokenSettings {
 
 #[derive(Clone, Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
+pub struct KeySettings {
+    /// A base64 32-byte key-encryption key that seals private signing keys at rest
+    /// (AES-256-GCM). Unset: keys are stored unsealed (fine for the embedded default only).
+    pub encryption_key: Option<SecretString>,
+}
+
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
 pub struct AdminSettings {
     /// The admin credential. When unset, one is generated into `<data_dir>/admin-token`.
     pub token: Option<SecretString>,
@@ -122,6 +131,7 @@ impl Default for Settings {
             admin: AdminSettings::default(),
             demo: DemoSettings::default(),
             log: LogSettings::default(),
+            keys: KeySettings::default(),
             facade: FacadeSettings::default(),
         }
     }
@@ -277,11 +287,15 @@ impl Settings {
         if tessera_crypto::keys::Algorithm::parse(&t.signing_alg).is_none() {
             bail!("tokens.signing_alg: must be ES256 or EdDSA, got {:?}", t.signing_alg);
         }
+        self.key_encryption_key()?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
             bail!("log.format: must be text or json, got {:?}", self.log.format);
         }
         let facade_url = &self.facade.token_service_url;
-        if !facade_url.is_empty() && !(facade_url.starts_with("http://") || facade_url.starts_with("https://")) {
+        let facade_url_ok = facade_url.is_empty()
+            || facade_url.starts_with("http://")
+            || facade_url.starts_with("https://");
+        if !facade_url_ok {
             bail!("facade.token_service_url: must be an http(s) URL, got {facade_url:?}");
         }
         for (name, url) in [("issuer", &self.issuer), ("http.public_url", &self.http.public_url)] {
@@ -323,6 +337,17 @@ impl Settings {
         self.issuer.clone().unwrap_or_else(|| self.public_url())
     }
 
+    /// The parsed key-encryption key, if one is configured.
+    pub fn key_encryption_key(&self) -> anyhow::Result<Option<tessera_crypto::seal::Kek>> {
+        use secrecy::ExposeSecret as _;
+        match &self.keys.encryption_key {
+            None => Ok(None),
+            Some(k) => tessera_crypto::seal::Kek::parse(k.expose_secret())
+                .map(Some)
+                .map_err(|e| anyhow::anyhow!("keys.encryption_key: {e}")),
+        }
+    }
+
     /// The core's policy from these settings.
     pub fn core_config(&self) -> tessera_core::CoreConfig {
         let mut c = tessera_core::CoreConfig::new(self.issuer());
@@ -337,6 +362,7 @@ impl Settings {
         c.lockout_threshold = t.lockout_threshold;
         c.lockout_window = t.lockout_window;
         c.client_cache_ttl = t.client_cache_ttl.max(0);
+        c.key_encryption_key = self.key_encryption_key().ok().flatten();
         c.verification_uri = format!("{}/device", self.public_url());
         if let Some(a) = &t.audience {
             c.audience = a.clone();
@@ -395,6 +421,9 @@ mod tests {
 
         let e = Settings::load(None, &env(&[("TESSERA_TOKENS__ACCESS_TOKEN_TTL", "-5")])).unwrap_err();
         assert!(e.to_string().contains("tokens.access_token_ttl"), "{e}");
+        let e = Settings::load(None, &env(&[("TESSERA_KEYS__ENCRYPTION_KEY", "c2hvcnQ=")])).unwrap_err();
+        assert!(format!("{e:#}").contains("keys.encryption_key"), "{e:#}");
+        assert!(!format!("{e:#}").contains("c2hvcnQ="), "the bad key itself is not echoed: {e:#}");
         let e = Settings::load(None, &env(&[("TESSERA_TOKENS__NOPE", "1")])).unwrap_err();
         assert!(format!("{e:#}").contains("nope"), "{e:#}");
         let e = Settings::load(None, &env(&[("TESSERA_GRPC__LISTEN", "not an address")])).unwrap_err();

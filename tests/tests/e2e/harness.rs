@@ -266,6 +266,17 @@ impl TestApp {
             .id
     }
 
+    /// Makes the running node re-read its signing keys (what it does every minute).
+    pub async fn tessera_refresh_keys(&self) {
+        self.app.as_ref().unwrap().tessera().refresh_keys().await.unwrap();
+    }
+
+    /// Another replica on the same stores (its own in-memory store when Redis is not used).
+    pub async fn second_node(&self) -> (Application, TokenServiceClient<Channel>) {
+        let (app, _, client) = start(&self.settings, &self.clock).await;
+        (app, client)
+    }
+
     /// A fresh gRPC client (its own connection).
     pub async fn connect(&self) -> TokenServiceClient<Channel> {
         TokenServiceClient::connect(format!("http://{}", self.addr))

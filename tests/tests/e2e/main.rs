@@ -60,4 +60,54 @@ for_both_backends!(
     the_admin_service_needs_its_credential_and_manages_clients_and_users,
     bad_input_gets_a_clear_oauth_error,
     health_and_reflection_are_served,
+    rotating_the_signing_key_keeps_old_tokens_valid_and_signs_with_the_new_key,
+    a_rotation_on_one_node_is_honoured_by_another_at_once,
 );
+
+mod sealed_keys {
+    use crate::harness::*;
+
+    const KEK: &str = "q2O9mJ3m1YH8JX1bX0h8m9XH3t7b9Q1nq1d3V8yq0aE=";
+
+    async fn keys_are_sealed_at_rest(backend: Backend) {
+        let Some(mut app) = TestApp::spawn_with(backend, |s| s.keys.encryption_key = Some(KEK.to_owned().into())).await
+        else {
+            return;
+        };
+        let (durable, _) = tessera_token_service::connect_stores(&app.settings).await.unwrap();
+        let stored = durable.list_keys().await.unwrap();
+        assert_eq!(stored.len(), 1);
+        assert!(tessera_crypto::seal::is_sealed(&stored[0].private_der), "the private key is sealed");
+        assert!(
+            tessera_crypto::keys::SigningKey::from_pkcs8(tessera_crypto::keys::Algorithm::Es256, &stored[0].private_der)
+                .is_err()
+        );
+        // The sealed key still signs and verifies across a restart.
+        app.restart().await;
+        let mut wrong = app.settings.clone();
+        wrong.keys.encryption_key = Some(tessera_crypto::seal::Kek::generate_b64().into());
+        let (d, e) = tessera_token_service::connect_stores(&wrong).await.unwrap();
+        let err = tessera_token_service::Application::build_with(wrong.clone(), d, e, std::sync::Arc::new(tessera_core::clock::SystemClock))
+            .await
+            .err()
+            .expect("a wrong key-encryption key must stop the start");
+        assert!(format!("{err:#}").contains("cannot be decrypted"), "{err:#}");
+        wrong.keys.encryption_key = None;
+        let (d, e) = tessera_token_service::connect_stores(&wrong).await.unwrap();
+        let err = tessera_token_service::Application::build_with(wrong, d, e, std::sync::Arc::new(tessera_core::clock::SystemClock))
+            .await
+            .err()
+            .expect("a missing key-encryption key must stop the start");
+        assert!(format!("{err:#}").contains("no key-encryption key"), "{err:#}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn signing_keys_are_sealed_at_rest_with_sqlite() {
+        keys_are_sealed_at_rest(Backend::SqliteMemory).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn signing_keys_are_sealed_at_rest_with_postgres() {
+        keys_are_sealed_at_rest(Backend::PostgresRedis).await;
+    }
+}
