@@ -72,7 +72,7 @@ pub struct TokenSettings {
     pub session_ttl: i64,
     pub lockout_threshold: u32,
     pub lockout_window: i64,
-    /// "ES256" (default) or "EdDSA".
+    /// "ES256" (default), "EdDSA" or "RS256".
     pub signing_alg: String,
     /// `aud` of access tokens; defaults to the issuer.
     pub audience: Option<String>,
@@ -285,7 +285,7 @@ impl Settings {
             bail!("tokens.lockout_threshold: must be at least 1");
         }
         if tessera_crypto::keys::Algorithm::parse(&t.signing_alg).is_none() {
-            bail!("tokens.signing_alg: must be ES256 or EdDSA, got {:?}", t.signing_alg);
+            bail!("tokens.signing_alg: must be ES256, EdDSA or RS256, got {:?}", t.signing_alg);
         }
         self.key_encryption_key()?;
         if !matches!(self.log.format.as_str(), "text" | "json") {

@@ -111,3 +111,38 @@ mod sealed_keys {
         keys_are_sealed_at_rest(Backend::PostgresRedis).await;
     }
 }
+
+mod algorithms {
+    use crate::harness::*;
+    use tessera_proto::token::v1 as pb;
+
+    async fn signs_and_verifies_with(alg: &str, kty: &str) {
+        let Some(app) = TestApp::spawn_with(Backend::SqliteMemory, |s| s.tokens.signing_alg = alg.into()).await else {
+            return;
+        };
+        let svc = app.client(ClientSpec { id: "svc", grants: &["client_credentials"], ..Default::default() }).await;
+        let req = pb::IssueTokenRequest {
+            grant_type: "client_credentials".into(),
+            client_id: svc.0.clone(),
+            client_secret: svc.1.clone(),
+            ..Default::default()
+        };
+        let t = app.issue(req).await.unwrap();
+        assert_eq!(jwt_parts(&t.access_token).0["alg"], alg);
+        assert!(app.introspect(&t.access_token, (&svc.0, &svc.1)).await.active);
+        let jwks = app.token.clone().get_jwks(pb::GetJwksRequest {}).await.unwrap().into_inner().jwks_json;
+        let jwks: serde_json::Value = serde_json::from_str(&jwks).unwrap();
+        assert_eq!(jwks["keys"][0]["kty"], kty);
+        assert_eq!(jwks["keys"][0]["alg"], alg);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn tokens_can_be_signed_with_eddsa() {
+        signs_and_verifies_with("EdDSA", "OKP").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn tokens_can_be_signed_with_rs256() {
+        signs_and_verifies_with("RS256", "RSA").await;
+    }
+}
