@@ -15,6 +15,8 @@ use tonic::{Request, Response, Status};
 
 pub struct TokenApi {
     pub tessera: Arc<Tessera>,
+    /// The RFC 8414 metadata document, built once from the settings.
+    pub metadata_json: Arc<str>,
 }
 
 fn token_response(t: TokenSet) -> pb::TokenResponse {
@@ -322,6 +324,15 @@ impl pb::token_service_server::TokenService for TokenApi {
             .map_err(status)?;
         Ok(Response::new(pb::UserInfoResponse {
             claims_json: claims.to_string(),
+        }))
+    }
+
+    async fn get_server_metadata(
+        &self,
+        _request: Request<pb::GetServerMetadataRequest>,
+    ) -> Result<Response<pb::GetServerMetadataResponse>, Status> {
+        Ok(Response::new(pb::GetServerMetadataResponse {
+            metadata_json: self.metadata_json.to_string(),
         }))
     }
 }

@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod errors;
 pub mod grpc;
+pub mod metadata;
 pub mod settings;
 
 use anyhow::Context as _;
@@ -134,6 +135,7 @@ impl Application {
             .context("building the reflection service")?;
         let token = TokenServiceServer::new(grpc::TokenApi {
             tessera: Arc::clone(&tessera),
+            metadata_json: metadata::server_metadata(&settings).to_string().into(),
         })
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let guard = admin::AdminGuard {

@@ -1,0 +1,46 @@
+//! The facade's only collaborator: gRPC clients of the token service, one lazily connected
+//! channel per worker thread.
+
+use std::time::Duration;
+use tessera_proto::token::v1::token_service_client::TokenServiceClient;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::health_client::HealthClient;
+
+/// The largest gRPC answer accepted.
+const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
+/// Where the token service is and how long to wait for it.
+#[derive(Clone)]
+pub struct BackendConfig {
+    endpoint: Endpoint,
+}
+
+impl BackendConfig {
+    pub fn new(url: &str) -> anyhow::Result<Self> {
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|e| anyhow::anyhow!("the token service URL {url:?} is invalid: {e}"))?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(15))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true);
+        Ok(Self { endpoint })
+    }
+
+    /// Clients over a channel that connects on first use and reconnects on its own, so the
+    /// facade starts (and answers 503) while the token service is down.
+    pub fn connect_lazy(&self) -> Backend {
+        let channel = self.endpoint.connect_lazy();
+        Backend {
+            token: TokenServiceClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
+            health: HealthClient::new(channel),
+        }
+    }
+}
+
+/// The token service, as the handlers see it.
+#[derive(Clone)]
+pub struct Backend {
+    pub token: TokenServiceClient<Channel>,
+    pub health: HealthClient<Channel>,
+}

@@ -1,0 +1,273 @@
+//! The HTTP facade: Tessera's public OAuth 2.0 / OpenID Connect endpoints and the pages a
+//! person uses (login, consent, device verification), served by actix-web. Each request
+//! becomes one gRPC call to the token service and its answer is mapped back to the RFC's
+//! HTTP status and body; the facade decides nothing about clients, grants, scopes or tokens
+//! (DESIGN.md rule 1). It depends on the token service only as a gRPC client (its settings
+//! type aside) and holds no state of its own, so any replica serves any request.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::todo))]
+
+pub mod backend;
+pub mod discovery;
+pub mod error;
+pub mod health;
+pub mod oauth;
+pub mod openapi;
+pub mod pages;
+pub mod params;
+pub mod userinfo;
+
+use actix_web::dev::{ServerHandle, Service as _, ServiceResponse};
+use actix_web::http::{header, StatusCode};
+use actix_web::middleware::{DefaultHeaders, ErrorHandlerResponse, ErrorHandlers};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer, ResponseError as _};
+use anyhow::Context as _;
+use backend::BackendConfig;
+use error::ApiError;
+use futures::FutureExt as _;
+use std::net::{SocketAddr, TcpListener};
+use tessera_token_service::metadata::paths;
+use tessera_token_service::settings::Settings;
+use tokio::task::JoinHandle;
+use tracing::Instrument as _;
+
+/// Alternative paths of the standard endpoints, for clients written against the two
+/// documented products our users come from (DESIGN.md, HTTP surface).
+pub const ALIASES: &[(&str, &str)] = &[
+    ("/token", paths::TOKEN),
+    ("/api/v4/oauth", paths::TOKEN),
+    ("/authorization", paths::AUTHORIZE),
+    ("/auth", paths::AUTHORIZE),
+    ("/api/v4/oauth/device", paths::DEVICE_AUTHORIZATION),
+    ("/.well-known/jwks.json", paths::JWKS),
+];
+
+/// A standard path and its aliases.
+fn with_aliases(canonical: &'static str) -> Vec<&'static str> {
+    std::iter::once(canonical).chain(ALIASES.iter().filter(|(_, c)| *c == canonical).map(|(alias, _)| *alias)).collect()
+}
+
+const STYLESHEET: &str = include_str!("../static/tessera.css");
+
+async fn stylesheet() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/css; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "public, max-age=3600"))
+        .body(STYLESHEET)
+}
+
+async fn not_found() -> HttpResponse {
+    ApiError::invalid_request("there is no such endpoint").with_status(StatusCode::NOT_FOUND).error_response()
+}
+
+async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
+    ApiError::invalid_request(format!("{} is not allowed here", req.method()))
+        .with_status(StatusCode::METHOD_NOT_ALLOWED)
+        .error_response()
+}
+
+/// Any error answer that is neither our JSON nor a page (an extractor's plain text, say)
+/// becomes an OAuth JSON error, so no endpoint ever answers with something else.
+fn json_errors<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    let ours = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json") || ct.starts_with("text/html"));
+    if ours {
+        return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+    }
+    let status = res.status();
+    let e = if status.is_server_error() {
+        ApiError::new(tessera_core::OAuthError::server_error(format!("status {status} without a body")))
+    } else {
+        ApiError::invalid_request(status.canonical_reason().unwrap_or("the request was refused").to_owned())
+    };
+    let (req, _) = res.into_parts();
+    let body = e.with_status(status).error_response();
+    Ok(ErrorHandlerResponse::Response(ServiceResponse::new(req, body).map_into_right_body()))
+}
+
+/// Every route of the facade.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    let json_405 = || web::to(method_not_allowed);
+    cfg
+        // JSON endpoints.
+        .service(
+            web::resource(with_aliases(paths::TOKEN)).route(web::post().to(oauth::token)).default_service(json_405()),
+        )
+        .service(
+            web::resource(with_aliases(paths::DEVICE_AUTHORIZATION))
+                .route(web::post().to(oauth::device_authorization))
+                .default_service(json_405()),
+        )
+        .service(web::resource(paths::INTROSPECT).route(web::post().to(oauth::introspect)).default_service(json_405()))
+        .service(web::resource(paths::REVOKE).route(web::post().to(oauth::revoke)).default_service(json_405()))
+        .service(
+            web::resource(paths::OAUTH_METADATA)
+                .route(web::get().to(discovery::oauth_metadata))
+                .default_service(json_405()),
+        )
+        .service(
+            web::resource(paths::OPENID_METADATA)
+                .route(web::get().to(discovery::openid_metadata))
+                .default_service(json_405()),
+        )
+        .service(
+            web::resource(with_aliases(paths::JWKS)).route(web::get().to(discovery::jwks)).default_service(json_405()),
+        )
+        .service(
+            web::resource(paths::USERINFO)
+                .route(web::get().to(userinfo::userinfo_get))
+                .route(web::post().to(userinfo::userinfo_post))
+                .default_service(json_405()),
+        )
+        .service(web::resource("/healthz").route(web::get().to(health::healthz)).default_service(json_405()))
+        .service(web::resource("/readyz").route(web::get().to(health::readyz)).default_service(json_405()))
+        .service(web::resource("/openapi.json").route(web::get().to(openapi::openapi_json)).default_service(json_405()))
+        // Pages.
+        .service(
+            web::resource(with_aliases(paths::AUTHORIZE))
+                .route(web::get().to(pages::authorize::authorize))
+                .default_service(json_405()),
+        )
+        .service(web::resource("/login").route(web::post().to(pages::authorize::login)).default_service(json_405()))
+        .service(web::resource("/consent").route(web::post().to(pages::authorize::consent)).default_service(json_405()))
+        .service(web::resource("/logout").route(web::post().to(pages::authorize::logout)).default_service(json_405()))
+        .service(
+            web::resource(paths::DEVICE_VERIFICATION)
+                .route(web::get().to(pages::device::device_get))
+                .route(web::post().to(pages::device::device_post))
+                .default_service(json_405()),
+        )
+        .service(web::resource("/static/tessera.css").route(web::get().to(stylesheet)).default_service(json_405()));
+}
+
+/// Extractor errors of actix's own extractors, as OAuth JSON errors.
+fn extractor_error(why: String) -> actix_web::Error {
+    ApiError::invalid_request(why).into()
+}
+
+/// A running HTTP facade.
+pub struct FacadeApplication {
+    addr: SocketAddr,
+    handle: ServerHandle,
+    server: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl FacadeApplication {
+    /// Binds `http.listen` (port 0 picks a free port) and serves, calling the token service
+    /// at `grpc_endpoint` (e.g. `http://127.0.0.1:50051`).
+    pub async fn build(settings: Settings, grpc_endpoint: &str) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(&settings.http.listen)
+            .with_context(|| format!("binding the HTTP listener on {}", settings.http.listen))?;
+        Self::build_with_listener(settings, grpc_endpoint, listener).await
+    }
+
+    /// Serves on a listener the caller bound, so its address can be known (and written into
+    /// the public URL) before the token service starts.
+    pub async fn build_with_listener(
+        settings: Settings,
+        grpc_endpoint: &str,
+        listener: TcpListener,
+    ) -> anyhow::Result<Self> {
+        let backend = BackendConfig::new(grpc_endpoint)?;
+        let page_config = pages::PageConfig { secure_cookies: settings.public_url().starts_with("https://") };
+        let openapi = web::Data::new(openapi::OpenApiJson(openapi::document_json()?));
+        let addr = listener.local_addr().context("reading the HTTP listener's address")?;
+        listener.set_nonblocking(true).context("configuring the HTTP listener")?;
+        let server = HttpServer::new(move || {
+            // One lazily connected channel per worker thread: its tasks live on that
+            // worker's runtime.
+            App::new()
+                .app_data(web::Data::new(backend.connect_lazy()))
+                .app_data(web::Data::new(page_config.clone()))
+                .app_data(openapi.clone())
+                .app_data(
+                    web::JsonConfig::default()
+                        .limit(params::MAX_BODY_BYTES)
+                        .error_handler(|e, _| extractor_error(format!("malformed JSON body: {e}"))),
+                )
+                .app_data(
+                    web::FormConfig::default()
+                        .limit(params::MAX_BODY_BYTES)
+                        .error_handler(|e, _| extractor_error(format!("malformed form body: {e}"))),
+                )
+                .app_data(web::PayloadConfig::default().limit(params::MAX_BODY_BYTES))
+                .app_data(
+                    web::QueryConfig::default().error_handler(|e, _| extractor_error(format!("malformed query: {e}"))),
+                )
+                .app_data(
+                    web::PathConfig::default().error_handler(|e, _| extractor_error(format!("malformed path: {e}"))),
+                )
+                .configure(routes)
+                .default_service(web::to(not_found))
+                .wrap(ErrorHandlers::new().default_handler(json_errors))
+                .wrap(
+                    DefaultHeaders::new()
+                        .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+                        .add((header::X_FRAME_OPTIONS, "DENY")),
+                )
+                .wrap_fn(|req, srv| {
+                    let span = tracing::info_span!(
+                        "http",
+                        method = %req.method(),
+                        path = %req.path(),
+                        status = tracing::field::Empty,
+                    );
+                    let started = std::time::Instant::now();
+                    srv.call(req)
+                        .map(move |res| {
+                            if let Ok(r) = &res {
+                                let status = r.status().as_u16();
+                                tracing::Span::current().record("status", status);
+                                tracing::debug!(status, micros = started.elapsed().as_micros() as u64, "answered");
+                            }
+                            res
+                        })
+                        .instrument(span)
+                })
+        })
+        .disable_signals()
+        .shutdown_timeout(5)
+        .listen(listener)
+        .context("starting the HTTP server")?
+        .run();
+        let handle = server.handle();
+        let server = tokio::spawn(server);
+        tracing::info!(%addr, token_service = %grpc_endpoint, "HTTP facade listening");
+        Ok(Self { addr, handle, server: Some(server) })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Stops accepting, lets in-flight requests finish, and returns when the server has
+    /// stopped.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.handle.stop(true).await;
+        if let Some(server) = self.server.take() {
+            server.await.context("the HTTP server task failed")?.context("the HTTP server failed")?;
+        }
+        Ok(())
+    }
+
+    /// Serves until `signal` completes, then stops gracefully.
+    pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+        signal.await;
+        self.stop().await
+    }
+}
+
+impl Drop for FacadeApplication {
+    fn drop(&mut self) {
+        if self.server.is_some() {
+            // The stop command is sent at once; nobody waits for its completion here.
+            drop(self.handle.stop(false));
+        }
+    }
+}

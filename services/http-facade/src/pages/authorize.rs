@@ -1,0 +1,283 @@
+//! The authorization endpoint (RFC 6749 §3.1, §4.1.1, §4.2.1; OIDC Core §3.1.2) and its
+//! login and consent pages. Every step is one `Authorize` call whose answer is a redirect, a
+//! login page or a consent page. An `Authorize` error means the client or its redirect URI
+//! cannot be trusted: an error page, never a redirect (RFC 6749 §4.1.2.1).
+
+use super::{
+    csrf_failed, csrf_ok, error_page, login_error_message, redirect, render, session, session_cookie, ConsentPage,
+    Csrf, Hidden, LoginPage, MessagePage, PageConfig, ScopeLine, SESSION_COOKIE,
+};
+use crate::backend::Backend;
+use crate::error::{oauth_error, ApiError};
+use crate::params::Params;
+use actix_web::cookie::Cookie;
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use tessera_core::OAuthError;
+use tessera_proto::token::v1 as pb;
+use tessera_proto::token::v1::authorize_response::Outcome;
+use tracing::field::Empty;
+
+/// The parameters of an authorization request, carried unchanged through the pages.
+#[derive(Default, Deserialize)]
+#[serde(default)]
+pub struct AuthorizeParams {
+    pub response_type: String,
+    pub client_id: String,
+    pub redirect_uri: String,
+    pub scope: String,
+    pub state: String,
+    pub nonce: String,
+    pub code_challenge: String,
+    pub code_challenge_method: String,
+    pub prompt: String,
+    pub max_age: String,
+}
+
+impl AuthorizeParams {
+    pub fn hidden(&self) -> Vec<Hidden> {
+        [
+            ("response_type", &self.response_type),
+            ("client_id", &self.client_id),
+            ("redirect_uri", &self.redirect_uri),
+            ("scope", &self.scope),
+            ("state", &self.state),
+            ("nonce", &self.nonce),
+            ("code_challenge", &self.code_challenge),
+            ("code_challenge_method", &self.code_challenge_method),
+            ("prompt", &self.prompt),
+            ("max_age", &self.max_age),
+        ]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(name, v)| Hidden { name, value: v.clone() })
+        .collect()
+    }
+
+    fn rpc(&self, session: String, consent: pb::ConsentDecision) -> Result<pb::AuthorizeRequest, OAuthError> {
+        // The RPC carries max_age as a number, negative for absent.
+        let max_age = if self.max_age.is_empty() {
+            -1
+        } else {
+            self.max_age
+                .parse::<i64>()
+                .map_err(|_| OAuthError::invalid_request("max_age must be a number of seconds"))?
+        };
+        Ok(pb::AuthorizeRequest {
+            response_type: self.response_type.clone(),
+            client_id: self.client_id.clone(),
+            redirect_uri: self.redirect_uri.clone(),
+            scope: self.scope.clone(),
+            state: self.state.clone(),
+            nonce: self.nonce.clone(),
+            code_challenge: self.code_challenge.clone(),
+            code_challenge_method: self.code_challenge_method.clone(),
+            prompt: self.prompt.clone(),
+            session,
+            consent: consent as i32,
+            max_age,
+        })
+    }
+}
+
+/// What the login page shows again after a failed attempt.
+#[derive(Default)]
+pub struct LoginRetry {
+    pub username: String,
+    pub error: String,
+}
+
+/// One `Authorize` call and the page or redirect that answers it.
+#[allow(clippy::too_many_arguments)]
+async fn decide(
+    req: &HttpRequest,
+    backend: &Backend,
+    config: &PageConfig,
+    params: AuthorizeParams,
+    session: String,
+    consent: pb::ConsentDecision,
+    mut cookies: Vec<Cookie<'static>>,
+    retry: LoginRetry,
+) -> HttpResponse {
+    tracing::Span::current().record("client_id", params.client_id.as_str());
+    let request = match params.rpc(session, consent) {
+        Ok(r) => r,
+        Err(e) => return error_page(&e, cookies),
+    };
+    let answer = match backend.token.clone().authorize(request).await {
+        Ok(a) => a.into_inner(),
+        Err(s) => return error_page(&oauth_error(&s), cookies),
+    };
+    match answer.outcome {
+        Some(Outcome::RedirectTo(location)) => {
+            // 303 after a form post so the browser follows with GET (RFC 9110 §15.4.4).
+            let status =
+                if req.method() == actix_web::http::Method::POST { StatusCode::SEE_OTHER } else { StatusCode::FOUND };
+            redirect(status, &location, cookies)
+        }
+        Some(Outcome::LoginRequired(l)) => {
+            let csrf = Csrf::for_page(req, config);
+            cookies.extend(csrf.cookies());
+            let status = if retry.error.is_empty() { StatusCode::OK } else { StatusCode::UNAUTHORIZED };
+            render(
+                status,
+                &LoginPage {
+                    csrf_token: csrf.token,
+                    client_name: l.client_name,
+                    flow: "authorize",
+                    hidden: params.hidden(),
+                    username: retry.username,
+                    error: retry.error,
+                },
+                cookies,
+            )
+        }
+        Some(Outcome::ConsentRequired(c)) => {
+            let csrf = Csrf::for_page(req, config);
+            cookies.extend(csrf.cookies());
+            render(
+                StatusCode::OK,
+                &ConsentPage {
+                    csrf_token: csrf.token,
+                    client_name: c.client_name,
+                    username: c.username,
+                    scopes: c.scopes.into_iter().map(ScopeLine::from).collect(),
+                    hidden: params.hidden(),
+                },
+                cookies,
+            )
+        }
+        None => error_page(&OAuthError::server_error("Authorize answered without an outcome"), cookies),
+    }
+}
+
+/// `GET /oauth2/authorize` (and `/authorization`, `/auth`).
+#[tracing::instrument(name = "authorize", skip_all, fields(client_id = Empty))]
+pub async fn authorize(req: HttpRequest, backend: web::Data<Backend>, config: web::Data<PageConfig>) -> HttpResponse {
+    let params = match Params::from_urlencoded(req.query_string().as_bytes()).and_then(|p| p.parse::<AuthorizeParams>())
+    {
+        Ok(p) => p,
+        Err(e) => return error_page(&e, vec![]),
+    };
+    let session = session(&req);
+    decide(&req, &backend, &config, params, session, pb::ConsentDecision::Unspecified, vec![], LoginRetry::default())
+        .await
+}
+
+/// `POST /login`: username and password to `Authenticate`, the session handle into a cookie,
+/// then on with the flow the login interrupted.
+#[tracing::instrument(name = "login", skip_all, fields(client_id = Empty))]
+pub async fn login(
+    req: HttpRequest,
+    backend: web::Data<Backend>,
+    config: web::Data<PageConfig>,
+    params: Result<Params, ApiError>,
+) -> HttpResponse {
+    let params = match params {
+        Ok(p) => p,
+        Err(e) => return error_page(&e.error, vec![]),
+    };
+    if !csrf_ok(&req, &params) {
+        return csrf_failed();
+    }
+    let username = params.get("username").unwrap_or_default().to_owned();
+    let device_flow = params.get("flow") == Some("device");
+    let answer = backend
+        .token
+        .clone()
+        .authenticate(pb::AuthenticateRequest {
+            username: username.clone(),
+            password: params.get("password").unwrap_or_default().to_owned(),
+        })
+        .await;
+    let (session, cookies, retry) = match answer {
+        Ok(a) => {
+            let a = a.into_inner();
+            let cookie = session_cookie(a.session.clone(), a.expires_in, &config);
+            (a.session, vec![cookie], LoginRetry::default())
+        }
+        Err(s) => {
+            let e = oauth_error(&s);
+            let Some(message) = login_error_message(&e) else {
+                return error_page(&e, vec![]);
+            };
+            // Back to the login page through the same call that showed it.
+            (String::new(), vec![], LoginRetry { username, error: message })
+        }
+    };
+    if device_flow {
+        let user_code = params.get("user_code").unwrap_or_default();
+        return super::device::show(&req, &backend, &config, user_code, &session, cookies, retry).await;
+    }
+    let auth = match params.parse::<AuthorizeParams>() {
+        Ok(p) => p,
+        Err(e) => return error_page(&e, cookies),
+    };
+    decide(&req, &backend, &config, auth, session, pb::ConsentDecision::Unspecified, cookies, retry).await
+}
+
+/// `POST /consent`: the person's answer, to `Authorize` with `consent`.
+#[tracing::instrument(name = "consent", skip_all, fields(client_id = Empty))]
+pub async fn consent(
+    req: HttpRequest,
+    backend: web::Data<Backend>,
+    config: web::Data<PageConfig>,
+    params: Result<Params, ApiError>,
+) -> HttpResponse {
+    let params = match params {
+        Ok(p) => p,
+        Err(e) => return error_page(&e.error, vec![]),
+    };
+    if !csrf_ok(&req, &params) {
+        return csrf_failed();
+    }
+    let decision = match params.get("decision") {
+        Some("approve") => pb::ConsentDecision::Approve,
+        Some("deny") => pb::ConsentDecision::Deny,
+        _ => pb::ConsentDecision::Unspecified,
+    };
+    let auth = match params.parse::<AuthorizeParams>() {
+        Ok(p) => p,
+        Err(e) => return error_page(&e, vec![]),
+    };
+    let session = session(&req);
+    decide(&req, &backend, &config, auth, session, decision, vec![], LoginRetry::default()).await
+}
+
+/// `POST /logout`: ends the login session in the token service and forgets the cookie.
+#[tracing::instrument(name = "logout", skip_all)]
+pub async fn logout(
+    req: HttpRequest,
+    backend: web::Data<Backend>,
+    config: web::Data<PageConfig>,
+    params: Result<Params, ApiError>,
+) -> HttpResponse {
+    let params = match params {
+        Ok(p) => p,
+        Err(e) => return error_page(&e.error, vec![]),
+    };
+    if !csrf_ok(&req, &params) {
+        return csrf_failed();
+    }
+    let handle = session(&req);
+    if !handle.is_empty() {
+        if let Err(s) = backend.token.clone().end_session(pb::EndSessionRequest { session: handle }).await {
+            return error_page(&oauth_error(&s), vec![]);
+        }
+    }
+    let mut gone = session_cookie(String::new(), 0, &config);
+    gone.make_removal();
+    debug_assert_eq!(gone.name(), SESSION_COOKIE);
+    render(
+        StatusCode::OK,
+        &MessagePage {
+            title: "Signed out".into(),
+            message: "You are signed out.".into(),
+            is_error: false,
+            link_href: String::new(),
+            link_text: String::new(),
+        },
+        vec![gone],
+    )
+}

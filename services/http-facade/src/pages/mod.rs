@@ -1,0 +1,241 @@
+//! The pages a person uses: login, consent and device verification, rendered on the server
+//! from askama templates, usable without JavaScript. Every decision comes from the token
+//! service (`Authorize`, `Authenticate`, `LookupUserCode`, `ApproveDevice`, `DenyDevice`);
+//! these handlers only render its answers and carry the request through hidden fields.
+//!
+//! Login sessions live in the token service: the browser holds the opaque handle in an
+//! HttpOnly, SameSite=Lax cookie, so any facade replica serves any request.
+
+pub mod authorize;
+pub mod device;
+
+use crate::params::Params;
+use actix_web::cookie::{time::Duration as CookieDuration, Cookie, SameSite};
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder};
+use askama::Template;
+use subtle::ConstantTimeEq as _;
+use tessera_core::{ErrorCode, OAuthError};
+
+/// The cookie holding the token service's login session handle.
+pub const SESSION_COOKIE: &str = "tessera_session";
+/// The double-submit CSRF cookie; its value must come back in each form's `csrf_token`.
+pub const CSRF_COOKIE: &str = "tessera_csrf";
+
+/// Content-Security-Policy of every page: no scripts, styles from the facade only, never
+/// framed. `form-action` is left out on purpose: Chromium applies it to the redirect that
+/// follows a form post, and the consent form must redirect to the client's own origin.
+pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; frame-ancestors 'none'";
+
+/// How the pages set cookies.
+#[derive(Clone)]
+pub struct PageConfig {
+    /// `Secure` cookies: the public URL is https.
+    pub secure_cookies: bool,
+}
+
+/// A hidden form field that carries the original request through the pages.
+pub struct Hidden {
+    pub name: &'static str,
+    pub value: String,
+}
+
+/// A scope as the consent and device pages show it.
+pub struct ScopeLine {
+    pub name: String,
+    pub description: String,
+}
+
+impl From<tessera_proto::token::v1::ScopeDescription> for ScopeLine {
+    fn from(s: tessera_proto::token::v1::ScopeDescription) -> Self {
+        Self { name: s.name, description: s.description }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "login.html")]
+pub struct LoginPage {
+    pub csrf_token: String,
+    pub client_name: String,
+    /// `authorize` or `device`: where the login goes on.
+    pub flow: &'static str,
+    pub hidden: Vec<Hidden>,
+    pub username: String,
+    pub error: String,
+}
+
+#[derive(Template)]
+#[template(path = "consent.html")]
+pub struct ConsentPage {
+    pub csrf_token: String,
+    pub client_name: String,
+    pub username: String,
+    pub scopes: Vec<ScopeLine>,
+    pub hidden: Vec<Hidden>,
+}
+
+#[derive(Template)]
+#[template(path = "device_code.html")]
+pub struct DeviceCodePage {
+    pub csrf_token: String,
+    pub user_code: String,
+    pub error: String,
+}
+
+#[derive(Template)]
+#[template(path = "device_confirm.html")]
+pub struct DeviceConfirmPage {
+    pub csrf_token: String,
+    pub client_name: String,
+    pub user_code: String,
+    pub scopes: Vec<ScopeLine>,
+}
+
+#[derive(Template)]
+#[template(path = "message.html")]
+pub struct MessagePage {
+    pub title: String,
+    pub message: String,
+    pub is_error: bool,
+    pub link_href: String,
+    pub link_text: String,
+}
+
+impl MessagePage {
+    pub fn error(title: &str, message: impl Into<String>) -> Self {
+        Self {
+            title: title.to_owned(),
+            message: message.into(),
+            is_error: true,
+            link_href: String::new(),
+            link_text: String::new(),
+        }
+    }
+}
+
+/// The headers of every page.
+fn page_builder(status: StatusCode) -> HttpResponseBuilder {
+    let mut b = HttpResponse::build(status);
+    b.content_type("text/html; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header((header::PRAGMA, "no-cache"))
+        .insert_header((header::CONTENT_SECURITY_POLICY, CSP))
+        .insert_header((header::X_FRAME_OPTIONS, "DENY"))
+        .insert_header((header::REFERRER_POLICY, "no-referrer"));
+    b
+}
+
+/// A rendered page, with the cookies it sets.
+pub fn render(status: StatusCode, page: &impl Template, cookies: Vec<Cookie<'static>>) -> HttpResponse {
+    match page.render() {
+        Ok(body) => {
+            let mut b = page_builder(status);
+            for c in cookies {
+                b.cookie(c);
+            }
+            b.body(body)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "a page template failed to render");
+            page_builder(StatusCode::INTERNAL_SERVER_ERROR)
+                .body("<!doctype html><title>Error</title><p>Something went wrong.</p>")
+        }
+    }
+}
+
+/// A redirect to the client (or back to a page), never cached.
+pub fn redirect(status: StatusCode, location: &str, cookies: Vec<Cookie<'static>>) -> HttpResponse {
+    let mut b = HttpResponse::build(status);
+    b.insert_header((header::LOCATION, location))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header((header::REFERRER_POLICY, "no-referrer"));
+    for c in cookies {
+        b.cookie(c);
+    }
+    b.finish()
+}
+
+/// A page for an error the person cannot fix by retrying the form.
+pub fn error_page(e: &OAuthError, cookies: Vec<Cookie<'static>>) -> HttpResponse {
+    let (status, title, message) = match e.code {
+        ErrorCode::TemporarilyUnavailable => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Try again in a moment",
+            "The sign-in service is unavailable right now.".to_owned(),
+        ),
+        ErrorCode::ServerError => (StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong", e.description.clone()),
+        _ => (crate::error::http_status(e.code), "This request cannot be completed", e.description.clone()),
+    };
+    render(status, &MessagePage::error(title, message), cookies)
+}
+
+/// The CSRF token of this browser, and the cookie to set when it had none.
+pub struct Csrf {
+    pub token: String,
+    pub cookie: Option<Cookie<'static>>,
+}
+
+impl Csrf {
+    pub fn for_page(req: &HttpRequest, config: &PageConfig) -> Self {
+        if let Some(c) = req.cookie(CSRF_COOKIE) {
+            let v = c.value();
+            if v.len() == 43 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                return Self { token: v.to_owned(), cookie: None };
+            }
+        }
+        let token = tessera_crypto::random_secret(32);
+        let cookie = Cookie::build(CSRF_COOKIE, token.clone())
+            .path("/")
+            .http_only(true)
+            .secure(config.secure_cookies)
+            .same_site(SameSite::Lax)
+            .finish();
+        Self { token, cookie: Some(cookie) }
+    }
+
+    pub fn cookies(&self) -> Vec<Cookie<'static>> {
+        self.cookie.iter().cloned().collect()
+    }
+}
+
+/// Double-submit check: the form's `csrf_token` equals the cookie, in constant time.
+pub fn csrf_ok(req: &HttpRequest, params: &Params) -> bool {
+    match (req.cookie(CSRF_COOKIE), params.get("csrf_token")) {
+        (Some(cookie), Some(field)) if !field.is_empty() => {
+            bool::from(cookie.value().as_bytes().ct_eq(field.as_bytes()))
+        }
+        _ => false,
+    }
+}
+
+pub fn csrf_failed() -> HttpResponse {
+    render(
+        StatusCode::FORBIDDEN,
+        &MessagePage::error("This form has expired", "Go back, reload the page and try again."),
+        vec![],
+    )
+}
+
+/// The login session handle this browser holds.
+pub fn session(req: &HttpRequest) -> String {
+    req.cookie(SESSION_COOKIE).map(|c| c.value().to_owned()).unwrap_or_default()
+}
+
+pub fn session_cookie(handle: String, max_age_secs: i64, config: &PageConfig) -> Cookie<'static> {
+    Cookie::build(SESSION_COOKIE, handle)
+        .path("/")
+        .http_only(true)
+        .secure(config.secure_cookies)
+        .same_site(SameSite::Lax)
+        .max_age(CookieDuration::seconds(max_age_secs.max(0)))
+        .finish()
+}
+
+/// Login failures the person can fix on the form, in the token service's words; any other
+/// failure gets the error page.
+pub fn login_error_message(e: &OAuthError) -> Option<String> {
+    match e.code {
+        ErrorCode::InvalidGrant | ErrorCode::InvalidRequest | ErrorCode::AccessDenied => Some(e.description.clone()),
+        _ => None,
+    }
+}

@@ -1,0 +1,502 @@
+//! Starts the real token service and the facade on free ports, on either backend pair, and
+//! drives them with raw HTTP requests.
+
+use base64::Engine as _;
+use reqwest::header::HeaderMap;
+use reqwest::{Method, StatusCode};
+use secrecy::SecretString;
+use sea_orm::ConnectionTrait as _;
+use serde_json::Value;
+use sha2::Digest as _;
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tessera_http_facade::FacadeApplication;
+use tessera_proto::admin::v1 as admin;
+use tessera_proto::admin::v1::admin_service_client::AdminServiceClient;
+use tessera_token_service::settings::Settings;
+use tessera_token_service::Application;
+use tonic::transport::Channel;
+
+pub const ADMIN_TOKEN: &str = "facade-tests-admin-token-0123456789";
+const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
+const REDIS: &str = "redis://127.0.0.1:6379";
+/// Databases and Redis keys of this suite start with these, followed by the process id.
+const DB_PREFIX: &str = "tessera_facade_";
+const REDIS_PREFIX: &str = "tessera-facade-test:";
+
+/// The two backend pairs every flow runs against (DESIGN.md rule 3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pair {
+    SqliteMemory,
+    PostgresRedis,
+}
+
+/// Runs each named flow against both backend pairs, as `embedded::<name>` and
+/// `postgres_redis::<name>`.
+#[macro_export]
+macro_rules! both_pairs {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::harness::Pair::SqliteMemory).await
+                }
+            )*
+        }
+        mod postgres_redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::harness::Pair::PostgresRedis).await
+                }
+            )*
+        }
+    };
+}
+
+/// What must be removed when a test ends, even when it panicked.
+struct Cleanup {
+    database: String,
+    redis_prefix: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let database = self.database.clone();
+        let prefix = self.redis_prefix.clone();
+        // Drop cannot await; a thread with its own runtime does the async cleanup.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                drop_database(&database).await;
+                delete_redis_keys(&format!("{prefix}*")).await;
+            });
+        })
+        .join();
+    }
+}
+
+async fn drop_database(name: &str) {
+    if let Ok(db) = sea_orm::Database::connect(format!("{POSTGRES}/postgres")).await {
+        let _ = db.execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await;
+        let _ = db.close().await;
+    }
+}
+
+async fn delete_redis_keys(pattern: &str) {
+    let Ok(client) = redis::Client::open(REDIS) else { return };
+    let Ok(mut con) = client.get_multiplexed_async_connection().await else { return };
+    let keys: Vec<String> = match redis::cmd("KEYS").arg(pattern).query_async(&mut con).await {
+        Ok(k) => k,
+        Err(_) => return,
+    };
+    if !keys.is_empty() {
+        let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut con).await;
+    }
+}
+
+fn process_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Removes what earlier runs of this suite left behind when they were killed: databases and
+/// keys named after a process that no longer exists. Once per test process.
+async fn sweep_leftovers(db: &sea_orm::DatabaseConnection) {
+    static SWEPT: AtomicBool = AtomicBool::new(false);
+    if SWEPT.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let rows = db
+        .query_all(sea_orm::Statement::from_string(
+            sea_orm::DatabaseBackend::Postgres,
+            format!("SELECT datname FROM pg_database WHERE datname LIKE '{DB_PREFIX}%'"),
+        ))
+        .await
+        .unwrap_or_default();
+    for row in rows {
+        let Ok(name) = row.try_get::<String>("", "datname") else { continue };
+        let pid = name[DB_PREFIX.len()..].split('_').next().and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if pid != std::process::id() && !process_alive(pid) {
+                drop_database(&name).await;
+                delete_redis_keys(&format!("{REDIS_PREFIX}{pid}:*")).await;
+            }
+        }
+    }
+}
+
+/// Postgres and Redis for one test, or why they cannot be had.
+async fn production_pair() -> Result<(String, String, Cleanup), String> {
+    let connect = tokio::time::timeout(Duration::from_secs(5), sea_orm::Database::connect(format!("{POSTGRES}/postgres")));
+    let db = connect
+        .await
+        .map_err(|_| "Postgres at 127.0.0.1:5432 did not answer".to_owned())?
+        .map_err(|e| format!("Postgres at 127.0.0.1:5432 is unreachable: {e}"))?;
+    let client = redis::Client::open(REDIS).map_err(|e| e.to_string())?;
+    let mut con = tokio::time::timeout(Duration::from_secs(5), client.get_multiplexed_async_connection())
+        .await
+        .map_err(|_| "Redis at 127.0.0.1:6379 did not answer".to_owned())?
+        .map_err(|e| format!("Redis at 127.0.0.1:6379 is unreachable: {e}"))?;
+    let _: String = redis::cmd("PING").query_async(&mut con).await.map_err(|e| format!("Redis PING failed: {e}"))?;
+    sweep_leftovers(&db).await;
+    let unique = uuid::Uuid::new_v4().simple().to_string();
+    let pid = std::process::id();
+    let database = format!("{DB_PREFIX}{pid}_{}", &unique[..12]);
+    db.execute_unprepared(&format!("CREATE DATABASE \"{database}\""))
+        .await
+        .map_err(|e| format!("creating the test database: {e}"))?;
+    let _ = db.close().await;
+    let redis_prefix = format!("{REDIS_PREFIX}{pid}:{}:", &unique[..12]);
+    let url = format!("{POSTGRES}/{database}");
+    Ok((url, redis_prefix.clone(), Cleanup { database, redis_prefix }))
+}
+
+/// A running token service and facade, with an admin client and a plain HTTP client.
+pub struct TestApp {
+    pub base: String,
+    pub grpc_url: String,
+    pub http: reqwest::Client,
+    pub admin: AdminServiceClient<Channel>,
+    pub settings: Settings,
+    token_service: Option<Application>,
+    facade: Option<FacadeApplication>,
+    _dir: tempfile::TempDir,
+    // Declared last: dropped after the services have stopped.
+    _cleanup: Option<Cleanup>,
+}
+
+/// Whether a missing dependency fails the test (CI) or skips it (a laptop).
+pub fn skip_or_fail(what: &str) {
+    if std::env::var_os("CI").is_some() {
+        panic!("{what}, and CI is set: this must not be skipped");
+    }
+    eprintln!("\n********************************************************************");
+    eprintln!("SKIPPED: {what}");
+    eprintln!("********************************************************************\n");
+}
+
+impl TestApp {
+    /// Starts both services; `None` (after a loud SKIPPED) when the pair's servers are
+    /// unreachable outside CI.
+    pub async fn spawn(pair: Pair) -> Option<Self> {
+        Self::spawn_with(pair, |_| {}).await
+    }
+
+    pub async fn spawn_with(pair: Pair, tweak: impl FnOnce(&mut Settings)) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let base = format!("http://{addr}");
+
+        let mut settings = Settings::default();
+        settings.data_dir = dir.path().to_owned();
+        settings.grpc.listen = "127.0.0.1:0".into();
+        settings.http.listen = addr.to_string();
+        settings.http.public_url = Some(base.clone());
+        settings.admin.token = Some(SecretString::from(ADMIN_TOKEN.to_owned()));
+        settings.demo.enabled = false;
+        settings.tokens.device_interval = 1;
+        let cleanup = match pair {
+            Pair::SqliteMemory => None,
+            Pair::PostgresRedis => match production_pair().await {
+                Ok((db, prefix, cleanup)) => {
+                    settings.database.url = db;
+                    settings.redis.url = REDIS.into();
+                    settings.redis.key_prefix = prefix;
+                    Some(cleanup)
+                }
+                Err(why) => {
+                    skip_or_fail(&format!("Postgres + Redis tests cannot run: {why}"));
+                    return None;
+                }
+            },
+        };
+        tweak(&mut settings);
+        let token_service = Application::build(settings.clone()).await.expect("the token service starts");
+        let grpc_url = format!("http://{}", token_service.grpc_addr());
+        let facade = FacadeApplication::build_with_listener(settings.clone(), &grpc_url, listener)
+            .await
+            .expect("the facade starts");
+        let channel = tonic::transport::Endpoint::from_shared(grpc_url.clone()).unwrap().connect().await.unwrap();
+        Some(Self {
+            base,
+            grpc_url,
+            http: plain_client(),
+            admin: AdminServiceClient::new(channel),
+            settings,
+            token_service: Some(token_service),
+            facade: Some(facade),
+            _dir: dir,
+            _cleanup: cleanup,
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Stops the token service, leaving the facade up.
+    pub async fn stop_token_service(&mut self) {
+        if let Some(ts) = self.token_service.take() {
+            ts.shutdown().await.unwrap();
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(f) = self.facade.take() {
+            f.stop().await.unwrap();
+        }
+        self.stop_token_service().await;
+    }
+
+    fn admin_request<T>(message: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(message);
+        r.metadata_mut().insert("authorization", format!("Bearer {ADMIN_TOKEN}").parse().unwrap());
+        r
+    }
+
+    /// Creates a client; returns its id and secret (empty for public clients).
+    pub async fn create_client(&self, spec: admin::CreateClientRequest) -> (String, String) {
+        let created =
+            self.admin.clone().create_client(Self::admin_request(spec)).await.expect("the client is created").into_inner();
+        (created.client.unwrap().client_id, created.client_secret)
+    }
+
+    /// A confidential client with the given grants, redirect URI `http://127.0.0.1:9/cb`, and
+    /// the scopes openid profile email offline_access api.
+    pub async fn confidential(&self, grants: &[&str]) -> (String, String) {
+        self.create_client(client_spec(grants, false)).await
+    }
+
+    pub async fn create_user(&self, username: &str, password: &str) {
+        self.admin
+            .clone()
+            .create_user(Self::admin_request(admin::CreateUserRequest {
+                username: username.into(),
+                password: password.into(),
+                email: format!("{username}@example.com"),
+                name: format!("User {username}"),
+            }))
+            .await
+            .expect("the user is created");
+    }
+
+    pub async fn post_form(&self, path: &str, form: &[(&str, &str)], basic: Option<(&str, &str)>) -> Answer {
+        let mut r = self.http.post(self.url(path)).form(form);
+        if let Some((id, secret)) = basic {
+            r = r.header("Authorization", basic_header(id, secret));
+        }
+        Answer::of(r.send().await.unwrap()).await
+    }
+
+    pub async fn post_json(&self, path: &str, body: &str, basic: Option<(&str, &str)>) -> Answer {
+        let mut r = self
+            .http
+            .post(self.url(path))
+            .header("Content-Type", "application/json")
+            .header("Accept", "application/json")
+            .body(body.to_owned());
+        if let Some((id, secret)) = basic {
+            r = r.header("Authorization", basic_header(id, secret));
+        }
+        Answer::of(r.send().await.unwrap()).await
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        Answer::of(self.http.get(self.url(path)).send().await.unwrap()).await
+    }
+
+    pub async fn raw(&self, method: Method, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Answer {
+        let mut r = self.http.request(method, self.url(path)).body(body);
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        Answer::of(r.send().await.unwrap()).await
+    }
+
+    /// A fresh browser-like client: its own cookie jar, redirects not followed.
+    pub fn browser(&self) -> Browser {
+        Browser {
+            base: self.base.clone(),
+            http: reqwest::Client::builder()
+                .cookie_store(true)
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+        }
+    }
+}
+
+pub fn client_spec(grants: &[&str], public: bool) -> admin::CreateClientRequest {
+    admin::CreateClientRequest {
+        client_id: String::new(),
+        name: "Test App".into(),
+        public,
+        grant_types: grants.iter().map(|g| g.to_string()).collect(),
+        redirect_uris: vec![CALLBACK.into()],
+        scopes: ["openid", "profile", "email", "offline_access", "api"].map(String::from).to_vec(),
+        ..Default::default()
+    }
+}
+
+/// The redirect URI of test clients; never visited (redirects are not followed).
+pub const CALLBACK: &str = "http://127.0.0.1:9/cb";
+
+pub fn plain_client() -> reqwest::Client {
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
+}
+
+/// RFC 6749 §2.3.1: form-urlencode id and secret, join with ':', base64.
+pub fn basic_header(id: &str, secret: &str) -> String {
+    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", enc(id), enc(secret))))
+}
+
+/// An HTTP answer, read whole.
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub text: String,
+}
+
+impl Answer {
+    pub async fn of(r: reqwest::Response) -> Self {
+        let status = r.status();
+        let headers = r.headers().clone();
+        let text = r.text().await.unwrap();
+        Self { status, headers, text }
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.text))
+    }
+
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+
+    pub fn content_type(&self) -> &str {
+        self.header("content-type")
+    }
+
+    /// Asserts an RFC 6749 §5.2 JSON error with this status and code.
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, code: &str) -> &Self {
+        assert_eq!(self.status.as_u16(), status, "{}", self.text);
+        assert!(self.content_type().starts_with("application/json"), "{}", self.content_type());
+        let j = self.json();
+        assert_eq!(j["error"], code, "{}", self.text);
+        assert!(j["error_description"].is_string(), "{}", self.text);
+        self
+    }
+
+    /// Asserts a successful token response (RFC 6749 §5.1) and returns it.
+    #[track_caller]
+    pub fn assert_tokens(&self) -> Value {
+        assert_eq!(self.status, StatusCode::OK, "{}", self.text);
+        assert_eq!(self.header("cache-control"), "no-store");
+        assert_eq!(self.header("pragma"), "no-cache");
+        let j = self.json();
+        assert!(j["access_token"].as_str().is_some_and(|t| !t.is_empty()), "{j}");
+        assert_eq!(j["token_type"], "Bearer");
+        assert!(j["expires_in"].as_i64().is_some_and(|n| n > 0), "{j}");
+        for k in ["refresh_token", "id_token", "scope"] {
+            if let Some(v) = j.get(k) {
+                assert!(v.as_str().is_some_and(|s| !s.is_empty()), "{k} is present but empty: {j}");
+            }
+        }
+        j
+    }
+
+    pub fn location(&self) -> String {
+        self.header("location").to_owned()
+    }
+}
+
+/// A browser without JavaScript: a cookie jar and HTML forms read by hand.
+pub struct Browser {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl Browser {
+    pub async fn get(&self, path_or_url: &str) -> Answer {
+        let url = if path_or_url.starts_with("http") { path_or_url.to_owned() } else { format!("{}{path_or_url}", self.base) };
+        Answer::of(self.http.get(url).send().await.unwrap()).await
+    }
+
+    /// Submits the page's form (its hidden fields plus `extra`) to `action`.
+    pub async fn submit(&self, page: &Answer, action: &str, extra: &[(&str, &str)]) -> Answer {
+        let mut fields = hidden_fields(&page.text);
+        for (k, v) in extra {
+            fields.retain(|(name, _)| name != k);
+            fields.push((k.to_string(), v.to_string()));
+        }
+        Answer::of(self.http.post(format!("{}{action}", self.base)).form(&fields).send().await.unwrap()).await
+    }
+
+    /// Signs in on a login page and approves a consent page if one follows; returns the
+    /// final answer (a redirect to the client).
+    pub async fn login_and_consent(&self, authorize_path: &str, username: &str, password: &str) -> Answer {
+        let login = self.get(authorize_path).await;
+        assert_eq!(login.status, StatusCode::OK, "{}", login.text);
+        assert!(login.text.contains("name=\"password\""), "not a login page: {}", login.text);
+        let next = self.submit(&login, "/login", &[("username", username), ("password", password)]).await;
+        if next.status == StatusCode::OK && next.text.contains("name=\"decision\"") {
+            return self.submit(&next, "/consent", &[("decision", "approve")]).await;
+        }
+        next
+    }
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("&#34;", "\"")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&#x27;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}
+
+/// The hidden inputs of a page, in order.
+pub fn hidden_fields(html: &str) -> Vec<(String, String)> {
+    let mut out = vec![];
+    for chunk in html.split("<input type=\"hidden\" ").skip(1) {
+        let name = chunk.split("name=\"").nth(1).and_then(|s| s.split('"').next()).unwrap_or("");
+        let value = chunk.split("value=\"").nth(1).and_then(|s| s.split('"').next()).unwrap_or("");
+        out.push((unescape(name), unescape(value)));
+    }
+    out
+}
+
+/// The query (or fragment) parameters of a URL.
+pub fn params_of(url: &str, fragment: bool) -> Vec<(String, String)> {
+    let u = url::Url::parse(url).unwrap();
+    let part = if fragment { u.fragment().unwrap_or("").to_owned() } else { u.query().unwrap_or("").to_owned() };
+    url::form_urlencoded::parse(part.as_bytes()).into_owned().collect()
+}
+
+pub fn param(params: &[(String, String)], name: &str) -> Option<String> {
+    params.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+}
+
+/// A PKCE verifier and its S256 challenge (RFC 7636 §4.1, §4.2).
+pub fn pkce() -> (String, String) {
+    let verifier = tessera_crypto::random_secret(48);
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier.as_bytes()));
+    (verifier, challenge)
+}
+
+/// The claims of a JWT, unverified (the token service verified them).
+pub fn jwt_claims(jwt: &str) -> Value {
+    let payload = jwt.split('.').nth(1).unwrap();
+    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+}
+
+pub fn encode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
