@@ -155,6 +155,25 @@ pub struct BearerError {
     /// `None` when the request carried no token at all: RFC 6750 §3.1 says the challenge then
     /// names no error.
     pub error: Option<OAuthError>,
+    /// A transport-level status that overrides the table (413 for an oversized body).
+    pub status: Option<StatusCode>,
+}
+
+impl BearerError {
+    pub fn new(error: OAuthError) -> Self {
+        Self { error: Some(error), status: None }
+    }
+
+    /// No token at all.
+    pub fn missing() -> Self {
+        Self { error: None, status: None }
+    }
+}
+
+impl From<ApiError> for BearerError {
+    fn from(e: ApiError) -> Self {
+        Self { error: Some(e.error), status: e.status }
+    }
 }
 
 impl fmt::Display for BearerError {
@@ -187,9 +206,10 @@ fn quoted(s: &str) -> String {
 
 impl ResponseError for BearerError {
     fn status_code(&self) -> StatusCode {
-        match &self.error {
-            Some(e) => http_status(e.code),
-            None => StatusCode::UNAUTHORIZED,
+        match (&self.error, self.status) {
+            (_, Some(status)) => status,
+            (Some(e), None) => http_status(e.code),
+            (None, None) => StatusCode::UNAUTHORIZED,
         }
     }
 

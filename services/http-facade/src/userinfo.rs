@@ -13,7 +13,7 @@ use tessera_proto::token::v1 as pb;
 /// The access token from `Authorization: Bearer` or, on POST, the `access_token` form
 /// parameter (RFC 6750 §2.1, §2.2); never both (RFC 6750 §2).
 fn bearer(req: &HttpRequest, body_token: Option<&str>) -> Result<String, BearerError> {
-    let invalid = |d: &str| BearerError { error: Some(OAuthError::invalid_request(d)) };
+    let invalid = |d: &str| BearerError::new(OAuthError::invalid_request(d));
     let mut headers = req.headers().get_all(header::AUTHORIZATION);
     let header_token = match headers.next() {
         None => None,
@@ -25,7 +25,7 @@ fn bearer(req: &HttpRequest, body_token: Option<&str>) -> Result<String, BearerE
             let (scheme, token) = v.trim().split_once(' ').unwrap_or((v, ""));
             if !scheme.eq_ignore_ascii_case("bearer") {
                 // RFC 6750 §3.1: not a bearer token at all, so no error code.
-                return Err(BearerError { error: None });
+                return Err(BearerError::missing());
             }
             Some(token.trim().to_owned())
         }
@@ -34,7 +34,7 @@ fn bearer(req: &HttpRequest, body_token: Option<&str>) -> Result<String, BearerE
         (Some(_), Some(_)) => Err(invalid("send the access token one way only")),
         (Some(t), None) if !t.is_empty() => Ok(t),
         (None, Some(t)) => Ok(t.to_owned()),
-        _ => Err(BearerError { error: None }),
+        _ => Err(BearerError::missing()),
     }
 }
 
@@ -44,7 +44,7 @@ async fn answer(backend: &Backend, access_token: String) -> Result<HttpResponse,
         .clone()
         .user_info(pb::UserInfoRequest { access_token })
         .await
-        .map_err(|s| BearerError { error: Some(oauth_error(&s)) })?;
+        .map_err(|s| BearerError::new(oauth_error(&s)))?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .insert_header((header::CACHE_CONTROL, "no-store"))
@@ -90,6 +90,6 @@ pub async fn userinfo_post(
     backend: web::Data<Backend>,
 ) -> Result<HttpResponse, BearerError> {
     let mut payload: Payload = payload.into_inner();
-    let params = body_params(&req, &mut payload).await.map_err(|e| BearerError { error: Some(e.error) })?;
+    let params = body_params(&req, &mut payload).await?;
     answer(&backend, bearer(&req, params.get("access_token"))?).await
 }

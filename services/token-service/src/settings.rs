@@ -45,7 +45,7 @@ pub struct HttpSettings {
     pub public_url: Option<String>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseSettings {
     /// `postgres://…` or `sqlite://…`; empty means `<data_dir>/tessera.db`.
@@ -146,12 +146,6 @@ impl Default for GrpcSettings {
 impl Default for HttpSettings {
     fn default() -> Self {
         Self { listen: "127.0.0.1:8080".into(), public_url: None }
-    }
-}
-
-impl Default for DatabaseSettings {
-    fn default() -> Self {
-        Self { url: String::new() }
     }
 }
 
@@ -261,9 +255,8 @@ impl Settings {
         if !(db.starts_with("postgres://") || db.starts_with("postgresql://") || db.starts_with("sqlite:")) {
             bail!("database.url (DATABASE_URL): must start with postgres:// or sqlite:");
         }
-        if !self.redis.url.is_empty()
-            && !(self.redis.url.starts_with("redis://") || self.redis.url.starts_with("rediss://"))
-        {
+        let redis = &self.redis.url;
+        if !(redis.is_empty() || redis.starts_with("redis://") || redis.starts_with("rediss://")) {
             bail!("redis.url (REDIS_URL): must start with redis:// or rediss://");
         }
         let t = &self.tokens;
@@ -292,9 +285,8 @@ impl Settings {
             bail!("log.format: must be text or json, got {:?}", self.log.format);
         }
         let facade_url = &self.facade.token_service_url;
-        let facade_url_ok = facade_url.is_empty()
-            || facade_url.starts_with("http://")
-            || facade_url.starts_with("https://");
+        let facade_url_ok =
+            facade_url.is_empty() || facade_url.starts_with("http://") || facade_url.starts_with("https://");
         if !facade_url_ok {
             bail!("facade.token_service_url: must be an http(s) URL, got {facade_url:?}");
         }

@@ -65,11 +65,14 @@ async fn browser() -> Option<(Driver, Client)> {
                 "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
                 format!("--user-data-dir={}", driver._profile.path().display()),
-                // A phone-sized window.
-                "--window-size=390,844",
-            ]
+            ],
+            // A phone: 390 CSS pixels wide, as the pages must read there.
+            "mobileEmulation": {"deviceMetrics": {"width": 390, "height": 844, "pixelRatio": 2.0}},
         }),
     );
+    // fantoccini's TLS stack comes without a crypto provider; WebDriver here is plain HTTP
+    // on loopback, but the builder wants one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = ClientBuilder::rustls()
         .expect("TLS roots")
         .capabilities(caps)
@@ -88,7 +91,9 @@ async fn callback_server() -> (String, Arc<Mutex<Vec<String>>>, actix_web::dev::
             "/callback",
             web::get().to(|req: actix_web::HttpRequest, seen: web::Data<Arc<Mutex<Vec<String>>>>| async move {
                 seen.lock().unwrap().push(req.query_string().to_owned());
-                HttpResponse::Ok().content_type("text/html").body("<!doctype html><title>Back</title><h1>Back at the app</h1>")
+                HttpResponse::Ok()
+                    .content_type("text/html")
+                    .body("<!doctype html><title>Back</title><h1>Back at the app</h1>")
             }),
         )
     })
@@ -111,8 +116,23 @@ async fn click(c: &Client, css: &str) {
     c.wait().for_element(Locator::Css(css)).await.unwrap().click().await.unwrap();
 }
 
-async fn heading(c: &Client) -> String {
-    c.wait().for_element(Locator::Css("h1")).await.unwrap().text().await.unwrap()
+/// Waits for the page whose `<h1>` reads `expected` (the previous page may still be
+/// showing right after a click).
+async fn expect_heading(c: &Client, expected: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        if let Ok(h1) = c.find(Locator::Css("h1")).await {
+            if let Ok(text) = h1.text().await {
+                if text == expected {
+                    return;
+                }
+                last = text;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("expected the page {expected:?}, still on {last:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,7 +153,7 @@ async fn a_person_signs_in_and_consents_in_chromium_and_the_app_exchanges_the_pk
         encode("openid profile")
     ));
     c.goto(&authorize).await.unwrap();
-    assert_eq!(heading(&c).await, "Sign in");
+    expect_heading(&c, "Sign in").await;
     let png = c.screenshot().await.unwrap();
     let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("facade-login-phone.png");
     std::fs::write(&shot, png).unwrap();
@@ -142,7 +162,7 @@ async fn a_person_signs_in_and_consents_in_chromium_and_the_app_exchanges_the_pk
     fill(&c, "#username", "ada").await;
     fill(&c, "#password", "ada's long password").await;
     click(&c, "button[type=submit]").await;
-    assert_eq!(heading(&c).await, "Allow Photo Printer?");
+    expect_heading(&c, "Allow Photo Printer?").await;
     let page = c.source().await.unwrap();
     assert!(page.contains("See your name and username"), "{page}");
     click(&c, "button[value=approve]").await;
@@ -155,7 +175,7 @@ async fn a_person_signs_in_and_consents_in_chromium_and_the_app_exchanges_the_pk
         assert!(Instant::now() < deadline, "the browser never reached the callback");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(heading(&c).await, "Back at the app");
+    expect_heading(&c, "Back at the app").await;
     assert!(c.current_url().await.unwrap().as_str().starts_with(&callback));
     let p: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
     assert_eq!(param(&p, "state").as_deref(), Some("st-42"));
@@ -189,7 +209,8 @@ async fn a_person_approves_a_device_in_chromium_while_the_device_polls_for_its_t
     spec.name = "Living Room TV".into();
     let (id, _) = app.create_client(spec).await;
     app.create_user("grace", "grace's long password").await;
-    let d = app.post_form("/oauth2/device_authorization", &[("client_id", &id), ("scope", "openid profile")], None).await;
+    let d =
+        app.post_form("/oauth2/device_authorization", &[("client_id", &id), ("scope", "openid profile")], None).await;
     assert_eq!(d.status, 200, "{}", d.text);
     let d = d.json();
 
@@ -231,19 +252,19 @@ async fn a_person_approves_a_device_in_chromium_while_the_device_polls_for_its_t
     };
 
     c.goto(d["verification_uri_complete"].as_str().unwrap()).await.unwrap();
-    assert_eq!(heading(&c).await, "Connect a device");
+    expect_heading(&c, "Connect a device").await;
     let prefilled = c.find(Locator::Css("#user_code")).await.unwrap().prop("value").await.unwrap();
     assert_eq!(prefilled.as_deref(), d["user_code"].as_str());
     click(&c, "button[type=submit]").await;
-    assert_eq!(heading(&c).await, "Sign in");
+    expect_heading(&c, "Sign in").await;
     fill(&c, "#username", "grace").await;
     fill(&c, "#password", "grace's long password").await;
     click(&c, "button[type=submit]").await;
-    assert_eq!(heading(&c).await, "Connect Living Room TV?");
+    expect_heading(&c, "Connect Living Room TV?").await;
     let page = c.source().await.unwrap();
     assert!(page.contains(d["user_code"].as_str().unwrap()), "the code is shown to compare");
     click(&c, "button[value=approve]").await;
-    assert_eq!(heading(&c).await, "Device connected");
+    expect_heading(&c, "Device connected").await;
 
     let tokens: Value = tokio::time::timeout(Duration::from_secs(120), poller).await.expect("the poller ends").unwrap();
     assert_eq!(tokens["token_type"], "Bearer");

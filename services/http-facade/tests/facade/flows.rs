@@ -39,7 +39,12 @@ async fn client_credentials_tokens_come_with_no_store_headers_on_every_token_pat
         let post = app
             .post_form(
                 path,
-                &[("grant_type", "client_credentials"), ("client_id", &id), ("client_secret", &secret), ("scope", "api")],
+                &[
+                    ("grant_type", "client_credentials"),
+                    ("client_id", &id),
+                    ("client_secret", &secret),
+                    ("scope", "api"),
+                ],
                 None,
             )
             .await;
@@ -150,7 +155,11 @@ async fn decide_on_verification_page(app: &TestApp, user_code: &str, user: (&str
     assert!(login.text.contains("Device App"), "the login page names the client: {}", login.text);
     let confirm = browser.submit(&login, "/login", &[("username", user.0), ("password", user.1)]).await;
     assert_eq!(confirm.status, StatusCode::OK, "{}", confirm.text);
-    assert!(confirm.text.contains(user_code) && confirm.text.contains("See your name and username"), "{}", confirm.text);
+    assert!(
+        confirm.text.contains(user_code) && confirm.text.contains("See your name and username"),
+        "{}",
+        confirm.text
+    );
     let done = browser.submit(&confirm, "/device", &[("action", action)]).await;
     assert_eq!(done.status, StatusCode::OK, "{}", done.text);
     let expected = if action == "approve" { "Device connected" } else { "Request denied" };
@@ -206,7 +215,8 @@ async fn a_denied_device_request_polls_as_access_denied_with_400(pair: Pair) {
     let Some(app) = TestApp::spawn(pair).await else { return };
     let id = device_client(&app).await;
     app.create_user("dave", "dave's long password").await;
-    let d = app.post_form("/oauth2/device_authorization", &[("client_id", &id), ("scope", "openid profile")], None).await;
+    let d =
+        app.post_form("/oauth2/device_authorization", &[("client_id", &id), ("scope", "openid profile")], None).await;
     assert_eq!(d.status, StatusCode::OK, "{}", d.text);
     let d = d.json();
     decide_on_verification_page(&app, d["user_code"].as_str().unwrap(), ("dave", "dave's long password"), "deny").await;
@@ -250,7 +260,9 @@ async fn introspection_shows_active_fields_and_only_active_false_once_revoked(pa
     let Some(app) = TestApp::spawn(pair).await else { return };
     let (id, secret) = app.confidential(&["client_credentials"]).await;
     let (rs, rs_secret) = app.confidential(&["client_credentials"]).await;
-    let t = app.post_form("/oauth2/token", &[("grant_type", "client_credentials"), ("scope", "api")], Some((&id, &secret))).await;
+    let t = app
+        .post_form("/oauth2/token", &[("grant_type", "client_credentials"), ("scope", "api")], Some((&id, &secret)))
+        .await;
     let token = t.assert_tokens()["access_token"].as_str().unwrap().to_owned();
 
     let i = app.post_form("/oauth2/introspect", &[("token", &token)], Some((&rs, &rs_secret))).await;
@@ -268,7 +280,9 @@ async fn introspection_shows_active_fields_and_only_active_false_once_revoked(pa
     let body = json!({"token": token, "client_id": rs, "client_secret": rs_secret}).to_string();
     assert_eq!(app.post_json("/oauth2/introspect", &body, None).await.json()["active"], true);
 
-    let r = app.post_form("/oauth2/revoke", &[("token", &token), ("token_type_hint", "access_token")], Some((&id, &secret))).await;
+    let r = app
+        .post_form("/oauth2/revoke", &[("token", &token), ("token_type_hint", "access_token")], Some((&id, &secret)))
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert!(r.text.is_empty());
     // RFC 7009 §2.2: an unknown token is not an error.
@@ -292,7 +306,12 @@ async fn userinfo_answers_bearer_tokens_and_challenges_with_rfc_6750_errors(pair
     let t = app
         .post_form(
             "/oauth2/token",
-            &[("grant_type", "password"), ("username", "erin"), ("password", "erin's long password"), ("scope", "openid profile email")],
+            &[
+                ("grant_type", "password"),
+                ("username", "erin"),
+                ("password", "erin's long password"),
+                ("scope", "openid profile email"),
+            ],
             Some((&id, &secret)),
         )
         .await
@@ -315,9 +334,15 @@ async fn userinfo_answers_bearer_tokens_and_challenges_with_rfc_6750_errors(pair
     assert_eq!(none.header("www-authenticate"), "Bearer realm=\"tessera\"");
     let bad = app.raw(reqwest::Method::GET, "/userinfo", &[("Authorization", "Bearer not-a-token")], vec![]).await;
     bad.assert_error(401, "invalid_token");
-    assert!(bad.header("www-authenticate").starts_with("Bearer realm=\"tessera\", error=\"invalid_token\""), "{}", bad.header("www-authenticate"));
+    assert!(
+        bad.header("www-authenticate").starts_with("Bearer realm=\"tessera\", error=\"invalid_token\""),
+        "{}",
+        bad.header("www-authenticate")
+    );
 
-    let cc = app.post_form("/oauth2/token", &[("grant_type", "client_credentials"), ("scope", "api")], Some((&id, &secret))).await;
+    let cc = app
+        .post_form("/oauth2/token", &[("grant_type", "client_credentials"), ("scope", "api")], Some((&id, &secret)))
+        .await;
     let cc = cc.assert_tokens()["access_token"].as_str().unwrap().to_owned();
     let scope = app.raw(reqwest::Method::GET, "/userinfo", &[("Authorization", &format!("Bearer {cc}"))], vec![]).await;
     scope.assert_error(403, "insufficient_scope");
@@ -346,7 +371,13 @@ async fn discovery_documents_and_keys_are_served_on_every_path(pair: Pair) {
         assert_eq!(m[key], app.url(path), "{key}");
     }
     let has = |k: &str, v: &str| m[k].as_array().unwrap().iter().any(|x| x == v);
-    for g in ["authorization_code", "client_credentials", "password", "refresh_token", "urn:ietf:params:oauth:grant-type:device_code"] {
+    for g in [
+        "authorization_code",
+        "client_credentials",
+        "password",
+        "refresh_token",
+        "urn:ietf:params:oauth:grant-type:device_code",
+    ] {
         assert!(has("grant_types_supported", g), "{g}");
     }
     for a in ["client_secret_basic", "client_secret_post", "none"] {
@@ -371,7 +402,10 @@ async fn authorize_never_redirects_for_an_unknown_client_or_unregistered_redirec
     for path in [
         format!("/oauth2/authorize?response_type=code&client_id=nobody&redirect_uri={}", encode(CALLBACK)),
         format!("/authorization?response_type=code&client_id={id}&redirect_uri={}", encode("https://evil.example/cb")),
-        format!("/oauth2/authorize?response_type=code&client_id={id}&redirect_uri={}", encode("http://127.0.0.1:9/cb/")),
+        format!(
+            "/oauth2/authorize?response_type=code&client_id={id}&redirect_uri={}",
+            encode("http://127.0.0.1:9/cb/")
+        ),
         format!("/oauth2/authorize?response_type=code&client_id={id}&client_id={id}"),
     ] {
         let a = app.get(&path).await;
@@ -393,7 +427,9 @@ async fn authorize_errors_for_a_known_client_go_back_with_error_and_state(pair: 
         ("response_type=token", "unauthorized_client"),
     ];
     for (query, error) in cases {
-        let a = app.get(&format!("/oauth2/authorize?{query}&client_id={id}&redirect_uri={}&state=s1", encode(CALLBACK))).await;
+        let a = app
+            .get(&format!("/oauth2/authorize?{query}&client_id={id}&redirect_uri={}&state=s1", encode(CALLBACK)))
+            .await;
         assert_eq!(a.status, StatusCode::FOUND, "{query}: {}", a.text);
         let loc = a.location();
         let fragment = query.contains("response_type=token");
@@ -443,7 +479,10 @@ async fn a_second_authorization_skips_login_and_consent_and_carries_the_nonce(pa
     spec.skip_consent = true;
     let (first_party, _) = app.create_client(spec).await;
     let direct = browser
-        .get(&format!("/oauth2/authorize?response_type=code&client_id={first_party}&redirect_uri={}&scope=openid", encode(CALLBACK)))
+        .get(&format!(
+            "/oauth2/authorize?response_type=code&client_id={first_party}&redirect_uri={}&scope=openid",
+            encode(CALLBACK)
+        ))
         .await;
     assert_eq!(direct.status, StatusCode::FOUND, "{}", direct.text);
     app.stop().await;
@@ -455,7 +494,10 @@ async fn denying_consent_redirects_with_access_denied(pair: Pair) {
     app.create_user("gina", "gina's long password").await;
     let browser = app.browser();
     let login = browser
-        .get(&format!("/oauth2/authorize?response_type=code&client_id={id}&redirect_uri={}&scope=openid&state=st", encode(CALLBACK)))
+        .get(&format!(
+            "/oauth2/authorize?response_type=code&client_id={id}&redirect_uri={}&scope=openid&state=st",
+            encode(CALLBACK)
+        ))
         .await;
     let consent = browser.submit(&login, "/login", &[("username", "gina"), ("password", "gina's long password")]).await;
     assert!(consent.text.contains("Test App") && consent.text.contains("gina"), "{}", consent.text);
@@ -476,7 +518,10 @@ async fn implicit_clients_get_the_token_in_the_fragment(pair: Pair) {
     let done = app
         .browser()
         .login_and_consent(
-            &format!("/oauth2/authorize?response_type=token&client_id={id}&redirect_uri={}&scope=api&state=i1", encode(CALLBACK)),
+            &format!(
+                "/oauth2/authorize?response_type=token&client_id={id}&redirect_uri={}&scope=api&state=i1",
+                encode(CALLBACK)
+            ),
             "hana",
             "hana's long password",
         )
@@ -494,23 +539,41 @@ async fn pages_refuse_forms_without_the_csrf_token_and_send_security_headers(pai
     let (id, _) = app.confidential(&["authorization_code"]).await;
     app.create_user("ivan", "ivan's long password").await;
     let browser = app.browser();
-    let login = browser.get(&format!("/oauth2/authorize?response_type=code&client_id={id}&redirect_uri={}", encode(CALLBACK))).await;
+    let login = browser
+        .get(&format!("/oauth2/authorize?response_type=code&client_id={id}&redirect_uri={}", encode(CALLBACK)))
+        .await;
     assert_eq!(login.status, StatusCode::OK);
     assert!(login.content_type().starts_with("text/html"));
     assert_eq!(login.header("x-frame-options"), "DENY");
     let csp = login.header("content-security-policy");
     assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"), "{csp}");
     assert_eq!(login.header("cache-control"), "no-store");
-    let csrf_cookie = login.headers.get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_owned()).find(|c| c.starts_with("tessera_csrf="));
+    let csrf_cookie = login
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|c| c.starts_with("tessera_csrf="));
     let csrf_cookie = csrf_cookie.expect("a CSRF cookie");
     assert!(csrf_cookie.contains("HttpOnly") && csrf_cookie.contains("SameSite=Lax"), "{csrf_cookie}");
 
-    let forged = browser.submit(&login, "/login", &[("username", "ivan"), ("password", "ivan's long password"), ("csrf_token", "forged")]).await;
+    let forged = browser
+        .submit(
+            &login,
+            "/login",
+            &[("username", "ivan"), ("password", "ivan's long password"), ("csrf_token", "forged")],
+        )
+        .await;
     assert_eq!(forged.status, StatusCode::FORBIDDEN);
     // Another browser (no CSRF cookie) replaying the form is refused too.
-    let other = app.browser().submit(&login, "/login", &[("username", "ivan"), ("password", "ivan's long password")]).await;
+    let other =
+        app.browser().submit(&login, "/login", &[("username", "ivan"), ("password", "ivan's long password")]).await;
     assert_eq!(other.status, StatusCode::FORBIDDEN);
-    for (path, fields) in [("/consent", vec![("decision", "approve")]), ("/device", vec![("user_code", "BCDF-GHJK")]), ("/logout", vec![])] {
+    for (path, fields) in [
+        ("/consent", vec![("decision", "approve")]),
+        ("/device", vec![("user_code", "BCDF-GHJK")]),
+        ("/logout", vec![]),
+    ] {
         let a = app.browser().submit(&login, path, &fields).await;
         assert_eq!(a.status, StatusCode::FORBIDDEN, "{path}");
     }
@@ -537,7 +600,9 @@ async fn a_wrong_password_shows_the_login_page_again(pair: Pair) {
     let (id, _) = app.confidential(&["authorization_code"]).await;
     app.create_user("judy", "judy's long password").await;
     let browser = app.browser();
-    let login = browser.get(&format!("/oauth2/authorize?response_type=code&client_id={id}&redirect_uri={}", encode(CALLBACK))).await;
+    let login = browser
+        .get(&format!("/oauth2/authorize?response_type=code&client_id={id}&redirect_uri={}", encode(CALLBACK)))
+        .await;
     let again = browser.submit(&login, "/login", &[("username", "judy"), ("password", "wrong")]).await;
     assert_eq!(again.status, StatusCode::UNAUTHORIZED);
     assert!(again.text.contains("role=\"alert\"") && again.text.contains("value=\"judy\""), "{}", again.text);

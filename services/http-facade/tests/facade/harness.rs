@@ -4,8 +4,8 @@
 use base64::Engine as _;
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
-use secrecy::SecretString;
 use sea_orm::ConnectionTrait as _;
+use secrecy::SecretString;
 use serde_json::Value;
 use sha2::Digest as _;
 use std::net::TcpListener;
@@ -129,7 +129,8 @@ async fn sweep_leftovers(db: &sea_orm::DatabaseConnection) {
 
 /// Postgres and Redis for one test, or why they cannot be had.
 async fn production_pair() -> Result<(String, String, Cleanup), String> {
-    let connect = tokio::time::timeout(Duration::from_secs(5), sea_orm::Database::connect(format!("{POSTGRES}/postgres")));
+    let connect =
+        tokio::time::timeout(Duration::from_secs(5), sea_orm::Database::connect(format!("{POSTGRES}/postgres")));
     let db = connect
         .await
         .map_err(|_| "Postgres at 127.0.0.1:5432 did not answer".to_owned())?
@@ -156,10 +157,8 @@ async fn production_pair() -> Result<(String, String, Cleanup), String> {
 /// A running token service and facade, with an admin client and a plain HTTP client.
 pub struct TestApp {
     pub base: String,
-    pub grpc_url: String,
     pub http: reqwest::Client,
     pub admin: AdminServiceClient<Channel>,
-    pub settings: Settings,
     token_service: Option<Application>,
     facade: Option<FacadeApplication>,
     _dir: tempfile::TempDir,
@@ -190,8 +189,7 @@ impl TestApp {
         let addr = listener.local_addr().unwrap();
         let base = format!("http://{addr}");
 
-        let mut settings = Settings::default();
-        settings.data_dir = dir.path().to_owned();
+        let mut settings = Settings { data_dir: dir.path().to_owned(), ..Settings::default() };
         settings.grpc.listen = "127.0.0.1:0".into();
         settings.http.listen = addr.to_string();
         settings.http.public_url = Some(base.clone());
@@ -222,10 +220,8 @@ impl TestApp {
         let channel = tonic::transport::Endpoint::from_shared(grpc_url.clone()).unwrap().connect().await.unwrap();
         Some(Self {
             base,
-            grpc_url,
             http: plain_client(),
             admin: AdminServiceClient::new(channel),
-            settings,
             token_service: Some(token_service),
             facade: Some(facade),
             _dir: dir,
@@ -259,8 +255,13 @@ impl TestApp {
 
     /// Creates a client; returns its id and secret (empty for public clients).
     pub async fn create_client(&self, spec: admin::CreateClientRequest) -> (String, String) {
-        let created =
-            self.admin.clone().create_client(Self::admin_request(spec)).await.expect("the client is created").into_inner();
+        let created = self
+            .admin
+            .clone()
+            .create_client(Self::admin_request(spec))
+            .await
+            .expect("the client is created")
+            .into_inner();
         (created.client.unwrap().client_id, created.client_secret)
     }
 
@@ -370,8 +371,7 @@ impl Answer {
     }
 
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.text)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.text))
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.text))
     }
 
     pub fn header(&self, name: &str) -> &str {
@@ -424,7 +424,11 @@ pub struct Browser {
 
 impl Browser {
     pub async fn get(&self, path_or_url: &str) -> Answer {
-        let url = if path_or_url.starts_with("http") { path_or_url.to_owned() } else { format!("{}{path_or_url}", self.base) };
+        let url = if path_or_url.starts_with("http") {
+            path_or_url.to_owned()
+        } else {
+            format!("{}{path_or_url}", self.base)
+        };
         Answer::of(self.http.get(url).send().await.unwrap()).await
     }
 

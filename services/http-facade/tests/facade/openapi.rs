@@ -56,16 +56,16 @@ async fn the_openapi_document_lists_exactly_the_json_routes_that_answer() {
             missing.push(format!("{method} {path} is documented but answers {}", a.status));
         }
     }
-    let ids: Vec<&str> = documented
-        .iter()
-        .filter_map(|(m, p)| paths[p][m.as_str()]["operationId"].as_str())
-        .collect();
+    let ids: Vec<&str> = documented.iter().filter_map(|(m, p)| paths[p][m.as_str()]["operationId"].as_str()).collect();
     let mut unique = ids.clone();
     unique.sort();
     unique.dedup();
     assert_eq!(unique.len(), ids.len(), "operationIds are unique: {ids:?}");
     assert!(missing.is_empty(), "{}", missing.join("\n"));
     let token = &paths["/oauth2/token"]["post"]["requestBody"]["content"];
-    assert!(token.get("application/json").is_some() && token.get("application/x-www-form-urlencoded").is_some(), "{token}");
+    assert!(
+        token.get("application/json").is_some() && token.get("application/x-www-form-urlencoded").is_some(),
+        "{token}"
+    );
     app.stop().await;
 }
