@@ -1,4 +1,5 @@
-//! `tessera`: runs the token service (`serve`, the default), its migrations (`migrate`),
+//! `tessera`: runs the token service and the HTTP facade in one process (`serve`, the
+//! default; `serve --only token-service|http-facade` runs one of them), its migrations (`migrate`),
 //! checks configuration (`config check`), and administers clients and users over gRPC
 //! (`admin …`).
 
@@ -7,15 +8,12 @@ mod admin;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
+use tessera_http_facade::FacadeApplication;
 use tessera_token_service::settings::{ProcessEnv, Settings};
 use tessera_token_service::Application;
 
 #[derive(Parser)]
-#[command(
-    name = "tessera",
-    version,
-    about = "Tessera: an OAuth 2.0 / OpenID Connect token service"
-)]
+#[command(name = "tessera", version, about = "Tessera: an OAuth 2.0 / OpenID Connect token service")]
 struct Cli {
     /// A TOML configuration file (environment variables TESSERA_SECTION__KEY override it).
     #[arg(long, short, global = true, env = "TESSERA_CONFIG")]
@@ -26,8 +24,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the token service (the default).
-    Serve,
+    /// Run the token service and the HTTP facade (the default).
+    Serve(ServeArgs),
     /// Run the database migrations and exit.
     Migrate,
     /// Configuration commands.
@@ -36,7 +34,21 @@ enum Command {
         command: ConfigCommand,
     },
     /// Administer clients and users through the AdminService.
-    Admin(admin::AdminArgs),
+    Admin(Box<admin::AdminArgs>),
+}
+
+#[derive(clap::Args, Default)]
+struct ServeArgs {
+    /// Run only one service: the gRPC token service, or the HTTP facade (which then reaches
+    /// the token service at facade.token_service_url, env TESSERA_FACADE__TOKEN_SERVICE_URL).
+    #[arg(long, value_enum)]
+    only: Option<Only>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Only {
+    TokenService,
+    HttpFacade,
 }
 
 #[derive(Subcommand)]
@@ -63,40 +75,28 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
-        None | Some(Command::Serve) => serve(load(&cli)?).await,
+        None => serve(load(&cli)?, None).await,
+        Some(Command::Serve(args)) => serve(load(&cli)?, args.only).await,
         Some(Command::Migrate) => {
             let settings = load(&cli)?;
             init_logs(&settings)?;
             tessera_token_service::migrate(&settings).await?;
-            println!(
-                "migrations applied to {}",
-                redact_url(&settings.database_url())
-            );
+            println!("migrations applied to {}", redact_url(&settings.database_url()));
             Ok(())
         }
-        Some(Command::Config {
-            command: ConfigCommand::Check,
-        }) => {
+        Some(Command::Config { command: ConfigCommand::Check }) => {
             let s = load(&cli)?;
             println!("configuration is valid");
             println!("  grpc.listen     = {}", s.grpc.listen);
             println!("  http.listen     = {}", s.http.listen);
             println!("  issuer          = {}", s.issuer());
             println!("  database.url    = {}", redact_url(&s.database_url()));
-            let redis = if s.redis.url.is_empty() {
-                "(in-memory)".to_owned()
-            } else {
-                redact_url(&s.redis.url)
-            };
+            let redis = if s.redis.url.is_empty() { "(in-memory)".to_owned() } else { redact_url(&s.redis.url) };
             println!("  redis.url       = {redis}");
             println!("  data_dir        = {}", s.data_dir.display());
             println!(
                 "  admin.token     = {}",
-                if s.admin.token.is_some() {
-                    "(set)"
-                } else {
-                    "(generated in data_dir)"
-                }
+                if s.admin.token.is_some() { "(set)" } else { "(generated in data_dir)" }
             );
             Ok(())
         }
@@ -105,11 +105,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn init_logs(settings: &Settings) -> anyhow::Result<()> {
-    let format = if settings.log.format == "json" {
-        tessera_telemetry::Format::Json
-    } else {
-        tessera_telemetry::Format::Text
-    };
+    let format =
+        if settings.log.format == "json" { tessera_telemetry::Format::Json } else { tessera_telemetry::Format::Text };
     tessera_telemetry::init(format, &settings.log.level)
 }
 
@@ -127,32 +124,96 @@ fn redact_url(url: &str) -> String {
     }
 }
 
-async fn serve(settings: Settings) -> anyhow::Result<()> {
+async fn serve(settings: Settings, only: Option<Only>) -> anyhow::Result<()> {
     init_logs(&settings)?;
+    match only {
+        Some(Only::TokenService) => serve_token_service(settings).await,
+        Some(Only::HttpFacade) => serve_facade(settings).await,
+        None => serve_both(settings).await,
+    }
+}
+
+fn print_stores(settings: &Settings) {
+    println!("  database: {}", redact_url(&settings.database_url()));
+    let redis = if settings.redis.url.is_empty() { "in-memory".to_owned() } else { redact_url(&settings.redis.url) };
+    println!("  ephemeral store: {redis}");
+}
+
+/// The token service alone (for deployments that run the facade separately).
+async fn serve_token_service(settings: Settings) -> anyhow::Result<()> {
     let app = Application::build(settings.clone()).await?;
     let addr = app.grpc_addr();
     println!();
-    println!("Tessera is running.");
+    println!("Tessera's token service is running.");
     println!("  gRPC (TokenService, AdminService, health, reflection): {addr}");
-    println!("  database: {}", redact_url(&settings.database_url()));
-    let redis = if settings.redis.url.is_empty() {
-        "in-memory".to_owned()
-    } else {
-        redact_url(&settings.redis.url)
-    };
-    println!("  ephemeral store: {redis}");
+    print_stores(&settings);
     let dir = settings.data_dir.display();
     if app.demo().is_some() {
         println!("  first start: created the demo client `demo` and the demo user `demo`;");
         println!("  their secrets are in {dir}/demo-client-secret and {dir}/demo-user-password.");
     }
     println!();
-    println!("Get a first token (client_credentials for the demo client):");
-    println!(
-        "  grpcurl -plaintext -d \"{{\\\"grant_type\\\":\\\"client_credentials\\\",\\\"client_id\\\":\\\"demo\\\",\\\"client_secret\\\":\\\"$(cat {dir}/demo-client-secret)\\\"}}\" {addr} tessera.token.v1.TokenService/IssueToken"
-    );
-    println!();
     app.run_until(shutdown_signal()).await.context("serving")
+}
+
+/// The HTTP facade alone, in front of a token service at `facade.token_service_url`.
+async fn serve_facade(settings: Settings) -> anyhow::Result<()> {
+    let upstream = settings.token_service_url();
+    let facade = FacadeApplication::build(settings.clone(), &upstream).await?;
+    let public = settings.public_url();
+    println!();
+    println!("Tessera's HTTP facade is running.");
+    println!("  HTTP: http://{} (public URL {public})", facade.local_addr());
+    println!("  token service: {upstream}");
+    println!("  discovery: {public}/.well-known/openid-configuration");
+    println!();
+    facade.run_until(shutdown_signal()).await.context("serving")
+}
+
+/// Both services in one process: the facade calls the token service's real gRPC address.
+async fn serve_both(mut settings: Settings) -> anyhow::Result<()> {
+    // Bound first, so that a port picked by the system is the one the token service puts in
+    // its issuer and verification URI.
+    let listener = std::net::TcpListener::bind(&settings.http.listen)
+        .with_context(|| format!("binding the HTTP listener on {}", settings.http.listen))?;
+    let http_addr = listener.local_addr().context("reading the HTTP listener's address")?;
+    if settings.http.public_url.is_none() {
+        settings.http.public_url = Some(format!("http://{http_addr}"));
+    }
+    let app = Application::build(settings.clone()).await?;
+    let mut grpc_addr = app.grpc_addr();
+    if grpc_addr.ip().is_unspecified() {
+        grpc_addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let facade =
+        FacadeApplication::build_with_listener(settings.clone(), &format!("http://{grpc_addr}"), listener).await?;
+    let public = settings.public_url();
+    println!();
+    println!("Tessera is running.");
+    println!("  HTTP (OAuth endpoints and pages): http://{http_addr} (public URL {public})");
+    println!("  gRPC (TokenService, AdminService, health, reflection): {}", app.grpc_addr());
+    print_stores(&settings);
+    let dir = settings.data_dir.display();
+    if app.demo().is_some() {
+        println!("  first start: created the demo client `demo` and the demo user `demo`;");
+        println!("  their secrets are in {dir}/demo-client-secret and {dir}/demo-user-password.");
+    }
+    println!();
+    println!("Discovery document: {public}/.well-known/openid-configuration");
+    if settings.data_dir.join("demo-client-secret").exists() {
+        println!("Get a first token (client_credentials for the demo client):");
+        println!(
+            "  curl -s -u \"demo:$(cat {dir}/demo-client-secret)\" -d grant_type=client_credentials {public}/oauth2/token"
+        );
+    } else {
+        println!("Create a client with `tessera admin`, then ask {public}/oauth2/token for a token.");
+    }
+    println!();
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let stopped = facade.stop().await;
+    app.shutdown().await.context("stopping the token service")?;
+    stopped.context("stopping the HTTP facade")
 }
 
 async fn shutdown_signal() {
@@ -181,14 +242,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn serve_runs_both_services_unless_told_which_one() {
+        let cli = Cli::try_parse_from(["tessera", "serve", "--only", "http-facade"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Serve(ServeArgs { only: Some(Only::HttpFacade) }))));
+        let cli = Cli::try_parse_from(["tessera", "serve", "--only", "token-service"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Serve(ServeArgs { only: Some(Only::TokenService) }))));
+        let cli = Cli::try_parse_from(["tessera", "serve"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Serve(ServeArgs { only: None }))));
+        assert!(Cli::try_parse_from(["tessera", "serve", "--only", "nope"]).is_err());
+    }
+
+    #[test]
     fn urls_lose_their_password_when_printed() {
-        assert_eq!(
-            redact_url("postgres://app:s3cret@db:5432/x"),
-            "postgres://app:***@db:5432/x"
-        );
-        assert_eq!(
-            redact_url("redis://127.0.0.1:6379"),
-            "redis://127.0.0.1:6379"
-        );
+        assert_eq!(redact_url("postgres://app:s3cret@db:5432/x"), "postgres://app:***@db:5432/x");
+        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
     }
 }
