@@ -239,3 +239,38 @@ pub fn login_error_message(e: &OAuthError) -> Option<String> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    #[test]
+    fn cookies_are_http_only_lax_and_secure_only_over_https() {
+        for secure in [false, true] {
+            let config = PageConfig { secure_cookies: secure };
+            let session = session_cookie("handle".into(), 60, &config);
+            let csrf = Csrf::for_page(&TestRequest::default().to_http_request(), &config).cookie.unwrap();
+            for c in [session, csrf] {
+                assert_eq!(c.http_only(), Some(true));
+                assert_eq!(c.same_site(), Some(SameSite::Lax));
+                assert_eq!(c.secure(), Some(secure));
+                assert_eq!(c.path(), Some("/"));
+            }
+        }
+    }
+
+    #[test]
+    fn a_csrf_token_must_match_its_cookie() {
+        let req = TestRequest::default().cookie(Cookie::new(CSRF_COOKIE, "a".repeat(43))).to_http_request();
+        let ok = Params::from_urlencoded(format!("csrf_token={}", "a".repeat(43)).as_bytes()).unwrap();
+        let bad = Params::from_urlencoded(format!("csrf_token={}", "b".repeat(43)).as_bytes()).unwrap();
+        assert!(csrf_ok(&req, &ok));
+        assert!(!csrf_ok(&req, &bad));
+        assert!(!csrf_ok(&TestRequest::default().to_http_request(), &ok));
+        // An existing well-formed token is reused, so several tabs keep working.
+        let again = Csrf::for_page(&req, &PageConfig { secure_cookies: false });
+        assert_eq!(again.token, "a".repeat(43));
+        assert!(again.cookie.is_none());
+    }
+}

@@ -6,4 +6,5 @@ mod bad_input;
 mod browser;
 mod flows;
 mod harness;
+mod leaks;
 mod openapi;
