@@ -8,13 +8,12 @@
 //! nothing of OAuth flows, transports or the durable store. It never sees a raw code, secret or
 //! token: only digests. Expiry is always decided against the `now` the caller passes in; TTLs
 //! and purges only reclaim space.
-#![cfg_attr(
-    not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::todo)
-)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::todo))]
 
 mod memory;
+mod redis_ha;
 mod redis_store;
+mod redis_url;
 
 pub use memory::MemoryEphemeral;
 pub use redis_store::RedisEphemeral;
@@ -41,29 +40,18 @@ const MAX_TTL_SECS: i64 = 10 * 365 * 24 * 3600;
 /// (the store's own clock). Never less than `grace`, so a caller's clock that lags ours does
 /// not see entries vanish before it considers them dead.
 fn reclaim_ttl_secs(expires_at: i64, now: i64, grace: i64) -> i64 {
-    expires_at
-        .saturating_sub(now)
-        .max(0)
-        .saturating_add(grace)
-        .clamp(1, MAX_TTL_SECS)
+    expires_at.saturating_sub(now).max(0).saturating_add(grace).clamp(1, MAX_TTL_SECS)
 }
 
 /// Wall-clock seconds, for TTLs only (never for expiry decisions).
 fn wall_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 /// A stored record that does not parse. The serde message is dropped on purpose: it can quote
 /// the stored value, and errors are logged.
 fn malformed(what: &str, e: &serde_json::Error) -> StoreError {
-    StoreError::Other(format!(
-        "malformed {what} record in the {STORE} (line {}, column {})",
-        e.line(),
-        e.column()
-    ))
+    StoreError::Other(format!("malformed {what} record in the {STORE} (line {}, column {})", e.line(), e.column()))
 }
 
 /// Serialises a record; the only failure serde_json has for these plain structs is a bug.

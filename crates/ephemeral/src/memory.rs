@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use futures::stream::{self, BoxStream, StreamExt as _};
 use tessera_core::clock::{Clock, SystemClock};
 use tessera_core::ports::{
-    CodeGrant, CodeTake, DecideOutcome, DeviceDecision, DeviceGrant, DevicePoll, DeviceStatus,
-    Ephemeral, Issued, LoginSession,
+    CodeGrant, CodeTake, DecideOutcome, DeviceDecision, DeviceGrant, DevicePoll, DeviceStatus, Ephemeral, Issued,
+    LoginSession,
 };
 use tessera_core::{StoreError, StoreResult};
 use tessera_crypto::Digest;
@@ -50,11 +50,7 @@ struct Slot<T> {
 
 enum CodeEntry {
     Live(CodeGrant),
-    Tombstone {
-        issued: Issued,
-        dead_at: i64,
-        replayed: bool,
-    },
+    Tombstone { issued: Issued, dead_at: i64, replayed: bool },
 }
 
 struct DeviceEntry {
@@ -84,16 +80,10 @@ where
     K: Eq + Hash + std::borrow::Borrow<Q>,
     Q: Eq + Hash + ?Sized,
 {
-    map.get(key)
-        .filter(|s| s.reclaim_at_ms > now_ms)
-        .map(|s| &s.value)
+    map.get(key).filter(|s| s.reclaim_at_ms > now_ms).map(|s| &s.value)
 }
 
-fn live_mut<'a, K, V, Q>(
-    map: &'a mut HashMap<K, Slot<V>>,
-    key: &Q,
-    now_ms: i64,
-) -> Option<&'a mut Slot<V>>
+fn live_mut<'a, K, V, Q>(map: &'a mut HashMap<K, Slot<V>>, key: &Q, now_ms: i64) -> Option<&'a mut Slot<V>>
 where
     K: Eq + Hash + std::borrow::Borrow<Q>,
     Q: Eq + Hash + ?Sized,
@@ -129,9 +119,7 @@ impl State {
     /// The device a user code names, if both are still held and agree.
     fn device_of(&mut self, user_code: &str, now_ms: i64) -> Option<&mut DeviceEntry> {
         let digest = *live(&self.user_codes, user_code, now_ms)?;
-        live_mut(&mut self.devices, &digest, now_ms)
-            .map(|s| &mut s.value)
-            .filter(|d| d.grant.user_code == user_code)
+        live_mut(&mut self.devices, &digest, now_ms).map(|s| &mut s.value).filter(|d| d.grant.user_code == user_code)
     }
 }
 
@@ -145,22 +133,13 @@ impl MemoryEphemeral {
     /// `ManualClock` to move failure windows without sleeping).
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
         let (revocations, _) = broadcast::channel(REVOCATION_BACKLOG);
-        Self {
-            inner: Arc::new(Inner {
-                clock,
-                state: Mutex::new(State::default()),
-                revocations,
-            }),
-        }
+        Self { inner: Arc::new(Inner { clock, state: Mutex::new(State::default()), revocations }) }
     }
 
     /// The one critical section of an operation. A poisoned lock is taken over: every
     /// section leaves the maps consistent before anything in it can panic.
     fn state(&self) -> MutexGuard<'_, State> {
-        self.inner
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.inner.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn now_ms(&self) -> i64 {
@@ -197,13 +176,7 @@ impl Ephemeral for MemoryEphemeral {
         let reclaim_at_ms = self.reclaim_at_ms(grant.expires_at, RECLAIM_GRACE_SECS);
         let mut st = self.state();
         st.purge_if_due(now_ms);
-        st.codes.insert(
-            code,
-            Slot {
-                value: CodeEntry::Live(grant.clone()),
-                reclaim_at_ms,
-            },
-        );
+        st.codes.insert(code, Slot { value: CodeEntry::Live(grant.clone()), reclaim_at_ms });
         Ok(())
     }
 
@@ -216,16 +189,9 @@ impl Ephemeral for MemoryEphemeral {
         })
     }
 
-    async fn take_code(
-        &self,
-        code: Digest,
-        now: i64,
-        issued: &Issued,
-        tombstone_ttl: i64,
-    ) -> StoreResult<CodeTake> {
+    async fn take_code(&self, code: Digest, now: i64, issued: &Issued, tombstone_ttl: i64) -> StoreResult<CodeTake> {
         let now_ms = self.now_ms();
-        let tombstone_reclaim_at_ms =
-            now_ms.saturating_add(tombstone_ttl.clamp(1, MAX_TTL_SECS) * 1000);
+        let tombstone_reclaim_at_ms = now_ms.saturating_add(tombstone_ttl.clamp(1, MAX_TTL_SECS) * 1000);
         let mut st = self.state();
         st.purge_if_due(now_ms);
         let Some(slot) = live_mut(&mut st.codes, &code, now_ms) else {
@@ -244,11 +210,7 @@ impl Ephemeral for MemoryEphemeral {
                 };
                 Ok(CodeTake::Fresh(grant))
             }
-            CodeEntry::Tombstone {
-                issued,
-                dead_at,
-                replayed,
-            } if now < *dead_at => {
+            CodeEntry::Tombstone { issued, dead_at, replayed } if now < *dead_at => {
                 *replayed = true;
                 Ok(CodeTake::Replayed(issued.clone()))
             }
@@ -259,10 +221,7 @@ impl Ephemeral for MemoryEphemeral {
     async fn code_replayed(&self, code: Digest) -> StoreResult<bool> {
         let now_ms = self.now_ms();
         let st = self.state();
-        Ok(matches!(
-            live(&st.codes, &code, now_ms),
-            Some(CodeEntry::Tombstone { replayed: true, .. })
-        ))
+        Ok(matches!(live(&st.codes, &code, now_ms), Some(CodeEntry::Tombstone { replayed: true, .. })))
     }
 
     async fn put_device(&self, device: Digest, grant: &DeviceGrant) -> StoreResult<()> {
@@ -271,37 +230,15 @@ impl Ephemeral for MemoryEphemeral {
         let mut st = self.state();
         st.purge_if_due(now_ms);
         if live(&st.user_codes, grant.user_code.as_str(), now_ms).is_some() {
-            return Err(StoreError::Conflict(
-                "the user code is already in use".into(),
-            ));
+            return Err(StoreError::Conflict("the user code is already in use".into()));
         }
-        st.user_codes.insert(
-            grant.user_code.clone(),
-            Slot {
-                value: device,
-                reclaim_at_ms,
-            },
-        );
-        let entry = DeviceEntry {
-            grant: grant.clone(),
-            status: DeviceStatus::Pending,
-            last_poll_ms: None,
-        };
-        st.devices.insert(
-            device,
-            Slot {
-                value: entry,
-                reclaim_at_ms,
-            },
-        );
+        st.user_codes.insert(grant.user_code.clone(), Slot { value: device, reclaim_at_ms });
+        let entry = DeviceEntry { grant: grant.clone(), status: DeviceStatus::Pending, last_poll_ms: None };
+        st.devices.insert(device, Slot { value: entry, reclaim_at_ms });
         Ok(())
     }
 
-    async fn lookup_user_code(
-        &self,
-        user_code: &str,
-        now: i64,
-    ) -> StoreResult<Option<(DeviceGrant, DeviceStatus)>> {
+    async fn lookup_user_code(&self, user_code: &str, now: i64) -> StoreResult<Option<(DeviceGrant, DeviceStatus)>> {
         let now_ms = self.now_ms();
         let mut st = self.state();
         Ok(st
@@ -310,29 +247,20 @@ impl Ephemeral for MemoryEphemeral {
             .map(|d| (d.grant.clone(), d.status.clone())))
     }
 
-    async fn decide_device(
-        &self,
-        user_code: &str,
-        decision: &DeviceDecision,
-        now: i64,
-    ) -> StoreResult<DecideOutcome> {
+    async fn decide_device(&self, user_code: &str, decision: &DeviceDecision, now: i64) -> StoreResult<DecideOutcome> {
         let now_ms = self.now_ms();
         let mut st = self.state();
         st.purge_if_due(now_ms);
-        let Some(device) = st
-            .device_of(user_code, now_ms)
-            .filter(|d| now < d.grant.expires_at)
-        else {
+        let Some(device) = st.device_of(user_code, now_ms).filter(|d| now < d.grant.expires_at) else {
             return Ok(DecideOutcome::NotFound);
         };
         if device.status != DeviceStatus::Pending {
             return Ok(DecideOutcome::AlreadyDecided);
         }
         device.status = match decision {
-            DeviceDecision::Approve { user_id, auth_time } => DeviceStatus::Approved {
-                user_id: user_id.clone(),
-                auth_time: *auth_time,
-            },
+            DeviceDecision::Approve { user_id, auth_time } => {
+                DeviceStatus::Approved { user_id: user_id.clone(), auth_time: *auth_time }
+            }
             DeviceDecision::Deny => DeviceStatus::Denied,
         };
         Ok(DecideOutcome::Decided)
@@ -354,14 +282,9 @@ impl Ephemeral for MemoryEphemeral {
                 let previous = entry.last_poll_ms.replace(now_ms);
                 // RFC 8628 §3.5: polling faster than `interval` earns `slow_down` and 5 more seconds.
                 match previous {
-                    Some(prev)
-                        if now_ms.saturating_sub(prev)
-                            < entry.grant.interval.saturating_mul(1000) =>
-                    {
+                    Some(prev) if now_ms.saturating_sub(prev) < entry.grant.interval.saturating_mul(1000) => {
                         entry.grant.interval = entry.grant.interval.saturating_add(5);
-                        DevicePoll::SlowDown {
-                            interval: entry.grant.interval,
-                        }
+                        DevicePoll::SlowDown { interval: entry.grant.interval }
                     }
                     _ => DevicePoll::Pending,
                 }
@@ -385,22 +308,14 @@ impl Ephemeral for MemoryEphemeral {
         let reclaim_at_ms = self.reclaim_at_ms(session.expires_at, RECLAIM_GRACE_SECS);
         let mut st = self.state();
         st.purge_if_due(now_ms);
-        st.sessions.insert(
-            handle,
-            Slot {
-                value: session.clone(),
-                reclaim_at_ms,
-            },
-        );
+        st.sessions.insert(handle, Slot { value: session.clone(), reclaim_at_ms });
         Ok(())
     }
 
     async fn get_session(&self, handle: Digest, now: i64) -> StoreResult<Option<LoginSession>> {
         let now_ms = self.now_ms();
         let st = self.state();
-        Ok(live(&st.sessions, &handle, now_ms)
-            .filter(|s| now < s.expires_at)
-            .cloned())
+        Ok(live(&st.sessions, &handle, now_ms).filter(|s| now < s.expires_at).cloned())
     }
 
     async fn delete_session(&self, handle: Digest) -> StoreResult<()> {
@@ -413,16 +328,10 @@ impl Ephemeral for MemoryEphemeral {
         let window_ms = window_secs.clamp(1, MAX_TTL_SECS) * 1000;
         let mut st = self.state();
         st.purge_if_due(now_ms);
-        let entry = st.failures.entry(key.to_owned()).or_insert(Failures {
-            count: 0,
-            window_end_ms: now_ms,
-        });
+        let entry = st.failures.entry(key.to_owned()).or_insert(Failures { count: 0, window_end_ms: now_ms });
         if entry.window_end_ms <= now_ms {
             // The window starts at the first failure, not at every one.
-            *entry = Failures {
-                count: 0,
-                window_end_ms: now_ms.saturating_add(window_ms),
-            };
+            *entry = Failures { count: 0, window_end_ms: now_ms.saturating_add(window_ms) };
         }
         entry.count = entry.count.saturating_add(1);
         Ok(entry.count)
@@ -431,11 +340,7 @@ impl Ephemeral for MemoryEphemeral {
     async fn failures(&self, key: &str) -> StoreResult<u32> {
         let now_ms = self.now_ms();
         let st = self.state();
-        Ok(st
-            .failures
-            .get(key)
-            .filter(|f| f.window_end_ms > now_ms)
-            .map_or(0, |f| f.count))
+        Ok(st.failures.get(key).filter(|f| f.window_end_ms > now_ms).map_or(0, |f| f.count))
     }
 
     async fn clear_failures(&self, key: &str) -> StoreResult<()> {
@@ -448,13 +353,7 @@ impl Ephemeral for MemoryEphemeral {
         let reclaim_at_ms = self.reclaim_at_ms(exp, RECLAIM_GRACE_SECS);
         let mut st = self.state();
         st.purge_if_due(now_ms);
-        st.revoked.insert(
-            jti.to_owned(),
-            Slot {
-                value: exp,
-                reclaim_at_ms,
-            },
-        );
+        st.revoked.insert(jti.to_owned(), Slot { value: exp, reclaim_at_ms });
         // Announced inside the section so subscribers see revocations in the order they were
         // stored. Nobody listening is not an error.
         let _ = self.inner.revocations.send((jti.to_owned(), exp));
@@ -475,10 +374,7 @@ impl Ephemeral for MemoryEphemeral {
     async fn subscribe_revocations(&self) -> StoreResult<BoxStream<'static, (String, i64)>> {
         let receiver = self.inner.revocations.subscribe();
         // A lagged receiver has missed revocations: end the stream so the caller reloads.
-        Ok(stream::unfold(receiver, |mut rx| async move {
-            rx.recv().await.ok().map(|item| (item, rx))
-        })
-        .boxed())
+        Ok(stream::unfold(receiver, |mut rx| async move { rx.recv().await.ok().map(|item| (item, rx)) }).boxed())
     }
 }
 
@@ -507,27 +403,18 @@ mod tests {
         let store = MemoryEphemeral::with_clock(clock.clone());
         let now = clock.now();
         for i in 0..2_000u32 {
-            store
-                .put_code(Digest::of(&i.to_be_bytes()), &grant(now + 60))
-                .await
-                .unwrap();
+            store.put_code(Digest::of(&i.to_be_bytes()), &grant(now + 60)).await.unwrap();
         }
         assert_eq!(store.state().len(), 2_000);
         // Past every code's expiry and reclaim grace: the next purge drops them all.
         clock.advance_secs(60 + RECLAIM_GRACE_SECS);
         let later = clock.now();
         for i in 2_000..4_100u32 {
-            store
-                .put_code(Digest::of(&i.to_be_bytes()), &grant(later + 60))
-                .await
-                .unwrap();
+            store.put_code(Digest::of(&i.to_be_bytes()), &grant(later + 60)).await.unwrap();
         }
         let held = store.state().len();
         assert!(held <= 2_100, "dead codes were purged, {held} held");
         let kept = Digest::of(&4_099u32.to_be_bytes());
-        assert_eq!(
-            store.peek_code(kept, later).await.unwrap(),
-            Some(grant(later + 60))
-        );
+        assert_eq!(store.peek_code(kept, later).await.unwrap(), Some(grant(later + 60)));
     }
 }

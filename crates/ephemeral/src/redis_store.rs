@@ -1,84 +1,120 @@
 //! The Redis ephemeral store. Every trait method is one round trip: a single command or one
 //! Lua script, so each mutation is atomic on the server whatever the number of nodes.
 //!
+//! It reaches one server (`redis://`), the master of a Sentinel-monitored set
+//! (`redis+sentinel://`) or a Redis Cluster (`redis+cluster://`); see
+//! [`RedisEphemeral::connect`]. The methods are written once over `Conn`, which hands out a
+//! connection of the right kind.
+//!
 //! Key layout, all under the caller's `key_prefix`:
 //!
-//! | key | type | holds |
-//! |---|---|---|
-//! | `code:<digest hex>` | hash | `kind` (`grant`/`tombstone`), `until` (Unix s), `body` (JSON), `replayed` (`0`/`1`) |
-//! | `device:<digest hex>` | hash | `grant` (JSON), `user_code`, `expires_at`, `interval`, `status`, `user_id`, `auth_time`, `last_poll_ms` |
-//! | `user_code:<user code>` | string | the device digest hex (set with `NX`) |
-//! | `session:<digest hex>` | string | the `LoginSession` JSON |
-//! | `failures:<key>` | string | the counter (`INCR`, window set with `PEXPIRE … NX`) |
-//! | `revoked:<jti>` | string | the token's `exp` |
+//! | key | on a cluster | type | holds |
+//! |---|---|---|---|
+//! | `code:<digest hex>` | same | hash | `kind` (`grant`/`tombstone`), `until` (Unix s), `body` (JSON), `replayed` (`0`/`1`) |
+//! | `device:<digest hex>` | `{device}:<digest hex>` | hash | `grant` (JSON), `user_code`, `expires_at`, `interval`, `status`, `user_id`, `auth_time`, `last_poll_ms` |
+//! | `user_code:<user code>` | `{device}:user_code:<user code>` | string | the device digest hex (set with `NX`) |
+//! | `session:<digest hex>` | same | string | the `LoginSession` JSON |
+//! | `failures:<key>` | same | string | the counter (`INCR`, window set with `PEXPIRE … NX`) |
+//! | `revoked:<jti>` | `{revoked}:<jti>` | string | the token's `exp` |
 //!
 //! Revocations are announced on the channel `<prefix>revocations` as `"<jti> <exp>"`.
 //! Hashes keep the stored JSON opaque to Lua: scripts compare only the plain number fields,
 //! so no value is re-encoded by cjson (whose 14-digit numbers would round large integers).
+//!
+//! On a cluster, a script may only touch keys of one hash slot. Code, session and failure
+//! scripts touch one key each and need nothing. The device scripts go from a user code to its
+//! device, and nothing but the user code is known when the user types it in, so no per-device
+//! hash tag can be shared by both keys: every device and user-code key carries the tag
+//! `{device}` and lives in one slot. The cost is that all device authorizations sit on one
+//! shard; they come at the pace of people typing codes and devices polling every few seconds,
+//! far below what one shard serves. (Tagging by device digest instead would need a second round
+//! trip to read the user-code index before the script, and lose its atomic lookup.) Revocations
+//! carry `{revoked}` so that listing them is one SCAN on one node rather than one per shard;
+//! they are rare and small. The other modes keep the untagged layout, so nodes of an older
+//! version and a newer one can share a store during an upgrade. A key prefix with braces is
+//! refused on a cluster, as its braces would take the place of these tags.
 
-use std::sync::LazyLock;
-use std::time::Duration;
+use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
 use futures::stream::{BoxStream, StreamExt as _};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ErrorKind, RedisError, Script};
+use redis::{RedisError, Script};
 use tessera_core::ports::{
-    CodeGrant, CodeTake, DecideOutcome, DeviceDecision, DeviceGrant, DevicePoll, DeviceStatus,
-    Ephemeral, Issued, LoginSession,
+    CodeGrant, CodeTake, DecideOutcome, DeviceDecision, DeviceGrant, DevicePoll, DeviceStatus, Ephemeral, Issued,
+    LoginSession,
 };
 use tessera_core::{StoreError, StoreResult};
 use tessera_crypto::Digest;
 
+use crate::redis_ha::{
+    store_error, timed_out, AnyConnection, ClusterConn, Conn, SentinelConn, SingleConn, CONNECT_TIMEOUT,
+    RESPONSE_TIMEOUT,
+};
+use crate::redis_url::{self, Target, CLUSTER_SCHEME};
 use crate::{
-    from_json, reclaim_ttl_secs, to_json, wall_now, DEVICE_GRACE_SECS, MAX_TTL_SECS,
-    RECLAIM_GRACE_SECS, STORE,
+    from_json, reclaim_ttl_secs, to_json, wall_now, DEVICE_GRACE_SECS, MAX_TTL_SECS, RECLAIM_GRACE_SECS, STORE,
 };
 
-/// Each connection attempt gives up after this.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Each command gives up after this; every script here is O(1) or one bounded SCAN step.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Keys examined per SCAN step of `revoked_access`.
 const SCAN_COUNT: usize = 500;
 
-/// The Redis [`Ephemeral`]. Cheap to clone: clones share one multiplexed connection.
+/// The Redis [`Ephemeral`]. Cheap to clone: clones share one multiplexed connection (on a
+/// cluster, one connection per node).
 #[derive(Clone)]
 pub struct RedisEphemeral {
-    client: redis::Client,
-    conn: ConnectionManager,
-    prefix: String,
+    conn: Conn,
+    keys: Keys,
 }
 
 impl std::fmt::Debug for RedisEphemeral {
     // The URL is not kept: it may carry a password.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisEphemeral")
-            .field("prefix", &self.prefix)
-            .finish_non_exhaustive()
+        let mode = match self.conn {
+            Conn::Single(_) => "single",
+            Conn::Sentinel(_) => "sentinel",
+            Conn::Cluster(_) => "cluster",
+        };
+        f.debug_struct("RedisEphemeral").field("mode", &mode).field("prefix", &self.keys.prefix).finish_non_exhaustive()
     }
 }
 
-/// Maps a Redis failure. Connection, I/O and timeout failures mean the store is unreachable;
-/// the connection manager reconnects on the next command. Type errors are reworded because
-/// redis-rs quotes the offending reply, which may be stored content.
-fn store_error(e: RedisError) -> StoreError {
-    if e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped() {
-        StoreError::Unavailable {
-            store: STORE,
-            reason: e.to_string(),
+/// The kinds of key; see the module's key layout.
+#[derive(Clone, Copy)]
+enum Kind {
+    Code,
+    Device,
+    UserCode,
+    Session,
+    Failures,
+    Revoked,
+}
+
+#[derive(Clone)]
+struct Keys {
+    prefix: String,
+    /// Whether the hash tags a cluster needs are placed.
+    cluster: bool,
+}
+
+impl Keys {
+    fn key(&self, kind: Kind, id: &str) -> String {
+        let prefix = &self.prefix;
+        match (kind, self.cluster) {
+            (Kind::Code, _) => format!("{prefix}code:{id}"),
+            (Kind::Session, _) => format!("{prefix}session:{id}"),
+            (Kind::Failures, _) => format!("{prefix}failures:{id}"),
+            (Kind::Device, false) => format!("{prefix}device:{id}"),
+            (Kind::UserCode, false) => format!("{prefix}user_code:{id}"),
+            (Kind::Revoked, false) => format!("{prefix}revoked:{id}"),
+            (Kind::Device, true) => format!("{prefix}{{device}}:{id}"),
+            (Kind::UserCode, true) => format!("{prefix}{{device}}:user_code:{id}"),
+            (Kind::Revoked, true) => format!("{prefix}{{revoked}}:{id}"),
         }
-    } else if e.kind() == ErrorKind::TypeError {
-        StoreError::Other(format!("unexpected reply from the {STORE}"))
-    } else {
-        StoreError::Other(e.to_string())
     }
-}
 
-fn timed_out(what: &str) -> StoreError {
-    StoreError::Unavailable {
-        store: STORE,
-        reason: format!("{what} timed out"),
+    fn channel(&self) -> String {
+        format!("{}revocations", self.prefix)
     }
 }
 
@@ -154,7 +190,8 @@ return 1
 });
 
 /// The live device authorization a user code names: {grant, interval, status, user_id,
-/// auth_time}, or an empty array.
+/// auth_time}, or an empty array. The device key is read from the index, so it cannot be
+/// declared; on a cluster it shares the index's `{device}` tag, hence its slot.
 /// KEYS[1] user code key; ARGV device key prefix, user code, now.
 static LOOKUP_USER_CODE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -170,7 +207,8 @@ return {f[1], f[4], f[5], f[6] or '', f[7] or ''}
     )
 });
 
-/// Records a decision on a live, pending device authorization.
+/// Records a decision on a live, pending device authorization (the device key found as in
+/// `LOOKUP_USER_CODE`).
 /// KEYS[1] user code key; ARGV device key prefix, user code, now, 'approved'|'denied',
 /// user_id, auth_time.
 static DECIDE_DEVICE: LazyLock<Script> = LazyLock::new(|| {
@@ -251,7 +289,8 @@ return 1
 });
 
 /// One SCAN step over revocations with their values: {next cursor, key, exp, key, exp, …}.
-/// ARGV cursor, MATCH pattern, COUNT.
+/// KEYS[1] the revocation key prefix, never read: on a cluster it sends the script to the node
+/// that holds the `{revoked}` slot; ARGV cursor, MATCH pattern, COUNT.
 static SCAN_REVOKED: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -270,54 +309,103 @@ return out
 });
 
 impl RedisEphemeral {
-    /// Connects to `url` (`redis://…`); every key and channel is prefixed by `key_prefix`.
-    /// Fails fast with `StoreError::Unavailable` if Redis cannot be reached; once connected,
-    /// a lost connection is re-established by the next command after Redis comes back.
+    /// Connects to the store `url` names; every key and channel is prefixed by `key_prefix`.
+    /// Fails fast with `StoreError::Unavailable` if it cannot be reached, and with
+    /// `StoreError::Other` if the URL does not parse (the message names the scheme and the
+    /// part at fault, never the URL, which may hold a password).
+    ///
+    /// ```text
+    /// redis://[[username][:password]@]host[:port][/db]        one server (also rediss://, redis+unix://, unix://)
+    /// redis+sentinel://[[username][:password]@]host[:port][,host[:port]…]/master-name[/db][?sentinel_username=…&sentinel_password=…]
+    /// redis+cluster://[[username][:password]@]host[:port][,host[:port]…][/]
+    /// ```
+    ///
+    /// * `redis://` and the other single-server forms go to redis-rs as they are. Once connected,
+    ///   a lost connection is re-established by the next command after Redis comes back.
+    /// * `redis+sentinel://` lists sentinels (port 26379 unless given) and names the master set
+    ///   they monitor, in the form Python's Redis-Sentinel-Url package defined and other tools
+    ///   (Prefect, RedisVL) adopted. The username and password, and the database, are those of
+    ///   the master; sentinels that require a password of their own get it from
+    ///   `sentinel_username` / `sentinel_password`. The master is found by asking
+    ///   the sentinels in turn (redis-rs' sentinel client, which also checks that the server
+    ///   answers `ROLE` as a master). When a command finds its connection broken, timed out, or
+    ///   the server demoted (`READONLY`), that command fails as `Unavailable` and the next one
+    ///   asks the sentinels again, so the store follows a failover by itself. Subscriptions go to
+    ///   the current master too. A wrong master password shows as "no reachable master".
+    /// * `redis+cluster://` lists seed nodes (port 6379 unless given), all with the same
+    ///   credentials; the cluster has only database 0. The cluster client learns the slots from
+    ///   the seeds and follows redirections and failovers itself. A subscription uses one node
+    ///   at a time (every node receives every `PUBLISH` of the cluster): the seeds in turn, each
+    ///   new subscription starting past the node the previous one used, then the nodes the
+    ///   cluster reports. The key prefix must not contain `{` or `}` (see the key layout).
+    ///
+    /// Usernames, passwords, the master name and query values are percent-decoded, so a `/`, `?`
+    /// or `%` in a password is written `%2F`, `%3F`, `%25`. TLS to sentinels or cluster nodes is
+    /// not supported.
     pub async fn connect(url: &str, key_prefix: &str) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(store_error)?;
-        // No connection retries: a command fails fast and the following one tries afresh,
-        // rather than a request waiting out a backoff.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(CONNECT_TIMEOUT)
-            .set_response_timeout(RESPONSE_TIMEOUT)
-            .set_number_of_retries(0);
-        let conn = tokio::time::timeout(
-            CONNECT_TIMEOUT + RESPONSE_TIMEOUT,
-            ConnectionManager::new_with_config(client.clone(), config),
-        )
-        .await
-        .map_err(|_| timed_out("connecting"))?
-        .map_err(store_error)?;
-        Ok(Self {
-            client,
-            conn,
-            prefix: key_prefix.to_owned(),
-        })
+        let (conn, cluster) = match redis_url::parse(url)? {
+            Target::Single(url) => (connect_single(url).await?, false),
+            Target::Sentinel(target) => (Conn::Sentinel(Arc::new(SentinelConn::connect(target).await?)), false),
+            Target::Cluster(target) => {
+                if key_prefix.contains(['{', '}']) {
+                    return Err(StoreError::Other(format!(
+                        "a key prefix for a {CLUSTER_SCHEME}:// store must not contain braces: the store places \
+                         its own hash tags"
+                    )));
+                }
+                (Conn::Cluster(Arc::new(ClusterConn::connect(target).await?)), true)
+            }
+        };
+        Ok(Self { conn, keys: Keys { prefix: key_prefix.to_owned(), cluster } })
     }
 
-    fn key(&self, kind: &str, id: &str) -> String {
-        format!("{}{kind}:{id}", self.prefix)
+    fn key(&self, kind: Kind, id: &str) -> String {
+        self.keys.key(kind, id)
     }
 
-    fn channel(&self) -> String {
-        format!("{}revocations", self.prefix)
-    }
-
-    async fn run<T: redis::FromRedisValue>(
-        &self,
-        invocation: &redis::ScriptInvocation<'_>,
-    ) -> StoreResult<T> {
-        let mut conn = self.conn.clone();
-        invocation
-            .invoke_async(&mut conn)
-            .await
-            .map_err(store_error)
+    async fn run<T: redis::FromRedisValue>(&self, invocation: &redis::ScriptInvocation<'_>) -> StoreResult<T> {
+        let mut conn = self.conn.checkout().await?;
+        let result = self.bounded(invocation.invoke_async(&mut conn)).await;
+        self.conn.settle(&conn, result)
     }
 
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> StoreResult<T> {
-        let mut conn = self.conn.clone();
-        cmd.query_async(&mut conn).await.map_err(store_error)
+        let mut conn: AnyConnection = self.conn.checkout().await?;
+        let result = self.bounded(cmd.query_async(&mut conn)).await;
+        self.conn.settle(&conn, result)
     }
+
+    /// Bounds a command where its connection does not (see `Conn::op_timeout`).
+    async fn bounded<T>(
+        &self,
+        command: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> redis::RedisResult<T> {
+        match self.conn.op_timeout() {
+            None => command.await,
+            Some(limit) => tokio::time::timeout(limit, command)
+                .await
+                .unwrap_or_else(|_| Err(RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))),
+        }
+    }
+}
+
+/// One server, through a connection manager.
+async fn connect_single(url: &str) -> StoreResult<Conn> {
+    let client = redis::Client::open(url).map_err(store_error)?;
+    // No connection retries: a command fails fast and the following one tries afresh,
+    // rather than a request waiting out a backoff.
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(CONNECT_TIMEOUT)
+        .set_response_timeout(RESPONSE_TIMEOUT)
+        .set_number_of_retries(0);
+    let manager = tokio::time::timeout(
+        CONNECT_TIMEOUT + RESPONSE_TIMEOUT,
+        ConnectionManager::new_with_config(client.clone(), config),
+    )
+    .await
+    .map_err(|_| timed_out("connecting"))?
+    .map_err(store_error)?;
+    Ok(Conn::Single(Arc::new(SingleConn { client, manager })))
 }
 
 /// Rebuilds a device grant from its stored JSON and the live `interval` field.
@@ -330,10 +418,9 @@ fn device_grant(raw_grant: &str, raw_interval: &str) -> StoreResult<DeviceGrant>
 fn device_status(status: &str, user_id: &str, auth_time: &str) -> StoreResult<DeviceStatus> {
     Ok(match status {
         "pending" => DeviceStatus::Pending,
-        "approved" => DeviceStatus::Approved {
-            user_id: user_id.to_owned(),
-            auth_time: parse_i64("device auth_time", auth_time)?,
-        },
+        "approved" => {
+            DeviceStatus::Approved { user_id: user_id.to_owned(), auth_time: parse_i64("device auth_time", auth_time)? }
+        }
         "denied" => DeviceStatus::Denied,
         "consumed" => DeviceStatus::Consumed,
         _ => return Err(unexpected("device status")),
@@ -351,24 +438,14 @@ impl Ephemeral for RedisEphemeral {
         let ttl = reclaim_ttl_secs(grant.expires_at, wall_now(), RECLAIM_GRACE_SECS);
         let body = to_json("code", grant)?;
         let _: i64 = self
-            .run(
-                PUT_CODE
-                    .key(self.key("code", &code.to_hex()))
-                    .arg(body)
-                    .arg(grant.expires_at)
-                    .arg(ttl),
-            )
+            .run(PUT_CODE.key(self.key(Kind::Code, &code.to_hex())).arg(body).arg(grant.expires_at).arg(ttl))
             .await?;
         Ok(())
     }
 
     async fn peek_code(&self, code: Digest, now: i64) -> StoreResult<Option<CodeGrant>> {
         let fields: Vec<Option<String>> = self
-            .query(
-                redis::cmd("HMGET")
-                    .arg(self.key("code", &code.to_hex()))
-                    .arg(&["kind", "until", "body"]),
-            )
+            .query(redis::cmd("HMGET").arg(self.key(Kind::Code, &code.to_hex())).arg(&["kind", "until", "body"]))
             .await?;
         let [Some(kind), Some(until), Some(body)] = fields.as_slice() else {
             return Ok(None);
@@ -379,18 +456,12 @@ impl Ephemeral for RedisEphemeral {
         Ok(Some(from_json("code", body)?))
     }
 
-    async fn take_code(
-        &self,
-        code: Digest,
-        now: i64,
-        issued: &Issued,
-        tombstone_ttl: i64,
-    ) -> StoreResult<CodeTake> {
+    async fn take_code(&self, code: Digest, now: i64, issued: &Issued, tombstone_ttl: i64) -> StoreResult<CodeTake> {
         let body = to_json("code tombstone", issued)?;
         let reply: Vec<String> = self
             .run(
                 TAKE_CODE
-                    .key(self.key("code", &code.to_hex()))
+                    .key(self.key(Kind::Code, &code.to_hex()))
                     .arg(now)
                     .arg(body)
                     .arg(now.saturating_add(tombstone_ttl))
@@ -400,21 +471,14 @@ impl Ephemeral for RedisEphemeral {
         match reply.as_slice() {
             [tag] if tag == "unknown" => Ok(CodeTake::Unknown),
             [tag, grant] if tag == "fresh" => Ok(CodeTake::Fresh(from_json("code", grant)?)),
-            [tag, issued] if tag == "replayed" => {
-                Ok(CodeTake::Replayed(from_json("code tombstone", issued)?))
-            }
+            [tag, issued] if tag == "replayed" => Ok(CodeTake::Replayed(from_json("code tombstone", issued)?)),
             _ => Err(unexpected("take_code")),
         }
     }
 
     async fn code_replayed(&self, code: Digest) -> StoreResult<bool> {
-        let replayed: Option<String> = self
-            .query(
-                redis::cmd("HGET")
-                    .arg(self.key("code", &code.to_hex()))
-                    .arg("replayed"),
-            )
-            .await?;
+        let replayed: Option<String> =
+            self.query(redis::cmd("HGET").arg(self.key(Kind::Code, &code.to_hex())).arg("replayed")).await?;
         Ok(replayed.as_deref() == Some("1"))
     }
 
@@ -424,8 +488,8 @@ impl Ephemeral for RedisEphemeral {
         let stored: i64 = self
             .run(
                 PUT_DEVICE
-                    .key(self.key("device", &device.to_hex()))
-                    .key(self.key("user_code", &grant.user_code))
+                    .key(self.key(Kind::Device, &device.to_hex()))
+                    .key(self.key(Kind::UserCode, &grant.user_code))
                     .arg(body)
                     .arg(&grant.user_code)
                     .arg(grant.expires_at)
@@ -437,47 +501,32 @@ impl Ephemeral for RedisEphemeral {
         if stored == 1 {
             Ok(())
         } else {
-            Err(StoreError::Conflict(
-                "the user code is already in use".into(),
-            ))
+            Err(StoreError::Conflict("the user code is already in use".into()))
         }
     }
 
-    async fn lookup_user_code(
-        &self,
-        user_code: &str,
-        now: i64,
-    ) -> StoreResult<Option<(DeviceGrant, DeviceStatus)>> {
+    async fn lookup_user_code(&self, user_code: &str, now: i64) -> StoreResult<Option<(DeviceGrant, DeviceStatus)>> {
         let reply: Vec<String> = self
             .run(
                 LOOKUP_USER_CODE
-                    .key(self.key("user_code", user_code))
-                    .arg(self.key("device", ""))
+                    .key(self.key(Kind::UserCode, user_code))
+                    .arg(self.key(Kind::Device, ""))
                     .arg(user_code)
                     .arg(now),
             )
             .await?;
         match reply.as_slice() {
             [] => Ok(None),
-            [grant, interval, status, user_id, auth_time] => Ok(Some((
-                device_grant(grant, interval)?,
-                device_status(status, user_id, auth_time)?,
-            ))),
+            [grant, interval, status, user_id, auth_time] => {
+                Ok(Some((device_grant(grant, interval)?, device_status(status, user_id, auth_time)?)))
+            }
             _ => Err(unexpected("lookup_user_code")),
         }
     }
 
-    async fn decide_device(
-        &self,
-        user_code: &str,
-        decision: &DeviceDecision,
-        now: i64,
-    ) -> StoreResult<DecideOutcome> {
-        let mut invocation = DECIDE_DEVICE.key(self.key("user_code", user_code));
-        invocation
-            .arg(self.key("device", ""))
-            .arg(user_code)
-            .arg(now);
+    async fn decide_device(&self, user_code: &str, decision: &DeviceDecision, now: i64) -> StoreResult<DecideOutcome> {
+        let mut invocation = DECIDE_DEVICE.key(self.key(Kind::UserCode, user_code));
+        invocation.arg(self.key(Kind::Device, "")).arg(user_code).arg(now);
         match decision {
             DeviceDecision::Approve { user_id, auth_time } => {
                 invocation.arg("approved").arg(user_id).arg(*auth_time);
@@ -496,13 +545,8 @@ impl Ephemeral for RedisEphemeral {
     }
 
     async fn poll_device(&self, device: Digest, now_ms: i64) -> StoreResult<DevicePoll> {
-        let reply: Vec<String> = self
-            .run(
-                POLL_DEVICE
-                    .key(self.key("device", &device.to_hex()))
-                    .arg(now_ms),
-            )
-            .await?;
+        let reply: Vec<String> =
+            self.run(POLL_DEVICE.key(self.key(Kind::Device, &device.to_hex())).arg(now_ms)).await?;
         match reply.as_slice() {
             [tag] => match tag.as_str() {
                 "unknown" => Ok(DevicePoll::Unknown),
@@ -512,16 +556,14 @@ impl Ephemeral for RedisEphemeral {
                 "consumed" => Ok(DevicePoll::Consumed),
                 _ => Err(unexpected("poll_device")),
             },
-            [tag, interval] if tag == "slow_down" => Ok(DevicePoll::SlowDown {
-                interval: parse_i64("device interval", interval)?,
-            }),
-            [tag, grant, interval, user_id, auth_time] if tag == "approved" => {
-                Ok(DevicePoll::Approved {
-                    grant: device_grant(grant, interval)?,
-                    user_id: user_id.clone(),
-                    auth_time: parse_i64("device auth_time", auth_time)?,
-                })
+            [tag, interval] if tag == "slow_down" => {
+                Ok(DevicePoll::SlowDown { interval: parse_i64("device interval", interval)? })
             }
+            [tag, grant, interval, user_id, auth_time] if tag == "approved" => Ok(DevicePoll::Approved {
+                grant: device_grant(grant, interval)?,
+                user_id: user_id.clone(),
+                auth_time: parse_i64("device auth_time", auth_time)?,
+            }),
             _ => Err(unexpected("poll_device")),
         }
     }
@@ -530,52 +572,36 @@ impl Ephemeral for RedisEphemeral {
         let ttl = reclaim_ttl_secs(session.expires_at, wall_now(), RECLAIM_GRACE_SECS);
         let body = to_json("session", session)?;
         let _: () = self
-            .query(
-                redis::cmd("SET")
-                    .arg(self.key("session", &handle.to_hex()))
-                    .arg(body)
-                    .arg("EX")
-                    .arg(ttl),
-            )
+            .query(redis::cmd("SET").arg(self.key(Kind::Session, &handle.to_hex())).arg(body).arg("EX").arg(ttl))
             .await?;
         Ok(())
     }
 
     async fn get_session(&self, handle: Digest, now: i64) -> StoreResult<Option<LoginSession>> {
-        let raw: Option<String> = self
-            .query(redis::cmd("GET").arg(self.key("session", &handle.to_hex())))
-            .await?;
+        let raw: Option<String> = self.query(redis::cmd("GET").arg(self.key(Kind::Session, &handle.to_hex()))).await?;
         let Some(raw) = raw else { return Ok(None) };
         let session: LoginSession = from_json("session", &raw)?;
         Ok((now < session.expires_at).then_some(session))
     }
 
     async fn delete_session(&self, handle: Digest) -> StoreResult<()> {
-        let _: i64 = self
-            .query(redis::cmd("DEL").arg(self.key("session", &handle.to_hex())))
-            .await?;
+        let _: i64 = self.query(redis::cmd("DEL").arg(self.key(Kind::Session, &handle.to_hex()))).await?;
         Ok(())
     }
 
     async fn record_failure(&self, key: &str, window_secs: i64) -> StoreResult<u32> {
         let window_ms = window_secs.clamp(1, MAX_TTL_SECS) * 1000;
-        let count: i64 = self
-            .run(RECORD_FAILURE.key(self.key("failures", key)).arg(window_ms))
-            .await?;
+        let count: i64 = self.run(RECORD_FAILURE.key(self.key(Kind::Failures, key)).arg(window_ms)).await?;
         Ok(u32::try_from(count.max(0)).unwrap_or(u32::MAX))
     }
 
     async fn failures(&self, key: &str) -> StoreResult<u32> {
-        let count: Option<i64> = self
-            .query(redis::cmd("GET").arg(self.key("failures", key)))
-            .await?;
+        let count: Option<i64> = self.query(redis::cmd("GET").arg(self.key(Kind::Failures, key))).await?;
         Ok(u32::try_from(count.unwrap_or(0).max(0)).unwrap_or(u32::MAX))
     }
 
     async fn clear_failures(&self, key: &str) -> StoreResult<()> {
-        let _: i64 = self
-            .query(redis::cmd("DEL").arg(self.key("failures", key)))
-            .await?;
+        let _: i64 = self.query(redis::cmd("DEL").arg(self.key(Kind::Failures, key))).await?;
         Ok(())
     }
 
@@ -584,10 +610,10 @@ impl Ephemeral for RedisEphemeral {
         let _: i64 = self
             .run(
                 REVOKE_ACCESS
-                    .key(self.key("revoked", jti))
+                    .key(self.key(Kind::Revoked, jti))
                     .arg(exp)
                     .arg(ttl)
-                    .arg(self.channel())
+                    .arg(self.keys.channel())
                     .arg(format!("{jti} {exp}")),
             )
             .await?;
@@ -595,15 +621,14 @@ impl Ephemeral for RedisEphemeral {
     }
 
     async fn revoked_access(&self, now: i64) -> StoreResult<Vec<(String, i64)>> {
-        let key_prefix = self.key("revoked", "");
+        let key_prefix = self.key(Kind::Revoked, "");
         let pattern = format!("{}*", glob_escape(&key_prefix));
         // SCAN may return a key more than once: collect by jti.
         let mut revoked = std::collections::HashMap::new();
         let mut cursor = String::from("0");
         loop {
-            let reply: Vec<String> = self
-                .run(SCAN_REVOKED.arg(&cursor).arg(&pattern).arg(SCAN_COUNT))
-                .await?;
+            let reply: Vec<String> =
+                self.run(SCAN_REVOKED.key(&key_prefix).arg(&cursor).arg(&pattern).arg(SCAN_COUNT)).await?;
             let Some((next, pairs)) = reply.split_first() else {
                 return Err(unexpected("revoked_access"));
             };
@@ -625,14 +650,11 @@ impl Ephemeral for RedisEphemeral {
 
     async fn subscribe_revocations(&self) -> StoreResult<BoxStream<'static, (String, i64)>> {
         // A dedicated connection: a subscribed connection can carry nothing else.
-        let mut pubsub = tokio::time::timeout(CONNECT_TIMEOUT, self.client.get_async_pubsub())
-            .await
-            .map_err(|_| timed_out("connecting for revocations"))?
-            .map_err(store_error)?;
-        tokio::time::timeout(RESPONSE_TIMEOUT, pubsub.subscribe(self.channel()))
+        let mut pubsub = self.conn.pubsub().await?;
+        tokio::time::timeout(RESPONSE_TIMEOUT, pubsub.subscribe(self.keys.channel()))
             .await
             .map_err(|_| timed_out("subscribing to revocations"))?
-            .map_err(store_error)?;
+            .map_err(|e| self.conn.error(e))?;
         // The stream ends when the connection's reader ends, i.e. when the connection is lost.
         Ok(pubsub
             .into_on_message()

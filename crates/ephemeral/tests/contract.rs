@@ -1,15 +1,21 @@
 //! The ephemeral port's contract, written once against `dyn Ephemeral` and stamped out for
 //! every adapter by `contract!`. Redis tests use a random key prefix each and delete their keys
 //! when done; without a reachable Redis they are skipped loudly, or fail when `CI` is set.
+//!
+//! The Sentinel and Cluster modes run the same cases against throwaway servers this file starts
+//! on free loopback ports in a temporary directory (a master and a sentinel; three cluster
+//! nodes), formed once per suite and killed when it ends. Without `redis-server` and
+//! `redis-cli` on the PATH those suites are skipped loudly, or fail when `CI` is set.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures::StreamExt as _;
+use futures::future::LocalBoxFuture;
+use futures::{FutureExt as _, StreamExt as _};
 use tessera_core::clock::ManualClock;
 use tessera_core::ports::{
-    CodeGrant, CodeTake, DecideOutcome, DeviceDecision, DeviceGrant, DevicePoll, DeviceStatus,
-    Ephemeral, Issued, LoginSession,
+    CodeGrant, CodeTake, DecideOutcome, DeviceDecision, DeviceGrant, DevicePoll, DeviceStatus, Ephemeral, Issued,
+    LoginSession,
 };
 use tessera_core::StoreError;
 use tessera_crypto::Digest;
@@ -28,10 +34,7 @@ struct Harness {
 }
 
 fn wall_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 fn redis_url() -> String {
@@ -40,12 +43,7 @@ fn redis_url() -> String {
 
 async fn memory() -> Option<Harness> {
     let store = MemoryEphemeral::new();
-    Some(Harness {
-        other: Arc::new(store.clone()),
-        store: Arc::new(store),
-        now: wall_now(),
-        _cleanup: None,
-    })
+    Some(Harness { other: Arc::new(store.clone()), store: Arc::new(store), now: wall_now(), _cleanup: None })
 }
 
 async fn redis() -> Option<Harness> {
@@ -61,19 +59,9 @@ async fn redis() -> Option<Harness> {
             return None;
         }
     };
-    let cleanup = RedisCleanup {
-        url: url.clone(),
-        prefix: prefix.clone(),
-    };
-    let other = RedisEphemeral::connect(&url, &prefix)
-        .await
-        .expect("a second connection to redis");
-    Some(Harness {
-        store: Arc::new(store),
-        other: Arc::new(other),
-        now: wall_now(),
-        _cleanup: Some(cleanup),
-    })
+    let cleanup = RedisCleanup { url: url.clone(), prefix: prefix.clone() };
+    let other = RedisEphemeral::connect(&url, &prefix).await.expect("a second connection to redis");
+    Some(Harness { store: Arc::new(store), other: Arc::new(other), now: wall_now(), _cleanup: Some(cleanup) })
 }
 
 /// Deletes every key under a test's prefix, even when the test panicked.
@@ -91,11 +79,10 @@ impl Drop for RedisCleanup {
             return;
         };
         // Prefixes are base64url, so they hold no glob metacharacters.
-        let keys: Vec<String> =
-            match redis::Commands::scan_match(&mut conn, format!("{}*", self.prefix)) {
-                Ok(iter) => iter.collect(),
-                Err(_) => return,
-            };
+        let keys: Vec<String> = match redis::Commands::scan_match(&mut conn, format!("{}*", self.prefix)) {
+            Ok(iter) => iter.collect(),
+            Err(_) => return,
+        };
         if !keys.is_empty() {
             let _: redis::RedisResult<i64> = redis::cmd("DEL").arg(&keys).query(&mut conn);
         }
@@ -126,8 +113,13 @@ macro_rules! contract {
                 }
             )*
         }
+        /// Every case by name, for the suites that run them all against one set of throwaway
+        /// servers: a Sentinel or a Cluster takes seconds to form, so each is formed once.
+        const CASES: &[(&str, Case)] = &[$((stringify!($case), |h| Box::pin($case(h)))),*];
     };
 }
+
+type Case = for<'a> fn(&'a Harness) -> LocalBoxFuture<'a, ()>;
 
 contract!(
     a_store_answers_a_ping,
@@ -167,11 +159,7 @@ fn code_grant(now: i64) -> CodeGrant {
 }
 
 fn issued(jti: &str, now: i64) -> Issued {
-    Issued {
-        access_jti: jti.into(),
-        access_exp: now + 3600,
-        family_id: Some(format!("family-of-{jti}")),
-    }
+    Issued { access_jti: jti.into(), access_exp: now + 3600, family_id: Some(format!("family-of-{jti}")) }
 }
 
 fn device_grant(now: i64, user_code: &str) -> DeviceGrant {
@@ -185,19 +173,11 @@ fn device_grant(now: i64, user_code: &str) -> DeviceGrant {
 }
 
 fn session(now: i64) -> LoginSession {
-    LoginSession {
-        user_id: "user-1".into(),
-        username: "alice".into(),
-        auth_time: now,
-        expires_at: now + 3600,
-    }
+    LoginSession { user_id: "user-1".into(), username: "alice".into(), auth_time: now, expires_at: now + 3600 }
 }
 
 fn approve(now: i64) -> DeviceDecision {
-    DeviceDecision::Approve {
-        user_id: "user-1".into(),
-        auth_time: now,
-    }
+    DeviceDecision::Approve { user_id: "user-1".into(), auth_time: now }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -213,39 +193,16 @@ async fn taking_a_code_twice_returns_the_tombstone_and_marks_it_replayed(h: &Har
     h.store.put_code(code, &grant).await.unwrap();
 
     let first = issued("jti-1", h.now);
-    let took = h
-        .store
-        .take_code(code, h.now + 1, &first, 600)
-        .await
-        .unwrap();
+    let took = h.store.take_code(code, h.now + 1, &first, 600).await.unwrap();
     assert_eq!(took, CodeTake::Fresh(grant));
-    assert!(
-        !h.store.code_replayed(code).await.unwrap(),
-        "a tombstone starts unreplayed"
-    );
+    assert!(!h.store.code_replayed(code).await.unwrap(), "a tombstone starts unreplayed");
 
-    let took = h
-        .store
-        .take_code(code, h.now + 2, &issued("jti-2", h.now), 600)
-        .await
-        .unwrap();
-    assert_eq!(
-        took,
-        CodeTake::Replayed(first.clone()),
-        "a replay sees what the first use issued"
-    );
+    let took = h.store.take_code(code, h.now + 2, &issued("jti-2", h.now), 600).await.unwrap();
+    assert_eq!(took, CodeTake::Replayed(first.clone()), "a replay sees what the first use issued");
     assert!(h.store.code_replayed(code).await.unwrap());
 
-    let took = h
-        .store
-        .take_code(code, h.now + 3, &issued("jti-3", h.now), 600)
-        .await
-        .unwrap();
-    assert_eq!(
-        took,
-        CodeTake::Replayed(first),
-        "every later use is a replay"
-    );
+    let took = h.store.take_code(code, h.now + 3, &issued("jti-3", h.now), 600).await.unwrap();
+    assert_eq!(took, CodeTake::Replayed(first), "every later use is a replay");
 }
 
 async fn peeking_a_code_changes_nothing_and_a_used_code_cannot_be_peeked(h: &Harness) {
@@ -253,25 +210,11 @@ async fn peeking_a_code_changes_nothing_and_a_used_code_cannot_be_peeked(h: &Har
     let grant = code_grant(h.now);
     h.store.put_code(code, &grant).await.unwrap();
 
-    assert_eq!(
-        h.store.peek_code(code, h.now).await.unwrap(),
-        Some(grant.clone())
-    );
-    assert_eq!(
-        h.store.peek_code(code, h.now).await.unwrap(),
-        Some(grant.clone())
-    );
-    assert_eq!(
-        h.store.peek_code(code, grant.expires_at).await.unwrap(),
-        None,
-        "dead at expires_at"
-    );
+    assert_eq!(h.store.peek_code(code, h.now).await.unwrap(), Some(grant.clone()));
+    assert_eq!(h.store.peek_code(code, h.now).await.unwrap(), Some(grant.clone()));
+    assert_eq!(h.store.peek_code(code, grant.expires_at).await.unwrap(), None, "dead at expires_at");
 
-    let took = h
-        .store
-        .take_code(code, h.now, &issued("jti-1", h.now), 600)
-        .await
-        .unwrap();
+    let took = h.store.take_code(code, h.now, &issued("jti-1", h.now), 600).await.unwrap();
     assert_eq!(took, CodeTake::Fresh(grant));
     assert_eq!(h.store.peek_code(code, h.now).await.unwrap(), None);
 }
@@ -281,17 +224,9 @@ async fn an_expired_code_is_unknown_even_before_its_ttl_elapses(h: &Harness) {
     let grant = code_grant(h.now);
     h.store.put_code(code, &grant).await.unwrap();
 
-    let took = h
-        .store
-        .take_code(code, grant.expires_at, &issued("jti-1", h.now), 600)
-        .await
-        .unwrap();
+    let took = h.store.take_code(code, grant.expires_at, &issued("jti-1", h.now), 600).await.unwrap();
     assert_eq!(took, CodeTake::Unknown, "a code is dead at expires_at");
-    let took = h
-        .store
-        .take_code(code, grant.expires_at + 1, &issued("jti-1", h.now), 600)
-        .await
-        .unwrap();
+    let took = h.store.take_code(code, grant.expires_at + 1, &issued("jti-1", h.now), 600).await.unwrap();
     assert_eq!(took, CodeTake::Unknown);
     assert!(!h.store.code_replayed(code).await.unwrap());
 
@@ -299,45 +234,20 @@ async fn an_expired_code_is_unknown_even_before_its_ttl_elapses(h: &Harness) {
     let other = Digest::of(b"other code");
     h.store.put_code(other, &grant).await.unwrap();
     let first = issued("jti-2", h.now);
-    assert!(matches!(
-        h.store.take_code(other, h.now, &first, 30).await.unwrap(),
-        CodeTake::Fresh(_)
-    ));
-    let took = h
-        .store
-        .take_code(other, h.now + 29, &first, 30)
-        .await
-        .unwrap();
+    assert!(matches!(h.store.take_code(other, h.now, &first, 30).await.unwrap(), CodeTake::Fresh(_)));
+    let took = h.store.take_code(other, h.now + 29, &first, 30).await.unwrap();
     assert_eq!(took, CodeTake::Replayed(first.clone()));
-    assert_eq!(
-        h.store
-            .take_code(other, h.now + 30, &first, 30)
-            .await
-            .unwrap(),
-        CodeTake::Unknown
-    );
+    assert_eq!(h.store.take_code(other, h.now + 30, &first, 30).await.unwrap(), CodeTake::Unknown);
 }
 
 async fn an_unknown_code_is_unknown_and_not_replayed(h: &Harness) {
     let code = Digest::of(b"never stored");
-    let took = h
-        .store
-        .take_code(code, h.now, &issued("jti-1", h.now), 600)
-        .await
-        .unwrap();
+    let took = h.store.take_code(code, h.now, &issued("jti-1", h.now), 600).await.unwrap();
     assert_eq!(took, CodeTake::Unknown);
     assert!(!h.store.code_replayed(code).await.unwrap());
     assert_eq!(h.store.peek_code(code, h.now).await.unwrap(), None);
-    let took = h
-        .store
-        .take_code(code, h.now, &issued("jti-1", h.now), 600)
-        .await
-        .unwrap();
-    assert_eq!(
-        took,
-        CodeTake::Unknown,
-        "taking an unknown code leaves no tombstone"
-    );
+    let took = h.store.take_code(code, h.now, &issued("jti-1", h.now), 600).await.unwrap();
+    assert_eq!(took, CodeTake::Unknown, "taking an unknown code leaves no tombstone");
 }
 
 async fn of_32_concurrent_takes_of_one_code_exactly_one_is_fresh(h: &Harness) {
@@ -348,19 +258,12 @@ async fn of_32_concurrent_takes_of_one_code_exactly_one_is_fresh(h: &Harness) {
     let barrier = Arc::new(tokio::sync::Barrier::new(32));
     let takes: Vec<_> = (0..32)
         .map(|i| {
-            let store = if i % 2 == 0 {
-                h.store.clone()
-            } else {
-                h.other.clone()
-            };
+            let store = if i % 2 == 0 { h.store.clone() } else { h.other.clone() };
             let barrier = barrier.clone();
             let now = h.now;
             tokio::spawn(async move {
                 barrier.wait().await;
-                store
-                    .take_code(code, now, &issued(&format!("jti-{i}"), now), 600)
-                    .await
-                    .unwrap()
+                store.take_code(code, now, &issued(&format!("jti-{i}"), now), 600).await.unwrap()
             })
         })
         .collect();
@@ -380,10 +283,7 @@ async fn of_32_concurrent_takes_of_one_code_exactly_one_is_fresh(h: &Harness) {
     }
     assert_eq!(fresh, 1, "exactly one take is fresh");
     let winner = winner.unwrap();
-    assert!(
-        replays.iter().all(|jti| *jti == winner),
-        "every replay sees the winner's tombstone"
-    );
+    assert!(replays.iter().all(|jti| *jti == winner), "every replay sees the winner's tombstone");
     assert!(h.store.code_replayed(code).await.unwrap());
 }
 
@@ -394,91 +294,34 @@ async fn an_approved_device_is_handed_out_to_one_poll_then_consumed(h: &Harness)
 
     let found = h.store.lookup_user_code("BCDF-GHJK", h.now).await.unwrap();
     assert_eq!(found, Some((grant.clone(), DeviceStatus::Pending)));
-    assert_eq!(
-        h.store.poll_device(device, h.now * 1000).await.unwrap(),
-        DevicePoll::Pending
-    );
+    assert_eq!(h.store.poll_device(device, h.now * 1000).await.unwrap(), DevicePoll::Pending);
 
-    let decided = h
-        .store
-        .decide_device("BCDF-GHJK", &approve(h.now + 10), h.now + 10)
-        .await
-        .unwrap();
+    let decided = h.store.decide_device("BCDF-GHJK", &approve(h.now + 10), h.now + 10).await.unwrap();
     assert_eq!(decided, DecideOutcome::Decided);
-    let again = h
-        .store
-        .decide_device("BCDF-GHJK", &DeviceDecision::Deny, h.now + 11)
-        .await
-        .unwrap();
+    let again = h.store.decide_device("BCDF-GHJK", &DeviceDecision::Deny, h.now + 11).await.unwrap();
     assert_eq!(again, DecideOutcome::AlreadyDecided);
-    let found = h
-        .store
-        .lookup_user_code("BCDF-GHJK", h.now + 11)
-        .await
-        .unwrap();
-    let approved = DeviceStatus::Approved {
-        user_id: "user-1".into(),
-        auth_time: h.now + 10,
-    };
+    let found = h.store.lookup_user_code("BCDF-GHJK", h.now + 11).await.unwrap();
+    let approved = DeviceStatus::Approved { user_id: "user-1".into(), auth_time: h.now + 10 };
     assert_eq!(found, Some((grant.clone(), approved)));
 
-    let poll = h
-        .store
-        .poll_device(device, (h.now + 20) * 1000)
-        .await
-        .unwrap();
-    assert_eq!(
-        poll,
-        DevicePoll::Approved {
-            grant: grant.clone(),
-            user_id: "user-1".into(),
-            auth_time: h.now + 10
-        }
-    );
-    let poll = h
-        .store
-        .poll_device(device, (h.now + 40) * 1000)
-        .await
-        .unwrap();
+    let poll = h.store.poll_device(device, (h.now + 20) * 1000).await.unwrap();
+    assert_eq!(poll, DevicePoll::Approved { grant: grant.clone(), user_id: "user-1".into(), auth_time: h.now + 10 });
+    let poll = h.store.poll_device(device, (h.now + 40) * 1000).await.unwrap();
     assert_eq!(poll, DevicePoll::Consumed);
-    let found = h
-        .store
-        .lookup_user_code("BCDF-GHJK", h.now + 41)
-        .await
-        .unwrap();
+    let found = h.store.lookup_user_code("BCDF-GHJK", h.now + 41).await.unwrap();
     assert_eq!(found, Some((grant, DeviceStatus::Consumed)));
 }
 
 async fn a_denied_device_polls_denied_and_cannot_be_decided_again(h: &Harness) {
     let device = Digest::of(b"device");
-    h.store
-        .put_device(device, &device_grant(h.now, "BCDF-GHJK"))
-        .await
-        .unwrap();
+    h.store.put_device(device, &device_grant(h.now, "BCDF-GHJK")).await.unwrap();
 
-    let decided = h
-        .store
-        .decide_device("BCDF-GHJK", &DeviceDecision::Deny, h.now)
-        .await
-        .unwrap();
+    let decided = h.store.decide_device("BCDF-GHJK", &DeviceDecision::Deny, h.now).await.unwrap();
     assert_eq!(decided, DecideOutcome::Decided);
-    let again = h
-        .store
-        .decide_device("BCDF-GHJK", &approve(h.now), h.now)
-        .await
-        .unwrap();
+    let again = h.store.decide_device("BCDF-GHJK", &approve(h.now), h.now).await.unwrap();
     assert_eq!(again, DecideOutcome::AlreadyDecided);
-    assert_eq!(
-        h.store.poll_device(device, h.now * 1000).await.unwrap(),
-        DevicePoll::Denied
-    );
-    assert_eq!(
-        h.store
-            .poll_device(device, (h.now + 10) * 1000)
-            .await
-            .unwrap(),
-        DevicePoll::Denied
-    );
+    assert_eq!(h.store.poll_device(device, h.now * 1000).await.unwrap(), DevicePoll::Denied);
+    assert_eq!(h.store.poll_device(device, (h.now + 10) * 1000).await.unwrap(), DevicePoll::Denied);
 }
 
 async fn polling_a_pending_device_too_soon_slows_it_down_by_five_seconds(h: &Harness) {
@@ -487,11 +330,7 @@ async fn polling_a_pending_device_too_soon_slows_it_down_by_five_seconds(h: &Har
     h.store.put_device(device, &grant).await.unwrap();
     let t0 = h.now * 1000;
 
-    assert_eq!(
-        h.store.poll_device(device, t0).await.unwrap(),
-        DevicePoll::Pending,
-        "the first poll is never early"
-    );
+    assert_eq!(h.store.poll_device(device, t0).await.unwrap(), DevicePoll::Pending, "the first poll is never early");
     let poll = h.store.poll_device(device, t0 + 4_999).await.unwrap();
     assert_eq!(poll, DevicePoll::SlowDown { interval: 10 });
     // The early poll counts as the previous one; the raised interval runs from it.
@@ -499,25 +338,11 @@ async fn polling_a_pending_device_too_soon_slows_it_down_by_five_seconds(h: &Har
     let poll = h.store.poll_device(device, t1 + 9_999).await.unwrap();
     assert_eq!(poll, DevicePoll::SlowDown { interval: 15 });
     let t2 = t1 + 9_999;
-    assert_eq!(
-        h.store.poll_device(device, t2 + 15_000).await.unwrap(),
-        DevicePoll::Pending
-    );
+    assert_eq!(h.store.poll_device(device, t2 + 15_000).await.unwrap(), DevicePoll::Pending);
 
-    let (found, _) = h
-        .store
-        .lookup_user_code("BCDF-GHJK", h.now + 30)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        found.interval, 15,
-        "the raised interval is the grant's from now on"
-    );
-    h.store
-        .decide_device("BCDF-GHJK", &approve(h.now), h.now + 30)
-        .await
-        .unwrap();
+    let (found, _) = h.store.lookup_user_code("BCDF-GHJK", h.now + 30).await.unwrap().unwrap();
+    assert_eq!(found.interval, 15, "the raised interval is the grant's from now on");
+    h.store.decide_device("BCDF-GHJK", &approve(h.now), h.now + 30).await.unwrap();
     match h.store.poll_device(device, t2 + 15_001).await.unwrap() {
         DevicePoll::Approved { grant: handed, .. } => assert_eq!(handed.interval, 15),
         other => panic!("an approved device polled {other:?}"),
@@ -529,97 +354,38 @@ async fn an_expired_device_polls_expired_and_can_no_longer_be_found_or_decided(h
     let grant = device_grant(h.now, "BCDF-GHJK");
     h.store.put_device(device, &grant).await.unwrap();
 
-    let poll = h
-        .store
-        .poll_device(device, grant.expires_at * 1000 - 1)
-        .await
-        .unwrap();
+    let poll = h.store.poll_device(device, grant.expires_at * 1000 - 1).await.unwrap();
     assert_eq!(poll, DevicePoll::Pending);
-    let poll = h
-        .store
-        .poll_device(device, grant.expires_at * 1000)
-        .await
-        .unwrap();
+    let poll = h.store.poll_device(device, grant.expires_at * 1000).await.unwrap();
     assert_eq!(poll, DevicePoll::Expired, "dead at expires_at");
-    assert_eq!(
-        h.store
-            .lookup_user_code("BCDF-GHJK", grant.expires_at)
-            .await
-            .unwrap(),
-        None
-    );
-    let decided = h
-        .store
-        .decide_device("BCDF-GHJK", &approve(h.now), grant.expires_at)
-        .await
-        .unwrap();
+    assert_eq!(h.store.lookup_user_code("BCDF-GHJK", grant.expires_at).await.unwrap(), None);
+    let decided = h.store.decide_device("BCDF-GHJK", &approve(h.now), grant.expires_at).await.unwrap();
     assert_eq!(decided, DecideOutcome::NotFound);
 
     // Expiry wins over an approval that was never collected.
     let late = Digest::of(b"late device");
-    h.store
-        .put_device(late, &device_grant(h.now, "LMNP-QRST"))
-        .await
-        .unwrap();
-    h.store
-        .decide_device("LMNP-QRST", &approve(h.now), h.now)
-        .await
-        .unwrap();
-    assert_eq!(
-        h.store
-            .poll_device(late, (grant.expires_at + 5) * 1000)
-            .await
-            .unwrap(),
-        DevicePoll::Expired
-    );
+    h.store.put_device(late, &device_grant(h.now, "LMNP-QRST")).await.unwrap();
+    h.store.decide_device("LMNP-QRST", &approve(h.now), h.now).await.unwrap();
+    assert_eq!(h.store.poll_device(late, (grant.expires_at + 5) * 1000).await.unwrap(), DevicePoll::Expired);
 }
 
 async fn an_unknown_device_or_user_code_is_unknown(h: &Harness) {
-    assert_eq!(
-        h.store
-            .poll_device(Digest::of(b"nobody"), h.now * 1000)
-            .await
-            .unwrap(),
-        DevicePoll::Unknown
-    );
-    assert_eq!(
-        h.store.lookup_user_code("VWXZ-BCDF", h.now).await.unwrap(),
-        None
-    );
-    let decided = h
-        .store
-        .decide_device("VWXZ-BCDF", &approve(h.now), h.now)
-        .await
-        .unwrap();
+    assert_eq!(h.store.poll_device(Digest::of(b"nobody"), h.now * 1000).await.unwrap(), DevicePoll::Unknown);
+    assert_eq!(h.store.lookup_user_code("VWXZ-BCDF", h.now).await.unwrap(), None);
+    let decided = h.store.decide_device("VWXZ-BCDF", &approve(h.now), h.now).await.unwrap();
     assert_eq!(decided, DecideOutcome::NotFound);
 }
 
 async fn a_user_code_already_in_use_is_a_conflict(h: &Harness) {
-    h.store
-        .put_device(Digest::of(b"first"), &device_grant(h.now, "BCDF-GHJK"))
-        .await
-        .unwrap();
+    h.store.put_device(Digest::of(b"first"), &device_grant(h.now, "BCDF-GHJK")).await.unwrap();
     let second = Digest::of(b"second");
-    let clash = h
-        .store
-        .put_device(second, &device_grant(h.now, "BCDF-GHJK"))
-        .await;
+    let clash = h.store.put_device(second, &device_grant(h.now, "BCDF-GHJK")).await;
     assert!(matches!(clash, Err(StoreError::Conflict(_))), "{clash:?}");
-    assert_eq!(
-        h.store.poll_device(second, h.now * 1000).await.unwrap(),
-        DevicePoll::Unknown,
-        "nothing was stored"
-    );
+    assert_eq!(h.store.poll_device(second, h.now * 1000).await.unwrap(), DevicePoll::Unknown, "nothing was stored");
     let Err(e) = clash else { unreachable!() };
-    assert!(
-        !e.to_string().contains("BCDF-GHJK"),
-        "errors do not carry key contents: {e}"
-    );
+    assert!(!e.to_string().contains("BCDF-GHJK"), "errors do not carry key contents: {e}");
 
-    h.store
-        .put_device(second, &device_grant(h.now, "LMNP-QRST"))
-        .await
-        .unwrap();
+    h.store.put_device(second, &device_grant(h.now, "LMNP-QRST")).await.unwrap();
 }
 
 async fn a_session_lives_until_it_expires_or_is_deleted(h: &Harness) {
@@ -627,26 +393,10 @@ async fn a_session_lives_until_it_expires_or_is_deleted(h: &Harness) {
     let s = session(h.now);
     h.store.put_session(handle, &s).await.unwrap();
 
-    assert_eq!(
-        h.store.get_session(handle, h.now).await.unwrap(),
-        Some(s.clone())
-    );
-    assert_eq!(
-        h.store.get_session(handle, s.expires_at - 1).await.unwrap(),
-        Some(s.clone())
-    );
-    assert_eq!(
-        h.store.get_session(handle, s.expires_at).await.unwrap(),
-        None,
-        "dead at expires_at"
-    );
-    assert_eq!(
-        h.store
-            .get_session(Digest::of(b"nobody"), h.now)
-            .await
-            .unwrap(),
-        None
-    );
+    assert_eq!(h.store.get_session(handle, h.now).await.unwrap(), Some(s.clone()));
+    assert_eq!(h.store.get_session(handle, s.expires_at - 1).await.unwrap(), Some(s.clone()));
+    assert_eq!(h.store.get_session(handle, s.expires_at).await.unwrap(), None, "dead at expires_at");
+    assert_eq!(h.store.get_session(Digest::of(b"nobody"), h.now).await.unwrap(), None);
 
     h.store.delete_session(handle).await.unwrap();
     assert_eq!(h.store.get_session(handle, h.now).await.unwrap(), None);
@@ -660,11 +410,7 @@ async fn failures_count_up_within_the_window_and_start_again_after_it(h: &Harnes
         assert_eq!(h.store.record_failure(key, 1).await.unwrap(), expected);
     }
     assert_eq!(h.store.failures(key).await.unwrap(), 3);
-    assert_eq!(
-        h.store.failures("password:bob").await.unwrap(),
-        0,
-        "counters are per key"
-    );
+    assert_eq!(h.store.failures("password:bob").await.unwrap(), 0, "counters are per key");
 
     // The window started at the first failure; stores count on their own clock here.
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -684,51 +430,26 @@ async fn clearing_failures_resets_the_count(h: &Harness) {
 
 async fn revoked_access_lists_revocations_until_they_expire(h: &Harness) {
     assert_eq!(h.store.revoked_access(h.now).await.unwrap(), vec![]);
-    h.store
-        .revoke_access("jti-long", h.now + 3600)
-        .await
-        .unwrap();
-    h.other
-        .revoke_access("jti-short", h.now + 60)
-        .await
-        .unwrap();
+    h.store.revoke_access("jti-long", h.now + 3600).await.unwrap();
+    h.other.revoke_access("jti-short", h.now + 60).await.unwrap();
 
     let mut revoked = h.store.revoked_access(h.now).await.unwrap();
     revoked.sort();
-    assert_eq!(
-        revoked,
-        vec![
-            ("jti-long".to_owned(), h.now + 3600),
-            ("jti-short".to_owned(), h.now + 60)
-        ]
-    );
+    assert_eq!(revoked, vec![("jti-long".to_owned(), h.now + 3600), ("jti-short".to_owned(), h.now + 60)]);
     let revoked = h.store.revoked_access(h.now + 60).await.unwrap();
-    assert_eq!(
-        revoked,
-        vec![("jti-long".to_owned(), h.now + 3600)],
-        "a token is expired at its exp"
-    );
+    assert_eq!(revoked, vec![("jti-long".to_owned(), h.now + 3600)], "a token is expired at its exp");
     assert_eq!(h.store.revoked_access(h.now + 3600).await.unwrap(), vec![]);
 }
 
 async fn a_revocation_made_on_another_handle_reaches_a_subscriber(h: &Harness) {
     let mut revocations = h.store.subscribe_revocations().await.unwrap();
     h.other.revoke_access("jti-1", h.now + 600).await.unwrap();
-    h.store
-        .revoke_access("jti 2 with spaces", h.now + 900)
-        .await
-        .unwrap();
+    h.store.revoke_access("jti 2 with spaces", h.now + 900).await.unwrap();
 
     let first = tokio::time::timeout(Duration::from_secs(3), revocations.next()).await;
-    assert_eq!(
-        first.expect("the revocation arrives in time"),
-        Some(("jti-1".to_owned(), h.now + 600))
-    );
+    assert_eq!(first.expect("the revocation arrives in time"), Some(("jti-1".to_owned(), h.now + 600)));
     let second = tokio::time::timeout(Duration::from_secs(3), revocations.next()).await;
-    assert_eq!(
-        second.expect("the revocation arrives in time"),
-        Some(("jti 2 with spaces".to_owned(), h.now + 900))
-    );
+    assert_eq!(second.expect("the revocation arrives in time"), Some(("jti 2 with spaces".to_owned(), h.now + 900)));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -741,15 +462,8 @@ async fn connecting_to_a_redis_that_is_down_fails_fast_as_unavailable() {
         Err(e) => Err(e),
         Ok(store) => store.ping().await,
     };
-    assert!(
-        matches!(outcome, Err(StoreError::Unavailable { .. })),
-        "{outcome:?}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(matches!(outcome, Err(StoreError::Unavailable { .. })), "{outcome:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
 }
 
 #[tokio::test]
@@ -757,20 +471,11 @@ async fn a_lagging_memory_subscriber_sees_its_stream_end_so_it_reloads() {
     let store = MemoryEphemeral::new();
     let mut revocations = store.subscribe_revocations().await.unwrap();
     for i in 0..10_000 {
-        store
-            .revoke_access(&format!("jti-{i}"), wall_now() + 60)
-            .await
-            .unwrap();
+        store.revoke_access(&format!("jti-{i}"), wall_now() + 60).await.unwrap();
     }
-    let end = tokio::time::timeout(Duration::from_secs(1), revocations.next())
-        .await
-        .unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(1), revocations.next()).await.unwrap();
     assert_eq!(end, None);
-    assert_eq!(
-        store.revoked_access(wall_now()).await.unwrap().len(),
-        10_000,
-        "nothing is lost for a reload"
-    );
+    assert_eq!(store.revoked_access(wall_now()).await.unwrap().len(), 10_000, "nothing is lost for a reload");
 }
 
 #[tokio::test]
@@ -779,12 +484,432 @@ async fn memory_failure_windows_follow_the_injected_clock() {
     let store = MemoryEphemeral::with_clock(clock.clone());
     store.record_failure("password:alice", 60).await.unwrap();
     clock.advance_secs(59);
-    assert_eq!(
-        store.record_failure("password:alice", 60).await.unwrap(),
-        2,
-        "the window runs from the first failure"
-    );
+    assert_eq!(store.record_failure("password:alice", 60).await.unwrap(), 2, "the window runs from the first failure");
     clock.advance_secs(1);
     assert_eq!(store.failures("password:alice").await.unwrap(), 0);
     assert_eq!(store.record_failure("password:alice", 60).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn connecting_to_a_sentinel_or_cluster_that_is_down_fails_fast_as_unavailable() {
+    for url in ["redis+sentinel://127.0.0.1:1,127.0.0.1:2/mymaster", "redis+cluster://127.0.0.1:1,127.0.0.1:2"] {
+        let started = Instant::now();
+        let outcome = RedisEphemeral::connect(url, "tessera-test:down:").await;
+        assert!(matches!(outcome, Err(StoreError::Unavailable { .. })), "{url}: {outcome:?}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{url}: took {:?}", started.elapsed());
+    }
+}
+
+#[tokio::test]
+async fn a_bad_url_or_a_braced_cluster_prefix_is_refused_without_quoting_the_password() {
+    for (url, prefix) in [
+        ("redis+sentinel://:hunter2@127.0.0.1:26379", "tessera-test:"),
+        ("redis+cluster://:hunter2@127.0.0.1:7000/3", "tessera-test:"),
+        ("redis-cluster://:hunter2@127.0.0.1:7000", "tessera-test:"),
+        ("redis+cluster://:hunter2@127.0.0.1:7000", "{tessera}:"),
+    ] {
+        match RedisEphemeral::connect(url, prefix).await {
+            Err(StoreError::Other(message)) => assert!(!message.contains("hunter2"), "{url}: {message}"),
+            other => panic!("{url}: {other:?}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sentinel and Cluster, against throwaway servers
+
+/// Runs every contract case against the store `url` names, each with a fresh key prefix and
+/// fresh handles, and fails with the names of the cases that failed.
+async fn run_contract(mode: &str, url: &str) {
+    let started = Instant::now();
+    let mut failed = Vec::new();
+    for (name, case) in CASES {
+        let prefix = format!("tessera-test:{}:", tessera_crypto::random_secret(9));
+        let store = RedisEphemeral::connect(url, &prefix).await.unwrap_or_else(|e| panic!("{mode}: {e}"));
+        let other = RedisEphemeral::connect(url, &prefix).await.unwrap_or_else(|e| panic!("{mode}: {e}"));
+        let h = Harness { store: Arc::new(store), other: Arc::new(other), now: wall_now(), _cleanup: None };
+        if std::panic::AssertUnwindSafe(case(&h)).catch_unwind().await.is_err() {
+            eprintln!("{mode}: contract case {name} FAILED");
+            failed.push(*name);
+        }
+    }
+    eprintln!("{mode}: {} contract cases in {:?}", CASES.len(), started.elapsed());
+    assert!(failed.is_empty(), "{mode}: {} of {} contract cases failed: {failed:?}", failed.len(), CASES.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_store_keeps_the_contract() {
+    let Some(mut servers) = Servers::new("sentinel contract") else { return };
+    let master = servers.start_redis("master", &[]);
+    let sentinel = servers.start_sentinel(master);
+    servers.wait_for_sentinel(sentinel, 0);
+    run_contract("sentinel", &format!("redis+sentinel://127.0.0.1:{sentinel}/mymaster")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_store_keeps_the_contract_and_subscribes_past_dead_nodes() {
+    let Some(mut servers) = Servers::new("cluster contract") else { return };
+    let nodes = servers.start_cluster(3);
+    let hosts: Vec<String> = nodes.iter().map(|port| format!("127.0.0.1:{port}")).collect();
+    run_contract("cluster", &format!("redis+cluster://{}", hosts.join(","))).await;
+
+    // A seed that is down is passed over, by the cluster connection and by the subscription.
+    let url = format!("redis+cluster://127.0.0.1:{},{}", dead_port(), hosts.join(","));
+    let prefix = format!("tessera-test:{}:", tessera_crypto::random_secret(9));
+    let store = RedisEphemeral::connect(&url, &prefix).await.unwrap();
+    let mut revocations = store.subscribe_revocations().await.unwrap();
+    let now = wall_now();
+    store.revoke_access("jti-1", now + 600).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(3), revocations.next()).await;
+    assert_eq!(got.expect("the revocation arrives in time"), Some(("jti-1".to_owned(), now + 600)));
+    assert_eq!(store.revoked_access(now).await.unwrap(), vec![("jti-1".to_owned(), now + 600)]);
+
+    // The node a subscription uses dies: the stream ends, and the next subscription lands on
+    // another node. That node must not hold the `{revoked}` slot, which the revocation needs.
+    let slot: i64 = redis::cmd("CLUSTER").arg("KEYSLOT").arg("{revoked}").query(&mut sync_conn(nodes[0])).unwrap();
+    // Each range is [from, to, [host, port, id, …]] (no replicas here).
+    let ranges: Vec<(i64, i64, Vec<redis::Value>)> =
+        redis::cmd("CLUSTER").arg("SLOTS").query(&mut sync_conn(nodes[0])).unwrap();
+    let owner = ranges
+        .iter()
+        .find(|(from, to, _)| (*from..=*to).contains(&slot))
+        .and_then(|(_, _, node)| redis::from_redis_value::<u16>(node.get(1)?).ok());
+    assert!(owner.is_some(), "the slot of {{revoked}} has an owner");
+    let doomed = nodes.iter().position(|port| Some(*port) != owner).unwrap();
+    let mut order = hosts.clone();
+    order.rotate_left(doomed);
+    let url = format!("redis+cluster://{}", order.join(","));
+    let store = RedisEphemeral::connect(&url, &prefix).await.unwrap();
+    let mut revocations = store.subscribe_revocations().await.unwrap();
+    servers.kill(&format!("node{doomed}"));
+    let ended = tokio::time::timeout(Duration::from_secs(5), revocations.next()).await;
+    assert_eq!(ended.expect("the subscription ends with its node"), None);
+    let mut revocations = store.subscribe_revocations().await.unwrap();
+    store.revoke_access("jti-2", now + 600).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(3), revocations.next()).await;
+    assert_eq!(got.expect("the revocation arrives in time"), Some(("jti-2".to_owned(), now + 600)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_store_follows_a_failover_to_the_promoted_replica() {
+    let Some(mut servers) = Servers::new("sentinel failover") else { return };
+    // The replica's first sync starts at once rather than after the default 5 s.
+    let master = servers.start_redis("master", &["--repl-diskless-sync-delay", "0"]);
+    let replica = servers.start_redis("replica", &["--replicaof", "127.0.0.1", &master.to_string()]);
+    let sentinel = servers.start_sentinel(master);
+    servers.wait_for_sentinel(sentinel, 1);
+
+    let url = format!("redis+sentinel://127.0.0.1:{sentinel}/mymaster");
+    let prefix = format!("tessera-test:{}:", tessera_crypto::random_secret(9));
+    let store = RedisEphemeral::connect(&url, &prefix).await.unwrap();
+    let other = RedisEphemeral::connect(&url, &prefix).await.unwrap();
+    let now = wall_now();
+    let code = Digest::of(b"code");
+    let grant = code_grant(now);
+    store.put_code(code, &grant).await.unwrap();
+    other.ping().await.unwrap();
+    let mut revocations = store.subscribe_revocations().await.unwrap();
+    // Everything written so far is on the replica before the master goes.
+    let synced: i64 = redis::cmd("WAIT").arg(1).arg(5000).query(&mut sync_conn(master)).unwrap();
+    assert_eq!(synced, 1, "the replica acknowledged the writes");
+
+    let killed = Instant::now();
+    servers.kill("master");
+    let ended = tokio::time::timeout(Duration::from_secs(5), revocations.next()).await;
+    assert_eq!(ended.expect("the subscription ends with its connection"), None);
+
+    // Until a sentinel promotes the replica every command fails as unavailable; then the same
+    // handle works again, against the promoted replica, with what the old master held.
+    let deadline = killed + Duration::from_secs(20);
+    let peeked = loop {
+        match store.peek_code(code, now).await {
+            Ok(peeked) => break peeked,
+            Err(StoreError::Unavailable { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("{:?} after the master died: {e:?}", killed.elapsed()),
+        }
+    };
+    eprintln!("sentinel failover: the store answered again {:?} after the master died", killed.elapsed());
+    assert_eq!(peeked, Some(grant.clone()));
+    let role: Vec<redis::Value> = redis::cmd("ROLE").query(&mut sync_conn(replica)).unwrap();
+    assert_eq!(role.first(), Some(&redis::Value::BulkString(b"master".to_vec())), "the replica was promoted");
+    assert_eq!(store.take_code(code, now, &issued("jti-1", now), 600).await.unwrap(), CodeTake::Fresh(grant));
+
+    // The other handle, idle through the failover, finds the new master by itself too, and a
+    // new subscription hears what it announces.
+    let mut revocations = store.subscribe_revocations().await.unwrap();
+    loop {
+        match other.revoke_access("jti-2", now + 600).await {
+            Ok(()) => break,
+            Err(StoreError::Unavailable { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("{:?} after the master died: {e:?}", killed.elapsed()),
+        }
+    }
+    let heard = tokio::time::timeout(Duration::from_secs(3), revocations.next()).await;
+    assert_eq!(heard.expect("the revocation arrives in time"), Some(("jti-2".to_owned(), now + 600)));
+    assert!(store.code_replayed(code).await.is_ok());
+    assert_eq!(store.revoked_access(now).await.unwrap(), vec![("jti-2".to_owned(), now + 600)]);
+}
+
+/// A blocking connection to a throwaway server, for setting up and checking on it.
+fn sync_conn(port: u16) -> redis::Connection {
+    redis::Client::open(format!("redis://127.0.0.1:{port}"))
+        .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+        .unwrap_or_else(|e| panic!("connecting to 127.0.0.1:{port}: {e}"))
+}
+
+/// A loopback port nothing listens on.
+fn dead_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A free port in 20000–27999, below the range the kernel picks outgoing ports from; with
+/// `bus`, the cluster bus port 10000 above it is free too.
+fn free_port(bus: bool) -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let free = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+    for attempt in 0u64.. {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(attempt);
+        let port = 20_000 + (hasher.finish() % 8_000) as u16;
+        if free(port) && (!bus || free(port + 10_000)) {
+            return port;
+        }
+        assert!(attempt < 1_000, "no free port found");
+    }
+    unreachable!()
+}
+
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|candidate| candidate.is_file())
+}
+
+/// Polls `ready` every 50 ms until it holds, or panics naming `what` after `limit`.
+fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ready() {
+        assert!(Instant::now() < deadline, "{what}: not ready after {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Throwaway Redis processes in a temporary directory. Every process is killed when this is
+/// dropped, a failing test included (and then the end of each log is printed).
+struct Servers {
+    server: std::path::PathBuf,
+    cli: std::path::PathBuf,
+    /// `redis-sentinel`, or `redis-server` with `--sentinel` after the config file.
+    sentinel: (std::path::PathBuf, Option<&'static str>),
+    dir: tempfile::TempDir,
+    procs: Vec<(String, std::process::Child)>,
+}
+
+impl Servers {
+    /// `None` (after a loud `SKIPPED:` line) if the binaries are missing; a failure instead
+    /// when `CI` is set.
+    fn new(suite: &str) -> Option<Self> {
+        let (Some(server), Some(cli)) = (which("redis-server"), which("redis-cli")) else {
+            let why = "redis-server and redis-cli are not both on the PATH";
+            if std::env::var_os("CI").is_some() {
+                panic!("{suite}: {why}, with CI set");
+            }
+            eprintln!("\n*** SKIPPED: {suite}: {why} ***\n");
+            return None;
+        };
+        let sentinel = match which("redis-sentinel") {
+            Some(sentinel) => (sentinel, None),
+            None => (server.clone(), Some("--sentinel")),
+        };
+        let dir = tempfile::Builder::new().prefix("tessera-redis-").tempdir().expect("a temporary directory");
+        Some(Self { server, cli, sentinel, dir, procs: Vec::new() })
+    }
+
+    fn log(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(format!("{name}.log"))
+    }
+
+    fn spawn(&mut self, name: &str, command: &mut std::process::Command) {
+        let child = command
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        self.procs.push((name.to_owned(), child));
+    }
+
+    /// Waits until the server on `port` answers PING, or fails if it exited.
+    fn wait_for_ping(&mut self, name: &str, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let pong = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+            if pong.is_ok() {
+                return;
+            }
+            if let Some((_, child)) = self.procs.iter_mut().find(|(n, _)| n == name) {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("{name} exited ({status}) before answering on port {port}");
+                }
+            }
+            assert!(Instant::now() < deadline, "{name} did not answer on port {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts a redis-server that saves nothing, and returns its port.
+    fn start_redis(&mut self, name: &str, extra: &[&str]) -> u16 {
+        let cluster = extra.contains(&"--cluster-enabled");
+        let port = free_port(cluster);
+        let mut command = std::process::Command::new(&self.server);
+        command
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(self.log(name))
+            .args(extra);
+        self.spawn(name, &mut command);
+        self.wait_for_ping(name, port);
+        port
+    }
+
+    /// Starts a sentinel monitoring `mymaster` on `master_port` with a quorum of 1 and quick
+    /// failure detection, and returns its port.
+    fn start_sentinel(&mut self, master_port: u16) -> u16 {
+        let port = free_port(false);
+        let dir = self.dir.path().display().to_string();
+        let config = self.dir.path().join("sentinel.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {dir}\nlogfile {log}\n\
+                 sentinel monitor mymaster 127.0.0.1 {master_port} 1\n\
+                 sentinel down-after-milliseconds mymaster 500\n\
+                 sentinel failover-timeout mymaster 1500\n",
+                log = self.log("sentinel").display(),
+            ),
+        )
+        .expect("writing sentinel.conf");
+        let (program, flag) = self.sentinel.clone();
+        let mut command = std::process::Command::new(program);
+        command.arg(&config).args(flag);
+        self.spawn("sentinel", &mut command);
+        self.wait_for_ping("sentinel", port);
+        port
+    }
+
+    /// Waits until the sentinel sees its master up, and `replicas` replicas linked to it.
+    fn wait_for_sentinel(&mut self, port: u16, replicas: usize) {
+        let mut conn = sync_conn(port);
+        wait_until("the sentinel's view of its master", Duration::from_secs(15), || {
+            let master: redis::RedisResult<std::collections::HashMap<String, String>> =
+                redis::cmd("SENTINEL").arg("MASTER").arg("mymaster").query(&mut conn);
+            let Ok(master) = master else { return false };
+            if master.get("flags").map(String::as_str) != Some("master") {
+                return false;
+            }
+            let listed: redis::RedisResult<Vec<std::collections::HashMap<String, String>>> =
+                redis::cmd("SENTINEL").arg("REPLICAS").arg("mymaster").query(&mut conn);
+            let good = listed.unwrap_or_default().into_iter().filter(|r| {
+                r.get("flags").map(String::as_str) == Some("slave")
+                    && r.get("master-link-status").map(String::as_str) == Some("ok")
+            });
+            good.count() == replicas
+        });
+    }
+
+    /// Starts `count` cluster nodes named `node0`…, joins them into one cluster with every slot
+    /// assigned, and returns their ports once every node says `cluster_state:ok`.
+    fn start_cluster(&mut self, count: usize) -> Vec<u16> {
+        let ports: Vec<u16> = (0..count)
+            .map(|i| {
+                let name = format!("node{i}");
+                let config = self.dir.path().join(format!("{name}-nodes.conf")).display().to_string();
+                self.start_redis(
+                    &name,
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        &config,
+                        "--cluster-node-timeout",
+                        "2000",
+                        // A node that dies takes only its own slots down.
+                        "--cluster-require-full-coverage",
+                        "no",
+                    ],
+                )
+            })
+            .collect();
+        let mut create = std::process::Command::new(&self.cli);
+        create
+            .arg("--cluster")
+            .arg("create")
+            .args(ports.iter().map(|port| format!("127.0.0.1:{port}")))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(self.log("cluster-create")).expect("a log file"))
+            .stderr(std::process::Stdio::null());
+        let mut child = create.spawn().expect("running redis-cli --cluster create");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("waiting for redis-cli") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("redis-cli --cluster create did not finish in 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(status.success(), "redis-cli --cluster create failed ({status}); see cluster-create.log");
+        for port in &ports {
+            let mut conn = sync_conn(*port);
+            wait_until(&format!("cluster node {port}"), Duration::from_secs(20), || {
+                let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut conn).unwrap_or_default();
+                info.contains("cluster_state:ok") && info.contains(&format!("cluster_known_nodes:{count}"))
+            });
+        }
+        ports
+    }
+
+    /// Kills one process now, as a crash would.
+    fn kill(&mut self, name: &str) {
+        if let Some(i) = self.procs.iter().position(|(n, _)| n == name) {
+            let (_, mut child) = self.procs.remove(i);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.procs {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            let Ok(entries) = std::fs::read_dir(self.dir.path()) else { return };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.extension().is_some_and(|e| e == "log") {
+                    let log = std::fs::read_to_string(&path).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                    eprintln!("--- {} (last lines) ---", path.display());
+                    for line in tail.iter().rev() {
+                        eprintln!("{line}");
+                    }
+                }
+            }
+        }
+    }
 }
