@@ -6,5 +6,6 @@ mod bad_input;
 mod browser;
 mod flows;
 mod harness;
+mod independent_client;
 mod leaks;
 mod openapi;
