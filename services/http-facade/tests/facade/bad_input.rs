@@ -269,7 +269,7 @@ async fn every_json_endpoint_answers_bad_input_with_the_rfc_error_as_json(pair: 
             "invalid_request",
         )),
         with_basic(case(
-            "introspect: a JSON number for a token",
+            "introspect: a JSON array for a token",
             "/oauth2/introspect",
             JSON,
             r#"{"token":[1]}"#,
