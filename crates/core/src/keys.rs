@@ -4,8 +4,8 @@
 
 use crate::error::{OAuthError, StoreError};
 use crate::ports::{Durable, StoredKey};
-use std::sync::{Arc, RwLock};
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
 use tessera_crypto::keys::{self, Algorithm, SigningKey, VerifyingKey};
 use tessera_crypto::seal::{self, Kek};
 
@@ -100,13 +100,8 @@ async fn create_key(durable: &dyn Durable, alg: Algorithm, kek: Option<&Kek>, no
         Some(kek) => kek.seal(&kid, &der).map_err(|e| OAuthError::server_error(e.to_string()))?,
         None => der,
     };
-    let record = StoredKey {
-        kid: kid.clone(),
-        alg: alg.as_str().to_owned(),
-        private_der,
-        created_at: now,
-        retired_at: None,
-    };
+    let record =
+        StoredKey { kid: kid.clone(), alg: alg.as_str().to_owned(), private_der, created_at: now, retired_at: None };
     match durable.insert_key(&record).await {
         Ok(()) | Err(StoreError::Conflict(_)) => Ok(kid),
         Err(e) => Err(e.into()),

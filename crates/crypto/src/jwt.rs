@@ -38,22 +38,14 @@ pub struct Verified {
 
 /// Verifies the signature of a compact JWS with the key its `kid` names and returns the
 /// header and claims. Time-based claims are the caller's to check.
-pub fn verify<'a>(
-    token: &str,
-    find: impl Fn(&str) -> Option<&'a VerifyingKey>,
-) -> Result<Verified, JwtError> {
+pub fn verify<'a>(token: &str, find: impl Fn(&str) -> Option<&'a VerifyingKey>) -> Result<Verified, JwtError> {
     let mut parts = token.split('.');
-    let (Some(h), Some(c), Some(s), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let (Some(h), Some(c), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(JwtError::Malformed);
     };
-    let header: Value = serde_json::from_slice(&b64url_decode(h).ok_or(JwtError::Malformed)?)
-        .map_err(|_| JwtError::Malformed)?;
-    let kid = header
-        .get("kid")
-        .and_then(Value::as_str)
-        .ok_or(JwtError::UnknownKey)?;
+    let header: Value =
+        serde_json::from_slice(&b64url_decode(h).ok_or(JwtError::Malformed)?).map_err(|_| JwtError::Malformed)?;
+    let kid = header.get("kid").and_then(Value::as_str).ok_or(JwtError::UnknownKey)?;
     let key = find(kid).ok_or(JwtError::UnknownKey)?;
     // RFC 8725 §3.1: the algorithm comes from the key, never from the token's header alone.
     if header.get("alg").and_then(Value::as_str) != Some(key.alg.as_str()) {
@@ -64,8 +56,8 @@ pub fn verify<'a>(
     if !key.verify(&token.as_bytes()[..signing_input_len], &sig) {
         return Err(JwtError::BadSignature);
     }
-    let claims: Value = serde_json::from_slice(&b64url_decode(c).ok_or(JwtError::Malformed)?)
-        .map_err(|_| JwtError::Malformed)?;
+    let claims: Value =
+        serde_json::from_slice(&b64url_decode(c).ok_or(JwtError::Malformed)?).map_err(|_| JwtError::Malformed)?;
     if !claims.is_object() {
         return Err(JwtError::Malformed);
     }
@@ -78,8 +70,7 @@ mod tests {
     use crate::keys::{generate_pkcs8, Algorithm};
 
     fn key() -> SigningKey {
-        SigningKey::from_pkcs8(Algorithm::Es256, &generate_pkcs8(Algorithm::Es256).unwrap())
-            .unwrap()
+        SigningKey::from_pkcs8(Algorithm::Es256, &generate_pkcs8(Algorithm::Es256).unwrap()).unwrap()
     }
 
     #[test]
@@ -95,19 +86,10 @@ mod tests {
         let forged = b64url(br#"{"sub":"mallory"}"#);
         parts[1] = &forged;
         let forged = parts.join(".");
-        assert_eq!(
-            verify(&forged, |_| Some(&vk)).unwrap_err(),
-            JwtError::BadSignature
-        );
-        assert_eq!(
-            verify("a.b", |_| Some(&vk)).unwrap_err(),
-            JwtError::Malformed
-        );
+        assert_eq!(verify(&forged, |_| Some(&vk)).unwrap_err(), JwtError::BadSignature);
+        assert_eq!(verify("a.b", |_| Some(&vk)).unwrap_err(), JwtError::Malformed);
         let other = key().verifying_key();
-        assert_eq!(
-            verify(&t, |_| Some(&other)).unwrap_err(),
-            JwtError::BadSignature
-        );
+        assert_eq!(verify(&t, |_| Some(&other)).unwrap_err(), JwtError::BadSignature);
         assert_eq!(verify(&t, |_| None).unwrap_err(), JwtError::UnknownKey);
     }
 }

@@ -4,10 +4,7 @@
 //! A leaf crate: it depends on no other Tessera crate and knows nothing of OAuth flows.
 //! Signing keys are parsed once and cached as `ring` key pairs; never hand a PEM or a
 //! PKCS#8 document to every signing call.
-#![cfg_attr(
-    not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::todo)
-)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::todo))]
 
 pub mod jwt;
 pub mod keys;

@@ -2,10 +2,7 @@
 //! one mapping between the core's [`OAuthError`] and a gRPC [`Status`]: the code travels as
 //! `google.rpc.ErrorInfo { reason = <oauth code>, domain = "oauth2" }` in the status details,
 //! so the round trip is lossless whatever gRPC code carries it.
-#![cfg_attr(
-    not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::todo)
-)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::todo))]
 
 pub mod token {
     pub mod v1 {
@@ -21,9 +18,32 @@ pub mod admin {
     }
 }
 
+/// Adds `authorization: Bearer <admin credential>` to every call of an AdminService client.
+#[derive(Clone)]
+pub struct AdminCredential(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl AdminCredential {
+    /// `None` if the credential cannot be a header value.
+    pub fn new(token: &str) -> Option<Self> {
+        format!("Bearer {}", token.trim()).parse().ok().map(Self)
+    }
+}
+
+impl std::fmt::Debug for AdminCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminCredential(<redacted>)")
+    }
+}
+
+impl tonic::service::Interceptor for AdminCredential {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        request.metadata_mut().insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
 /// The encoded descriptors of every Tessera service, for gRPC server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/tessera_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tessera_descriptor.bin"));
 
 use tessera_core::{ErrorCode, OAuthError};
 use tonic::{Code, Status};
@@ -61,11 +81,7 @@ pub fn to_status(e: &OAuthError) -> Status {
     Status::with_error_details(
         grpc_code(e.code),
         e.description.clone(),
-        ErrorDetails::with_error_info(
-            e.code.as_str(),
-            OAUTH_DOMAIN,
-            std::collections::HashMap::new(),
-        ),
+        ErrorDetails::with_error_info(e.code.as_str(), OAUTH_DOMAIN, std::collections::HashMap::new()),
     )
 }
 
@@ -81,10 +97,9 @@ pub fn from_status(s: &Status) -> OAuthError {
         }
     }
     match s.code() {
-        Code::Unavailable | Code::DeadlineExceeded => OAuthError::new(
-            ErrorCode::TemporarilyUnavailable,
-            "the token service is unavailable; retry later",
-        ),
+        Code::Unavailable | Code::DeadlineExceeded => {
+            OAuthError::new(ErrorCode::TemporarilyUnavailable, "the token service is unavailable; retry later")
+        }
         _ => OAuthError::server_error(format!("unexpected gRPC status {:?}", s.code())),
     }
 }
@@ -113,26 +128,14 @@ mod tests {
     #[test]
     fn the_issue_table_of_grpc_codes_holds() {
         assert_eq!(grpc_code(ErrorCode::InvalidClient), Code::Unauthenticated);
-        assert_eq!(
-            grpc_code(ErrorCode::AuthorizationPending),
-            Code::FailedPrecondition
-        );
+        assert_eq!(grpc_code(ErrorCode::AuthorizationPending), Code::FailedPrecondition);
         assert_eq!(grpc_code(ErrorCode::SlowDown), Code::FailedPrecondition);
-        assert_eq!(
-            grpc_code(ErrorCode::TemporarilyUnavailable),
-            Code::Unavailable
-        );
+        assert_eq!(grpc_code(ErrorCode::TemporarilyUnavailable), Code::Unavailable);
     }
 
     #[test]
     fn a_status_without_oauth_details_is_classified_by_its_code() {
-        assert_eq!(
-            from_status(&Status::unavailable("down")).code,
-            ErrorCode::TemporarilyUnavailable
-        );
-        assert_eq!(
-            from_status(&Status::internal("boom")).code,
-            ErrorCode::ServerError
-        );
+        assert_eq!(from_status(&Status::unavailable("down")).code, ErrorCode::TemporarilyUnavailable);
+        assert_eq!(from_status(&Status::internal("boom")).code, ErrorCode::ServerError);
     }
 }

@@ -12,10 +12,7 @@ use tessera_core::StoreError;
 pub(crate) const STORE: &str = "database";
 
 pub(crate) fn unavailable(reason: impl Into<String>) -> StoreError {
-    StoreError::Unavailable {
-        store: STORE,
-        reason: reason.into(),
-    }
+    StoreError::Unavailable { store: STORE, reason: reason.into() }
 }
 
 /// Connection trouble is `Unavailable` (the pool reconnects by itself, so a retry may
@@ -28,15 +25,11 @@ pub(crate) fn from_db(err: DbErr) -> StoreError {
         DbErr::ConnectionAcquire(e) => unavailable(e.to_string()),
         DbErr::Conn(RuntimeErr::SqlxError(e)) => match e {
             // A malformed URL or option is a configuration mistake, not an outage.
-            sqlx::Error::Configuration(e) => {
-                StoreError::Other(format!("invalid database configuration: {e}"))
-            }
+            sqlx::Error::Configuration(e) => StoreError::Other(format!("invalid database configuration: {e}")),
             e => unavailable(e.to_string()),
         },
         DbErr::Conn(RuntimeErr::Internal(reason)) => unavailable(reason),
-        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
-            from_sqlx(e)
-        }
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => from_sqlx(e),
         other => StoreError::Other(other.to_string()),
     }
 }
@@ -63,23 +56,15 @@ fn is_outage(db: &dyn sqlx::error::DatabaseError) -> bool {
     let Some(code) = db.code() else {
         return false;
     };
-    if db
-        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
-        .is_some()
-    {
+    if db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().is_some() {
         // Class 08: connection exception; 53: insufficient resources (too many
         // connections, disk full); 57P01-57P03: admin/crash shutdown, cannot connect now.
-        return code.starts_with("08")
-            || code.starts_with("53")
-            || matches!(&*code, "57P01" | "57P02" | "57P03");
+        return code.starts_with("08") || code.starts_with("53") || matches!(&*code, "57P01" | "57P02" | "57P03");
     }
     if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
         // SQLite reports extended result codes; the primary code is the low byte.
         // BUSY and LOCKED outlasted the busy timeout; IOERR, FULL, CANTOPEN are the disk.
-        return code
-            .parse::<i32>()
-            .map(|c| matches!(c & 0xff, 5 | 6 | 10 | 13 | 14))
-            .unwrap_or(false);
+        return code.parse::<i32>().map(|c| matches!(c & 0xff, 5 | 6 | 10 | 13 | 14)).unwrap_or(false);
     }
     false
 }
@@ -94,20 +79,14 @@ mod tests {
             DbErr::ConnectionAcquire(sea_orm::ConnAcquireErr::Timeout),
             DbErr::Conn(RuntimeErr::SqlxError(sqlx::Error::PoolTimedOut)),
             DbErr::Query(RuntimeErr::SqlxError(sqlx::Error::PoolClosed)),
-            DbErr::Exec(RuntimeErr::SqlxError(sqlx::Error::Io(
-                std::io::Error::from(std::io::ErrorKind::ConnectionReset),
-            ))),
+            DbErr::Exec(RuntimeErr::SqlxError(sqlx::Error::Io(std::io::Error::from(
+                std::io::ErrorKind::ConnectionReset,
+            )))),
         ];
         for err in cases {
             let shown = err.to_string();
             assert!(
-                matches!(
-                    from_db(err),
-                    StoreError::Unavailable {
-                        store: "database",
-                        ..
-                    }
-                ),
+                matches!(from_db(err), StoreError::Unavailable { store: "database", .. }),
                 "{shown} should be Unavailable"
             );
         }
@@ -115,15 +94,7 @@ mod tests {
 
     #[test]
     fn other_errors_are_other() {
-        assert!(matches!(
-            from_db(DbErr::Query(RuntimeErr::SqlxError(
-                sqlx::Error::RowNotFound
-            ))),
-            StoreError::Other(_)
-        ));
-        assert!(matches!(
-            from_db(DbErr::Custom("x".into())),
-            StoreError::Other(_)
-        ));
+        assert!(matches!(from_db(DbErr::Query(RuntimeErr::SqlxError(sqlx::Error::RowNotFound))), StoreError::Other(_)));
+        assert!(matches!(from_db(DbErr::Custom("x".into())), StoreError::Other(_)));
     }
 }

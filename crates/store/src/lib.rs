@@ -6,10 +6,7 @@
 //! This crate owns its transactions: the core never begins or commits anything. It depends on
 //! the core only for the port traits and model types, and must not depend on any transport
 //! (tonic, actix-web) or on the ephemeral store. Secrets never reach it: ports take digests.
-#![cfg_attr(
-    not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::todo)
-)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::todo))]
 
 pub mod entity;
 mod error;
@@ -19,12 +16,8 @@ mod ports;
 pub use migration::Migrator;
 
 use sea_orm::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sea_orm::sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
-};
-use sea_orm::{
-    ConnectionTrait as _, DatabaseConnection, SqlxPostgresConnector, SqlxSqliteConnector,
-};
+use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sea_orm::{ConnectionTrait as _, DatabaseConnection, SqlxPostgresConnector, SqlxSqliteConnector};
 use sea_orm_migration::MigratorTrait as _;
 use std::time::Duration;
 use tessera_core::StoreError;
@@ -50,9 +43,7 @@ pub struct SqlStore {
 // Hand-written so nothing about the connection (its URL above all) is ever printed.
 impl std::fmt::Debug for SqlStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqlStore")
-            .field("backend", &self.db.get_database_backend())
-            .finish_non_exhaustive()
+        f.debug_struct("SqlStore").field("backend", &self.db.get_database_backend()).finish_non_exhaustive()
     }
 }
 
@@ -69,9 +60,7 @@ impl SqlStore {
         } else if url.starts_with("sqlite:") {
             connect_sqlite(url).await?
         } else {
-            return Err(StoreError::Other(
-                "unsupported database URL: expected postgres:// or sqlite:".into(),
-            ));
+            return Err(StoreError::Other("unsupported database URL: expected postgres:// or sqlite:".into()));
         };
         Ok(SqlStore { db })
     }
@@ -118,22 +107,14 @@ async fn connect_sqlite(url: &str) -> Result<DatabaseConnection, StoreError> {
         // Each connection to `:memory:` would be its own database, and the database dies with
         // its last connection: exactly one connection, kept forever. It also serializes
         // writers, which is all the concurrency safety an in-memory database needs.
-        SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
+        SqlitePoolOptions::new().max_connections(1).min_connections(1).idle_timeout(None).max_lifetime(None)
     } else {
         // WAL lets readers run beside the one writer; writers wait out each other's locks
         // through the busy timeout. Every write transaction starts with its write, so the
         // wait happens before it has read anything and cannot end in SQLITE_BUSY_SNAPSHOT.
         SqlitePoolOptions::new().max_connections(SQLITE_FILE_MAX_CONNECTIONS)
     };
-    let pool = pool
-        .acquire_timeout(ACQUIRE_TIMEOUT)
-        .connect_with(options)
-        .await
-        .map_err(error::from_connect)?;
+    let pool = pool.acquire_timeout(ACQUIRE_TIMEOUT).connect_with(options).await.map_err(error::from_connect)?;
     Ok(SqlxSqliteConnector::from_sqlx_sqlite_pool(pool))
 }
 

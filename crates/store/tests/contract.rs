@@ -36,17 +36,11 @@ struct TestDb {
 enum Teardown {
     Nothing,
     RemoveFile(PathBuf),
-    DropDatabase {
-        admin: DatabaseConnection,
-        name: String,
-    },
+    DropDatabase { admin: DatabaseConnection, name: String },
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 fn random_hex() -> String {
@@ -54,16 +48,13 @@ fn random_hex() -> String {
 }
 
 fn postgres_admin_url() -> String {
-    std::env::var("TESSERA_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| DEFAULT_POSTGRES_ADMIN_URL.to_owned())
+    std::env::var("TESSERA_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_POSTGRES_ADMIN_URL.to_owned())
 }
 
 /// The URL of database `name` on the same server as the admin URL.
 fn postgres_url(name: &str) -> String {
     let admin = postgres_admin_url();
-    let server = admin
-        .rsplit_once('/')
-        .map_or(admin.as_str(), |(server, _)| server);
+    let server = admin.rsplit_once('/').map_or(admin.as_str(), |(server, _)| server);
     format!("{server}/{name}")
 }
 
@@ -97,9 +88,7 @@ async fn sweep_leftovers(admin: &DatabaseConnection) {
             .and_then(|rest| rest.split('_').next())
             .and_then(|secs| secs.parse::<u64>().ok());
         if created.is_some_and(|created| created < cutoff) {
-            let _ = admin
-                .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                .await;
+            let _ = admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await;
         }
     }
 }
@@ -110,8 +99,7 @@ impl TestDb {
         let (url, teardown) = match backend {
             Backend::SqliteMemory => ("sqlite::memory:".to_owned(), Teardown::Nothing),
             Backend::SqliteFile => {
-                let path =
-                    std::env::temp_dir().join(format!("{DATABASE_PREFIX}{}.db", random_hex()));
+                let path = std::env::temp_dir().join(format!("{DATABASE_PREFIX}{}.db", random_hex()));
                 let url = format!("sqlite://{}?mode=rwc", path.display());
                 (url, Teardown::RemoveFile(path))
             }
@@ -135,20 +123,14 @@ impl TestDb {
                 };
                 sweep_leftovers(&admin).await;
                 let name = format!("{DATABASE_PREFIX}{}_{}", unix_now(), random_hex());
-                admin
-                    .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
-                    .await
-                    .unwrap();
+                admin.execute_unprepared(&format!("CREATE DATABASE \"{name}\"")).await.unwrap();
                 let url = postgres_url(&name);
                 (url, Teardown::DropDatabase { admin, name })
             }
         };
         let store = SqlStore::connect(&url).await.unwrap();
         store.migrate().await.unwrap();
-        Some(TestDb {
-            store: Arc::new(store),
-            teardown,
-        })
+        Some(TestDb { store: Arc::new(store), teardown })
     }
 
     async fn destroy(self) {
@@ -165,10 +147,7 @@ impl TestDb {
                 }
             }
             Teardown::DropDatabase { admin, name } => {
-                admin
-                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                    .await
-                    .unwrap();
+                admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await.unwrap();
                 let _ = admin.close().await;
             }
         }
@@ -243,29 +222,16 @@ contract!(
 #[tokio::test]
 async fn connecting_to_a_closed_port_fails_quickly_as_unavailable_without_the_password() {
     let started = Instant::now();
-    let err = SqlStore::connect("postgres://postgres:hunter2@127.0.0.1:1/x")
-        .await
-        .unwrap_err();
+    let err = SqlStore::connect("postgres://postgres:hunter2@127.0.0.1:1/x").await.unwrap_err();
     let elapsed = started.elapsed();
-    assert!(
-        matches!(
-            err,
-            StoreError::Unavailable {
-                store: "database",
-                ..
-            }
-        ),
-        "expected Unavailable, got {err:?}"
-    );
+    assert!(matches!(err, StoreError::Unavailable { store: "database", .. }), "expected Unavailable, got {err:?}");
     assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
     assert!(!format!("{err} {err:?}").contains("hunter2"));
 }
 
 #[tokio::test]
 async fn an_unsupported_url_is_rejected_without_echoing_it() {
-    let err = SqlStore::connect("mysql://root:hunter2@127.0.0.1/x")
-        .await
-        .unwrap_err();
+    let err = SqlStore::connect("mysql://root:hunter2@127.0.0.1/x").await.unwrap_err();
     assert!(matches!(err, StoreError::Other(_)), "got {err:?}");
     assert!(!format!("{err} {err:?}").contains("hunter2"));
 }
@@ -303,10 +269,7 @@ async fn a_postgres_store_reconnects_after_its_connections_are_killed() {
             .unwrap();
         assert!(!killed.is_empty(), "the pool had a connection to kill");
         store.ping().await.unwrap();
-        assert_eq!(
-            store.list_clients().await.unwrap(),
-            vec![cases::client("app")]
-        );
+        assert_eq!(store.list_clients().await.unwrap(), vec![cases::client("app")]);
     })
     .await;
     finish(db, outcome).await;
@@ -315,18 +278,12 @@ async fn a_postgres_store_reconnects_after_its_connections_are_killed() {
 #[tokio::test]
 async fn a_sqlite_file_database_runs_in_wal_mode() {
     let path = std::env::temp_dir().join(format!("{DATABASE_PREFIX}{}.db", random_hex()));
-    let store = SqlStore::connect(&format!("sqlite://{}?mode=rwc", path.display()))
-        .await
-        .unwrap();
+    let store = SqlStore::connect(&format!("sqlite://{}?mode=rwc", path.display())).await.unwrap();
     store.migrate().await.unwrap();
     let wal = PathBuf::from(format!("{}-wal", path.display()));
     let in_wal_mode = wal.exists();
     let _ = store.close().await;
-    for file in [
-        path.clone(),
-        wal,
-        PathBuf::from(format!("{}-shm", path.display())),
-    ] {
+    for file in [path.clone(), wal, PathBuf::from(format!("{}-shm", path.display()))] {
         let _ = std::fs::remove_file(file);
     }
     assert!(in_wal_mode, "no -wal file next to {}", path.display());
@@ -334,19 +291,8 @@ async fn a_sqlite_file_database_runs_in_wal_mode() {
 
 #[tokio::test]
 async fn opening_sqlite_in_a_missing_directory_is_unavailable() {
-    let err = SqlStore::connect("sqlite:///nonexistent-tessera-dir/x.db?mode=rwc")
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            StoreError::Unavailable {
-                store: "database",
-                ..
-            }
-        ),
-        "got {err:?}"
-    );
+    let err = SqlStore::connect("sqlite:///nonexistent-tessera-dir/x.db?mode=rwc").await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable { store: "database", .. }), "got {err:?}");
 }
 
 mod cases {
@@ -355,8 +301,8 @@ mod cases {
     use std::sync::Arc;
     use tessera_core::model::{Client, GrantType, User};
     use tessera_core::ports::{
-        AuditEvent, AuditLog, ClientStore, ConsentStore, Durable, KeyStore, RefreshRecord,
-        RefreshState, RefreshStore, Rotation, StoredKey, UserStore,
+        AuditEvent, AuditLog, ClientStore, ConsentStore, Durable, KeyStore, RefreshRecord, RefreshState, RefreshStore,
+        Rotation, StoredKey, UserStore,
     };
     use tessera_core::StoreError;
     use tessera_crypto::Digest;
@@ -368,15 +314,8 @@ mod cases {
             name: format!("client {id}"),
             secret_digest: Some(Digest::of(format!("secret of {id}").as_bytes())),
             confidential: true,
-            grant_types: vec![
-                GrantType::AuthorizationCode,
-                GrantType::RefreshToken,
-                GrantType::DeviceCode,
-            ],
-            redirect_uris: vec![
-                "https://app.example/cb".to_owned(),
-                "http://127.0.0.1:8080/cb?x=1".to_owned(),
-            ],
+            grant_types: vec![GrantType::AuthorizationCode, GrantType::RefreshToken, GrantType::DeviceCode],
+            redirect_uris: vec!["https://app.example/cb".to_owned(), "http://127.0.0.1:8080/cb?x=1".to_owned()],
             scopes: vec!["openid".to_owned(), "profile".to_owned()],
             access_token_ttl: Some(300),
             refresh_token_ttl: None,
@@ -459,11 +398,7 @@ mod cases {
         assert_eq!(s.get_client("b-client").await.unwrap(), Some(b.clone()));
         assert_eq!(s.get_client("a-client").await.unwrap(), Some(a.clone()));
         assert_eq!(s.get_client("nobody").await.unwrap(), None);
-        assert_eq!(
-            s.list_clients().await.unwrap(),
-            vec![a, b.clone()],
-            "ordered by id"
-        );
+        assert_eq!(s.list_clients().await.unwrap(), vec![a, b.clone()], "ordered by id");
 
         assert!(s.delete_client("a-client").await.unwrap());
         assert!(!s.delete_client("a-client").await.unwrap(), "second delete");
@@ -478,75 +413,41 @@ mod cases {
         assert_eq!(s.get_client("app").await.unwrap(), Some(client("app")));
     }
 
-    pub async fn replacing_a_client_secret_replaces_the_stored_digest(
-        s: Arc<SqlStore>,
-        _: Backend,
-    ) {
+    pub async fn replacing_a_client_secret_replaces_the_stored_digest(s: Arc<SqlStore>, _: Backend) {
         s.create_client(&client("app")).await.unwrap();
         let new = Digest::of(b"the new secret");
         assert!(s.set_client_secret("app", new).await.unwrap());
         let stored = s.get_client("app").await.unwrap().unwrap();
         assert_eq!(stored.secret_digest, Some(new));
-        assert_eq!(
-            stored,
-            Client {
-                secret_digest: Some(new),
-                ..client("app")
-            }
-        );
+        assert_eq!(stored, Client { secret_digest: Some(new), ..client("app") });
         assert!(!s.set_client_secret("nobody", new).await.unwrap());
     }
 
-    pub async fn users_can_be_created_and_found_by_id_and_by_username(
-        s: Arc<SqlStore>,
-        _: Backend,
-    ) {
+    pub async fn users_can_be_created_and_found_by_id_and_by_username(s: Arc<SqlStore>, _: Backend) {
         let (bob, alice) = (user("u2", "bob"), user("u1", "alice"));
         s.create_user(&bob).await.unwrap();
         s.create_user(&alice).await.unwrap();
 
         assert_eq!(s.get_user("u2").await.unwrap(), Some(bob.clone()));
-        assert_eq!(
-            s.find_user_by_username("alice").await.unwrap(),
-            Some(alice.clone())
-        );
-        assert!(
-            s.find_user_by_username("ALICE").await.unwrap().is_none(),
-            "exact match"
-        );
+        assert_eq!(s.find_user_by_username("alice").await.unwrap(), Some(alice.clone()));
+        assert!(s.find_user_by_username("ALICE").await.unwrap().is_none(), "exact match");
         assert!(s.get_user("u3").await.unwrap().is_none());
-        let names: Vec<String> = s
-            .list_users()
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|u| u.username)
-            .collect();
+        let names: Vec<String> = s.list_users().await.unwrap().into_iter().map(|u| u.username).collect();
         assert_eq!(names, ["alice", "bob"], "ordered by username");
     }
 
-    pub async fn creating_a_user_with_a_taken_username_or_id_is_a_conflict(
-        s: Arc<SqlStore>,
-        _: Backend,
-    ) {
+    pub async fn creating_a_user_with_a_taken_username_or_id_is_a_conflict(s: Arc<SqlStore>, _: Backend) {
         s.create_user(&user("u1", "alice")).await.unwrap();
-        for (description, taken) in [
-            ("same username, new id", user("u2", "alice")),
-            ("same id, new username", user("u1", "alicia")),
-        ] {
+        for (description, taken) in
+            [("same username, new id", user("u2", "alice")), ("same id, new username", user("u1", "alicia"))]
+        {
             let err = s.create_user(&taken).await.unwrap_err();
-            assert!(
-                matches!(err, StoreError::Conflict(_)),
-                "{description}: got {err:?}"
-            );
+            assert!(matches!(err, StoreError::Conflict(_)), "{description}: got {err:?}");
         }
         assert_eq!(s.list_users().await.unwrap().len(), 1);
     }
 
-    pub async fn disabling_a_user_or_setting_a_password_returns_the_updated_user(
-        s: Arc<SqlStore>,
-        _: Backend,
-    ) {
+    pub async fn disabling_a_user_or_setting_a_password_returns_the_updated_user(s: Arc<SqlStore>, _: Backend) {
         s.create_user(&user("u1", "alice")).await.unwrap();
 
         let disabled = s.set_user_disabled("alice", true).await.unwrap().unwrap();
@@ -555,11 +456,7 @@ mod cases {
         let enabled = s.set_user_disabled("alice", false).await.unwrap().unwrap();
         assert!(!enabled.disabled);
 
-        let rehashed = s
-            .set_user_password("alice", "$argon2id$new")
-            .await
-            .unwrap()
-            .unwrap();
+        let rehashed = s.set_user_password("alice", "$argon2id$new").await.unwrap().unwrap();
         assert_eq!(rehashed.password_hash, "$argon2id$new");
         assert_eq!(
             s.find_user_by_username("alice").await.unwrap(),
@@ -573,28 +470,15 @@ mod cases {
 
     pub async fn a_refresh_token_reads_back_exactly_as_stored(s: Arc<SqlStore>, _: Backend) {
         let with_user = refresh("t1", "f1", 1_000);
-        let without_user = RefreshRecord {
-            user_id: None,
-            auth_time: None,
-            ..refresh("t2", "f2", 2_000)
-        };
+        let without_user = RefreshRecord { user_id: None, auth_time: None, ..refresh("t2", "f2", 2_000) };
         s.insert_refresh(&with_user).await.unwrap();
         s.insert_refresh(&without_user).await.unwrap();
-        assert_eq!(
-            s.get_refresh(with_user.digest).await.unwrap(),
-            Some(with_user.clone())
-        );
-        assert_eq!(
-            s.get_refresh(without_user.digest).await.unwrap(),
-            Some(without_user)
-        );
+        assert_eq!(s.get_refresh(with_user.digest).await.unwrap(), Some(with_user.clone()));
+        assert_eq!(s.get_refresh(without_user.digest).await.unwrap(), Some(without_user));
         assert_eq!(s.get_refresh(Digest::of(b"nope")).await.unwrap(), None);
 
         let err = s.insert_refresh(&with_user).await.unwrap_err();
-        assert!(
-            matches!(err, StoreError::Conflict(_)),
-            "same digest twice: {err:?}"
-        );
+        assert!(matches!(err, StoreError::Conflict(_)), "same digest twice: {err:?}");
     }
 
     pub async fn rotating_an_active_refresh_token_rotates_it_and_stores_the_new_one_active(
@@ -605,46 +489,25 @@ mod cases {
         let new = refresh("t2", "f1", 2_000);
         s.insert_refresh(&old).await.unwrap();
 
-        assert_eq!(
-            s.rotate_refresh(old.digest, &new).await.unwrap(),
-            Rotation::Rotated
-        );
+        assert_eq!(s.rotate_refresh(old.digest, &new).await.unwrap(), Rotation::Rotated);
 
         let old_now = s.get_refresh(old.digest).await.unwrap().unwrap();
-        assert_eq!(
-            old_now,
-            RefreshRecord {
-                state: RefreshState::Rotated,
-                ..old
-            }
-        );
+        assert_eq!(old_now, RefreshRecord { state: RefreshState::Rotated, ..old });
         assert_eq!(s.get_refresh(new.digest).await.unwrap(), Some(new));
     }
 
-    pub async fn rotating_the_same_refresh_token_twice_reports_reuse_and_its_family(
-        s: Arc<SqlStore>,
-        _: Backend,
-    ) {
+    pub async fn rotating_the_same_refresh_token_twice_reports_reuse_and_its_family(s: Arc<SqlStore>, _: Backend) {
         let old = refresh("t1", "family-7", 1_000);
         s.insert_refresh(&old).await.unwrap();
         let first = refresh("t2", "family-7", 2_000);
         let second = refresh("t3", "family-7", 3_000);
 
-        assert_eq!(
-            s.rotate_refresh(old.digest, &first).await.unwrap(),
-            Rotation::Rotated
-        );
+        assert_eq!(s.rotate_refresh(old.digest, &first).await.unwrap(), Rotation::Rotated);
         assert_eq!(
             s.rotate_refresh(old.digest, &second).await.unwrap(),
-            Rotation::Reused {
-                family_id: "family-7".to_owned()
-            }
+            Rotation::Reused { family_id: "family-7".to_owned() }
         );
-        assert_eq!(
-            s.get_refresh(second.digest).await.unwrap(),
-            None,
-            "nothing stored on reuse"
-        );
+        assert_eq!(s.get_refresh(second.digest).await.unwrap(), None, "nothing stored on reuse");
         assert_eq!(
             s.get_refresh(first.digest).await.unwrap().map(|r| r.state),
             Some(RefreshState::Active),
@@ -652,31 +515,20 @@ mod cases {
         );
     }
 
-    pub async fn revoking_a_family_revokes_every_row_and_returns_every_access_jti(
-        s: Arc<SqlStore>,
-        _: Backend,
-    ) {
+    pub async fn revoking_a_family_revokes_every_row_and_returns_every_access_jti(s: Arc<SqlStore>, _: Backend) {
         let t1 = refresh("t1", "f1", 1_000);
         let t2 = refresh("t2", "f1", 2_000);
         let t3 = refresh("t3", "f1", 3_000);
         let other = refresh("o1", "f2", 1_500);
         s.insert_refresh(&t1).await.unwrap();
         s.insert_refresh(&other).await.unwrap();
-        assert_eq!(
-            s.rotate_refresh(t1.digest, &t2).await.unwrap(),
-            Rotation::Rotated
-        );
-        assert_eq!(
-            s.rotate_refresh(t2.digest, &t3).await.unwrap(),
-            Rotation::Rotated
-        );
+        assert_eq!(s.rotate_refresh(t1.digest, &t2).await.unwrap(), Rotation::Rotated);
+        assert_eq!(s.rotate_refresh(t2.digest, &t3).await.unwrap(), Rotation::Rotated);
 
         let mut revoked = s.revoke_family("f1").await.unwrap();
         revoked.sort();
-        let mut expected: Vec<(String, i64)> = [&t1, &t2, &t3]
-            .iter()
-            .map(|r| (r.access_jti.clone(), r.access_exp))
-            .collect();
+        let mut expected: Vec<(String, i64)> =
+            [&t1, &t2, &t3].iter().map(|r| (r.access_jti.clone(), r.access_exp)).collect();
         expected.sort();
         assert_eq!(revoked, expected);
 
@@ -690,44 +542,22 @@ mod cases {
             "other families are untouched"
         );
 
-        assert_eq!(
-            s.revoke_family("f1").await.unwrap().len(),
-            3,
-            "revoking again is fine"
-        );
+        assert_eq!(s.revoke_family("f1").await.unwrap().len(), 3, "revoking again is fine");
         assert_eq!(s.revoke_family("no-such-family").await.unwrap(), vec![]);
     }
 
-    pub async fn rotating_a_token_of_a_revoked_family_or_an_unknown_token_is_unknown(
-        s: Arc<SqlStore>,
-        _: Backend,
-    ) {
+    pub async fn rotating_a_token_of_a_revoked_family_or_an_unknown_token_is_unknown(s: Arc<SqlStore>, _: Backend) {
         let active = refresh("t1", "f1", 1_000);
         s.insert_refresh(&active).await.unwrap();
         s.revoke_family("f1").await.unwrap();
         let new = refresh("t2", "f1", 2_000);
 
-        assert_eq!(
-            s.rotate_refresh(active.digest, &new).await.unwrap(),
-            Rotation::Unknown
-        );
-        assert_eq!(
-            s.rotate_refresh(Digest::of(b"never issued"), &new)
-                .await
-                .unwrap(),
-            Rotation::Unknown
-        );
-        assert_eq!(
-            s.get_refresh(new.digest).await.unwrap(),
-            None,
-            "nothing stored"
-        );
+        assert_eq!(s.rotate_refresh(active.digest, &new).await.unwrap(), Rotation::Unknown);
+        assert_eq!(s.rotate_refresh(Digest::of(b"never issued"), &new).await.unwrap(), Rotation::Unknown);
+        assert_eq!(s.get_refresh(new.digest).await.unwrap(), None, "nothing stored");
     }
 
-    pub async fn rotating_the_same_refresh_token_concurrently_lets_exactly_one_win(
-        s: Arc<SqlStore>,
-        backend: Backend,
-    ) {
+    pub async fn rotating_the_same_refresh_token_concurrently_lets_exactly_one_win(s: Arc<SqlStore>, backend: Backend) {
         let old = refresh("t0", "f1", 1_000);
         s.insert_refresh(&old).await.unwrap();
 
@@ -736,10 +566,7 @@ mod cases {
             let s = s.clone();
             tasks.spawn(async move {
                 let new = refresh(&format!("t{}", i + 1), "f1", 2_000);
-                (
-                    new.digest,
-                    s.rotate_refresh(old.digest, &new).await.unwrap(),
-                )
+                (new.digest, s.rotate_refresh(old.digest, &new).await.unwrap())
             });
         }
         let mut winners = vec![];
@@ -765,51 +592,23 @@ mod cases {
             }
         }
         assert_eq!(stored, winners, "only the winner's token is stored");
-        assert_eq!(
-            s.revoke_family("f1").await.unwrap().len(),
-            2,
-            "old and winner"
-        );
+        assert_eq!(s.revoke_family("f1").await.unwrap().len(), 2, "old and winner");
     }
 
-    pub async fn granting_scopes_adds_to_what_was_granted_and_never_narrows(
-        s: Arc<SqlStore>,
-        _: Backend,
-    ) {
+    pub async fn granting_scopes_adds_to_what_was_granted_and_never_narrows(s: Arc<SqlStore>, _: Backend) {
         let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(
-            s.granted_scopes("u1", "app").await.unwrap(),
-            Vec::<String>::new()
-        );
+        assert_eq!(s.granted_scopes("u1", "app").await.unwrap(), Vec::<String>::new());
 
-        s.grant_scopes("u1", "app", &strings(&["profile", "openid", "openid"]))
-            .await
-            .unwrap();
-        assert_eq!(
-            s.granted_scopes("u1", "app").await.unwrap(),
-            ["openid", "profile"]
-        );
+        s.grant_scopes("u1", "app", &strings(&["profile", "openid", "openid"])).await.unwrap();
+        assert_eq!(s.granted_scopes("u1", "app").await.unwrap(), ["openid", "profile"]);
 
-        s.grant_scopes("u1", "app", &strings(&["email", "openid"]))
-            .await
-            .unwrap();
-        assert_eq!(
-            s.granted_scopes("u1", "app").await.unwrap(),
-            ["email", "openid", "profile"]
-        );
+        s.grant_scopes("u1", "app", &strings(&["email", "openid"])).await.unwrap();
+        assert_eq!(s.granted_scopes("u1", "app").await.unwrap(), ["email", "openid", "profile"]);
 
         s.grant_scopes("u1", "app", &[]).await.unwrap();
-        assert_eq!(
-            s.granted_scopes("u1", "app").await.unwrap().len(),
-            3,
-            "empty grant"
-        );
+        assert_eq!(s.granted_scopes("u1", "app").await.unwrap().len(), 3, "empty grant");
 
-        assert!(s
-            .granted_scopes("u1", "other-app")
-            .await
-            .unwrap()
-            .is_empty());
+        assert!(s.granted_scopes("u1", "other-app").await.unwrap().is_empty());
         assert!(s.granted_scopes("u2", "app").await.unwrap().is_empty());
     }
 
@@ -825,57 +624,29 @@ mod cases {
         while let Some(joined) = tasks.join_next().await {
             joined.unwrap();
         }
-        let granted: BTreeSet<String> = s
-            .granted_scopes("u1", "app")
-            .await
-            .unwrap()
-            .into_iter()
-            .collect();
+        let granted: BTreeSet<String> = s.granted_scopes("u1", "app").await.unwrap().into_iter().collect();
         let mut expected: BTreeSet<String> = (0..8).map(|i| format!("scope{i}")).collect();
         expected.insert("openid".to_owned());
         assert_eq!(granted, expected);
     }
 
-    pub async fn keys_list_oldest_first_and_retiring_spares_only_the_kept_key(
-        s: Arc<SqlStore>,
-        _: Backend,
-    ) {
-        let already_retired = StoredKey {
-            retired_at: Some(150),
-            ..key("k-old", 100)
-        };
-        for k in [
-            key("k-new", 300),
-            key("k-b", 200),
-            key("k-a", 200),
-            already_retired.clone(),
-        ] {
+    pub async fn keys_list_oldest_first_and_retiring_spares_only_the_kept_key(s: Arc<SqlStore>, _: Backend) {
+        let already_retired = StoredKey { retired_at: Some(150), ..key("k-old", 100) };
+        for k in [key("k-new", 300), key("k-b", 200), key("k-a", 200), already_retired.clone()] {
             s.insert_key(&k).await.unwrap();
         }
         let err = s.insert_key(&key("k-a", 999)).await.unwrap_err();
-        assert!(
-            matches!(err, StoreError::Conflict(_)),
-            "duplicate kid: {err:?}"
-        );
+        assert!(matches!(err, StoreError::Conflict(_)), "duplicate kid: {err:?}");
 
         let kids = |keys: &[StoredKey]| keys.iter().map(|k| k.kid.clone()).collect::<Vec<_>>();
         let listed = s.list_keys().await.unwrap();
-        assert_eq!(
-            kids(&listed),
-            ["k-old", "k-a", "k-b", "k-new"],
-            "created_at, then kid"
-        );
+        assert_eq!(kids(&listed), ["k-old", "k-a", "k-b", "k-new"], "created_at, then kid");
         assert_eq!(listed[0], already_retired, "keys read back as stored");
         assert_eq!(listed[1], key("k-a", 200));
 
         s.retire_keys_except("k-new", 400).await.unwrap();
-        let retired: Vec<(String, Option<i64>)> = s
-            .list_keys()
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|k| (k.kid, k.retired_at))
-            .collect();
+        let retired: Vec<(String, Option<i64>)> =
+            s.list_keys().await.unwrap().into_iter().map(|k| (k.kid, k.retired_at)).collect();
         assert_eq!(
             retired,
             [
@@ -893,11 +664,7 @@ mod cases {
             event(100, "client_created"),
             event(300, "refresh_reuse"),
             event(200, "lockout"),
-            AuditEvent {
-                client_id: None,
-                user_id: Some("u1".to_owned()),
-                ..event(300, "code_replay")
-            },
+            AuditEvent { client_id: None, user_id: Some("u1".to_owned()), ..event(300, "code_replay") },
         ];
         for e in &events {
             s.record_event(e).await.unwrap();
@@ -905,12 +672,7 @@ mod cases {
         let recent = s.recent_events(10).await.unwrap();
         assert_eq!(
             recent,
-            [
-                events[3].clone(),
-                events[1].clone(),
-                events[2].clone(),
-                events[0].clone()
-            ],
+            [events[3].clone(), events[1].clone(), events[2].clone(), events[0].clone()],
             "newest first; the same second in reverse insertion order"
         );
         assert_eq!(s.recent_events(2).await.unwrap(), recent[..2]);

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use tessera_proto::admin::v1 as pb;
 use tessera_proto::admin::v1::admin_service_client::AdminServiceClient;
 use tessera_token_service::settings::{ProcessEnv, Settings};
-use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
 #[derive(Args)]
@@ -133,16 +132,12 @@ enum UserCommand {
 fn read_password(from_stdin: bool) -> anyhow::Result<String> {
     if from_stdin {
         let mut s = String::new();
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .context("reading the password from standard input")?;
+        std::io::stdin().read_to_string(&mut s).context("reading the password from standard input")?;
         return Ok(s.trim_end_matches(['\n', '\r']).to_owned());
     }
     match std::env::var("TESSERA_PASSWORD") {
         Ok(p) if !p.is_empty() => Ok(p),
-        _ => bail!(
-            "give the password with --password-stdin or the TESSERA_PASSWORD environment variable"
-        ),
+        _ => bail!("give the password with --password-stdin or the TESSERA_PASSWORD environment variable"),
     }
 }
 
@@ -159,12 +154,7 @@ fn admin_token(settings: &Settings, file: Option<&Path>) -> anyhow::Result<Strin
     }
     let path = settings.data_dir.join("admin-token");
     Ok(std::fs::read_to_string(&path)
-        .with_context(|| {
-            format!(
-                "reading the admin credential from {} (or set TESSERA_ADMIN__TOKEN)",
-                path.display()
-            )
-        })?
+        .with_context(|| format!("reading the admin credential from {} (or set TESSERA_ADMIN__TOKEN)", path.display()))?
         .trim()
         .to_owned())
 }
@@ -191,11 +181,7 @@ fn user_json(u: &pb::User) -> serde_json::Value {
 }
 
 fn print_client(c: &pb::Client) {
-    let kind = if c.confidential {
-        "confidential"
-    } else {
-        "public"
-    };
+    let kind = if c.confidential { "confidential" } else { "public" };
     println!("{}  ({}, {kind})", c.client_id, c.name);
     println!("  grants:        {}", c.grant_types.join(" "));
     println!("  redirect URIs: {}", c.redirect_uris.join(" "));
@@ -213,29 +199,17 @@ pub async fn run(args: &AdminArgs, config: Option<&Path>) -> anyhow::Result<()> 
         return Ok(());
     }
     let settings = Settings::load(config, &ProcessEnv)?;
-    let endpoint = args
-        .endpoint
-        .clone()
-        .unwrap_or_else(|| format!("http://{}", settings.grpc.listen));
-    let endpoint = if endpoint.contains("://") {
-        endpoint
-    } else {
-        format!("http://{endpoint}")
-    };
+    let endpoint = args.endpoint.clone().unwrap_or_else(|| format!("http://{}", settings.grpc.listen));
+    let endpoint = if endpoint.contains("://") { endpoint } else { format!("http://{endpoint}") };
     let token = admin_token(&settings, args.token_file.as_deref())?;
-    let bearer: MetadataValue<_> = format!("Bearer {token}")
-        .parse()
-        .context("the admin credential is not a valid header value")?;
+    let credential = tessera_proto::AdminCredential::new(&token)
+        .ok_or_else(|| anyhow::anyhow!("the admin credential is not a valid header value"))?;
     let channel = Channel::from_shared(endpoint.clone())
         .context("invalid --endpoint")?
         .connect()
         .await
         .with_context(|| format!("connecting to the token service at {endpoint}"))?;
-    let mut client =
-        AdminServiceClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
-            req.metadata_mut().insert("authorization", bearer.clone());
-            Ok(req)
-        });
+    let mut client = AdminServiceClient::with_interceptor(channel, credential);
     let failed = |s: tonic::Status| anyhow::anyhow!("{}", s.message());
     let json = args.json;
     match &args.command {
@@ -259,21 +233,14 @@ pub async fn run(args: &AdminArgs, config: Option<&Path>) -> anyhow::Result<()> 
                     public: *public,
                     grant_types: grants.clone(),
                     redirect_uris: redirect_uris.clone(),
-                    scopes: scopes
-                        .iter()
-                        .flat_map(|s| s.split_whitespace().map(str::to_owned))
-                        .collect(),
+                    scopes: scopes.iter().flat_map(|s| s.split_whitespace().map(str::to_owned)).collect(),
                     access_token_ttl: access_token_ttl.unwrap_or(0),
                     refresh_token_ttl: refresh_token_ttl.unwrap_or(0),
                     skip_consent: *skip_consent,
                     allow_implicit: *allow_implicit,
                     allow_plain_pkce: *allow_plain_pkce,
                 };
-                let r = client
-                    .create_client(req)
-                    .await
-                    .map_err(failed)?
-                    .into_inner();
+                let r = client.create_client(req).await.map_err(failed)?.into_inner();
                 let c = r.client.unwrap_or_default();
                 if json {
                     let mut v = client_json(&c);
@@ -290,25 +257,16 @@ pub async fn run(args: &AdminArgs, config: Option<&Path>) -> anyhow::Result<()> 
                 }
             }
             ClientCommand::List => {
-                let r = client
-                    .list_clients(pb::ListClientsRequest {})
-                    .await
-                    .map_err(failed)?
-                    .into_inner();
+                let r = client.list_clients(pb::ListClientsRequest {}).await.map_err(failed)?.into_inner();
                 if json {
-                    println!(
-                        "{}",
-                        json!(r.clients.iter().map(client_json).collect::<Vec<_>>())
-                    );
+                    println!("{}", json!(r.clients.iter().map(client_json).collect::<Vec<_>>()));
                 } else {
                     r.clients.iter().for_each(print_client);
                 }
             }
             ClientCommand::Get { id } => {
                 let c = client
-                    .get_client(pb::GetClientRequest {
-                        client_id: id.clone(),
-                    })
+                    .get_client(pb::GetClientRequest { client_id: id.clone() })
                     .await
                     .map_err(failed)?
                     .into_inner();
@@ -319,12 +277,7 @@ pub async fn run(args: &AdminArgs, config: Option<&Path>) -> anyhow::Result<()> 
                 }
             }
             ClientCommand::Delete { id } => {
-                client
-                    .delete_client(pb::DeleteClientRequest {
-                        client_id: id.clone(),
-                    })
-                    .await
-                    .map_err(failed)?;
+                client.delete_client(pb::DeleteClientRequest { client_id: id.clone() }).await.map_err(failed)?;
                 if json {
                     println!("{}", json!({"deleted": id}));
                 } else {
@@ -333,17 +286,12 @@ pub async fn run(args: &AdminArgs, config: Option<&Path>) -> anyhow::Result<()> 
             }
             ClientCommand::RotateSecret { id } => {
                 let r = client
-                    .rotate_client_secret(pb::RotateClientSecretRequest {
-                        client_id: id.clone(),
-                    })
+                    .rotate_client_secret(pb::RotateClientSecretRequest { client_id: id.clone() })
                     .await
                     .map_err(failed)?
                     .into_inner();
                 if json {
-                    println!(
-                        "{}",
-                        json!({"client_id": id, "client_secret": r.client_secret})
-                    );
+                    println!("{}", json!({"client_id": id, "client_secret": r.client_secret}));
                 } else {
                     println!("new secret for {id}: {}", r.client_secret);
                     println!("(shown once; the old secret no longer works)");
@@ -361,12 +309,7 @@ pub async fn run(args: &AdminArgs, config: Option<&Path>) -> anyhow::Result<()> 
         AdminCommand::Keys { command: KeysCommand::GenerateKek } => {}
         AdminCommand::User { command } => {
             let user = match command {
-                UserCommand::Create {
-                    username,
-                    password_stdin,
-                    email,
-                    name,
-                } => {
+                UserCommand::Create { username, password_stdin, email, name } => {
                     let password = read_password(*password_stdin)?;
                     let req = pb::CreateUserRequest {
                         username: username.clone(),
@@ -377,16 +320,9 @@ pub async fn run(args: &AdminArgs, config: Option<&Path>) -> anyhow::Result<()> 
                     client.create_user(req).await.map_err(failed)?.into_inner()
                 }
                 UserCommand::List => {
-                    let r = client
-                        .list_users(pb::ListUsersRequest {})
-                        .await
-                        .map_err(failed)?
-                        .into_inner();
+                    let r = client.list_users(pb::ListUsersRequest {}).await.map_err(failed)?.into_inner();
                     if json {
-                        println!(
-                            "{}",
-                            json!(r.users.iter().map(user_json).collect::<Vec<_>>())
-                        );
+                        println!("{}", json!(r.users.iter().map(user_json).collect::<Vec<_>>()));
                     } else {
                         for u in &r.users {
                             let state = if u.disabled { " (disabled)" } else { "" };
@@ -397,30 +333,13 @@ pub async fn run(args: &AdminArgs, config: Option<&Path>) -> anyhow::Result<()> 
                 }
                 UserCommand::Disable { username } | UserCommand::Enable { username } => {
                     let disabled = matches!(command, UserCommand::Disable { .. });
-                    let req = pb::SetUserDisabledRequest {
-                        username: username.clone(),
-                        disabled,
-                    };
-                    client
-                        .set_user_disabled(req)
-                        .await
-                        .map_err(failed)?
-                        .into_inner()
+                    let req = pb::SetUserDisabledRequest { username: username.clone(), disabled };
+                    client.set_user_disabled(req).await.map_err(failed)?.into_inner()
                 }
-                UserCommand::SetPassword {
-                    username,
-                    password_stdin,
-                } => {
+                UserCommand::SetPassword { username, password_stdin } => {
                     let password = read_password(*password_stdin)?;
-                    let req = pb::SetUserPasswordRequest {
-                        username: username.clone(),
-                        password,
-                    };
-                    client
-                        .set_user_password(req)
-                        .await
-                        .map_err(failed)?
-                        .into_inner()
+                    let req = pb::SetUserPasswordRequest { username: username.clone(), password };
+                    client.set_user_password(req).await.map_err(failed)?.into_inner()
                 }
             };
             if json {

@@ -31,9 +31,7 @@ impl tonic::service::Interceptor for AdminGuard {
             Some(d) if d.ct_eq(&self.token_digest) => Ok(request),
             _ => {
                 tracing::warn!(target: "tessera::audit", kind = "admin_denied", "admin call without a valid credential");
-                Err(Status::unauthenticated(
-                    "a valid admin credential is required",
-                ))
+                Err(Status::unauthenticated("a valid admin credential is required"))
             }
         }
     }
@@ -44,11 +42,7 @@ fn client_pb(c: Client) -> pb::Client {
         client_id: c.id,
         name: c.name,
         confidential: c.confidential,
-        grant_types: c
-            .grant_types
-            .iter()
-            .map(|g| GrantType::as_str(*g).to_owned())
-            .collect(),
+        grant_types: c.grant_types.iter().map(|g| GrantType::as_str(*g).to_owned()).collect(),
         redirect_uris: c.redirect_uris,
         scopes: c.scopes,
         access_token_ttl: c.access_token_ttl.unwrap_or(0),
@@ -94,10 +88,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         };
         let created = self.tessera.create_client(spec).await.map_err(status)?;
         Ok(Response::new(pb::CreateClientResponse {
-            client_secret: created
-                .secret
-                .map(|s| s.expose().to_owned())
-                .unwrap_or_default(),
+            client_secret: created.secret.map(|s| s.expose().to_owned()).unwrap_or_default(),
             client: Some(client_pb(created.client)),
         }))
     }
@@ -107,20 +98,11 @@ impl pb::admin_service_server::AdminService for AdminApi {
         _request: Request<pb::ListClientsRequest>,
     ) -> Result<Response<pb::ListClientsResponse>, Status> {
         let clients = self.tessera.list_clients().await.map_err(status)?;
-        Ok(Response::new(pb::ListClientsResponse {
-            clients: clients.into_iter().map(client_pb).collect(),
-        }))
+        Ok(Response::new(pb::ListClientsResponse { clients: clients.into_iter().map(client_pb).collect() }))
     }
 
-    async fn get_client(
-        &self,
-        request: Request<pb::GetClientRequest>,
-    ) -> Result<Response<pb::Client>, Status> {
-        let c = self
-            .tessera
-            .get_client(&request.into_inner().client_id)
-            .await
-            .map_err(status)?;
+    async fn get_client(&self, request: Request<pb::GetClientRequest>) -> Result<Response<pb::Client>, Status> {
+        let c = self.tessera.get_client(&request.into_inner().client_id).await.map_err(status)?;
         Ok(Response::new(client_pb(c)))
     }
 
@@ -128,10 +110,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         request: Request<pb::DeleteClientRequest>,
     ) -> Result<Response<pb::DeleteClientResponse>, Status> {
-        self.tessera
-            .delete_client(&request.into_inner().client_id)
-            .await
-            .map_err(status)?;
+        self.tessera.delete_client(&request.into_inner().client_id).await.map_err(status)?;
         Ok(Response::new(pb::DeleteClientResponse {}))
     }
 
@@ -139,21 +118,12 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         request: Request<pb::RotateClientSecretRequest>,
     ) -> Result<Response<pb::RotateClientSecretResponse>, Status> {
-        let secret = self
-            .tessera
-            .rotate_client_secret(&request.into_inner().client_id)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(pb::RotateClientSecretResponse {
-            client_secret: secret.expose().to_owned(),
-        }))
+        let secret = self.tessera.rotate_client_secret(&request.into_inner().client_id).await.map_err(status)?;
+        Ok(Response::new(pb::RotateClientSecretResponse { client_secret: secret.expose().to_owned() }))
     }
 
     #[tracing::instrument(name = "CreateUser", skip_all)]
-    async fn create_user(
-        &self,
-        request: Request<pb::CreateUserRequest>,
-    ) -> Result<Response<pb::User>, Status> {
+    async fn create_user(&self, request: Request<pb::CreateUserRequest>) -> Result<Response<pb::User>, Status> {
         let r = request.into_inner();
         let spec = NewUser {
             username: r.username,
@@ -170,9 +140,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         _request: Request<pb::ListUsersRequest>,
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
         let users = self.tessera.list_users().await.map_err(status)?;
-        Ok(Response::new(pb::ListUsersResponse {
-            users: users.into_iter().map(user_pb).collect(),
-        }))
+        Ok(Response::new(pb::ListUsersResponse { users: users.into_iter().map(user_pb).collect() }))
     }
 
     async fn set_user_disabled(
@@ -180,11 +148,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         request: Request<pb::SetUserDisabledRequest>,
     ) -> Result<Response<pb::User>, Status> {
         let r = request.into_inner();
-        let u = self
-            .tessera
-            .set_user_disabled(&r.username, r.disabled)
-            .await
-            .map_err(status)?;
+        let u = self.tessera.set_user_disabled(&r.username, r.disabled).await.map_err(status)?;
         Ok(Response::new(user_pb(u)))
     }
 
@@ -194,11 +158,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         request: Request<pb::SetUserPasswordRequest>,
     ) -> Result<Response<pb::User>, Status> {
         let r = request.into_inner();
-        let u = self
-            .tessera
-            .set_user_password(&r.username, &Password::new(r.password))
-            .await
-            .map_err(status)?;
+        let u = self.tessera.set_user_password(&r.username, &Password::new(r.password)).await.map_err(status)?;
         Ok(Response::new(user_pb(u)))
     }
 

@@ -14,11 +14,7 @@ pub fn status(e: OAuthError) -> Status {
             tessera_proto::to_status(&shown)
         }
         ErrorCode::TemporarilyUnavailable => {
-            tracing::warn!(
-                error = e.code.as_str(),
-                detail = e.detail.as_deref().unwrap_or(""),
-                "store unavailable"
-            );
+            tracing::warn!(error = e.code.as_str(), detail = e.detail.as_deref().unwrap_or(""), "store unavailable");
             tessera_proto::to_status(&e)
         }
         _ => {

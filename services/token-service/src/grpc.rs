@@ -24,19 +24,14 @@ fn token_response(t: TokenSet) -> pb::TokenResponse {
         access_token: t.access_token,
         token_type: TokenSet::TOKEN_TYPE.into(),
         expires_in: t.expires_in,
-        refresh_token: t
-            .refresh_token
-            .map(|r| r.expose().to_owned())
-            .unwrap_or_default(),
+        refresh_token: t.refresh_token.map(|r| r.expose().to_owned()).unwrap_or_default(),
         scope: t.scope.to_string(),
         id_token: t.id_token.unwrap_or_default(),
     }
 }
 
 fn scopes(v: Vec<(String, String)>) -> Vec<pb::ScopeDescription> {
-    v.into_iter()
-        .map(|(name, description)| pb::ScopeDescription { name, description })
-        .collect()
+    v.into_iter().map(|(name, description)| pb::ScopeDescription { name, description }).collect()
 }
 
 #[tonic::async_trait]
@@ -47,27 +42,26 @@ impl pb::token_service_server::TokenService for TokenApi {
         request: Request<pb::IssueTokenRequest>,
     ) -> Result<Response<pb::TokenResponse>, Status> {
         let r = request.into_inner();
-        let grant = match GrantType::parse(&r.grant_type) {
-            Some(GrantType::ClientCredentials) => Grant::ClientCredentials { scope: r.scope },
-            Some(GrantType::Password) => {
-                Grant::Password { username: r.username, password: Password::new(r.password), scope: r.scope }
-            }
-            Some(GrantType::RefreshToken) => {
-                Grant::RefreshToken { refresh_token: RefreshToken::new(r.refresh_token), scope: r.scope }
-            }
-            Some(GrantType::AuthorizationCode | GrantType::DeviceCode) => {
-                return Err(status(OAuthError::new(
+        let grant =
+            match GrantType::parse(&r.grant_type) {
+                Some(GrantType::ClientCredentials) => Grant::ClientCredentials { scope: r.scope },
+                Some(GrantType::Password) => {
+                    Grant::Password { username: r.username, password: Password::new(r.password), scope: r.scope }
+                }
+                Some(GrantType::RefreshToken) => {
+                    Grant::RefreshToken { refresh_token: RefreshToken::new(r.refresh_token), scope: r.scope }
+                }
+                Some(GrantType::AuthorizationCode | GrantType::DeviceCode) => return Err(status(OAuthError::new(
                     ErrorCode::UnsupportedGrantType,
                     "IssueToken takes client_credentials, password and refresh_token; use ExchangeCode or PollDevice",
-                )))
-            }
-            Some(GrantType::Implicit) | None if r.grant_type.is_empty() => {
-                return Err(status(OAuthError::invalid_request("grant_type is required")))
-            }
-            Some(GrantType::Implicit) | None => {
-                return Err(status(OAuthError::new(ErrorCode::UnsupportedGrantType, "unsupported grant_type")))
-            }
-        };
+                ))),
+                Some(GrantType::Implicit) | None if r.grant_type.is_empty() => {
+                    return Err(status(OAuthError::invalid_request("grant_type is required")))
+                }
+                Some(GrantType::Implicit) | None => {
+                    return Err(status(OAuthError::new(ErrorCode::UnsupportedGrantType, "unsupported grant_type")))
+                }
+            };
         let auth = ClientAuth::new(r.client_id, r.client_secret);
         let tokens = self.tessera.token(&auth, grant).await.map_err(status)?;
         Ok(Response::new(token_response(tokens)))
@@ -96,11 +90,7 @@ impl pb::token_service_server::TokenService for TokenApi {
     ) -> Result<Response<pb::DeviceAuthorizationResponse>, Status> {
         let r = request.into_inner();
         let auth = ClientAuth::new(r.client_id, r.client_secret);
-        let d = self
-            .tessera
-            .start_device_authorization(&auth, &r.scope)
-            .await
-            .map_err(status)?;
+        let d = self.tessera.start_device_authorization(&auth, &r.scope).await.map_err(status)?;
         Ok(Response::new(pb::DeviceAuthorizationResponse {
             device_code: d.device_code.expose().to_owned(),
             user_code: d.user_code,
@@ -118,9 +108,7 @@ impl pb::token_service_server::TokenService for TokenApi {
     ) -> Result<Response<pb::TokenResponse>, Status> {
         let r = request.into_inner();
         let auth = ClientAuth::new(r.client_id, r.client_secret);
-        let grant = Grant::DeviceCode {
-            device_code: DeviceCode::new(r.device_code),
-        };
+        let grant = Grant::DeviceCode { device_code: DeviceCode::new(r.device_code) };
         let tokens = self.tessera.token(&auth, grant).await.map_err(status)?;
         Ok(Response::new(token_response(tokens)))
     }
@@ -132,11 +120,7 @@ impl pb::token_service_server::TokenService for TokenApi {
     ) -> Result<Response<pb::IntrospectResponse>, Status> {
         let r = request.into_inner();
         let auth = ClientAuth::new(r.client_id, r.client_secret);
-        let answer = self
-            .tessera
-            .introspect(&auth, &PresentedToken::new(r.token))
-            .await
-            .map_err(status)?;
+        let answer = self.tessera.introspect(&auth, &PresentedToken::new(r.token)).await.map_err(status)?;
         Ok(Response::new(match answer {
             Introspection::Inactive => pb::IntrospectResponse::default(),
             Introspection::Active(a) => {
@@ -160,16 +144,10 @@ impl pb::token_service_server::TokenService for TokenApi {
     }
 
     #[tracing::instrument(name = "Revoke", skip_all, fields(client_id = %request.get_ref().client_id))]
-    async fn revoke(
-        &self,
-        request: Request<pb::RevokeRequest>,
-    ) -> Result<Response<pb::RevokeResponse>, Status> {
+    async fn revoke(&self, request: Request<pb::RevokeRequest>) -> Result<Response<pb::RevokeResponse>, Status> {
         let r = request.into_inner();
         let auth = ClientAuth::new(r.client_id, r.client_secret);
-        self.tessera
-            .revoke(&auth, &PresentedToken::new(r.token), &r.token_type_hint)
-            .await
-            .map_err(status)?;
+        self.tessera.revoke(&auth, &PresentedToken::new(r.token), &r.token_type_hint).await.map_err(status)?;
         Ok(Response::new(pb::RevokeResponse {}))
     }
 
@@ -179,11 +157,7 @@ impl pb::token_service_server::TokenService for TokenApi {
         request: Request<pb::AuthenticateRequest>,
     ) -> Result<Response<pb::AuthenticateResponse>, Status> {
         let r = request.into_inner();
-        let a = self
-            .tessera
-            .authenticate(&r.username, &Password::new(r.password))
-            .await
-            .map_err(status)?;
+        let a = self.tessera.authenticate(&r.username, &Password::new(r.password)).await.map_err(status)?;
         Ok(Response::new(pb::AuthenticateResponse {
             session: a.session.expose().to_owned(),
             subject: a.user.id,
@@ -198,10 +172,7 @@ impl pb::token_service_server::TokenService for TokenApi {
         request: Request<pb::EndSessionRequest>,
     ) -> Result<Response<pb::EndSessionResponse>, Status> {
         let r = request.into_inner();
-        self.tessera
-            .end_session(&SessionHandle::new(r.session))
-            .await
-            .map_err(status)?;
+        self.tessera.end_session(&SessionHandle::new(r.session)).await.map_err(status)?;
         Ok(Response::new(pb::EndSessionResponse {}))
     }
 
@@ -228,32 +199,18 @@ impl pb::token_service_server::TokenService for TokenApi {
             prompt: r.prompt,
             max_age: (r.max_age >= 0).then_some(r.max_age),
         };
-        let outcome = self
-            .tessera
-            .authorize(&req, &SessionHandle::new(r.session), consent)
-            .await
-            .map_err(status)?;
+        let outcome = self.tessera.authorize(&req, &SessionHandle::new(r.session), consent).await.map_err(status)?;
         use pb::authorize_response::Outcome;
         let outcome = match outcome {
             AuthorizeOutcome::Redirect(to) => Outcome::RedirectTo(to),
             AuthorizeOutcome::LoginRequired { client_name } => {
                 Outcome::LoginRequired(pb::LoginRequired { client_name })
             }
-            AuthorizeOutcome::ConsentRequired {
-                client_id,
-                client_name,
-                scopes: s,
-                username,
-            } => Outcome::ConsentRequired(pb::ConsentRequired {
-                client_id,
-                client_name,
-                scopes: scopes(s),
-                username,
-            }),
+            AuthorizeOutcome::ConsentRequired { client_id, client_name, scopes: s, username } => {
+                Outcome::ConsentRequired(pb::ConsentRequired { client_id, client_name, scopes: scopes(s), username })
+            }
         };
-        Ok(Response::new(pb::AuthorizeResponse {
-            outcome: Some(outcome),
-        }))
+        Ok(Response::new(pb::AuthorizeResponse { outcome: Some(outcome) }))
     }
 
     #[tracing::instrument(name = "LookupUserCode", skip_all)]
@@ -262,11 +219,7 @@ impl pb::token_service_server::TokenService for TokenApi {
         request: Request<pb::LookupUserCodeRequest>,
     ) -> Result<Response<pb::LookupUserCodeResponse>, Status> {
         let r = request.into_inner();
-        let v = self
-            .tessera
-            .lookup_user_code(&r.user_code)
-            .await
-            .map_err(status)?;
+        let v = self.tessera.lookup_user_code(&r.user_code).await.map_err(status)?;
         Ok(Response::new(pb::LookupUserCodeResponse {
             user_code: v.user_code,
             client_id: v.client.id,
@@ -282,10 +235,7 @@ impl pb::token_service_server::TokenService for TokenApi {
         request: Request<pb::ApproveDeviceRequest>,
     ) -> Result<Response<pb::ApproveDeviceResponse>, Status> {
         let r = request.into_inner();
-        self.tessera
-            .approve_device(&r.user_code, &SessionHandle::new(r.session))
-            .await
-            .map_err(status)?;
+        self.tessera.approve_device(&r.user_code, &SessionHandle::new(r.session)).await.map_err(status)?;
         Ok(Response::new(pb::ApproveDeviceResponse {}))
     }
 
@@ -295,44 +245,25 @@ impl pb::token_service_server::TokenService for TokenApi {
         request: Request<pb::DenyDeviceRequest>,
     ) -> Result<Response<pb::DenyDeviceResponse>, Status> {
         let r = request.into_inner();
-        self.tessera
-            .deny_device(&r.user_code, &SessionHandle::new(r.session))
-            .await
-            .map_err(status)?;
+        self.tessera.deny_device(&r.user_code, &SessionHandle::new(r.session)).await.map_err(status)?;
         Ok(Response::new(pb::DenyDeviceResponse {}))
     }
 
-    async fn get_jwks(
-        &self,
-        _request: Request<pb::GetJwksRequest>,
-    ) -> Result<Response<pb::GetJwksResponse>, Status> {
-        Ok(Response::new(pb::GetJwksResponse {
-            jwks_json: self.tessera.jwks_json(),
-        }))
+    async fn get_jwks(&self, _request: Request<pb::GetJwksRequest>) -> Result<Response<pb::GetJwksResponse>, Status> {
+        Ok(Response::new(pb::GetJwksResponse { jwks_json: self.tessera.jwks_json() }))
     }
 
     #[tracing::instrument(name = "UserInfo", skip_all)]
-    async fn user_info(
-        &self,
-        request: Request<pb::UserInfoRequest>,
-    ) -> Result<Response<pb::UserInfoResponse>, Status> {
+    async fn user_info(&self, request: Request<pb::UserInfoRequest>) -> Result<Response<pb::UserInfoResponse>, Status> {
         let r = request.into_inner();
-        let claims = self
-            .tessera
-            .userinfo(&r.access_token)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(pb::UserInfoResponse {
-            claims_json: claims.to_string(),
-        }))
+        let claims = self.tessera.userinfo(&r.access_token).await.map_err(status)?;
+        Ok(Response::new(pb::UserInfoResponse { claims_json: claims.to_string() }))
     }
 
     async fn get_server_metadata(
         &self,
         _request: Request<pb::GetServerMetadataRequest>,
     ) -> Result<Response<pb::GetServerMetadataResponse>, Status> {
-        Ok(Response::new(pb::GetServerMetadataResponse {
-            metadata_json: self.metadata_json.to_string(),
-        }))
+        Ok(Response::new(pb::GetServerMetadataResponse { metadata_json: self.metadata_json.to_string() }))
     }
 }

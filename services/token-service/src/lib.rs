@@ -2,10 +2,7 @@
 //! `AdminService`, the standard health service and server reflection — wired at start-up to
 //! the stores its settings name (SQLite + in-memory by default, Postgres + Redis in
 //! production).
-#![cfg_attr(
-    not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::todo)
-)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::todo))]
 
 pub mod admin;
 pub mod errors;
@@ -44,35 +41,21 @@ pub struct DemoCredentials {
 }
 
 /// Connects the stores the settings name and runs the durable store's migrations.
-pub async fn connect_stores(
-    settings: &Settings,
-) -> anyhow::Result<(Arc<dyn Durable>, Arc<dyn Ephemeral>)> {
+pub async fn connect_stores(settings: &Settings) -> anyhow::Result<(Arc<dyn Durable>, Arc<dyn Ephemeral>)> {
     let url = settings.database_url();
     if url.starts_with("sqlite:") {
-        std::fs::create_dir_all(&settings.data_dir).with_context(|| {
-            format!(
-                "creating the data directory {}",
-                settings.data_dir.display()
-            )
-        })?;
+        std::fs::create_dir_all(&settings.data_dir)
+            .with_context(|| format!("creating the data directory {}", settings.data_dir.display()))?;
     }
-    let store = tessera_store::SqlStore::connect(&url)
-        .await
-        .context("connecting to the database")?;
-    store
-        .migrate()
-        .await
-        .context("running database migrations")?;
+    let store = tessera_store::SqlStore::connect(&url).await.context("connecting to the database")?;
+    store.migrate().await.context("running database migrations")?;
     let ephemeral: Arc<dyn Ephemeral> = if settings.redis.url.is_empty() {
         Arc::new(tessera_ephemeral::MemoryEphemeral::new())
     } else {
         Arc::new(
-            tessera_ephemeral::RedisEphemeral::connect(
-                &settings.redis.url,
-                &settings.redis.key_prefix,
-            )
-            .await
-            .context("connecting to Redis")?,
+            tessera_ephemeral::RedisEphemeral::connect(&settings.redis.url, &settings.redis.key_prefix)
+                .await
+                .context("connecting to Redis")?,
         )
     };
     Ok((Arc::new(store), ephemeral))
@@ -110,7 +93,9 @@ impl Application {
         let started = Tessera::start(settings.core_config(), durable, ephemeral, clock)
             .await
             // At start-up the operator is the audience: show the cause, not the client-safe text.
-            .map_err(|e| anyhow::anyhow!("starting the token service: {}", e.detail.as_deref().unwrap_or(&e.description)))?;
+            .map_err(|e| {
+                anyhow::anyhow!("starting the token service: {}", e.detail.as_deref().unwrap_or(&e.description))
+            })?;
         let tessera = started.tessera;
         let demo = if started.first_start && settings.demo.enabled {
             Some(seed_demo(&tessera, &settings).await?)
@@ -125,9 +110,7 @@ impl Application {
         let grpc_addr = listener.local_addr()?;
 
         let (mut health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_serving::<TokenServiceServer<grpc::TokenApi>>()
-            .await;
+        health.set_serving::<TokenServiceServer<grpc::TokenApi>>().await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(tessera_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -138,14 +121,10 @@ impl Application {
             metadata_json: metadata::server_metadata(&settings).to_string().into(),
         })
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
-        let guard = admin::AdminGuard {
-            token_digest: tessera_crypto::Digest::of(admin_token.as_bytes()),
-        };
+        let guard = admin::AdminGuard { token_digest: tessera_crypto::Digest::of(admin_token.as_bytes()) };
         let admin = tonic::service::interceptor::InterceptedService::new(
-            AdminServiceServer::new(admin::AdminApi {
-                tessera: Arc::clone(&tessera),
-            })
-            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            AdminServiceServer::new(admin::AdminApi { tessera: Arc::clone(&tessera) })
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
             guard,
         );
 
@@ -170,14 +149,7 @@ impl Application {
             tokio::spawn(Arc::clone(&tessera).run_key_refresh(Duration::from_secs(60))),
         ];
         tracing::info!(%grpc_addr, "token service listening");
-        Ok(Self {
-            grpc_addr,
-            tessera,
-            demo,
-            shutdown: Some(tx),
-            server,
-            background,
-        })
+        Ok(Self { grpc_addr, tessera, demo, shutdown: Some(tx), server, background })
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -202,18 +174,12 @@ impl Application {
             task.abort();
         }
         let server = std::mem::replace(&mut self.server, tokio::spawn(async { Ok(()) }));
-        server
-            .await
-            .context("the gRPC server task failed")?
-            .context("the gRPC server failed")?;
+        server.await.context("the gRPC server task failed")?.context("the gRPC server failed")?;
         Ok(())
     }
 
     /// Serves until `signal` completes, then shuts down gracefully.
-    pub async fn run_until(
-        self,
-        signal: impl std::future::Future<Output = ()>,
-    ) -> anyhow::Result<()> {
+    pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
         signal.await;
         tracing::info!("shutting down");
         self.shutdown().await
@@ -241,20 +207,12 @@ async fn watch_health(tessera: Arc<Tessera>, mut health: tonic_health::server::H
             serving = ok;
             if ok {
                 tracing::info!("stores reachable again; serving");
-                health
-                    .set_serving::<TokenServiceServer<grpc::TokenApi>>()
-                    .await;
-                health
-                    .set_service_status("", tonic_health::ServingStatus::Serving)
-                    .await;
+                health.set_serving::<TokenServiceServer<grpc::TokenApi>>().await;
+                health.set_service_status("", tonic_health::ServingStatus::Serving).await;
             } else {
                 tracing::warn!("a store is unreachable; reporting NOT_SERVING");
-                health
-                    .set_not_serving::<TokenServiceServer<grpc::TokenApi>>()
-                    .await;
-                health
-                    .set_service_status("", tonic_health::ServingStatus::NotServing)
-                    .await;
+                health.set_not_serving::<TokenServiceServer<grpc::TokenApi>>().await;
+                health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
             }
         }
     }
@@ -276,12 +234,8 @@ fn admin_token(settings: &Settings) -> anyhow::Result<String> {
             return Ok(t);
         }
     }
-    std::fs::create_dir_all(&settings.data_dir).with_context(|| {
-        format!(
-            "creating the data directory {}",
-            settings.data_dir.display()
-        )
-    })?;
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("creating the data directory {}", settings.data_dir.display()))?;
     let token = tessera_crypto::random_secret(32);
     write_private(&path, &token)?;
     tracing::info!(path = %path.display(), "generated an admin credential");
@@ -298,11 +252,8 @@ pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
         use std::os::unix::fs::OpenOptionsExt as _;
         options.mode(0o600);
     }
-    let mut f = options
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(contents.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))?;
+    let mut f = options.open(path).with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(contents.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
@@ -315,22 +266,11 @@ async fn seed_demo(tessera: &Tessera, settings: &Settings) -> anyhow::Result<Dem
             client_id: "demo".into(),
             name: "Demo application".into(),
             public: false,
-            grant_types: [
-                "client_credentials",
-                "password",
-                "refresh_token",
-                "authorization_code",
-                "device_code",
-            ]
-            .map(String::from)
-            .to_vec(),
-            redirect_uris: vec![
-                format!("{public}/callback"),
-                "http://127.0.0.1:9999/callback".into(),
-            ],
-            scopes: ["openid", "profile", "email", "offline_access", "api"]
+            grant_types: ["client_credentials", "password", "refresh_token", "authorization_code", "device_code"]
                 .map(String::from)
                 .to_vec(),
+            redirect_uris: vec![format!("{public}/callback"), "http://127.0.0.1:9999/callback".into()],
+            scopes: ["openid", "profile", "email", "offline_access", "api"].map(String::from).to_vec(),
             ..NewClient::default()
         })
         .await
@@ -345,27 +285,10 @@ async fn seed_demo(tessera: &Tessera, settings: &Settings) -> anyhow::Result<Dem
         })
         .await
         .map_err(|e| anyhow::anyhow!("creating the demo user: {e}"))?;
-    let secret = created
-        .secret
-        .ok_or_else(|| anyhow::anyhow!("the demo client has no secret"))?;
-    std::fs::create_dir_all(&settings.data_dir).with_context(|| {
-        format!(
-            "creating the data directory {}",
-            settings.data_dir.display()
-        )
-    })?;
-    write_private(
-        &settings.data_dir.join("demo-client-secret"),
-        secret.expose(),
-    )?;
-    write_private(
-        &settings.data_dir.join("demo-user-password"),
-        password.expose(),
-    )?;
-    Ok(DemoCredentials {
-        client_id: created.client.id,
-        client_secret: secret,
-        username: "demo".into(),
-        password,
-    })
+    let secret = created.secret.ok_or_else(|| anyhow::anyhow!("the demo client has no secret"))?;
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("creating the data directory {}", settings.data_dir.display()))?;
+    write_private(&settings.data_dir.join("demo-client-secret"), secret.expose())?;
+    write_private(&settings.data_dir.join("demo-user-password"), password.expose())?;
+    Ok(DemoCredentials { client_id: created.client.id, client_secret: secret, username: "demo".into(), password })
 }

@@ -51,12 +51,10 @@ async fn main() -> anyhow::Result<()> {
     let duration = Duration::from_secs(args.duration.clamp(1, 120));
     let admin_token = std::fs::read_to_string(&args.admin_token_file)
         .with_context(|| format!("reading {}", args.admin_token_file.display()))?;
-    let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {}", admin_token.trim()).parse()?;
+    let credential = tessera_proto::AdminCredential::new(&admin_token)
+        .context("the admin credential is not a valid header value")?;
     let channel = Channel::from_shared(args.endpoint.clone())?.connect().await.context("connecting")?;
-    let mut admin = AdminServiceClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
-        r.metadata_mut().insert("authorization", bearer.clone());
-        Ok(r)
-    });
+    let mut admin = AdminServiceClient::with_interceptor(channel, credential);
     let created = admin
         .create_client(adminpb::CreateClientRequest {
             name: "load generator".into(),
@@ -81,7 +79,9 @@ async fn main() -> anyhow::Result<()> {
     };
     let tokens: Vec<String> = match args.scenario {
         Scenario::ClientCredentials => vec![],
-        Scenario::IntrospectHot => vec![TokenServiceClient::new(channels[0].clone()).issue_token(cc.clone()).await?.into_inner().access_token],
+        Scenario::IntrospectHot => {
+            vec![TokenServiceClient::new(channels[0].clone()).issue_token(cc.clone()).await?.into_inner().access_token]
+        }
         Scenario::IntrospectMany => {
             let mut v = Vec::with_capacity(10_000);
             let mut c = TokenServiceClient::new(channels[0].clone());
@@ -141,7 +141,10 @@ async fn main() -> anyhow::Result<()> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     all.sort_unstable();
-    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0) as f64 / 1000.0;
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0) as f64
+            / 1000.0
+    };
     println!(
         "scenario={:?} concurrency={} connections={} duration={:.1}s requests={} errors={} rps={:.0} p50={:.2}ms p99={:.2}ms",
         args.scenario,

@@ -47,9 +47,7 @@ pub struct PgDatabase {
 impl PgDatabase {
     async fn create() -> Result<Self, String> {
         use sea_orm::{ConnectionTrait as _, Database};
-        let admin = Database::connect(POSTGRES_ADMIN_URL)
-            .await
-            .map_err(|e| e.to_string())?;
+        let admin = Database::connect(POSTGRES_ADMIN_URL).await.map_err(|e| e.to_string())?;
         // Sweep databases left by runs that were killed before they could drop theirs.
         let old = admin
             .query_all(sea_orm::Statement::from_string(
@@ -62,16 +60,11 @@ impl PgDatabase {
             .unwrap_or_default();
         for row in old {
             if let Ok(name) = row.try_get::<String>("", "datname") {
-                let _ = admin
-                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                    .await;
+                let _ = admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await;
             }
         }
         let name = format!("tessera_e2e_{}", random_suffix());
-        admin
-            .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
-            .await
-            .map_err(|e| e.to_string())?;
+        admin.execute_unprepared(&format!("CREATE DATABASE \"{name}\"")).await.map_err(|e| e.to_string())?;
         Ok(Self { name })
     }
 
@@ -84,20 +77,13 @@ impl Drop for PgDatabase {
     fn drop(&mut self) {
         let name = self.name.clone();
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
                 return;
             };
             rt.block_on(async {
                 use sea_orm::{ConnectionTrait as _, Database};
                 if let Ok(admin) = Database::connect(POSTGRES_ADMIN_URL).await {
-                    let _ = admin
-                        .execute_unprepared(&format!(
-                            "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
-                        ))
-                        .await;
+                    let _ = admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await;
                 }
             });
         })
@@ -114,10 +100,8 @@ impl Drop for RedisPrefix {
     fn drop(&mut self) {
         if let Ok(client) = redis::Client::open(REDIS_URL) {
             if let Ok(mut con) = client.get_connection() {
-                let keys: Vec<String> = redis::cmd("KEYS")
-                    .arg(format!("{}*", self.prefix))
-                    .query(&mut con)
-                    .unwrap_or_default();
+                let keys: Vec<String> =
+                    redis::cmd("KEYS").arg(format!("{}*", self.prefix)).query(&mut con).unwrap_or_default();
                 for k in keys {
                     let _: Result<(), _> = redis::cmd("DEL").arg(k).query(&mut con);
                 }
@@ -145,14 +129,10 @@ impl TestApp {
         Self::spawn_with(backend, |_| {}).await
     }
 
-    pub async fn spawn_with(
-        backend: Backend,
-        tweak: impl FnOnce(&mut Settings),
-    ) -> Option<TestApp> {
+    pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> Option<TestApp> {
         let dir = std::env::temp_dir().join(format!("tessera-e2e-{}", random_suffix()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut settings = Settings::default();
-        settings.data_dir = dir.clone();
+        let mut settings = Settings { data_dir: dir.clone(), ..Settings::default() };
         settings.grpc.listen = "127.0.0.1:0".into();
         settings.admin.token = Some(ADMIN_TOKEN.to_owned().into());
         settings.demo.enabled = false;
@@ -166,14 +146,8 @@ impl TestApp {
                 };
                 let probe = async {
                     let client = redis::Client::open(REDIS_URL).map_err(|e| e.to_string())?;
-                    let mut con = client
-                        .get_multiplexed_async_connection()
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    redis::cmd("PING")
-                        .query_async::<String>(&mut con)
-                        .await
-                        .map_err(|e| e.to_string())
+                    let mut con = client.get_multiplexed_async_connection().await.map_err(|e| e.to_string())?;
+                    redis::cmd("PING").query_async::<String>(&mut con).await.map_err(|e| e.to_string())
                 };
                 if let Err(e) = tokio::time::timeout(std::time::Duration::from_secs(3), probe)
                     .await
@@ -192,16 +166,7 @@ impl TestApp {
         tweak(&mut settings);
         let clock = Arc::new(ManualClock::default());
         let (app, addr, token) = start(&settings, &clock).await;
-        Some(TestApp {
-            settings,
-            clock,
-            app: Some(app),
-            addr,
-            token,
-            dir,
-            _pg: pg,
-            _redis: redis_prefix,
-        })
+        Some(TestApp { settings, clock, app: Some(app), addr, token, dir, _pg: pg, _redis: redis_prefix })
     }
 
     /// Stops the service and starts it again on the same stores (Redis keeps its keys;
@@ -218,14 +183,10 @@ impl TestApp {
 
     pub async fn admin(
         &self,
-    ) -> AdminServiceClient<tonic::service::interceptor::InterceptedService<Channel, AdminAuth>>
+    ) -> AdminServiceClient<tonic::service::interceptor::InterceptedService<Channel, tessera_proto::AdminCredential>>
     {
-        let channel = Channel::from_shared(format!("http://{}", self.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        AdminServiceClient::with_interceptor(channel, AdminAuth(ADMIN_TOKEN.to_owned()))
+        let channel = Channel::from_shared(format!("http://{}", self.addr)).unwrap().connect().await.unwrap();
+        AdminServiceClient::with_interceptor(channel, tessera_proto::AdminCredential::new(ADMIN_TOKEN).unwrap())
     }
 
     /// Registers a client through the AdminService; returns (client_id, secret).
@@ -279,20 +240,11 @@ impl TestApp {
 
     /// A fresh gRPC client (its own connection).
     pub async fn connect(&self) -> TokenServiceClient<Channel> {
-        TokenServiceClient::connect(format!("http://{}", self.addr))
-            .await
-            .unwrap()
+        TokenServiceClient::connect(format!("http://{}", self.addr)).await.unwrap()
     }
 
-    pub async fn issue(
-        &self,
-        req: pb::IssueTokenRequest,
-    ) -> Result<pb::TokenResponse, tonic::Status> {
-        self.token
-            .clone()
-            .issue_token(req)
-            .await
-            .map(|r| r.into_inner())
+    pub async fn issue(&self, req: pb::IssueTokenRequest) -> Result<pb::TokenResponse, tonic::Status> {
+        self.token.clone().issue_token(req).await.map(|r| r.into_inner())
     }
 
     pub async fn introspect(&self, token: &str, caller: (&str, &str)) -> pb::IntrospectResponse {
@@ -321,30 +273,11 @@ async fn start(
     settings: &Settings,
     clock: &Arc<ManualClock>,
 ) -> (Application, SocketAddr, TokenServiceClient<Channel>) {
-    let (durable, ephemeral) = tessera_token_service::connect_stores(settings)
-        .await
-        .unwrap();
-    let app = Application::build_with(settings.clone(), durable, ephemeral, Arc::clone(clock) as _)
-        .await
-        .unwrap();
+    let (durable, ephemeral) = tessera_token_service::connect_stores(settings).await.unwrap();
+    let app = Application::build_with(settings.clone(), durable, ephemeral, Arc::clone(clock) as _).await.unwrap();
     let addr = app.grpc_addr();
-    let token = TokenServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let token = TokenServiceClient::connect(format!("http://{addr}")).await.unwrap();
     (app, addr, token)
-}
-
-#[derive(Clone)]
-pub struct AdminAuth(pub String);
-
-impl tonic::service::Interceptor for AdminAuth {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        req.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {}", self.0).parse().unwrap(),
-        );
-        Ok(req)
-    }
 }
 
 #[derive(Clone, Copy)]
@@ -381,11 +314,7 @@ pub fn oauth_code(s: &tonic::Status) -> ErrorCode {
 
 /// Asserts a call failed with this OAuth error code.
 #[track_caller]
-pub fn assert_oauth<T: std::fmt::Debug>(
-    r: Result<T, tonic::Status>,
-    code: ErrorCode,
-    what: &str,
-) -> tonic::Status {
+pub fn assert_oauth<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: ErrorCode, what: &str) -> tonic::Status {
     match r {
         Ok(v) => panic!("{what}: expected {code}, got success {v:?}"),
         Err(s) => {
@@ -400,12 +329,7 @@ pub fn jwt_parts(token: &str) -> (serde_json::Value, serde_json::Value) {
     use base64::Engine as _;
     let mut it = token.split('.');
     let dec = |s: &str| -> serde_json::Value {
-        serde_json::from_slice(
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(s)
-                .unwrap(),
-        )
-        .unwrap()
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).unwrap()).unwrap()
     };
     (dec(it.next().unwrap()), dec(it.next().unwrap()))
 }
@@ -419,12 +343,6 @@ pub fn pkce_pair() -> (String, String) {
 
 /// Parses the query (or fragment) of a redirect into pairs.
 pub fn redirect_params(url: &str) -> std::collections::HashMap<String, String> {
-    let part = url
-        .split_once('#')
-        .map(|x| x.1)
-        .or_else(|| url.split_once('?').map(|x| x.1))
-        .unwrap_or("");
-    url::form_urlencoded::parse(part.as_bytes())
-        .into_owned()
-        .collect()
+    let part = url.split_once('#').map(|x| x.1).or_else(|| url.split_once('?').map(|x| x.1)).unwrap_or("");
+    url::form_urlencoded::parse(part.as_bytes()).into_owned().collect()
 }

@@ -56,7 +56,15 @@ async fn run_every_flow(backend: Backend) {
     secrets.push(password.to_owned());
     let mut c = app.token.clone();
 
-    let t = app.issue(pb::IssueTokenRequest { grant_type: "client_credentials".into(), client_id: svc.0.clone(), client_secret: svc.1.clone(), ..Default::default() }).await.unwrap();
+    let t = app
+        .issue(pb::IssueTokenRequest {
+            grant_type: "client_credentials".into(),
+            client_id: svc.0.clone(),
+            client_secret: svc.1.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     secrets.push(t.access_token.clone());
     app.introspect(&t.access_token, (&svc.0, &svc.1)).await;
     let p = app
@@ -73,14 +81,45 @@ async fn run_every_flow(backend: Backend) {
         .unwrap();
     secrets.extend([p.access_token.clone(), p.refresh_token.clone(), p.id_token.clone()]);
     let wrong = "wrong-password-that-must-not-leak";
-    let _ = app.issue(pb::IssueTokenRequest { grant_type: "password".into(), client_id: web.0.clone(), client_secret: web.1.clone(), username: "alice".into(), password: wrong.into(), ..Default::default() }).await;
+    let _ = app
+        .issue(pb::IssueTokenRequest {
+            grant_type: "password".into(),
+            client_id: web.0.clone(),
+            client_secret: web.1.clone(),
+            username: "alice".into(),
+            password: wrong.into(),
+            ..Default::default()
+        })
+        .await;
     secrets.push(wrong.to_owned());
-    let r = app.issue(pb::IssueTokenRequest { grant_type: "refresh_token".into(), client_id: web.0.clone(), client_secret: web.1.clone(), refresh_token: p.refresh_token.clone(), ..Default::default() }).await.unwrap();
+    let r = app
+        .issue(pb::IssueTokenRequest {
+            grant_type: "refresh_token".into(),
+            client_id: web.0.clone(),
+            client_secret: web.1.clone(),
+            refresh_token: p.refresh_token.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     secrets.extend([r.access_token.clone(), r.refresh_token.clone()]);
     // Reuse: an audit event, and a family revocation.
-    let _ = app.issue(pb::IssueTokenRequest { grant_type: "refresh_token".into(), client_id: web.0.clone(), client_secret: web.1.clone(), refresh_token: p.refresh_token.clone(), ..Default::default() }).await;
+    let _ = app
+        .issue(pb::IssueTokenRequest {
+            grant_type: "refresh_token".into(),
+            client_id: web.0.clone(),
+            client_secret: web.1.clone(),
+            refresh_token: p.refresh_token.clone(),
+            ..Default::default()
+        })
+        .await;
 
-    let session = c.authenticate(pb::AuthenticateRequest { username: "alice".into(), password: password.into() }).await.unwrap().into_inner().session;
+    let session = c
+        .authenticate(pb::AuthenticateRequest { username: "alice".into(), password: password.into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .session;
     secrets.push(session.clone());
     let (verifier, challenge) = pkce_pair();
     secrets.push(verifier.clone());
@@ -104,21 +143,65 @@ async fn run_every_flow(backend: Backend) {
     let Some(pb::authorize_response::Outcome::RedirectTo(to)) = to.outcome else { panic!("no redirect") };
     let code = redirect_params(&to)["code"].clone();
     secrets.push(code.clone());
-    let ex = |code: String| pb::ExchangeCodeRequest { client_id: web.0.clone(), client_secret: web.1.clone(), code, redirect_uri: "https://app.example/cb".into(), code_verifier: verifier.clone() };
+    let ex = |code: String| pb::ExchangeCodeRequest {
+        client_id: web.0.clone(),
+        client_secret: web.1.clone(),
+        code,
+        redirect_uri: "https://app.example/cb".into(),
+        code_verifier: verifier.clone(),
+    };
     let e = c.exchange_code(ex(code.clone())).await.unwrap().into_inner();
     secrets.extend([e.access_token.clone(), e.refresh_token.clone()]);
     let _ = c.exchange_code(ex(code)).await; // replay: audit event and revocations
 
-    let d = c.start_device_authorization(pb::DeviceAuthorizationRequest { client_id: web.0.clone(), client_secret: web.1.clone(), scope: String::new() }).await.unwrap().into_inner();
+    let d = c
+        .start_device_authorization(pb::DeviceAuthorizationRequest {
+            client_id: web.0.clone(),
+            client_secret: web.1.clone(),
+            scope: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     secrets.push(d.device_code.clone());
-    let _ = c.poll_device(pb::PollDeviceRequest { client_id: web.0.clone(), client_secret: web.1.clone(), device_code: d.device_code.clone() }).await;
-    c.approve_device(pb::ApproveDeviceRequest { user_code: d.user_code.clone(), session: session.clone() }).await.unwrap();
+    let _ = c
+        .poll_device(pb::PollDeviceRequest {
+            client_id: web.0.clone(),
+            client_secret: web.1.clone(),
+            device_code: d.device_code.clone(),
+        })
+        .await;
+    c.approve_device(pb::ApproveDeviceRequest { user_code: d.user_code.clone(), session: session.clone() })
+        .await
+        .unwrap();
     app.clock.advance_secs(6);
-    let dt = c.poll_device(pb::PollDeviceRequest { client_id: web.0.clone(), client_secret: web.1.clone(), device_code: d.device_code.clone() }).await.unwrap().into_inner();
+    let dt = c
+        .poll_device(pb::PollDeviceRequest {
+            client_id: web.0.clone(),
+            client_secret: web.1.clone(),
+            device_code: d.device_code.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     secrets.extend([dt.access_token.clone(), dt.refresh_token.clone()]);
     let _ = c.user_info(pb::UserInfoRequest { access_token: dt.access_token.clone() }).await;
-    c.revoke(pb::RevokeRequest { token: dt.refresh_token.clone(), client_id: web.0.clone(), client_secret: web.1.clone(), ..Default::default() }).await.unwrap();
-    let _ = c.revoke(pb::RevokeRequest { token: t.access_token.clone(), client_id: web.0.clone(), client_secret: web.1.clone(), ..Default::default() }).await;
+    c.revoke(pb::RevokeRequest {
+        token: dt.refresh_token.clone(),
+        client_id: web.0.clone(),
+        client_secret: web.1.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let _ = c
+        .revoke(pb::RevokeRequest {
+            token: t.access_token.clone(),
+            client_id: web.0.clone(),
+            client_secret: web.1.clone(),
+            ..Default::default()
+        })
+        .await;
     let mut admin = app.admin().await;
     let rotated = admin
         .rotate_client_secret(tessera_proto::admin::v1::RotateClientSecretRequest { client_id: "svc".into() })

@@ -2,6 +2,9 @@
 //! written once and stamped out for both backend pairs: SQLite + in-memory (always) and
 //! Postgres + Redis (fails under CI when they are unreachable, skips loudly elsewhere).
 
+// tonic's Status is the error type of every client call; boxing it in tests buys nothing.
+#![allow(clippy::result_large_err)]
+
 mod flows;
 mod harness;
 mod leaks;
@@ -78,26 +81,37 @@ mod sealed_keys {
         let stored = durable.list_keys().await.unwrap();
         assert_eq!(stored.len(), 1);
         assert!(tessera_crypto::seal::is_sealed(&stored[0].private_der), "the private key is sealed");
-        assert!(
-            tessera_crypto::keys::SigningKey::from_pkcs8(tessera_crypto::keys::Algorithm::Es256, &stored[0].private_der)
-                .is_err()
-        );
+        assert!(tessera_crypto::keys::SigningKey::from_pkcs8(
+            tessera_crypto::keys::Algorithm::Es256,
+            &stored[0].private_der
+        )
+        .is_err());
         // The sealed key still signs and verifies across a restart.
         app.restart().await;
         let mut wrong = app.settings.clone();
         wrong.keys.encryption_key = Some(tessera_crypto::seal::Kek::generate_b64().into());
         let (d, e) = tessera_token_service::connect_stores(&wrong).await.unwrap();
-        let err = tessera_token_service::Application::build_with(wrong.clone(), d, e, std::sync::Arc::new(tessera_core::clock::SystemClock))
-            .await
-            .err()
-            .expect("a wrong key-encryption key must stop the start");
+        let err = tessera_token_service::Application::build_with(
+            wrong.clone(),
+            d,
+            e,
+            std::sync::Arc::new(tessera_core::clock::SystemClock),
+        )
+        .await
+        .err()
+        .expect("a wrong key-encryption key must stop the start");
         assert!(format!("{err:#}").contains("cannot be decrypted"), "{err:#}");
         wrong.keys.encryption_key = None;
         let (d, e) = tessera_token_service::connect_stores(&wrong).await.unwrap();
-        let err = tessera_token_service::Application::build_with(wrong, d, e, std::sync::Arc::new(tessera_core::clock::SystemClock))
-            .await
-            .err()
-            .expect("a missing key-encryption key must stop the start");
+        let err = tessera_token_service::Application::build_with(
+            wrong,
+            d,
+            e,
+            std::sync::Arc::new(tessera_core::clock::SystemClock),
+        )
+        .await
+        .err()
+        .expect("a missing key-encryption key must stop the start");
         assert!(format!("{err:#}").contains("no key-encryption key"), "{err:#}");
     }
 

@@ -124,7 +124,8 @@ async fn a_store_outage_gives_unavailable_fails_closed_and_recovers_by_itself() 
 
     // Redis down: nothing that needs a single-use check or a lockout counter is decided.
     redis.cut();
-    let s = assert_oauth(app.issue(pw.clone()).await, ErrorCode::TemporarilyUnavailable, "password grant without Redis");
+    let s =
+        assert_oauth(app.issue(pw.clone()).await, ErrorCode::TemporarilyUnavailable, "password grant without Redis");
     assert_eq!(s.code(), tonic::Code::Unavailable);
     assert!(s.message().contains("unavailable"), "a clear message: {}", s.message());
     assert!(!s.message().contains(&redis_addr.to_string()), "no infrastructure detail in the message");
@@ -152,7 +153,11 @@ async fn a_store_outage_gives_unavailable_fails_closed_and_recovers_by_itself() 
     let cached = app.issue(cc.clone()).await;
     assert!(cached.is_ok(), "a recently used client is served from the node's cache: {cached:?}");
     app.clock.advance_secs(11);
-    let s = assert_oauth(app.issue(cc.clone()).await, ErrorCode::TemporarilyUnavailable, "client_credentials without Postgres");
+    let s = assert_oauth(
+        app.issue(cc.clone()).await,
+        ErrorCode::TemporarilyUnavailable,
+        "client_credentials without Postgres",
+    );
     assert_eq!(s.code(), tonic::Code::Unavailable);
     let checked = app
         .token
@@ -170,14 +175,24 @@ async fn a_store_outage_gives_unavailable_fails_closed_and_recovers_by_itself() 
     // The standard health service reports it.
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::HealthCheckRequest;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.addr)).unwrap().connect().await.unwrap();
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", app.addr)).unwrap().connect().await.unwrap();
     let health = HealthClient::new(channel);
     let not_serving = tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
     eventually(Duration::from_secs(10), || {
         let mut h = health.clone();
         async move {
-            let s = h.check(HealthCheckRequest { service: String::new() }).await.map_err(|e| e.to_string())?.into_inner().status;
-            if s == not_serving { Ok(()) } else { Err(format!("status {s}")) }
+            let s = h
+                .check(HealthCheckRequest { service: String::new() })
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner()
+                .status;
+            if s == not_serving {
+                Ok(())
+            } else {
+                Err(format!("status {s}"))
+            }
         }
     })
     .await;
@@ -187,8 +202,17 @@ async fn a_store_outage_gives_unavailable_fails_closed_and_recovers_by_itself() 
     eventually(Duration::from_secs(10), || {
         let mut h = health.clone();
         async move {
-            let s = h.check(HealthCheckRequest { service: String::new() }).await.map_err(|e| e.to_string())?.into_inner().status;
-            if s == serving { Ok(()) } else { Err(format!("status {s}")) }
+            let s = h
+                .check(HealthCheckRequest { service: String::new() })
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner()
+                .status;
+            if s == serving {
+                Ok(())
+            } else {
+                Err(format!("status {s}"))
+            }
         }
     })
     .await;

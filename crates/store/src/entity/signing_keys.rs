@@ -18,10 +18,7 @@ pub struct Model {
 
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("signing_keys::Model")
-            .field("kid", &self.kid)
-            .field("alg", &self.alg)
-            .finish_non_exhaustive()
+        f.debug_struct("signing_keys::Model").field("kid", &self.kid).field("alg", &self.alg).finish_non_exhaustive()
     }
 }
 

@@ -17,12 +17,7 @@ impl MigrationTrait for Migration {
                 Table::create()
                     .table(Clients::Table)
                     .if_not_exists()
-                    .col(
-                        ColumnDef::new(Clients::Id)
-                            .string()
-                            .not_null()
-                            .primary_key(),
-                    )
+                    .col(ColumnDef::new(Clients::Id).string().not_null().primary_key())
                     .col(ColumnDef::new(Clients::Name).string().not_null())
                     .col(ColumnDef::new(Clients::SecretDigest).string_len(64).null())
                     .col(ColumnDef::new(Clients::Confidential).boolean().not_null())
@@ -30,11 +25,7 @@ impl MigrationTrait for Migration {
                     .col(ColumnDef::new(Clients::RedirectUris).text().not_null())
                     .col(ColumnDef::new(Clients::Scopes).text().not_null())
                     .col(ColumnDef::new(Clients::AccessTokenTtl).big_integer().null())
-                    .col(
-                        ColumnDef::new(Clients::RefreshTokenTtl)
-                            .big_integer()
-                            .null(),
-                    )
+                    .col(ColumnDef::new(Clients::RefreshTokenTtl).big_integer().null())
                     .col(ColumnDef::new(Clients::SkipConsent).boolean().not_null())
                     .col(ColumnDef::new(Clients::AllowImplicit).boolean().not_null())
                     .col(ColumnDef::new(Clients::AllowPlainPkce).boolean().not_null())
@@ -75,38 +66,17 @@ impl MigrationTrait for Migration {
                 Table::create()
                     .table(RefreshTokens::Table)
                     .if_not_exists()
-                    .col(
-                        ColumnDef::new(RefreshTokens::Digest)
-                            .string_len(64)
-                            .not_null()
-                            .primary_key(),
-                    )
+                    .col(ColumnDef::new(RefreshTokens::Digest).string_len(64).not_null().primary_key())
                     .col(ColumnDef::new(RefreshTokens::FamilyId).string().not_null())
                     .col(ColumnDef::new(RefreshTokens::ClientId).string().not_null())
                     .col(ColumnDef::new(RefreshTokens::UserId).string().null())
                     .col(ColumnDef::new(RefreshTokens::Scope).text().not_null())
-                    .col(
-                        ColumnDef::new(RefreshTokens::IssuedAt)
-                            .big_integer()
-                            .not_null(),
-                    )
-                    .col(
-                        ColumnDef::new(RefreshTokens::ExpiresAt)
-                            .big_integer()
-                            .not_null(),
-                    )
+                    .col(ColumnDef::new(RefreshTokens::IssuedAt).big_integer().not_null())
+                    .col(ColumnDef::new(RefreshTokens::ExpiresAt).big_integer().not_null())
                     .col(ColumnDef::new(RefreshTokens::AuthTime).big_integer().null())
                     .col(ColumnDef::new(RefreshTokens::AccessJti).string().not_null())
-                    .col(
-                        ColumnDef::new(RefreshTokens::AccessExp)
-                            .big_integer()
-                            .not_null(),
-                    )
-                    .col(
-                        ColumnDef::new(RefreshTokens::State)
-                            .string_len(16)
-                            .not_null(),
-                    )
+                    .col(ColumnDef::new(RefreshTokens::AccessExp).big_integer().not_null())
+                    .col(ColumnDef::new(RefreshTokens::State).string_len(16).not_null())
                     .to_owned(),
             )
             .await?;
@@ -129,12 +99,7 @@ impl MigrationTrait for Migration {
                     .col(ColumnDef::new(Consents::UserId).string().not_null())
                     .col(ColumnDef::new(Consents::ClientId).string().not_null())
                     .col(ColumnDef::new(Consents::Scope).string().not_null())
-                    .primary_key(
-                        Index::create()
-                            .col(Consents::UserId)
-                            .col(Consents::ClientId)
-                            .col(Consents::Scope),
-                    )
+                    .primary_key(Index::create().col(Consents::UserId).col(Consents::ClientId).col(Consents::Scope))
                     .to_owned(),
             )
             .await?;
@@ -144,19 +109,10 @@ impl MigrationTrait for Migration {
                 Table::create()
                     .table(SigningKeys::Table)
                     .if_not_exists()
-                    .col(
-                        ColumnDef::new(SigningKeys::Kid)
-                            .string()
-                            .not_null()
-                            .primary_key(),
-                    )
+                    .col(ColumnDef::new(SigningKeys::Kid).string().not_null().primary_key())
                     .col(ColumnDef::new(SigningKeys::Alg).string().not_null())
                     .col(ColumnDef::new(SigningKeys::PrivateDer).blob().not_null())
-                    .col(
-                        ColumnDef::new(SigningKeys::CreatedAt)
-                            .big_integer()
-                            .not_null(),
-                    )
+                    .col(ColumnDef::new(SigningKeys::CreatedAt).big_integer().not_null())
                     .col(ColumnDef::new(SigningKeys::RetiredAt).big_integer().null())
                     .to_owned(),
             )
@@ -167,13 +123,7 @@ impl MigrationTrait for Migration {
                 Table::create()
                     .table(AuditEvents::Table)
                     .if_not_exists()
-                    .col(
-                        ColumnDef::new(AuditEvents::Id)
-                            .big_integer()
-                            .not_null()
-                            .auto_increment()
-                            .primary_key(),
-                    )
+                    .col(ColumnDef::new(AuditEvents::Id).big_integer().not_null().auto_increment().primary_key())
                     .col(ColumnDef::new(AuditEvents::At).big_integer().not_null())
                     .col(ColumnDef::new(AuditEvents::Kind).string().not_null())
                     .col(ColumnDef::new(AuditEvents::ClientId).string().null())
@@ -205,9 +155,7 @@ impl MigrationTrait for Migration {
             Users::Table.into_iden(),
             Clients::Table.into_iden(),
         ] {
-            manager
-                .drop_table(Table::drop().table(table).if_exists().to_owned())
-                .await?;
+            manager.drop_table(Table::drop().table(table).if_exists().to_owned()).await?;
         }
         Ok(())
     }

@@ -7,13 +7,7 @@ use tessera_core::ports::{AuditEvent, AuditLog};
 use tessera_core::StoreResult;
 
 fn from_row(row: Model) -> AuditEvent {
-    AuditEvent {
-        at: row.at,
-        kind: row.kind,
-        client_id: row.client_id,
-        user_id: row.user_id,
-        detail: row.detail,
-    }
+    AuditEvent { at: row.at, kind: row.kind, client_id: row.client_id, user_id: row.user_id, detail: row.detail }
 }
 
 #[async_trait]
@@ -27,10 +21,7 @@ impl AuditLog for SqlStore {
             user_id: ActiveValue::Set(event.user_id.clone()),
             detail: ActiveValue::Set(event.detail.clone()),
         };
-        Entity::insert(row)
-            .exec_without_returning(&self.db)
-            .await
-            .map_err(error::from_db)?;
+        Entity::insert(row).exec_without_returning(&self.db).await.map_err(error::from_db)?;
         Ok(())
     }
 

@@ -35,16 +35,10 @@ fn to_row(client: &Client) -> StoreResult<ActiveModel> {
 fn from_row(row: Model) -> StoreResult<Client> {
     let grant_types = from_json(&row.grant_types)?
         .iter()
-        .map(|g| {
-            GrantType::parse(g).ok_or_else(|| corrupt(TABLE, format!("unknown grant type {g:?}")))
-        })
+        .map(|g| GrantType::parse(g).ok_or_else(|| corrupt(TABLE, format!("unknown grant type {g:?}"))))
         .collect::<StoreResult<Vec<_>>>()?;
     Ok(Client {
-        secret_digest: row
-            .secret_digest
-            .as_deref()
-            .map(|hex| digest_from_hex(TABLE, hex))
-            .transpose()?,
+        secret_digest: row.secret_digest.as_deref().map(|hex| digest_from_hex(TABLE, hex)).transpose()?,
         grant_types,
         redirect_uris: from_json(&row.redirect_uris)?,
         scopes: from_json(&row.scopes)?,
@@ -72,20 +66,12 @@ fn from_json(text: &str) -> StoreResult<Vec<String>> {
 #[async_trait]
 impl ClientStore for SqlStore {
     async fn create_client(&self, client: &Client) -> StoreResult<()> {
-        Entity::insert(to_row(client)?)
-            .exec_without_returning(&self.db)
-            .await
-            .map_err(error::from_db)?;
+        Entity::insert(to_row(client)?).exec_without_returning(&self.db).await.map_err(error::from_db)?;
         Ok(())
     }
 
     async fn get_client(&self, id: &str) -> StoreResult<Option<Client>> {
-        Entity::find_by_id(id)
-            .one(&self.db)
-            .await
-            .map_err(error::from_db)?
-            .map(from_row)
-            .transpose()
+        Entity::find_by_id(id).one(&self.db).await.map_err(error::from_db)?.map(from_row).transpose()
     }
 
     async fn list_clients(&self) -> StoreResult<Vec<Client>> {
@@ -100,10 +86,7 @@ impl ClientStore for SqlStore {
     }
 
     async fn delete_client(&self, id: &str) -> StoreResult<bool> {
-        let res = Entity::delete_by_id(id)
-            .exec(&self.db)
-            .await
-            .map_err(error::from_db)?;
+        let res = Entity::delete_by_id(id).exec(&self.db).await.map_err(error::from_db)?;
         Ok(res.rows_affected > 0)
     }
 

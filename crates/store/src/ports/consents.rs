@@ -23,12 +23,7 @@ impl ConsentStore for SqlStore {
             .map_err(error::from_db)
     }
 
-    async fn grant_scopes(
-        &self,
-        user_id: &str,
-        client_id: &str,
-        scopes: &[String],
-    ) -> StoreResult<()> {
+    async fn grant_scopes(&self, user_id: &str, client_id: &str, scopes: &[String]) -> StoreResult<()> {
         // A row per scope makes the union one INSERT that skips what is already there: no
         // read-modify-write, so concurrent grants cannot lose each other's scopes.
         let rows: Vec<ActiveModel> = scopes
@@ -45,11 +40,7 @@ impl ConsentStore for SqlStore {
             return Ok(());
         }
         Entity::insert_many(rows)
-            .on_conflict(
-                OnConflict::columns([Column::UserId, Column::ClientId, Column::Scope])
-                    .do_nothing()
-                    .to_owned(),
-            )
+            .on_conflict(OnConflict::columns([Column::UserId, Column::ClientId, Column::Scope]).do_nothing().to_owned())
             .exec_without_returning(&self.db)
             .await
             .map_err(error::from_db)?;

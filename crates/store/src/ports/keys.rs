@@ -37,10 +37,7 @@ impl KeyStore for SqlStore {
             created_at: key.created_at,
             retired_at: key.retired_at,
         };
-        Entity::insert(row.into_active_model())
-            .exec_without_returning(&self.db)
-            .await
-            .map_err(error::from_db)?;
+        Entity::insert(row.into_active_model()).exec_without_returning(&self.db).await.map_err(error::from_db)?;
         Ok(())
     }
 

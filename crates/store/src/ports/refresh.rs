@@ -4,10 +4,7 @@ use crate::error;
 use crate::SqlStore;
 use async_trait::async_trait;
 use sea_orm::sea_query::Expr;
-use sea_orm::{
-    ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect,
-    TransactionTrait,
-};
+use sea_orm::{ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, TransactionTrait};
 use tessera_core::ports::{RefreshRecord, RefreshState, RefreshStore, Rotation};
 use tessera_core::StoreResult;
 use tessera_crypto::Digest;
@@ -64,12 +61,7 @@ impl RefreshStore for SqlStore {
     }
 
     async fn get_refresh(&self, digest: Digest) -> StoreResult<Option<RefreshRecord>> {
-        Entity::find_by_id(digest.to_hex())
-            .one(&self.db)
-            .await
-            .map_err(error::from_db)?
-            .map(from_row)
-            .transpose()
+        Entity::find_by_id(digest.to_hex()).one(&self.db).await.map_err(error::from_db)?.map(from_row).transpose()
     }
 
     async fn rotate_refresh(&self, old: Digest, new: &RefreshRecord) -> StoreResult<Rotation> {
@@ -96,15 +88,10 @@ impl RefreshStore for SqlStore {
         }
         // Read inside the transaction: an in-memory SQLite pool has a single connection,
         // which the transaction is holding.
-        let row = Entity::find_by_id(old)
-            .one(&txn)
-            .await
-            .map_err(error::from_db)?;
+        let row = Entity::find_by_id(old).one(&txn).await.map_err(error::from_db)?;
         txn.rollback().await.map_err(error::from_db)?;
         Ok(match row {
-            Some(row) if row.state == ROTATED => Rotation::Reused {
-                family_id: row.family_id,
-            },
+            Some(row) if row.state == ROTATED => Rotation::Reused { family_id: row.family_id },
             _ => Rotation::Unknown,
         })
     }

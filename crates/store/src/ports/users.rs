@@ -22,12 +22,7 @@ fn from_row(row: Model) -> User {
 
 impl SqlStore {
     /// Sets one column of a user found by username and reads the user back.
-    async fn update_user(
-        &self,
-        username: &str,
-        column: Column,
-        value: SimpleExpr,
-    ) -> StoreResult<Option<User>> {
+    async fn update_user(&self, username: &str, column: Column, value: SimpleExpr) -> StoreResult<Option<User>> {
         let res = Entity::update_many()
             .col_expr(column, value)
             .filter(Column::Username.eq(username))
@@ -53,50 +48,30 @@ impl UserStore for SqlStore {
             name: user.name.clone(),
             created_at: user.created_at,
         };
-        Entity::insert(row.into_active_model())
-            .exec_without_returning(&self.db)
-            .await
-            .map_err(error::from_db)?;
+        Entity::insert(row.into_active_model()).exec_without_returning(&self.db).await.map_err(error::from_db)?;
         Ok(())
     }
 
     async fn find_user_by_username(&self, username: &str) -> StoreResult<Option<User>> {
-        let row = Entity::find()
-            .filter(Column::Username.eq(username))
-            .one(&self.db)
-            .await
-            .map_err(error::from_db)?;
+        let row = Entity::find().filter(Column::Username.eq(username)).one(&self.db).await.map_err(error::from_db)?;
         Ok(row.map(from_row))
     }
 
     async fn get_user(&self, id: &str) -> StoreResult<Option<User>> {
-        let row = Entity::find_by_id(id)
-            .one(&self.db)
-            .await
-            .map_err(error::from_db)?;
+        let row = Entity::find_by_id(id).one(&self.db).await.map_err(error::from_db)?;
         Ok(row.map(from_row))
     }
 
     async fn list_users(&self) -> StoreResult<Vec<User>> {
-        let rows = Entity::find()
-            .order_by_asc(Column::Username)
-            .all(&self.db)
-            .await
-            .map_err(error::from_db)?;
+        let rows = Entity::find().order_by_asc(Column::Username).all(&self.db).await.map_err(error::from_db)?;
         Ok(rows.into_iter().map(from_row).collect())
     }
 
     async fn set_user_disabled(&self, username: &str, disabled: bool) -> StoreResult<Option<User>> {
-        self.update_user(username, Column::Disabled, Expr::value(disabled))
-            .await
+        self.update_user(username, Column::Disabled, Expr::value(disabled)).await
     }
 
-    async fn set_user_password(
-        &self,
-        username: &str,
-        password_hash: &str,
-    ) -> StoreResult<Option<User>> {
-        self.update_user(username, Column::PasswordHash, Expr::value(password_hash))
-            .await
+    async fn set_user_password(&self, username: &str, password_hash: &str) -> StoreResult<Option<User>> {
+        self.update_user(username, Column::PasswordHash, Expr::value(password_hash)).await
     }
 }
