@@ -29,6 +29,10 @@ pub struct CoreConfig {
     /// round trip. Changes made through this node apply at once; through another node, within
     /// this many seconds. 0 disables the cache.
     pub client_cache_ttl: i64,
+    /// The public client a request that names no client at all acts as, for APIs whose
+    /// callers send none (such as a JSON password grant with only a username and password).
+    /// `None` (the default): such a request is `invalid_client`.
+    pub default_client_id: Option<String>,
     /// Seals private signing keys at rest (AES-256-GCM). `None`: keys are stored unsealed.
     pub key_encryption_key: Option<tessera_crypto::seal::Kek>,
 }
@@ -54,6 +58,7 @@ impl CoreConfig {
             signing_alg: tessera_crypto::keys::Algorithm::Es256,
             client_cache_ttl: 10,
             key_encryption_key: None,
+            default_client_id: None,
         }
     }
 }

@@ -207,10 +207,15 @@ impl Tessera {
     /// secret, compared by digest in constant time; public clients must present none.
     pub async fn authenticate_client(&self, auth: &ClientAuth) -> Result<Client, OAuthError> {
         let failed = || OAuthError::invalid_client("client authentication failed");
-        if auth.client_id.is_empty() || auth.client_id.len() > 255 {
+        // A request with no client at all may act as the configured default public client.
+        let id = match (&auth.client_id, &auth.client_secret, &self.cfg.default_client_id) {
+            (id, None, Some(default)) if id.is_empty() => default.as_str(),
+            (id, _, _) => id.as_str(),
+        };
+        if id.is_empty() || id.len() > 255 {
             return Err(failed());
         }
-        let client = self.client(&auth.client_id).await?.ok_or_else(failed)?;
+        let client = self.client(id).await?.ok_or_else(failed)?;
         let authenticated = match (&client.secret_digest, &auth.client_secret) {
             (Some(stored), Some(presented)) if client.confidential => stored.ct_eq(&presented.digest()),
             (_, None) => !client.confidential,

@@ -171,6 +171,8 @@ impl FacadeApplication {
         listener: TcpListener,
     ) -> anyhow::Result<Self> {
         let backend = BackendConfig::new(grpc_endpoint)?;
+        // actix takes the grace period in whole seconds, as u64.
+        let grace = settings.shutdown.grace_period;
         let page_config = pages::PageConfig { secure_cookies: settings.public_url().starts_with("https://") };
         let openapi = web::Data::new(openapi::OpenApiJson(openapi::document_json()?));
         let addr = listener.local_addr().context("reading the HTTP listener's address")?;
@@ -228,7 +230,7 @@ impl FacadeApplication {
                 })
         })
         .disable_signals()
-        .shutdown_timeout(5)
+        .shutdown_timeout(grace)
         .listen(listener)
         .context("starting the HTTP server")?
         .run();

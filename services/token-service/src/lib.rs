@@ -72,6 +72,7 @@ pub struct Application {
     tessera: Arc<Tessera>,
     demo: Option<DemoCredentials>,
     shutdown: Option<oneshot::Sender<()>>,
+    grace: Duration,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     background: Vec<JoinHandle<()>>,
 }
@@ -149,7 +150,8 @@ impl Application {
             tokio::spawn(Arc::clone(&tessera).run_key_refresh(Duration::from_secs(60))),
         ];
         tracing::info!(%grpc_addr, "token service listening");
-        Ok(Self { grpc_addr, tessera, demo, shutdown: Some(tx), server, background })
+        let grace = Duration::from_secs(settings.shutdown.grace_period);
+        Ok(Self { grpc_addr, tessera, demo, shutdown: Some(tx), grace, server, background })
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -165,7 +167,8 @@ impl Application {
         self.demo.as_ref()
     }
 
-    /// Stops accepting, lets in-flight calls finish, and returns when the server has stopped.
+    /// Stops accepting, lets in-flight calls finish (for at most the grace period), and
+    /// returns when the server has stopped.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -174,7 +177,19 @@ impl Application {
             task.abort();
         }
         let server = std::mem::replace(&mut self.server, tokio::spawn(async { Ok(()) }));
-        server.await.context("the gRPC server task failed")?.context("the gRPC server failed")?;
+        let abort = server.abort_handle();
+        match tokio::time::timeout(self.grace, server).await {
+            Ok(joined) => {
+                joined.context("the gRPC server task failed")?.context("the gRPC server failed")?;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    grace_seconds = self.grace.as_secs(),
+                    "calls still running after the grace period; stopping"
+                );
+                abort.abort();
+            }
+        }
         Ok(())
     }
 

@@ -28,6 +28,7 @@ pub struct Settings {
     pub demo: DemoSettings,
     pub log: LogSettings,
     pub keys: KeySettings,
+    pub shutdown: ShutdownSettings,
     pub facade: FacadeSettings,
 }
 
@@ -78,6 +79,21 @@ pub struct TokenSettings {
     pub audience: Option<String>,
     /// Seconds a node trusts a client it read from the database (0: no cache).
     pub client_cache_ttl: i64,
+    /// A public client that token requests naming no client at all act as (off when empty).
+    pub default_client_id: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownSettings {
+    /// Seconds in-flight requests get to finish after SIGTERM before the process exits anyway.
+    pub grace_period: u64,
+}
+
+impl Default for ShutdownSettings {
+    fn default() -> Self {
+        Self { grace_period: 20 }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Default)]
@@ -132,6 +148,7 @@ impl Default for Settings {
             demo: DemoSettings::default(),
             log: LogSettings::default(),
             keys: KeySettings::default(),
+            shutdown: ShutdownSettings::default(),
             facade: FacadeSettings::default(),
         }
     }
@@ -169,6 +186,7 @@ impl Default for TokenSettings {
             lockout_window: 900,
             signing_alg: "ES256".into(),
             client_cache_ttl: 10,
+            default_client_id: String::new(),
             audience: None,
         }
     }
@@ -207,6 +225,9 @@ impl EnvSource for Vec<(String, String)> {
     }
 }
 
+/// `TESSERA_*` variables the `tessera` command reads itself (they are not settings keys).
+pub const CLI_VARIABLES: &[&str] = &["CONFIG", "PASSWORD", "ADMIN_ENDPOINT"];
+
 impl Settings {
     /// Loads settings from an optional TOML file and the environment, then validates them.
     pub fn load(file: Option<&Path>, env: &dyn EnvSource) -> anyhow::Result<Self> {
@@ -223,8 +244,8 @@ impl Settings {
             let Some(rest) = key.strip_prefix("TESSERA_") else {
                 continue;
             };
-            // Variables for other tools that happen to share the prefix are not settings.
-            if rest.is_empty() {
+            // The command line's own variables share the prefix but are not settings.
+            if rest.is_empty() || CLI_VARIABLES.contains(&rest) {
                 continue;
             }
             let path = rest.to_lowercase().replace("__", ".");
@@ -281,6 +302,9 @@ impl Settings {
             bail!("tokens.signing_alg: must be ES256, EdDSA or RS256, got {:?}", t.signing_alg);
         }
         self.key_encryption_key()?;
+        if self.shutdown.grace_period > 3600 {
+            bail!("shutdown.grace_period: at most 3600 seconds, got {}", self.shutdown.grace_period);
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             bail!("log.format: must be text or json, got {:?}", self.log.format);
         }
@@ -354,6 +378,7 @@ impl Settings {
         c.lockout_threshold = t.lockout_threshold;
         c.lockout_window = t.lockout_window;
         c.client_cache_ttl = t.client_cache_ttl.max(0);
+        c.default_client_id = Some(t.default_client_id.clone()).filter(|id| !id.is_empty());
         c.key_encryption_key = self.key_encryption_key().ok().flatten();
         c.verification_uri = format!("{}/device", self.public_url());
         if let Some(a) = &t.audience {
@@ -416,6 +441,9 @@ mod tests {
         let e = Settings::load(None, &env(&[("TESSERA_KEYS__ENCRYPTION_KEY", "c2hvcnQ=")])).unwrap_err();
         assert!(format!("{e:#}").contains("keys.encryption_key"), "{e:#}");
         assert!(!format!("{e:#}").contains("c2hvcnQ="), "the bad key itself is not echoed: {e:#}");
+        // The command line's own variables are not mistaken for settings.
+        let cli = env(&[("TESSERA_PASSWORD", "x"), ("TESSERA_CONFIG", "t.toml"), ("TESSERA_ADMIN_ENDPOINT", "h:1")]);
+        assert!(Settings::load(None, &cli).is_ok());
         let e = Settings::load(None, &env(&[("TESSERA_TOKENS__NOPE", "1")])).unwrap_err();
         assert!(format!("{e:#}").contains("nope"), "{e:#}");
         let e = Settings::load(None, &env(&[("TESSERA_GRPC__LISTEN", "not an address")])).unwrap_err();

@@ -160,3 +160,57 @@ mod algorithms {
         signs_and_verifies_with("RS256", "RSA").await;
     }
 }
+
+mod default_client {
+    use crate::harness::*;
+    use tessera_core::ErrorCode;
+    use tessera_proto::token::v1 as pb;
+
+    fn password_without_client() -> pb::IssueTokenRequest {
+        pb::IssueTokenRequest {
+            grant_type: "password".into(),
+            username: "alice".into(),
+            password: "alice-password".into(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_request_naming_no_client_acts_as_the_configured_public_default() {
+        let Some(app) = TestApp::spawn_with(Backend::SqliteMemory, |s| s.tokens.default_client_id = "cli".into()).await
+        else {
+            return;
+        };
+        app.client(ClientSpec {
+            id: "cli",
+            public: true,
+            grants: &["password", "refresh_token"],
+            ..Default::default()
+        })
+        .await;
+        app.user("alice", "alice-password").await;
+        let t = app.issue(password_without_client()).await.unwrap();
+        assert_eq!(jwt_parts(&t.access_token).1["client_id"], "cli");
+        // A secret without a client id is still refused: the default is for public use only.
+        let with_secret = pb::IssueTokenRequest { client_secret: "something".into(), ..password_without_client() };
+        assert_oauth(app.issue(with_secret).await, ErrorCode::InvalidClient, "a secret with no client id");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn without_a_default_client_a_request_naming_no_client_is_invalid_client() {
+        let Some(app) = TestApp::spawn(Backend::SqliteMemory).await else { return };
+        app.user("alice", "alice-password").await;
+        assert_oauth(app.issue(password_without_client()).await, ErrorCode::InvalidClient, "no client");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_confidential_default_client_cannot_be_used_without_its_secret() {
+        let Some(app) = TestApp::spawn_with(Backend::SqliteMemory, |s| s.tokens.default_client_id = "svc".into()).await
+        else {
+            return;
+        };
+        app.client(ClientSpec { id: "svc", grants: &["password"], ..Default::default() }).await;
+        app.user("alice", "alice-password").await;
+        assert_oauth(app.issue(password_without_client()).await, ErrorCode::InvalidClient, "confidential default");
+    }
+}

@@ -6,12 +6,14 @@ use crate::harness::*;
 use reqwest::StatusCode;
 use serde_json::json;
 use std::time::Duration;
+use tessera_proto::admin::v1 as admin;
 
 both_pairs!(
     client_credentials_tokens_come_with_no_store_headers_on_every_token_path,
     basic_credentials_are_form_decoded_as_rfc_6749_section_2_3_1_says,
     invalid_client_is_a_401_with_a_basic_challenge_when_basic_was_tried,
     the_seed_password_and_refresh_json_bodies_work_as_written,
+    the_seed_password_json_body_works_without_any_client_where_a_default_client_is_set,
     the_seed_authorization_code_json_body_works_as_written_and_a_replay_fails,
     the_seed_device_json_bodies_work_as_written_through_the_verification_page,
     a_denied_device_request_polls_as_access_denied_with_400,
@@ -113,6 +115,25 @@ async fn the_seed_password_and_refresh_json_bodies_work_as_written(pair: Pair) {
     assert_ne!(t2["refresh_token"], t["refresh_token"], "the refresh token rotates");
     // The rotated one is spent.
     app.post_json("/api/v4/oauth", &body, None).await.assert_error(400, "invalid_grant");
+    app.stop().await;
+}
+
+async fn the_seed_password_json_body_works_without_any_client_where_a_default_client_is_set(pair: Pair) {
+    let Some(app) = TestApp::spawn_with(pair, |s| s.tokens.default_client_id = "web-app".into()).await else { return };
+    app.create_client(admin::CreateClientRequest {
+        client_id: "web-app".into(),
+        public: true,
+        grant_types: vec!["password".into(), "refresh_token".into()],
+        ..Default::default()
+    })
+    .await;
+    app.create_user("alice", "correct horse battery").await;
+    // ../shared/seeds/000, byte for byte: no client_id, no secret, no Authorization header.
+    let body = "{\n\"grant_type\": \"password\",\n\"username\": \"alice\",\n\"password\": \"correct horse battery\"\n}";
+    let t = app.post_json("/api/v4/oauth", body, None).await.assert_tokens();
+    assert_eq!(t["token_type"], "Bearer");
+    assert_eq!(t["expires_in"], 3600);
+    assert!(t["refresh_token"].is_string());
     app.stop().await;
 }
 
