@@ -114,10 +114,10 @@ fn init_logs(settings: &Settings) -> anyhow::Result<()> {
 fn redact_url(url: &str) -> String {
     match url.split_once("://") {
         Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((userinfo, host)) => {
-                let user = userinfo.split(':').next().unwrap_or("");
-                format!("{scheme}://{user}:***@{host}")
-            }
+            Some((userinfo, host)) => match userinfo.split_once(':') {
+                Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+                None => url.to_owned(),
+            },
             None => url.to_owned(),
         },
         None => url.to_owned(),
@@ -256,5 +256,7 @@ mod tests {
     fn urls_lose_their_password_when_printed() {
         assert_eq!(redact_url("postgres://app:s3cret@db:5432/x"), "postgres://app:***@db:5432/x");
         assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(redact_url("postgres://postgres@db/x"), "postgres://postgres@db/x");
+        assert_eq!(redact_url("redis://:pw@cache:6379"), "redis://:***@cache:6379");
     }
 }
