@@ -12,6 +12,9 @@ use tessera_core::ErrorCode;
 use tessera_proto::token::v1 as pb;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
 
 /// A loopback TCP proxy that can be cut (every connection dropped, new ones refused at once)
 /// and restored.
@@ -64,6 +67,23 @@ impl Drop for Proxy {
         self.accept.abort();
         self.cut();
     }
+}
+
+/// Waits until the standard health service reports `expected` for the whole server.
+async fn wait_for_health(health: &HealthClient<tonic::transport::Channel>, expected: ServingStatus) {
+    eventually(Duration::from_secs(10), || {
+        let mut h = health.clone();
+        async move {
+            let s = h.check(HealthCheckRequest { service: String::new() }).await.map_err(|e| e.to_string())?;
+            let status = s.into_inner().status;
+            if status == expected as i32 {
+                Ok(())
+            } else {
+                Err(format!("status {status}, waiting for {expected:?}"))
+            }
+        }
+    })
+    .await;
 }
 
 /// Retries `f` until it succeeds or `within` passes.
@@ -172,49 +192,13 @@ async fn a_store_outage_gives_unavailable_fails_closed_and_recovers_by_itself() 
     // The caller's client authentication needs the database, so introspection is
     // unavailable too; the token check itself touches no store.
     assert_oauth(checked, ErrorCode::TemporarilyUnavailable, "introspection without Postgres");
-    // The standard health service reports it.
-    use tonic_health::pb::health_client::HealthClient;
-    use tonic_health::pb::HealthCheckRequest;
+    // The standard health service reports it, and reports the recovery.
     let channel =
         tonic::transport::Channel::from_shared(format!("http://{}", app.addr)).unwrap().connect().await.unwrap();
     let health = HealthClient::new(channel);
-    let not_serving = tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
-    eventually(Duration::from_secs(10), || {
-        let mut h = health.clone();
-        async move {
-            let s = h
-                .check(HealthCheckRequest { service: String::new() })
-                .await
-                .map_err(|e| e.to_string())?
-                .into_inner()
-                .status;
-            if s == not_serving {
-                Ok(())
-            } else {
-                Err(format!("status {s}"))
-            }
-        }
-    })
-    .await;
+    wait_for_health(&health, ServingStatus::NotServing).await;
     pg.restore();
     eventually(Duration::from_secs(15), || app.issue(cc.clone())).await;
-    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
-    eventually(Duration::from_secs(10), || {
-        let mut h = health.clone();
-        async move {
-            let s = h
-                .check(HealthCheckRequest { service: String::new() })
-                .await
-                .map_err(|e| e.to_string())?
-                .into_inner()
-                .status;
-            if s == serving {
-                Ok(())
-            } else {
-                Err(format!("status {s}"))
-            }
-        }
-    })
-    .await;
+    wait_for_health(&health, ServingStatus::Serving).await;
     assert!(app.introspect(&token, (&svc_id, &svc_secret)).await.active);
 }

@@ -4,7 +4,7 @@
 //! cannot be trusted: an error page, never a redirect (RFC 6749 §4.1.2.1).
 
 use super::{
-    csrf_failed, csrf_ok, error_page, login_error_message, redirect, render, session, session_cookie, ConsentPage,
+    checked_form, error_page, login_error_message, redirect, render, session, session_cookie, ConsentPage,
     Csrf, Hidden, LoginPage, MessagePage, PageConfig, ScopeLine, SESSION_COOKIE,
 };
 use crate::backend::Backend;
@@ -174,13 +174,10 @@ pub async fn login(
     config: web::Data<PageConfig>,
     params: Result<Params, ApiError>,
 ) -> HttpResponse {
-    let params = match params {
+    let params = match checked_form(&req, params) {
         Ok(p) => p,
-        Err(e) => return error_page(&e.error, vec![]),
+        Err(page) => return *page,
     };
-    if !csrf_ok(&req, &params) {
-        return csrf_failed();
-    }
     let username = params.get("username").unwrap_or_default().to_owned();
     let device_flow = params.get("flow") == Some("device");
     let answer = backend
@@ -225,13 +222,10 @@ pub async fn consent(
     config: web::Data<PageConfig>,
     params: Result<Params, ApiError>,
 ) -> HttpResponse {
-    let params = match params {
+    let params = match checked_form(&req, params) {
         Ok(p) => p,
-        Err(e) => return error_page(&e.error, vec![]),
+        Err(page) => return *page,
     };
-    if !csrf_ok(&req, &params) {
-        return csrf_failed();
-    }
     let decision = match params.get("decision") {
         Some("approve") => pb::ConsentDecision::Approve,
         Some("deny") => pb::ConsentDecision::Deny,
@@ -253,12 +247,8 @@ pub async fn logout(
     config: web::Data<PageConfig>,
     params: Result<Params, ApiError>,
 ) -> HttpResponse {
-    let params = match params {
-        Ok(p) => p,
-        Err(e) => return error_page(&e.error, vec![]),
-    };
-    if !csrf_ok(&req, &params) {
-        return csrf_failed();
+    if let Err(page) = checked_form(&req, params) {
+        return *page;
     }
     let handle = session(&req);
     if !handle.is_empty() {

@@ -4,7 +4,7 @@
 
 use super::authorize::LoginRetry;
 use super::{
-    csrf_failed, csrf_ok, error_page, render, session, Csrf, DeviceCodePage, DeviceConfirmPage, Hidden, LoginPage,
+    checked_form, error_page, render, session, Csrf, DeviceCodePage, DeviceConfirmPage, Hidden, LoginPage,
     MessagePage, PageConfig, ScopeLine,
 };
 use crate::backend::Backend;
@@ -108,13 +108,10 @@ pub async fn device_post(
     config: web::Data<PageConfig>,
     params: Result<Params, ApiError>,
 ) -> HttpResponse {
-    let params = match params {
+    let params = match checked_form(&req, params) {
         Ok(p) => p,
-        Err(e) => return error_page(&e.error, vec![]),
+        Err(page) => return *page,
     };
-    if !csrf_ok(&req, &params) {
-        return csrf_failed();
-    }
     let user_code = params.get("user_code").unwrap_or_default();
     let session = session(&req);
     let approve = match params.get("action") {

@@ -9,6 +9,7 @@
 pub mod authorize;
 pub mod device;
 
+use crate::error::ApiError;
 use crate::params::Params;
 use actix_web::cookie::{time::Duration as CookieDuration, Cookie, SameSite};
 use actix_web::http::{header, StatusCode};
@@ -205,6 +206,17 @@ pub fn csrf_ok(req: &HttpRequest, params: &Params) -> bool {
             bool::from(cookie.value().as_bytes().ct_eq(field.as_bytes()))
         }
         _ => false,
+    }
+}
+
+/// A posted page form, once it parsed and carried the right CSRF token; otherwise the page
+/// to answer with instead.
+pub fn checked_form(req: &HttpRequest, params: Result<Params, ApiError>) -> Result<Params, Box<HttpResponse>> {
+    let params = params.map_err(|e| Box::new(error_page(&e.error, vec![])))?;
+    if csrf_ok(req, &params) {
+        Ok(params)
+    } else {
+        Err(Box::new(csrf_failed()))
     }
 }
 
