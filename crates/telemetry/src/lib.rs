@@ -1,23 +1,65 @@
-//! Logging setup shared by Tessera's services: `tracing` with an env filter, as text or JSON.
-//! Security events go to the `tessera::audit` target. Depends on no other Tessera crate.
+//! Telemetry shared by Tessera's services: the `tracing` subscriber (text or JSON logs with
+//! an env filter), OpenTelemetry traces exported over OTLP/gRPC when an endpoint is
+//! configured, W3C trace-context propagation for both sides of a gRPC call, and the
+//! Prometheus text exposition. Security events go to the `tessera::audit` target. Depends on
+//! no other Tessera crate; `tessera-core` must never depend on this one.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::todo))]
 
-use tracing_subscriber::{fmt, EnvFilter};
+mod json;
+pub mod metrics;
+mod otel;
+pub mod propagation;
+
+pub use otel::{ExportSettings, Telemetry};
+use tracing_subscriber::layer::{Layered, SubscriberExt as _};
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{fmt, EnvFilter, Layer, Registry};
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     Text,
+    /// One JSON object per line; inside a traced span it starts with `trace_id` and `span_id`.
     Json,
 }
 
-/// Installs the global subscriber. `RUST_LOG` overrides `default_level` when set.
-pub fn init(format: Format, default_level: &str) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(default_level))?;
-    let builder = fmt().with_env_filter(filter).with_target(true);
-    let result = match format {
-        Format::Text => builder.try_init(),
-        Format::Json => builder.json().flatten_event(true).try_init(),
+/// What [`init`] sets up.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub format: Format,
+    /// The filter when `RUST_LOG` is unset, e.g. `info`.
+    pub level: String,
+    /// Where spans go and under which service name; `None` for commands that serve nothing
+    /// (they log, never export).
+    pub export: Option<ExportSettings>,
+}
+
+type LogLayer = Box<dyn Layer<Registry> + Send + Sync>;
+
+/// Installs the global subscriber, with the OTLP trace exporter when an endpoint is
+/// configured (see [`ExportSettings`]). `RUST_LOG` overrides `config.level` when set. Must
+/// run inside a multi-threaded Tokio runtime: the exporter's batch task lives there. Keep
+/// the returned handle and call [`Telemetry::shutdown`] before exiting, so the spans still
+/// queued reach the collector.
+pub fn init(config: Config) -> anyhow::Result<Telemetry> {
+    let filter = EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(&config.level))?;
+    let telemetry = match &config.export {
+        Some(export) => Telemetry::start(export)?,
+        None => Telemetry::disabled(),
     };
-    result.map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))
+    let logs: LogLayer = match config.format {
+        Format::Text => fmt::layer().with_target(true).boxed(),
+        Format::Json => fmt::layer()
+            .fmt_fields(fmt::format::JsonFields::new())
+            .event_format(json::WithTraceIds(fmt::format().json().flatten_event(true).with_target(true)))
+            .boxed(),
+    };
+    let traces = telemetry.layer::<Layered<LogLayer, Registry>>();
+    Registry::default()
+        .with(logs)
+        .with(traces)
+        .with(filter)
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))?;
+    Ok(telemetry)
 }

@@ -1,8 +1,11 @@
 //! The facade's only collaborator: gRPC clients of the token service, one lazily connected
-//! channel per worker thread.
+//! channel per worker thread. Every call carries the current span's W3C trace context, so a
+//! request and the RPC it causes are one trace.
 
 use std::time::Duration;
 use tessera_proto::token::v1::token_service_client::TokenServiceClient;
+use tonic::metadata::{MetadataKey, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_client::HealthClient;
 
@@ -32,15 +35,34 @@ impl BackendConfig {
     pub fn connect_lazy(&self) -> Backend {
         let channel = self.endpoint.connect_lazy();
         Backend {
-            token: TokenServiceClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
+            token: TokenServiceClient::with_interceptor(channel.clone(), PropagateTrace)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
             health: HealthClient::new(channel),
         }
     }
 }
 
+/// Adds `traceparent` (and `tracestate`) of the current span to each call's metadata.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PropagateTrace;
+
+impl tonic::service::Interceptor for PropagateTrace {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        tessera_telemetry::propagation::inject_current(|key, value| {
+            if let (Ok(key), Ok(value)) = (MetadataKey::from_bytes(key.as_bytes()), MetadataValue::try_from(value)) {
+                request.metadata_mut().insert(key, value);
+            }
+        });
+        Ok(request)
+    }
+}
+
+/// A TokenService client that propagates the trace context.
+pub type TokenClient = TokenServiceClient<InterceptedService<Channel, PropagateTrace>>;
+
 /// The token service, as the handlers see it.
 #[derive(Clone)]
 pub struct Backend {
-    pub token: TokenServiceClient<Channel>,
+    pub token: TokenClient,
     pub health: HealthClient<Channel>,
 }

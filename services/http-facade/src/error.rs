@@ -138,6 +138,8 @@ impl ResponseError for ApiError {
             error_description: self.error.description.clone(),
         });
         no_store(&mut res);
+        // For the request's span and series (see observe.rs).
+        res.extensions_mut().insert(self.error.code);
         if self.error.code == ErrorCode::InvalidClient && self.basic_tried {
             res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"tessera\""));
         }
@@ -234,6 +236,7 @@ impl ResponseError for BearerError {
         };
         let mut res = HttpResponse::build(self.status_code()).json(body);
         no_store(&mut res);
+        res.extensions_mut().insert(self.error.as_ref().map_or(ErrorCode::InvalidToken, |e| e.code));
         // Only server and availability failures leave the challenge out: they are not about
         // the token.
         let about_the_token = self

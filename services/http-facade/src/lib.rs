@@ -11,6 +11,7 @@ pub mod discovery;
 pub mod error;
 pub mod health;
 pub mod oauth;
+pub mod observe;
 pub mod openapi;
 pub mod pages;
 pub mod params;
@@ -24,7 +25,9 @@ use anyhow::Context as _;
 use backend::BackendConfig;
 use error::ApiError;
 use futures::FutureExt as _;
+use observe::{Exchange, FacadeMetrics};
 use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
 use tessera_token_service::metadata::paths;
 use tessera_token_service::settings::Settings;
 use tokio::task::JoinHandle;
@@ -124,6 +127,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/healthz").route(web::get().to(health::healthz)).default_service(json_405()))
         .service(web::resource("/readyz").route(web::get().to(health::readyz)).default_service(json_405()))
         .service(web::resource("/openapi.json").route(web::get().to(openapi::openapi_json)).default_service(json_405()))
+        .service(web::resource("/metrics").route(web::get().to(observe::metrics)).default_service(json_405()))
         // Pages.
         .service(
             web::resource(with_aliases(paths::AUTHORIZE))
@@ -150,6 +154,7 @@ fn extractor_error(why: String) -> actix_web::Error {
 /// A running HTTP facade.
 pub struct FacadeApplication {
     addr: SocketAddr,
+    metrics: Arc<FacadeMetrics>,
     handle: ServerHandle,
     server: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -175,6 +180,8 @@ impl FacadeApplication {
         let grace = settings.shutdown.grace_period;
         let page_config = pages::PageConfig { secure_cookies: settings.public_url().starts_with("https://") };
         let openapi = web::Data::new(openapi::OpenApiJson(openapi::document_json()?));
+        let metrics = web::Data::new(FacadeMetrics::new()?);
+        let series = metrics.clone().into_inner();
         let addr = listener.local_addr().context("reading the HTTP listener's address")?;
         listener.set_nonblocking(true).context("configuring the HTTP listener")?;
         let server = HttpServer::new(move || {
@@ -184,6 +191,7 @@ impl FacadeApplication {
                 .app_data(web::Data::new(backend.connect_lazy()))
                 .app_data(web::Data::new(page_config.clone()))
                 .app_data(openapi.clone())
+                .app_data(metrics.clone())
                 .app_data(
                     web::JsonConfig::default()
                         .limit(params::MAX_BODY_BYTES)
@@ -209,24 +217,21 @@ impl FacadeApplication {
                         .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
                         .add((header::X_FRAME_OPTIONS, "DENY")),
                 )
-                .wrap_fn(|req, srv| {
-                    let span = tracing::info_span!(
-                        "http",
-                        method = %req.method(),
-                        path = %req.path(),
-                        status = tracing::field::Empty,
-                    );
-                    let started = std::time::Instant::now();
-                    srv.call(req)
-                        .map(move |res| {
-                            if let Ok(r) = &res {
-                                let status = r.status().as_u16();
-                                tracing::Span::current().record("status", status);
-                                tracing::debug!(status, micros = started.elapsed().as_micros() as u64, "answered");
-                            }
-                            res
-                        })
-                        .instrument(span)
+                .wrap_fn({
+                    let metrics = metrics.clone();
+                    move |req, srv| {
+                        let exchange = Exchange::start(&req);
+                        let span = exchange.span.clone();
+                        let metrics = metrics.clone();
+                        srv.call(req)
+                            .map(move |res| {
+                                if let Ok(r) = &res {
+                                    exchange.finish(&metrics, r);
+                                }
+                                res
+                            })
+                            .instrument(span)
+                    }
                 })
         })
         .disable_signals()
@@ -237,7 +242,12 @@ impl FacadeApplication {
         let handle = server.handle();
         let server = tokio::spawn(server);
         tracing::info!(%addr, token_service = %grpc_endpoint, "HTTP facade listening");
-        Ok(Self { addr, handle, server: Some(server) })
+        Ok(Self { addr, metrics: series, handle, server: Some(server) })
+    }
+
+    /// The series served at `/metrics`.
+    pub fn metrics(&self) -> &Arc<FacadeMetrics> {
+        &self.metrics
     }
 
     pub fn local_addr(&self) -> SocketAddr {

@@ -8,6 +8,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use tessera_core::model::GrantType;
 use tessera_proto::token::v1 as pb;
+use tessera_token_service::observe::grant_label;
 use tracing::field::Empty;
 use utoipa::ToSchema;
 
@@ -93,6 +94,7 @@ pub async fn token(req: HttpRequest, backend: web::Data<Backend>, params: Params
     let span = tracing::Span::current();
     span.record("grant_type", printable(&r.grant_type));
     span.record("client_id", printable(&client.client_id));
+    crate::observe::observe(&req, grant_label(&r.grant_type), &printable(&client.client_id));
     let mut rpc = backend.token.clone();
     let answer = match GrantType::parse(&r.grant_type) {
         Some(GrantType::AuthorizationCode) => {

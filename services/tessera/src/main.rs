@@ -79,7 +79,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Serve(args)) => serve(load(&cli)?, args.only).await,
         Some(Command::Migrate) => {
             let settings = load(&cli)?;
-            init_logs(&settings)?;
+            init_logs(&settings, None)?;
             tessera_token_service::migrate(&settings).await?;
             println!("migrations applied to {}", redact_url(&settings.database_url()));
             Ok(())
@@ -93,6 +93,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("  database.url    = {}", redact_url(&s.database_url()));
             let redis = if s.redis.url.is_empty() { "(in-memory)".to_owned() } else { redact_url(&s.redis.url) };
             println!("  redis.url       = {redis}");
+            let metrics = if s.metrics.listen.is_empty() { "(off)" } else { s.metrics.listen.as_str() };
+            println!("  metrics.listen  = {metrics}");
+            let otlp = if s.otel.endpoint.is_empty() { "(unset)" } else { s.otel.endpoint.as_str() };
+            println!("  otel.endpoint   = {otlp}");
             println!("  data_dir        = {}", s.data_dir.display());
             println!(
                 "  admin.token     = {}",
@@ -104,10 +108,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn init_logs(settings: &Settings) -> anyhow::Result<()> {
+/// Logs, and for a server (`service_name` set) traces: exported over OTLP when
+/// `otel.endpoint` or `OTEL_EXPORTER_OTLP_ENDPOINT` names a collector.
+fn init_logs(settings: &Settings, service_name: Option<&str>) -> anyhow::Result<tessera_telemetry::Telemetry> {
     let format =
         if settings.log.format == "json" { tessera_telemetry::Format::Json } else { tessera_telemetry::Format::Text };
-    tessera_telemetry::init(format, &settings.log.level)
+    let export = service_name.map(|name| tessera_telemetry::ExportSettings {
+        endpoint: Some(settings.otel.endpoint.clone()).filter(|e| !e.is_empty()),
+        service_name: name.to_owned(),
+    });
+    tessera_telemetry::init(tessera_telemetry::Config { format, level: settings.log.level.clone(), export })
 }
 
 /// A connection URL without its password.
@@ -125,11 +135,28 @@ fn redact_url(url: &str) -> String {
 }
 
 async fn serve(settings: Settings, only: Option<Only>) -> anyhow::Result<()> {
-    init_logs(&settings)?;
-    match only {
+    // `service.name` of the spans, unless OTEL_SERVICE_NAME says otherwise.
+    let service_name = match only {
+        Some(Only::TokenService) => "tessera-token-service",
+        Some(Only::HttpFacade) => "tessera-http-facade",
+        None => "tessera",
+    };
+    let telemetry = init_logs(&settings, Some(service_name))?;
+    let served = match only {
         Some(Only::TokenService) => serve_token_service(settings).await,
         Some(Only::HttpFacade) => serve_facade(settings).await,
         None => serve_both(settings).await,
+    };
+    // The spans of the last requests are still queued: send them before exiting.
+    telemetry.shutdown().await;
+    served
+}
+
+/// The banner line of the token service's metrics listener.
+fn print_metrics(app: &Application) {
+    match app.metrics_addr() {
+        Some(addr) => println!("  token service metrics (Prometheus): http://{addr}/metrics"),
+        None => println!("  token service metrics: off (metrics.listen is empty)"),
     }
 }
 
@@ -146,6 +173,7 @@ async fn serve_token_service(settings: Settings) -> anyhow::Result<()> {
     println!();
     println!("Tessera's token service is running.");
     println!("  gRPC (TokenService, AdminService, health, reflection): {addr}");
+    print_metrics(&app);
     print_stores(&settings);
     let dir = settings.data_dir.display();
     if app.demo().is_some() {
@@ -166,6 +194,7 @@ async fn serve_facade(settings: Settings) -> anyhow::Result<()> {
     println!("  HTTP: http://{} (public URL {public})", facade.local_addr());
     println!("  token service: {upstream}");
     println!("  discovery: {public}/.well-known/openid-configuration");
+    println!("  metrics (Prometheus): http://{}/metrics", facade.local_addr());
     println!();
     facade.run_until(shutdown_signal()).await.context("serving")
 }
@@ -192,6 +221,8 @@ async fn serve_both(mut settings: Settings) -> anyhow::Result<()> {
     println!("Tessera is running.");
     println!("  HTTP (OAuth endpoints and pages): http://{http_addr} (public URL {public})");
     println!("  gRPC (TokenService, AdminService, health, reflection): {}", app.grpc_addr());
+    println!("  HTTP facade metrics (Prometheus): http://{http_addr}/metrics");
+    print_metrics(&app);
     print_stores(&settings);
     let dir = settings.data_dir.display();
     if app.demo().is_some() {

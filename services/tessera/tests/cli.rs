@@ -24,6 +24,7 @@ impl Server {
             .env("TESSERA_DATA_DIR", dir.join("data"))
             .env("TESSERA_GRPC__LISTEN", "127.0.0.1:0")
             .env("TESSERA_HTTP__LISTEN", "127.0.0.1:0")
+            .env("TESSERA_METRICS__LISTEN", "127.0.0.1:0")
             .env("RUST_LOG", "warn")
             .env_remove("DATABASE_URL")
             .env_remove("REDIS_URL")

@@ -1,6 +1,6 @@
 //! `tessera.admin.v1.AdminService`, guarded by the admin credential from configuration.
 
-use crate::errors::status;
+use crate::observe::Metrics;
 use std::sync::Arc;
 use tessera_core::admin::{NewClient, NewUser};
 use tessera_core::model::{Client, GrantType, Password, User};
@@ -8,15 +8,18 @@ use tessera_core::Tessera;
 use tessera_crypto::Digest;
 use tessera_proto::admin::v1 as pb;
 use tonic::{Request, Response, Status};
+use tracing::field::Empty;
 
 pub struct AdminApi {
     pub tessera: Arc<Tessera>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Checks `authorization: Bearer <admin token>` in constant time (by digest).
 #[derive(Clone)]
 pub struct AdminGuard {
     pub token_digest: Digest,
+    pub metrics: Arc<Metrics>,
 }
 
 impl tonic::service::Interceptor for AdminGuard {
@@ -31,6 +34,7 @@ impl tonic::service::Interceptor for AdminGuard {
             Some(d) if d.ct_eq(&self.token_digest) => Ok(request),
             _ => {
                 tracing::warn!(target: "tessera::audit", kind = "admin_denied", "admin call without a valid credential");
+                self.metrics.audit_event("admin_denied");
                 Err(Status::unauthenticated("a valid admin credential is required"))
             }
         }
@@ -67,107 +71,149 @@ fn user_pb(u: User) -> pb::User {
 
 #[tonic::async_trait]
 impl pb::admin_service_server::AdminService for AdminApi {
-    #[tracing::instrument(name = "CreateClient", skip_all)]
+    #[tracing::instrument(name = "CreateClient", skip_all, fields(otel.kind = "server", error_code = Empty))]
     async fn create_client(
         &self,
         request: Request<pb::CreateClientRequest>,
     ) -> Result<Response<pb::CreateClientResponse>, Status> {
         let r = request.into_inner();
-        let spec = NewClient {
-            client_id: r.client_id,
-            name: r.name,
-            public: r.public,
-            grant_types: r.grant_types,
-            redirect_uris: r.redirect_uris,
-            scopes: r.scopes,
-            access_token_ttl: (r.access_token_ttl > 0).then_some(r.access_token_ttl),
-            refresh_token_ttl: (r.refresh_token_ttl > 0).then_some(r.refresh_token_ttl),
-            skip_consent: r.skip_consent,
-            allow_implicit: r.allow_implicit,
-            allow_plain_pkce: r.allow_plain_pkce,
-        };
-        let created = self.tessera.create_client(spec).await.map_err(status)?;
-        Ok(Response::new(pb::CreateClientResponse {
-            client_secret: created.secret.map(|s| s.expose().to_owned()).unwrap_or_default(),
-            client: Some(client_pb(created.client)),
-        }))
+        self.metrics
+            .observe("CreateClient", "", async move {
+                let spec = NewClient {
+                    client_id: r.client_id,
+                    name: r.name,
+                    public: r.public,
+                    grant_types: r.grant_types,
+                    redirect_uris: r.redirect_uris,
+                    scopes: r.scopes,
+                    access_token_ttl: (r.access_token_ttl > 0).then_some(r.access_token_ttl),
+                    refresh_token_ttl: (r.refresh_token_ttl > 0).then_some(r.refresh_token_ttl),
+                    skip_consent: r.skip_consent,
+                    allow_implicit: r.allow_implicit,
+                    allow_plain_pkce: r.allow_plain_pkce,
+                };
+                let created = self.tessera.create_client(spec).await?;
+                Ok(pb::CreateClientResponse {
+                    client_secret: created.secret.map(|s| s.expose().to_owned()).unwrap_or_default(),
+                    client: Some(client_pb(created.client)),
+                })
+            })
+            .await
     }
 
+    #[tracing::instrument(name = "ListClients", skip_all, fields(otel.kind = "server", error_code = Empty))]
     async fn list_clients(
         &self,
         _request: Request<pb::ListClientsRequest>,
     ) -> Result<Response<pb::ListClientsResponse>, Status> {
-        let clients = self.tessera.list_clients().await.map_err(status)?;
-        Ok(Response::new(pb::ListClientsResponse { clients: clients.into_iter().map(client_pb).collect() }))
+        self.metrics
+            .observe("ListClients", "", async {
+                let clients = self.tessera.list_clients().await?;
+                Ok(pb::ListClientsResponse { clients: clients.into_iter().map(client_pb).collect() })
+            })
+            .await
     }
 
+    #[tracing::instrument(name = "GetClient", skip_all, fields(otel.kind = "server", error_code = Empty))]
     async fn get_client(&self, request: Request<pb::GetClientRequest>) -> Result<Response<pb::Client>, Status> {
-        let c = self.tessera.get_client(&request.into_inner().client_id).await.map_err(status)?;
-        Ok(Response::new(client_pb(c)))
+        let r = request.into_inner();
+        self.metrics
+            .observe("GetClient", "", async move { Ok(client_pb(self.tessera.get_client(&r.client_id).await?)) })
+            .await
     }
 
+    #[tracing::instrument(name = "DeleteClient", skip_all, fields(otel.kind = "server", error_code = Empty))]
     async fn delete_client(
         &self,
         request: Request<pb::DeleteClientRequest>,
     ) -> Result<Response<pb::DeleteClientResponse>, Status> {
-        self.tessera.delete_client(&request.into_inner().client_id).await.map_err(status)?;
-        Ok(Response::new(pb::DeleteClientResponse {}))
+        let r = request.into_inner();
+        self.metrics
+            .observe("DeleteClient", "", async move {
+                self.tessera.delete_client(&r.client_id).await?;
+                Ok(pb::DeleteClientResponse {})
+            })
+            .await
     }
 
+    #[tracing::instrument(name = "RotateClientSecret", skip_all, fields(otel.kind = "server", error_code = Empty))]
     async fn rotate_client_secret(
         &self,
         request: Request<pb::RotateClientSecretRequest>,
     ) -> Result<Response<pb::RotateClientSecretResponse>, Status> {
-        let secret = self.tessera.rotate_client_secret(&request.into_inner().client_id).await.map_err(status)?;
-        Ok(Response::new(pb::RotateClientSecretResponse { client_secret: secret.expose().to_owned() }))
+        let r = request.into_inner();
+        self.metrics
+            .observe("RotateClientSecret", "", async move {
+                let secret = self.tessera.rotate_client_secret(&r.client_id).await?;
+                Ok(pb::RotateClientSecretResponse { client_secret: secret.expose().to_owned() })
+            })
+            .await
     }
 
-    #[tracing::instrument(name = "CreateUser", skip_all)]
+    #[tracing::instrument(name = "CreateUser", skip_all, fields(otel.kind = "server", error_code = Empty))]
     async fn create_user(&self, request: Request<pb::CreateUserRequest>) -> Result<Response<pb::User>, Status> {
         let r = request.into_inner();
-        let spec = NewUser {
-            username: r.username,
-            password: Some(Password::new(r.password)),
-            email: Some(r.email),
-            name: Some(r.name),
-        };
-        let u = self.tessera.create_user(spec).await.map_err(status)?;
-        Ok(Response::new(user_pb(u)))
+        self.metrics
+            .observe("CreateUser", "", async move {
+                let spec = NewUser {
+                    username: r.username,
+                    password: Some(Password::new(r.password)),
+                    email: Some(r.email),
+                    name: Some(r.name),
+                };
+                Ok(user_pb(self.tessera.create_user(spec).await?))
+            })
+            .await
     }
 
+    #[tracing::instrument(name = "ListUsers", skip_all, fields(otel.kind = "server", error_code = Empty))]
     async fn list_users(
         &self,
         _request: Request<pb::ListUsersRequest>,
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
-        let users = self.tessera.list_users().await.map_err(status)?;
-        Ok(Response::new(pb::ListUsersResponse { users: users.into_iter().map(user_pb).collect() }))
+        self.metrics
+            .observe("ListUsers", "", async {
+                let users = self.tessera.list_users().await?;
+                Ok(pb::ListUsersResponse { users: users.into_iter().map(user_pb).collect() })
+            })
+            .await
     }
 
+    #[tracing::instrument(name = "SetUserDisabled", skip_all, fields(otel.kind = "server", error_code = Empty))]
     async fn set_user_disabled(
         &self,
         request: Request<pb::SetUserDisabledRequest>,
     ) -> Result<Response<pb::User>, Status> {
         let r = request.into_inner();
-        let u = self.tessera.set_user_disabled(&r.username, r.disabled).await.map_err(status)?;
-        Ok(Response::new(user_pb(u)))
+        self.metrics
+            .observe("SetUserDisabled", "", async move {
+                Ok(user_pb(self.tessera.set_user_disabled(&r.username, r.disabled).await?))
+            })
+            .await
     }
 
-    #[tracing::instrument(name = "SetUserPassword", skip_all)]
+    #[tracing::instrument(name = "SetUserPassword", skip_all, fields(otel.kind = "server", error_code = Empty))]
     async fn set_user_password(
         &self,
         request: Request<pb::SetUserPasswordRequest>,
     ) -> Result<Response<pb::User>, Status> {
         let r = request.into_inner();
-        let u = self.tessera.set_user_password(&r.username, &Password::new(r.password)).await.map_err(status)?;
-        Ok(Response::new(user_pb(u)))
+        self.metrics
+            .observe("SetUserPassword", "", async move {
+                Ok(user_pb(self.tessera.set_user_password(&r.username, &Password::new(r.password)).await?))
+            })
+            .await
     }
 
-    #[tracing::instrument(name = "RotateSigningKey", skip_all)]
+    #[tracing::instrument(name = "RotateSigningKey", skip_all, fields(otel.kind = "server", error_code = Empty))]
     async fn rotate_signing_key(
         &self,
         _request: Request<pb::RotateSigningKeyRequest>,
     ) -> Result<Response<pb::RotateSigningKeyResponse>, Status> {
-        let kid = self.tessera.rotate_signing_key().await.map_err(status)?;
-        Ok(Response::new(pb::RotateSigningKeyResponse { kid }))
+        self.metrics
+            .observe("RotateSigningKey", "", async {
+                Ok(pb::RotateSigningKeyResponse { kid: self.tessera.rotate_signing_key().await? })
+            })
+            .await
     }
 }

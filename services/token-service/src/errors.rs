@@ -1,11 +1,14 @@
-//! OAuth errors leaving the service: logged with their detail, sent with their description.
+//! OAuth errors leaving the service: logged with their detail, sent with their description,
+//! and named on the RPC's span (`error_code`, an attribute of its trace span).
 
 use tessera_core::{ErrorCode, OAuthError};
 use tonic::Status;
 
 /// Maps an error to a gRPC status, logging what the client does not see. A server error
-/// carries a correlation id instead of its cause.
+/// carries a correlation id instead of its cause. The current span (the RPC's, which
+/// declares an empty `error_code` field) gets the OAuth error code.
 pub fn status(e: OAuthError) -> Status {
+    tracing::Span::current().record("error_code", e.code.as_str());
     match e.code {
         ErrorCode::ServerError => {
             let id = tessera_crypto::random_secret(6);

@@ -1,7 +1,9 @@
 //! `tessera.token.v1.TokenService`: turns each request into a typed core command at the edge
-//! and maps the answer (or the `OAuthError`) back.
+//! and maps the answer (or the `OAuthError`) back. Each RPC runs in a server span named after
+//! it (grant type, client id, OAuth error code; never a credential) and is counted by
+//! [`Metrics::observe`].
 
-use crate::errors::status;
+use crate::observe::{grant_label, Metrics};
 use std::sync::Arc;
 use tessera_core::authorize::{AuthorizeOutcome, AuthorizeRequest as CoreAuthorize, Consent};
 use tessera_core::grants::Grant;
@@ -12,9 +14,11 @@ use tessera_core::model::{
 use tessera_core::{ClientAuth, ErrorCode, OAuthError, Tessera, TokenSet};
 use tessera_proto::token::v1 as pb;
 use tonic::{Request, Response, Status};
+use tracing::field::Empty;
 
 pub struct TokenApi {
     pub tessera: Arc<Tessera>,
+    pub metrics: Arc<Metrics>,
     /// The RFC 8414 metadata document, built once from the settings.
     pub metadata_json: Arc<str>,
 }
@@ -36,234 +40,311 @@ fn scopes(v: Vec<(String, String)>) -> Vec<pb::ScopeDescription> {
 
 #[tonic::async_trait]
 impl pb::token_service_server::TokenService for TokenApi {
-    #[tracing::instrument(name = "IssueToken", skip_all, fields(grant_type = %request.get_ref().grant_type, client_id = %request.get_ref().client_id))]
+    #[tracing::instrument(name = "IssueToken", skip_all, fields(otel.kind = "server", grant_type = grant_label(&request.get_ref().grant_type), client_id = %request.get_ref().client_id, error_code = Empty))]
     async fn issue_token(
         &self,
         request: Request<pb::IssueTokenRequest>,
     ) -> Result<Response<pb::TokenResponse>, Status> {
         let r = request.into_inner();
-        let grant =
-            match GrantType::parse(&r.grant_type) {
-                Some(GrantType::ClientCredentials) => Grant::ClientCredentials { scope: r.scope },
-                Some(GrantType::Password) => {
-                    Grant::Password { username: r.username, password: Password::new(r.password), scope: r.scope }
-                }
-                Some(GrantType::RefreshToken) => {
-                    Grant::RefreshToken { refresh_token: RefreshToken::new(r.refresh_token), scope: r.scope }
-                }
-                Some(GrantType::AuthorizationCode | GrantType::DeviceCode) => return Err(status(OAuthError::new(
-                    ErrorCode::UnsupportedGrantType,
-                    "IssueToken takes client_credentials, password and refresh_token; use ExchangeCode or PollDevice",
-                ))),
-                Some(GrantType::Implicit) | None if r.grant_type.is_empty() => {
-                    return Err(status(OAuthError::invalid_request("grant_type is required")))
-                }
-                Some(GrantType::Implicit) | None => {
-                    return Err(status(OAuthError::new(ErrorCode::UnsupportedGrantType, "unsupported grant_type")))
-                }
-            };
-        let auth = ClientAuth::new(r.client_id, r.client_secret);
-        let tokens = self.tessera.token(&auth, grant).await.map_err(status)?;
-        Ok(Response::new(token_response(tokens)))
+        let label = grant_label(&r.grant_type);
+        self.metrics
+            .observe("IssueToken", label, async move {
+                let grant = match GrantType::parse(&r.grant_type) {
+                    Some(GrantType::ClientCredentials) => Grant::ClientCredentials { scope: r.scope },
+                    Some(GrantType::Password) => {
+                        Grant::Password { username: r.username, password: Password::new(r.password), scope: r.scope }
+                    }
+                    Some(GrantType::RefreshToken) => {
+                        Grant::RefreshToken { refresh_token: RefreshToken::new(r.refresh_token), scope: r.scope }
+                    }
+                    Some(GrantType::AuthorizationCode | GrantType::DeviceCode) => {
+                        return Err(OAuthError::new(
+                            ErrorCode::UnsupportedGrantType,
+                            "IssueToken takes client_credentials, password and refresh_token; use ExchangeCode or PollDevice",
+                        ))
+                    }
+                    Some(GrantType::Implicit) | None if r.grant_type.is_empty() => {
+                        return Err(OAuthError::invalid_request("grant_type is required"))
+                    }
+                    Some(GrantType::Implicit) | None => {
+                        return Err(OAuthError::new(ErrorCode::UnsupportedGrantType, "unsupported grant_type"))
+                    }
+                };
+                let auth = ClientAuth::new(r.client_id, r.client_secret);
+                let tokens = self.tessera.token(&auth, grant).await?;
+                self.metrics.token_issued(label);
+                Ok(token_response(tokens))
+            })
+            .await
     }
 
-    #[tracing::instrument(name = "ExchangeCode", skip_all, fields(client_id = %request.get_ref().client_id))]
+    #[tracing::instrument(name = "ExchangeCode", skip_all, fields(otel.kind = "server", grant_type = "authorization_code", client_id = %request.get_ref().client_id, error_code = Empty))]
     async fn exchange_code(
         &self,
         request: Request<pb::ExchangeCodeRequest>,
     ) -> Result<Response<pb::TokenResponse>, Status> {
         let r = request.into_inner();
-        let auth = ClientAuth::new(r.client_id, r.client_secret);
-        let grant = Grant::AuthorizationCode {
-            code: AuthorizationCode::new(r.code),
-            redirect_uri: r.redirect_uri,
-            code_verifier: r.code_verifier,
-        };
-        let tokens = self.tessera.token(&auth, grant).await.map_err(status)?;
-        Ok(Response::new(token_response(tokens)))
+        let label = GrantType::AuthorizationCode.as_str();
+        self.metrics
+            .observe("ExchangeCode", label, async move {
+                let auth = ClientAuth::new(r.client_id, r.client_secret);
+                let grant = Grant::AuthorizationCode {
+                    code: AuthorizationCode::new(r.code),
+                    redirect_uri: r.redirect_uri,
+                    code_verifier: r.code_verifier,
+                };
+                let tokens = self.tessera.token(&auth, grant).await?;
+                self.metrics.token_issued(label);
+                Ok(token_response(tokens))
+            })
+            .await
     }
 
-    #[tracing::instrument(name = "StartDeviceAuthorization", skip_all, fields(client_id = %request.get_ref().client_id))]
+    #[tracing::instrument(name = "StartDeviceAuthorization", skip_all, fields(otel.kind = "server", client_id = %request.get_ref().client_id, error_code = Empty))]
     async fn start_device_authorization(
         &self,
         request: Request<pb::DeviceAuthorizationRequest>,
     ) -> Result<Response<pb::DeviceAuthorizationResponse>, Status> {
         let r = request.into_inner();
-        let auth = ClientAuth::new(r.client_id, r.client_secret);
-        let d = self.tessera.start_device_authorization(&auth, &r.scope).await.map_err(status)?;
-        Ok(Response::new(pb::DeviceAuthorizationResponse {
-            device_code: d.device_code.expose().to_owned(),
-            user_code: d.user_code,
-            verification_uri: d.verification_uri,
-            verification_uri_complete: d.verification_uri_complete,
-            expires_in: d.expires_in,
-            interval: d.interval,
-        }))
+        self.metrics
+            .observe("StartDeviceAuthorization", "device_code", async move {
+                let auth = ClientAuth::new(r.client_id, r.client_secret);
+                let d = self.tessera.start_device_authorization(&auth, &r.scope).await?;
+                Ok(pb::DeviceAuthorizationResponse {
+                    device_code: d.device_code.expose().to_owned(),
+                    user_code: d.user_code,
+                    verification_uri: d.verification_uri,
+                    verification_uri_complete: d.verification_uri_complete,
+                    expires_in: d.expires_in,
+                    interval: d.interval,
+                })
+            })
+            .await
     }
 
-    #[tracing::instrument(name = "PollDevice", skip_all, fields(client_id = %request.get_ref().client_id))]
+    #[tracing::instrument(name = "PollDevice", skip_all, fields(otel.kind = "server", grant_type = "device_code", client_id = %request.get_ref().client_id, error_code = Empty))]
     async fn poll_device(
         &self,
         request: Request<pb::PollDeviceRequest>,
     ) -> Result<Response<pb::TokenResponse>, Status> {
         let r = request.into_inner();
-        let auth = ClientAuth::new(r.client_id, r.client_secret);
-        let grant = Grant::DeviceCode { device_code: DeviceCode::new(r.device_code) };
-        let tokens = self.tessera.token(&auth, grant).await.map_err(status)?;
-        Ok(Response::new(token_response(tokens)))
+        self.metrics
+            .observe("PollDevice", "device_code", async move {
+                let auth = ClientAuth::new(r.client_id, r.client_secret);
+                let grant = Grant::DeviceCode { device_code: DeviceCode::new(r.device_code) };
+                let tokens = self.tessera.token(&auth, grant).await?;
+                self.metrics.token_issued("device_code");
+                Ok(token_response(tokens))
+            })
+            .await
     }
 
-    #[tracing::instrument(name = "Introspect", skip_all, fields(client_id = %request.get_ref().client_id))]
+    #[tracing::instrument(name = "Introspect", skip_all, fields(otel.kind = "server", client_id = %request.get_ref().client_id, error_code = Empty))]
     async fn introspect(
         &self,
         request: Request<pb::IntrospectRequest>,
     ) -> Result<Response<pb::IntrospectResponse>, Status> {
         let r = request.into_inner();
-        let auth = ClientAuth::new(r.client_id, r.client_secret);
-        let answer = self.tessera.introspect(&auth, &PresentedToken::new(r.token)).await.map_err(status)?;
-        Ok(Response::new(match answer {
-            Introspection::Inactive => pb::IntrospectResponse::default(),
-            Introspection::Active(a) => {
-                let a = *a;
-                pb::IntrospectResponse {
-                    active: true,
-                    scope: a.scope,
-                    client_id: a.client_id,
-                    username: a.username,
-                    token_type: a.token_type,
-                    exp: a.exp,
-                    iat: a.iat,
-                    nbf: a.nbf,
-                    sub: a.sub,
-                    aud: a.aud,
-                    iss: a.iss,
-                    jti: a.jti,
-                }
-            }
-        }))
+        self.metrics
+            .observe("Introspect", "", async move {
+                let auth = ClientAuth::new(r.client_id, r.client_secret);
+                let answer = self.tessera.introspect(&auth, &PresentedToken::new(r.token)).await?;
+                Ok(match answer {
+                    Introspection::Inactive => pb::IntrospectResponse::default(),
+                    Introspection::Active(a) => {
+                        let a = *a;
+                        pb::IntrospectResponse {
+                            active: true,
+                            scope: a.scope,
+                            client_id: a.client_id,
+                            username: a.username,
+                            token_type: a.token_type,
+                            exp: a.exp,
+                            iat: a.iat,
+                            nbf: a.nbf,
+                            sub: a.sub,
+                            aud: a.aud,
+                            iss: a.iss,
+                            jti: a.jti,
+                        }
+                    }
+                })
+            })
+            .await
     }
 
-    #[tracing::instrument(name = "Revoke", skip_all, fields(client_id = %request.get_ref().client_id))]
+    #[tracing::instrument(name = "Revoke", skip_all, fields(otel.kind = "server", client_id = %request.get_ref().client_id, error_code = Empty))]
     async fn revoke(&self, request: Request<pb::RevokeRequest>) -> Result<Response<pb::RevokeResponse>, Status> {
         let r = request.into_inner();
-        let auth = ClientAuth::new(r.client_id, r.client_secret);
-        self.tessera.revoke(&auth, &PresentedToken::new(r.token), &r.token_type_hint).await.map_err(status)?;
-        Ok(Response::new(pb::RevokeResponse {}))
+        self.metrics
+            .observe("Revoke", "", async move {
+                let auth = ClientAuth::new(r.client_id, r.client_secret);
+                self.tessera.revoke(&auth, &PresentedToken::new(r.token), &r.token_type_hint).await?;
+                Ok(pb::RevokeResponse {})
+            })
+            .await
     }
 
-    #[tracing::instrument(name = "Authenticate", skip_all)]
+    #[tracing::instrument(name = "Authenticate", skip_all, fields(otel.kind = "server", error_code = Empty))]
     async fn authenticate(
         &self,
         request: Request<pb::AuthenticateRequest>,
     ) -> Result<Response<pb::AuthenticateResponse>, Status> {
         let r = request.into_inner();
-        let a = self.tessera.authenticate(&r.username, &Password::new(r.password)).await.map_err(status)?;
-        Ok(Response::new(pb::AuthenticateResponse {
-            session: a.session.expose().to_owned(),
-            subject: a.user.id,
-            username: a.user.username,
-            expires_in: a.expires_in,
-        }))
+        self.metrics
+            .observe("Authenticate", "", async move {
+                let a = self.tessera.authenticate(&r.username, &Password::new(r.password)).await?;
+                Ok(pb::AuthenticateResponse {
+                    session: a.session.expose().to_owned(),
+                    subject: a.user.id,
+                    username: a.user.username,
+                    expires_in: a.expires_in,
+                })
+            })
+            .await
     }
 
-    #[tracing::instrument(name = "EndSession", skip_all)]
+    #[tracing::instrument(name = "EndSession", skip_all, fields(otel.kind = "server", error_code = Empty))]
     async fn end_session(
         &self,
         request: Request<pb::EndSessionRequest>,
     ) -> Result<Response<pb::EndSessionResponse>, Status> {
         let r = request.into_inner();
-        self.tessera.end_session(&SessionHandle::new(r.session)).await.map_err(status)?;
-        Ok(Response::new(pb::EndSessionResponse {}))
+        self.metrics
+            .observe("EndSession", "", async move {
+                self.tessera.end_session(&SessionHandle::new(r.session)).await?;
+                Ok(pb::EndSessionResponse {})
+            })
+            .await
     }
 
-    #[tracing::instrument(name = "Authorize", skip_all, fields(client_id = %request.get_ref().client_id, response_type = %request.get_ref().response_type))]
+    #[tracing::instrument(name = "Authorize", skip_all, fields(otel.kind = "server", client_id = %request.get_ref().client_id, response_type = %request.get_ref().response_type, error_code = Empty))]
     async fn authorize(
         &self,
         request: Request<pb::AuthorizeRequest>,
     ) -> Result<Response<pb::AuthorizeResponse>, Status> {
         let r = request.into_inner();
-        let consent = match pb::ConsentDecision::try_from(r.consent) {
-            Ok(pb::ConsentDecision::Approve) => Consent::Approve,
-            Ok(pb::ConsentDecision::Deny) => Consent::Deny,
-            _ => Consent::NotAsked,
-        };
-        let req = CoreAuthorize {
-            response_type: r.response_type,
-            client_id: r.client_id,
-            redirect_uri: r.redirect_uri,
-            scope: r.scope,
-            state: r.state,
-            nonce: r.nonce,
-            code_challenge: r.code_challenge,
-            code_challenge_method: r.code_challenge_method,
-            prompt: r.prompt,
-            max_age: (r.max_age >= 0).then_some(r.max_age),
-        };
-        let outcome = self.tessera.authorize(&req, &SessionHandle::new(r.session), consent).await.map_err(status)?;
-        use pb::authorize_response::Outcome;
-        let outcome = match outcome {
-            AuthorizeOutcome::Redirect(to) => Outcome::RedirectTo(to),
-            AuthorizeOutcome::LoginRequired { client_name } => {
-                Outcome::LoginRequired(pb::LoginRequired { client_name })
-            }
-            AuthorizeOutcome::ConsentRequired { client_id, client_name, scopes: s, username } => {
-                Outcome::ConsentRequired(pb::ConsentRequired { client_id, client_name, scopes: scopes(s), username })
-            }
-        };
-        Ok(Response::new(pb::AuthorizeResponse { outcome: Some(outcome) }))
+        self.metrics
+            .observe("Authorize", "", async move {
+                let consent = match pb::ConsentDecision::try_from(r.consent) {
+                    Ok(pb::ConsentDecision::Approve) => Consent::Approve,
+                    Ok(pb::ConsentDecision::Deny) => Consent::Deny,
+                    _ => Consent::NotAsked,
+                };
+                let req = CoreAuthorize {
+                    response_type: r.response_type,
+                    client_id: r.client_id,
+                    redirect_uri: r.redirect_uri,
+                    scope: r.scope,
+                    state: r.state,
+                    nonce: r.nonce,
+                    code_challenge: r.code_challenge,
+                    code_challenge_method: r.code_challenge_method,
+                    prompt: r.prompt,
+                    max_age: (r.max_age >= 0).then_some(r.max_age),
+                };
+                let outcome = self.tessera.authorize(&req, &SessionHandle::new(r.session), consent).await?;
+                use pb::authorize_response::Outcome;
+                let outcome = match outcome {
+                    AuthorizeOutcome::Redirect(to) => {
+                        // The implicit grant (RFC 6749 §4.2.2) answers with the token in the fragment.
+                        if to.split_once('#').is_some_and(|(_, fragment)| fragment.contains("access_token=")) {
+                            self.metrics.token_issued(GrantType::Implicit.as_str());
+                        }
+                        Outcome::RedirectTo(to)
+                    }
+                    AuthorizeOutcome::LoginRequired { client_name } => {
+                        Outcome::LoginRequired(pb::LoginRequired { client_name })
+                    }
+                    AuthorizeOutcome::ConsentRequired { client_id, client_name, scopes: s, username } => {
+                        Outcome::ConsentRequired(pb::ConsentRequired {
+                            client_id,
+                            client_name,
+                            scopes: scopes(s),
+                            username,
+                        })
+                    }
+                };
+                Ok(pb::AuthorizeResponse { outcome: Some(outcome) })
+            })
+            .await
     }
 
-    #[tracing::instrument(name = "LookupUserCode", skip_all)]
+    #[tracing::instrument(name = "LookupUserCode", skip_all, fields(otel.kind = "server", error_code = Empty))]
     async fn lookup_user_code(
         &self,
         request: Request<pb::LookupUserCodeRequest>,
     ) -> Result<Response<pb::LookupUserCodeResponse>, Status> {
         let r = request.into_inner();
-        let v = self.tessera.lookup_user_code(&r.user_code).await.map_err(status)?;
-        Ok(Response::new(pb::LookupUserCodeResponse {
-            user_code: v.user_code,
-            client_id: v.client.id,
-            client_name: v.client.name,
-            scopes: scopes(v.scopes),
-            expires_in: v.expires_in,
-        }))
+        self.metrics
+            .observe("LookupUserCode", "", async move {
+                let v = self.tessera.lookup_user_code(&r.user_code).await?;
+                Ok(pb::LookupUserCodeResponse {
+                    user_code: v.user_code,
+                    client_id: v.client.id,
+                    client_name: v.client.name,
+                    scopes: scopes(v.scopes),
+                    expires_in: v.expires_in,
+                })
+            })
+            .await
     }
 
-    #[tracing::instrument(name = "ApproveDevice", skip_all)]
+    #[tracing::instrument(name = "ApproveDevice", skip_all, fields(otel.kind = "server", error_code = Empty))]
     async fn approve_device(
         &self,
         request: Request<pb::ApproveDeviceRequest>,
     ) -> Result<Response<pb::ApproveDeviceResponse>, Status> {
         let r = request.into_inner();
-        self.tessera.approve_device(&r.user_code, &SessionHandle::new(r.session)).await.map_err(status)?;
-        Ok(Response::new(pb::ApproveDeviceResponse {}))
+        self.metrics
+            .observe("ApproveDevice", "", async move {
+                self.tessera.approve_device(&r.user_code, &SessionHandle::new(r.session)).await?;
+                Ok(pb::ApproveDeviceResponse {})
+            })
+            .await
     }
 
-    #[tracing::instrument(name = "DenyDevice", skip_all)]
+    #[tracing::instrument(name = "DenyDevice", skip_all, fields(otel.kind = "server", error_code = Empty))]
     async fn deny_device(
         &self,
         request: Request<pb::DenyDeviceRequest>,
     ) -> Result<Response<pb::DenyDeviceResponse>, Status> {
         let r = request.into_inner();
-        self.tessera.deny_device(&r.user_code, &SessionHandle::new(r.session)).await.map_err(status)?;
-        Ok(Response::new(pb::DenyDeviceResponse {}))
+        self.metrics
+            .observe("DenyDevice", "", async move {
+                self.tessera.deny_device(&r.user_code, &SessionHandle::new(r.session)).await?;
+                Ok(pb::DenyDeviceResponse {})
+            })
+            .await
     }
 
+    #[tracing::instrument(name = "GetJwks", skip_all, fields(otel.kind = "server"))]
     async fn get_jwks(&self, _request: Request<pb::GetJwksRequest>) -> Result<Response<pb::GetJwksResponse>, Status> {
-        Ok(Response::new(pb::GetJwksResponse { jwks_json: self.tessera.jwks_json() }))
+        self.metrics
+            .observe("GetJwks", "", async { Ok(pb::GetJwksResponse { jwks_json: self.tessera.jwks_json() }) })
+            .await
     }
 
-    #[tracing::instrument(name = "UserInfo", skip_all)]
+    #[tracing::instrument(name = "UserInfo", skip_all, fields(otel.kind = "server", error_code = Empty))]
     async fn user_info(&self, request: Request<pb::UserInfoRequest>) -> Result<Response<pb::UserInfoResponse>, Status> {
         let r = request.into_inner();
-        let claims = self.tessera.userinfo(&r.access_token).await.map_err(status)?;
-        Ok(Response::new(pb::UserInfoResponse { claims_json: claims.to_string() }))
+        self.metrics
+            .observe("UserInfo", "", async move {
+                let claims = self.tessera.userinfo(&r.access_token).await?;
+                Ok(pb::UserInfoResponse { claims_json: claims.to_string() })
+            })
+            .await
     }
 
+    #[tracing::instrument(name = "GetServerMetadata", skip_all, fields(otel.kind = "server"))]
     async fn get_server_metadata(
         &self,
         _request: Request<pb::GetServerMetadataRequest>,
     ) -> Result<Response<pb::GetServerMetadataResponse>, Status> {
-        Ok(Response::new(pb::GetServerMetadataResponse { metadata_json: self.metadata_json.to_string() }))
+        self.metrics
+            .observe("GetServerMetadata", "", async {
+                Ok(pb::GetServerMetadataResponse { metadata_json: self.metadata_json.to_string() })
+            })
+            .await
     }
 }

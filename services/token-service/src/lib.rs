@@ -1,16 +1,19 @@
 //! The token service: Tessera's core served over gRPC (tonic) — `TokenService`,
 //! `AdminService`, the standard health service and server reflection — wired at start-up to
 //! the stores its settings name (SQLite + in-memory by default, Postgres + Redis in
-//! production).
+//! production). Each RPC is a trace span (joined to the caller's trace when it sends a W3C
+//! `traceparent`) and is counted in the Prometheus series served on `metrics.listen`.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::todo))]
 
 pub mod admin;
 pub mod errors;
 pub mod grpc;
 pub mod metadata;
+pub mod observe;
 pub mod settings;
 
 use anyhow::Context as _;
+use observe::Metrics;
 use secrecy::ExposeSecret as _;
 use settings::Settings;
 use std::net::SocketAddr;
@@ -69,6 +72,8 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
 /// A running token service.
 pub struct Application {
     grpc_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    metrics: Arc<Metrics>,
     tessera: Arc<Tessera>,
     demo: Option<DemoCredentials>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -91,6 +96,10 @@ impl Application {
         ephemeral: Arc<dyn Ephemeral>,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Self> {
+        let metrics = Arc::new(Metrics::new().context("registering the metrics")?);
+        // Bound before anything starts, so a taken port stops the start-up naming the key.
+        let metrics_listener = observe::bind_metrics(&settings.metrics.listen).await?;
+        let durable: Arc<dyn Durable> = Arc::new(observe::CountedAudit::new(durable, Arc::clone(&metrics)));
         let started = Tessera::start(settings.core_config(), durable, ephemeral, clock)
             .await
             // At start-up the operator is the audience: show the cause, not the client-safe text.
@@ -119,12 +128,16 @@ impl Application {
             .context("building the reflection service")?;
         let token = TokenServiceServer::new(grpc::TokenApi {
             tessera: Arc::clone(&tessera),
+            metrics: Arc::clone(&metrics),
             metadata_json: metadata::server_metadata(&settings).to_string().into(),
         })
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
-        let guard = admin::AdminGuard { token_digest: tessera_crypto::Digest::of(admin_token.as_bytes()) };
+        let guard = admin::AdminGuard {
+            token_digest: tessera_crypto::Digest::of(admin_token.as_bytes()),
+            metrics: Arc::clone(&metrics),
+        };
         let admin = tonic::service::interceptor::InterceptedService::new(
-            AdminServiceServer::new(admin::AdminApi { tessera: Arc::clone(&tessera) })
+            AdminServiceServer::new(admin::AdminApi { tessera: Arc::clone(&tessera), metrics: Arc::clone(&metrics) })
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
             guard,
         );
@@ -135,6 +148,8 @@ impl Application {
             .map_err(|e| anyhow::anyhow!("configuring the gRPC listener: {e}"))?;
         let server = tokio::spawn(
             tonic::transport::Server::builder()
+                // A caller's `traceparent` becomes the parent of the RPC's span.
+                .layer(tessera_telemetry::propagation::TraceContextLayer)
                 .add_service(health_service)
                 .add_service(reflection)
                 .add_service(token)
@@ -144,18 +159,34 @@ impl Application {
                 }),
         );
 
-        let background = vec![
+        let mut background = vec![
             tokio::spawn(Arc::clone(&tessera).run_revocation_sync()),
             tokio::spawn(watch_health(Arc::clone(&tessera), health)),
             tokio::spawn(Arc::clone(&tessera).run_key_refresh(Duration::from_secs(60))),
         ];
-        tracing::info!(%grpc_addr, "token service listening");
+        let metrics_addr = metrics_listener.map(|(listener, addr)| {
+            background.push(observe::serve_metrics(listener, Arc::clone(&metrics)));
+            addr
+        });
+        match metrics_addr {
+            Some(addr) => tracing::info!(%grpc_addr, metrics = %addr, "token service listening"),
+            None => tracing::info!(%grpc_addr, "token service listening (metrics listener off)"),
+        }
         let grace = Duration::from_secs(settings.shutdown.grace_period);
-        Ok(Self { grpc_addr, tessera, demo, shutdown: Some(tx), grace, server, background })
+        Ok(Self { grpc_addr, metrics_addr, metrics, tessera, demo, shutdown: Some(tx), grace, server, background })
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc_addr
+    }
+
+    /// Where `GET /metrics` answers; `None` when `metrics.listen` is empty.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     pub fn tessera(&self) -> &Arc<Tessera> {

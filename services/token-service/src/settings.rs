@@ -30,6 +30,8 @@ pub struct Settings {
     pub keys: KeySettings,
     pub shutdown: ShutdownSettings,
     pub facade: FacadeSettings,
+    pub metrics: MetricsSettings,
+    pub otel: OtelSettings,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -126,6 +128,30 @@ pub struct LogSettings {
     pub level: String,
 }
 
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Where the token service answers `GET /metrics` (Prometheus text format) on a small
+    /// HTTP/1.1 listener of its own; empty turns it off. The facade serves its own
+    /// `/metrics` on its HTTP port.
+    pub listen: String,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:9464".into() }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtelSettings {
+    /// An OTLP/gRPC collector (e.g. `http://jaeger:4317`) to export traces to. The standard
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` variable also turns export on, and wins over this key.
+    /// Neither set: no traces are exported.
+    pub endpoint: String,
+}
+
 #[derive(Clone, Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct FacadeSettings {
@@ -150,6 +176,8 @@ impl Default for Settings {
             keys: KeySettings::default(),
             shutdown: ShutdownSettings::default(),
             facade: FacadeSettings::default(),
+            metrics: MetricsSettings::default(),
+            otel: OtelSettings::default(),
         }
     }
 }
@@ -314,6 +342,15 @@ impl Settings {
         if !facade_url_ok {
             bail!("facade.token_service_url: must be an http(s) URL, got {facade_url:?}");
         }
+        if !self.metrics.listen.is_empty() {
+            self.metrics.listen.parse::<SocketAddr>().with_context(|| {
+                format!("metrics.listen: {:?} is not an address (empty turns it off)", self.metrics.listen)
+            })?;
+        }
+        let otlp = &self.otel.endpoint;
+        if !(otlp.is_empty() || otlp.starts_with("http://") || otlp.starts_with("https://")) {
+            bail!("otel.endpoint: must be an http(s) URL such as http://jaeger:4317, got {otlp:?}");
+        }
         for (name, url) in [("issuer", &self.issuer), ("http.public_url", &self.http.public_url)] {
             if let Some(u) = url {
                 if !(u.starts_with("http://") || u.starts_with("https://")) {
@@ -459,5 +496,23 @@ mod tests {
         assert_eq!(s.token_service_url(), "http://token-service:50051");
         let e = Settings::load(None, &env(&[("TESSERA_FACADE__TOKEN_SERVICE_URL", "nope")])).unwrap_err();
         assert!(format!("{e:#}").contains("facade.token_service_url"), "{e:#}");
+    }
+
+    #[test]
+    fn metrics_listen_on_their_own_port_and_traces_go_nowhere_by_default() {
+        let s = Settings::load(None, &env(&[])).unwrap();
+        assert_eq!(s.metrics.listen, "127.0.0.1:9464");
+        assert!(s.otel.endpoint.is_empty());
+        let s = Settings::load(
+            None,
+            &env(&[("TESSERA_METRICS__LISTEN", ""), ("TESSERA_OTEL__ENDPOINT", "http://jaeger:4317")]),
+        )
+        .unwrap();
+        assert!(s.metrics.listen.is_empty(), "empty turns the listener off");
+        assert_eq!(s.otel.endpoint, "http://jaeger:4317");
+        let e = Settings::load(None, &env(&[("TESSERA_METRICS__LISTEN", "9464")])).unwrap_err();
+        assert!(format!("{e:#}").contains("metrics.listen"), "{e:#}");
+        let e = Settings::load(None, &env(&[("TESSERA_OTEL__ENDPOINT", "jaeger:4317")])).unwrap_err();
+        assert!(format!("{e:#}").contains("otel.endpoint"), "{e:#}");
     }
 }

@@ -134,6 +134,7 @@ impl TestApp {
         std::fs::create_dir_all(&dir).unwrap();
         let mut settings = Settings { data_dir: dir.clone(), ..Settings::default() };
         settings.grpc.listen = "127.0.0.1:0".into();
+        settings.metrics.listen = "127.0.0.1:0".into();
         settings.admin.token = Some(ADMIN_TOKEN.to_owned().into());
         settings.demo.enabled = false;
         settings.issuer = Some("https://tessera.test".into());

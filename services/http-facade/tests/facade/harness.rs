@@ -191,6 +191,7 @@ impl TestApp {
 
         let mut settings = Settings { data_dir: dir.path().to_owned(), ..Settings::default() };
         settings.grpc.listen = "127.0.0.1:0".into();
+        settings.metrics.listen = "127.0.0.1:0".into();
         settings.http.listen = addr.to_string();
         settings.http.public_url = Some(base.clone());
         settings.admin.token = Some(SecretString::from(ADMIN_TOKEN.to_owned()));
@@ -231,6 +232,12 @@ impl TestApp {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// The token service's `GET /metrics` URL (its own listener, on a free port).
+    pub fn token_service_metrics_url(&self) -> String {
+        let ts = self.token_service.as_ref().expect("the token service is running");
+        format!("http://{}/metrics", ts.metrics_addr().expect("the metrics listener is on"))
     }
 
     /// Stops the token service, leaving the facade up.

@@ -8,4 +8,6 @@ mod flows;
 mod harness;
 mod independent_client;
 mod leaks;
+mod metrics;
 mod openapi;
+mod traces;
