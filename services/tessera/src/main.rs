@@ -160,10 +160,16 @@ fn print_metrics(app: &Application) {
     }
 }
 
-fn print_stores(settings: &Settings) {
+/// The banner lines about the stores, and the demo a first start created.
+fn print_stores(settings: &Settings, app: &Application) {
     println!("  database: {}", redact_url(&settings.database_url()));
     let redis = if settings.redis.url.is_empty() { "in-memory".to_owned() } else { redact_url(&settings.redis.url) };
     println!("  ephemeral store: {redis}");
+    if app.demo().is_some() {
+        let dir = settings.data_dir.display();
+        println!("  first start: created the demo client `demo` and the demo user `demo`;");
+        println!("  their secrets are in {dir}/demo-client-secret and {dir}/demo-user-password.");
+    }
 }
 
 /// The token service alone (for deployments that run the facade separately).
@@ -174,12 +180,7 @@ async fn serve_token_service(settings: Settings) -> anyhow::Result<()> {
     println!("Tessera's token service is running.");
     println!("  gRPC (TokenService, AdminService, health, reflection): {addr}");
     print_metrics(&app);
-    print_stores(&settings);
-    let dir = settings.data_dir.display();
-    if app.demo().is_some() {
-        println!("  first start: created the demo client `demo` and the demo user `demo`;");
-        println!("  their secrets are in {dir}/demo-client-secret and {dir}/demo-user-password.");
-    }
+    print_stores(&settings, &app);
     println!();
     app.run_until(shutdown_signal()).await.context("serving")
 }
@@ -223,12 +224,8 @@ async fn serve_both(mut settings: Settings) -> anyhow::Result<()> {
     println!("  gRPC (TokenService, AdminService, health, reflection): {}", app.grpc_addr());
     println!("  HTTP facade metrics (Prometheus): http://{http_addr}/metrics");
     print_metrics(&app);
-    print_stores(&settings);
+    print_stores(&settings, &app);
     let dir = settings.data_dir.display();
-    if app.demo().is_some() {
-        println!("  first start: created the demo client `demo` and the demo user `demo`;");
-        println!("  their secrets are in {dir}/demo-client-secret and {dir}/demo-user-password.");
-    }
     println!();
     println!("Discovery document: {public}/.well-known/openid-configuration");
     if settings.data_dir.join("demo-client-secret").exists() {

@@ -201,19 +201,21 @@ impl Default for RedisSettings {
 }
 
 impl Default for TokenSettings {
+    /// The core's own defaults, so the numbers live in one place.
     fn default() -> Self {
+        let core = tessera_core::CoreConfig::new("");
         Self {
-            access_token_ttl: 3600,
-            refresh_token_ttl: 30 * 24 * 3600,
-            id_token_ttl: 3600,
-            code_ttl: 60,
-            device_code_ttl: 600,
-            device_interval: 5,
-            session_ttl: 8 * 3600,
-            lockout_threshold: 5,
-            lockout_window: 900,
-            signing_alg: "ES256".into(),
-            client_cache_ttl: 10,
+            access_token_ttl: core.access_token_ttl,
+            refresh_token_ttl: core.refresh_token_ttl,
+            id_token_ttl: core.id_token_ttl,
+            code_ttl: core.code_ttl,
+            device_code_ttl: core.device_code_ttl,
+            device_interval: core.device_interval,
+            session_ttl: core.session_ttl,
+            lockout_threshold: core.lockout_threshold,
+            lockout_window: core.lockout_window,
+            signing_alg: core.signing_alg.as_str().into(),
+            client_cache_ttl: core.client_cache_ttl,
             default_client_id: String::new(),
             audience: None,
         }
@@ -305,8 +307,10 @@ impl Settings {
             bail!("database.url (DATABASE_URL): must start with postgres:// or sqlite:");
         }
         let redis = &self.redis.url;
-        if !(redis.is_empty() || redis.starts_with("redis://") || redis.starts_with("rediss://")) {
-            bail!("redis.url (REDIS_URL): must start with redis:// or rediss://");
+        const REDIS_SCHEMES: [&str; 6] =
+            ["redis://", "rediss://", "redis+unix://", "unix://", "redis+sentinel://", "redis+cluster://"];
+        if !(redis.is_empty() || REDIS_SCHEMES.iter().any(|scheme| redis.starts_with(scheme))) {
+            bail!("redis.url (REDIS_URL): must start with one of {}", REDIS_SCHEMES.join(", "));
         }
         let t = &self.tokens;
         for (name, v) in [
@@ -478,6 +482,12 @@ mod tests {
         let e = Settings::load(None, &env(&[("TESSERA_KEYS__ENCRYPTION_KEY", "c2hvcnQ=")])).unwrap_err();
         assert!(format!("{e:#}").contains("keys.encryption_key"), "{e:#}");
         assert!(!format!("{e:#}").contains("c2hvcnQ="), "the bad key itself is not echoed: {e:#}");
+        for url in ["redis+sentinel://s1:26379,s2:26379/mymaster", "redis+cluster://n1:7000,n2:7001"] {
+            let s = Settings::load(None, &env(&[("REDIS_URL", url)])).unwrap();
+            assert_eq!(s.redis.url, url, "Sentinel and Cluster URLs are settings the Redis adapter understands");
+        }
+        let e = Settings::load(None, &env(&[("REDIS_URL", "memcached://x")])).unwrap_err();
+        assert!(format!("{e:#}").contains("redis.url"), "{e:#}");
         // The command line's own variables are not mistaken for settings.
         let cli = env(&[("TESSERA_PASSWORD", "x"), ("TESSERA_CONFIG", "t.toml"), ("TESSERA_ADMIN_ENDPOINT", "h:1")]);
         assert!(Settings::load(None, &cli).is_ok());

@@ -1344,6 +1344,10 @@ fn deploy_compose_names_only_real_commands_settings_ports_and_services() {
         let mut listening = BTreeSet::new();
         if grpc {
             listening.insert(port_of(&settings.grpc.listen));
+            // The token service's Prometheus endpoint must be reachable from outside the container.
+            let metrics: SocketAddr = settings.metrics.listen.parse().expect("metrics.listen");
+            assert!(metrics.ip().is_unspecified(), "{what}: metrics.listen on all interfaces, not {metrics}");
+            listening.insert(metrics.port());
             assert!(settings.admin.token.is_some(), "{what}: replicas need admin.token, not a generated one");
             assert!(settings.key_encryption_key().expect("a valid KEK").is_some(), "{what}: signing keys sealed");
             assert!(!settings.redis.url.is_empty(), "{what}: the shared store is Redis");
@@ -1507,6 +1511,13 @@ fn check_cluster(cluster: &Cluster, df: &Dockerfile, strict: bool, name: &str) {
             let port = port_of(&c.env["TESSERA_GRPC__LISTEN"]);
             assert_eq!(container_port(&c.container, &Value::from("grpc")), Some(port), "{what}: port `grpc`");
             grpc_ports.insert(c.deployment.clone(), port);
+            let metrics: SocketAddr = c.env["TESSERA_METRICS__LISTEN"].parse().expect("metrics.listen");
+            assert!(metrics.ip().is_unspecified(), "{what}: metrics.listen on all interfaces");
+            assert_eq!(
+                container_port(&c.container, &Value::from("metrics")),
+                Some(metrics.port()),
+                "{what}: port `metrics`"
+            );
             // Readiness: the gRPC health of the TokenService; liveness must not follow the stores.
             let ready = at(&c.container, &["readinessProbe", "grpc"]);
             assert_eq!(at(ready, &["port"]).as_u64(), Some(u64::from(port)), "{what}: readiness probes the gRPC port");

@@ -4,8 +4,8 @@
 //! cannot be trusted: an error page, never a redirect (RFC 6749 §4.1.2.1).
 
 use super::{
-    checked_form, error_page, login_error_message, redirect, render, session, session_cookie, ConsentPage,
-    Csrf, Hidden, LoginPage, MessagePage, PageConfig, ScopeLine, SESSION_COOKIE,
+    checked_form, error_page, login_error_message, redirect, render, session, session_cookie, ConsentPage, Csrf,
+    Hidden, LoginPage, MessagePage, PageConfig, ScopeLine, SESSION_COOKIE,
 };
 use crate::backend::Backend;
 use crate::error::{oauth_error, ApiError};

@@ -4,8 +4,8 @@
 
 use super::authorize::LoginRetry;
 use super::{
-    checked_form, error_page, render, session, Csrf, DeviceCodePage, DeviceConfirmPage, Hidden, LoginPage,
-    MessagePage, PageConfig, ScopeLine,
+    checked_form, error_page, render, session, Csrf, DeviceCodePage, DeviceConfirmPage, Hidden, LoginPage, MessagePage,
+    PageConfig, ScopeLine,
 };
 use crate::backend::Backend;
 use crate::error::{oauth_error, ApiError};
