@@ -132,6 +132,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(
             web::resource(with_aliases(paths::AUTHORIZE))
                 .route(web::get().to(pages::authorize::authorize))
+                .route(web::post().to(pages::authorize::authorize_post))
                 .default_service(json_405()),
         )
         .service(web::resource("/login").route(web::post().to(pages::authorize::login)).default_service(json_405()))

@@ -155,14 +155,36 @@ async fn decide(
 /// `GET /oauth2/authorize` (and `/authorization`, `/auth`).
 #[tracing::instrument(name = "authorize", skip_all, fields(client_id = Empty))]
 pub async fn authorize(req: HttpRequest, backend: web::Data<Backend>, config: web::Data<PageConfig>) -> HttpResponse {
-    let params = match Params::from_urlencoded(req.query_string().as_bytes()).and_then(|p| p.parse::<AuthorizeParams>())
-    {
+    let params = Params::from_urlencoded(req.query_string().as_bytes());
+    start_authorization(&req, &backend, &config, params).await
+}
+
+/// `POST /oauth2/authorize` with a form body: OIDC Core §3.1.2.1 says the authorization
+/// endpoint MUST take POST as well as GET. Like GET it is the relying party's first request,
+/// so it carries no CSRF token. (A cross-site POST does not send the SameSite=Lax session
+/// cookie, so the person may be asked to sign in again.)
+#[tracing::instrument(name = "authorize", skip_all, fields(client_id = Empty))]
+pub async fn authorize_post(
+    req: HttpRequest,
+    backend: web::Data<Backend>,
+    config: web::Data<PageConfig>,
+    params: Result<Params, ApiError>,
+) -> HttpResponse {
+    start_authorization(&req, &backend, &config, params.map_err(|e| e.error)).await
+}
+
+async fn start_authorization(
+    req: &HttpRequest,
+    backend: &Backend,
+    config: &PageConfig,
+    params: Result<Params, OAuthError>,
+) -> HttpResponse {
+    let params = match params.and_then(|p| p.parse::<AuthorizeParams>()) {
         Ok(p) => p,
         Err(e) => return error_page(&e, vec![]),
     };
-    let session = session(&req);
-    decide(&req, &backend, &config, params, session, pb::ConsentDecision::Unspecified, vec![], LoginRetry::default())
-        .await
+    let session = session(req);
+    decide(req, backend, config, params, session, pb::ConsentDecision::Unspecified, vec![], LoginRetry::default()).await
 }
 
 /// `POST /login`: username and password to `Authenticate`, the session handle into a cookie,

@@ -22,6 +22,7 @@ both_pairs!(
     userinfo_answers_bearer_tokens_and_challenges_with_rfc_6750_errors,
     discovery_documents_and_keys_are_served_on_every_path,
     authorize_never_redirects_for_an_unknown_client_or_unregistered_redirect_uri,
+    the_authorization_endpoint_also_takes_a_form_post,
     authorize_errors_for_a_known_client_go_back_with_error_and_state,
     a_second_authorization_skips_login_and_consent_and_carries_the_nonce,
     denying_consent_redirects_with_access_denied,
@@ -435,6 +436,36 @@ async fn authorize_never_redirects_for_an_unknown_client_or_unregistered_redirec
         assert!(a.content_type().starts_with("text/html"), "{path}");
         assert!(a.text.contains("This request cannot be completed"), "{}", a.text);
     }
+    app.stop().await;
+}
+
+async fn the_authorization_endpoint_also_takes_a_form_post(pair: Pair) {
+    let Some(app) = TestApp::spawn(pair).await else { return };
+    let (id, _) = app.confidential(&["authorization_code"]).await;
+    // OIDC Core §3.1.2.1: GET and POST, the POST form-serialized.
+    let form = [
+        ("response_type", "code"),
+        ("client_id", id.as_str()),
+        ("redirect_uri", CALLBACK),
+        ("scope", "openid"),
+        ("state", "s1"),
+    ];
+    for path in ["/oauth2/authorize", "/authorization", "/auth"] {
+        let page = app.post_form(path, &form, None).await;
+        assert_eq!(page.status, StatusCode::OK, "{path}: {}", page.text);
+        assert!(page.text.contains("name=\"username\""), "{path}: the login page: {}", page.text);
+    }
+    // A known client's error still goes back to it; an unknown client's never does.
+    let bad = [("response_type", "bogus"), ("client_id", id.as_str()), ("redirect_uri", CALLBACK), ("state", "s1")];
+    let a = app.post_form("/oauth2/authorize", &bad, None).await;
+    // RFC 9700 §4.12: after a POST, 303 so the browser does not re-send the form.
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.text);
+    assert_eq!(param(&params_of(&a.location(), false), "error").as_deref(), Some("unsupported_response_type"));
+    let unknown = [("response_type", "code"), ("client_id", "nobody"), ("redirect_uri", CALLBACK)];
+    let a = app.post_form("/oauth2/authorize", &unknown, None).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text);
+    assert!(a.location().is_empty());
+    assert!(a.content_type().starts_with("text/html"));
     app.stop().await;
 }
 
