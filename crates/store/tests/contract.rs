@@ -5,20 +5,15 @@
 //! Postgres) and drops it afterwards, even when the test fails. If Postgres cannot be reached,
 //! the Postgres cases fail when `CI` is set and are skipped, loudly, otherwise.
 
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tessera_core::StoreError;
 use tessera_store::SqlStore;
 
-/// The maintenance database of the Postgres the tests create their databases on; override
-/// with `TESSERA_TEST_POSTGRES_URL`.
-const DEFAULT_POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-const DATABASE_PREFIX: &str = "tessera_store_";
-/// Databases left behind by a crashed run are dropped once they are this old.
-const LEFTOVER_AGE_SECS: u64 = 3600;
+const DATABASE_PREFIX: &str = "tessera_store";
 
 #[derive(Clone, Copy, Debug)]
 enum Backend {
@@ -36,61 +31,17 @@ struct TestDb {
 enum Teardown {
     Nothing,
     RemoveFile(PathBuf),
-    DropDatabase { admin: DatabaseConnection, name: String },
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    /// Dropped (`WITH (FORCE)`) when this value is.
+    DropDatabase(tessera_testkit::PgDatabase),
 }
 
 fn random_hex() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
+    tessera_testkit::unique()
 }
 
-fn postgres_admin_url() -> String {
-    std::env::var("TESSERA_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_POSTGRES_ADMIN_URL.to_owned())
-}
-
-/// The URL of database `name` on the same server as the admin URL.
-fn postgres_url(name: &str) -> String {
-    let admin = postgres_admin_url();
-    let server = admin.rsplit_once('/').map_or(admin.as_str(), |(server, _)| server);
-    format!("{server}/{name}")
-}
-
-async fn admin_connection() -> Result<DatabaseConnection, sea_orm::DbErr> {
-    let mut options = ConnectOptions::new(postgres_admin_url());
-    options
-        .max_connections(1)
-        .connect_timeout(Duration::from_secs(3))
-        .acquire_timeout(Duration::from_secs(3))
-        .sqlx_logging(false);
-    Database::connect(options).await
-}
-
-/// Drops `tessera_store_<created>_<hex>` databases a crashed run left behind. Only old ones:
-/// younger ones may belong to tests running right now in other processes.
-async fn sweep_leftovers(admin: &DatabaseConnection) {
-    let rows = admin
-        .query_all(sea_orm::Statement::from_string(
-            admin.get_database_backend(),
-            format!("SELECT datname FROM pg_database WHERE datname LIKE '{DATABASE_PREFIX}%'"),
-        ))
-        .await
-        .unwrap_or_default();
-    let cutoff = unix_now().saturating_sub(LEFTOVER_AGE_SECS);
-    for row in rows {
-        let Ok(name) = row.try_get::<String>("", "datname") else {
-            continue;
-        };
-        let created = name
-            .strip_prefix(DATABASE_PREFIX)
-            .and_then(|rest| rest.split('_').next())
-            .and_then(|secs| secs.parse::<u64>().ok());
-        if created.is_some_and(|created| created < cutoff) {
-            let _ = admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await;
-        }
-    }
+/// A connection to the server's maintenance database, for what a test does behind the store.
+async fn admin_connection() -> DatabaseConnection {
+    Database::connect(format!("{}/postgres", tessera_testkit::postgres_server())).await.unwrap()
 }
 
 impl TestDb {
@@ -99,34 +50,17 @@ impl TestDb {
         let (url, teardown) = match backend {
             Backend::SqliteMemory => ("sqlite::memory:".to_owned(), Teardown::Nothing),
             Backend::SqliteFile => {
-                let path = std::env::temp_dir().join(format!("{DATABASE_PREFIX}{}.db", random_hex()));
+                let path = std::env::temp_dir().join(format!("{DATABASE_PREFIX}_{}.db", random_hex()));
                 let url = format!("sqlite://{}?mode=rwc", path.display());
                 (url, Teardown::RemoveFile(path))
             }
-            Backend::Postgres => {
-                let admin = match admin_connection().await {
-                    Ok(admin) => admin,
-                    Err(e) if std::env::var_os("CI").is_some() => {
-                        panic!("postgres unreachable and CI is set: {e}")
-                    }
-                    Err(e) => {
-                        // Straight to stderr: the test harness captures `eprintln!`, and a
-                        // skip nobody sees is a pass nobody earned.
-                        use std::io::Write as _;
-                        let _ = writeln!(
-                            std::io::stderr(),
-                            "\n**** SKIPPED: postgres unreachable ({e}); \
-                             set CI=1 to make this a failure ****\n"
-                        );
-                        return None;
-                    }
-                };
-                sweep_leftovers(&admin).await;
-                let name = format!("{DATABASE_PREFIX}{}_{}", unix_now(), random_hex());
-                admin.execute_unprepared(&format!("CREATE DATABASE \"{name}\"")).await.unwrap();
-                let url = postgres_url(&name);
-                (url, Teardown::DropDatabase { admin, name })
-            }
+            Backend::Postgres => match tessera_testkit::PgDatabase::create(DATABASE_PREFIX).await {
+                Ok(db) => (db.url(), Teardown::DropDatabase(db)),
+                Err(e) => {
+                    tessera_testkit::skip_or_fail(format!("{e}; the Postgres contract cases did not run"));
+                    return None;
+                }
+            },
         };
         let store = SqlStore::connect(&url).await.unwrap();
         store.migrate().await.unwrap();
@@ -146,10 +80,7 @@ impl TestDb {
                     let _ = std::fs::remove_file(file);
                 }
             }
-            Teardown::DropDatabase { admin, name } => {
-                admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await.unwrap();
-                let _ = admin.close().await;
-            }
+            Teardown::DropDatabase(db) => drop(db),
         }
     }
 }
@@ -250,10 +181,10 @@ async fn a_postgres_store_reconnects_after_its_connections_are_killed() {
     let Some(db) = TestDb::create(Backend::Postgres).await else {
         return;
     };
-    let Teardown::DropDatabase { admin, name } = &db.teardown else {
+    let Teardown::DropDatabase(pg) = &db.teardown else {
         unreachable!("a Postgres test database is dropped at teardown");
     };
-    let (store, admin, name) = (db.store.clone(), admin.clone(), name.clone());
+    let (store, admin, name) = (db.store.clone(), admin_connection().await, pg.name().to_owned());
     let outcome = tokio::spawn(async move {
         store.create_client(&cases::client("app")).await.unwrap();
         // What a Postgres restart does to the pool: every connection dies under it.
@@ -277,7 +208,7 @@ async fn a_postgres_store_reconnects_after_its_connections_are_killed() {
 
 #[tokio::test]
 async fn a_sqlite_file_database_runs_in_wal_mode() {
-    let path = std::env::temp_dir().join(format!("{DATABASE_PREFIX}{}.db", random_hex()));
+    let path = std::env::temp_dir().join(format!("{DATABASE_PREFIX}_{}.db", random_hex()));
     let store = SqlStore::connect(&format!("sqlite://{}?mode=rwc", path.display())).await.unwrap();
     store.migrate().await.unwrap();
     let wal = PathBuf::from(format!("{}-wal", path.display()));

@@ -15,8 +15,6 @@ use tessera_token_service::Application;
 use tonic::transport::Channel;
 
 pub const ADMIN_TOKEN: &str = "e2e-admin-credential-0123456789";
-pub const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -24,90 +22,10 @@ pub enum Backend {
     PostgresRedis,
 }
 
-/// A service this test needs is unreachable: fail under CI, skip loudly elsewhere.
-pub fn unreachable(what: &str, err: impl std::fmt::Display) -> Option<TestApp> {
-    if std::env::var_os("CI").is_some() {
-        panic!("{what} is unreachable and CI is set: {err}");
-    }
-    eprintln!("\n*** SKIPPED: {what} is unreachable ({err}); this test did not run ***\n");
+/// A store this test needs is unreachable: fail under CI, skip loudly elsewhere.
+fn unreachable(why: String) -> Option<TestApp> {
+    tessera_testkit::skip_or_fail(format!("{why}; this Postgres + Redis test did not run"));
     None
-}
-
-fn random_suffix() -> String {
-    use rand::Rng as _;
-    let n: u64 = rand::thread_rng().gen();
-    format!("{}_{n:016x}", std::process::id())
-}
-
-/// A Postgres database that is dropped with the test.
-pub struct PgDatabase {
-    pub name: String,
-}
-
-impl PgDatabase {
-    async fn create() -> Result<Self, String> {
-        use sea_orm::{ConnectionTrait as _, Database};
-        let admin = Database::connect(POSTGRES_ADMIN_URL).await.map_err(|e| e.to_string())?;
-        // Sweep databases left by runs that were killed before they could drop theirs.
-        let old = admin
-            .query_all(sea_orm::Statement::from_string(
-                sea_orm::DatabaseBackend::Postgres,
-                "SELECT datname FROM pg_database WHERE datname LIKE 'tessera_e2e_%' \
-                 AND (pg_stat_file('base/'||oid||'/PG_VERSION')).modification < now() - interval '2 hours'"
-                    .to_owned(),
-            ))
-            .await
-            .unwrap_or_default();
-        for row in old {
-            if let Ok(name) = row.try_get::<String>("", "datname") {
-                let _ = admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await;
-            }
-        }
-        let name = format!("tessera_e2e_{}", random_suffix());
-        admin.execute_unprepared(&format!("CREATE DATABASE \"{name}\"")).await.map_err(|e| e.to_string())?;
-        Ok(Self { name })
-    }
-
-    pub fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
-                return;
-            };
-            rt.block_on(async {
-                use sea_orm::{ConnectionTrait as _, Database};
-                if let Ok(admin) = Database::connect(POSTGRES_ADMIN_URL).await {
-                    let _ = admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
-/// Deletes a test's Redis keys when it ends.
-pub struct RedisPrefix {
-    pub prefix: String,
-}
-
-impl Drop for RedisPrefix {
-    fn drop(&mut self) {
-        if let Ok(client) = redis::Client::open(REDIS_URL) {
-            if let Ok(mut con) = client.get_connection() {
-                let keys: Vec<String> =
-                    redis::cmd("KEYS").arg(format!("{}*", self.prefix)).query(&mut con).unwrap_or_default();
-                for k in keys {
-                    let _: Result<(), _> = redis::cmd("DEL").arg(k).query(&mut con);
-                }
-            }
-        }
-    }
 }
 
 /// A running token service with clients for both gRPC services.
@@ -118,8 +36,8 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub token: TokenServiceClient<Channel>,
     pub dir: PathBuf,
-    _pg: Option<PgDatabase>,
-    _redis: Option<RedisPrefix>,
+    _pg: Option<tessera_testkit::PgDatabase>,
+    _redis: Option<tessera_testkit::RedisKeys>,
 }
 
 impl TestApp {
@@ -130,7 +48,7 @@ impl TestApp {
     }
 
     pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> Option<TestApp> {
-        let dir = std::env::temp_dir().join(format!("tessera-e2e-{}", random_suffix()));
+        let dir = std::env::temp_dir().join(format!("tessera-e2e-{}", tessera_testkit::unique()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut settings = Settings { data_dir: dir.clone(), ..Settings::default() };
         settings.grpc.listen = "127.0.0.1:0".into();
@@ -138,36 +56,27 @@ impl TestApp {
         settings.admin.token = Some(ADMIN_TOKEN.to_owned().into());
         settings.demo.enabled = false;
         settings.issuer = Some("https://tessera.test".into());
-        let (pg, redis_prefix) = match backend {
+        let (pg, redis_keys) = match backend {
             Backend::SqliteMemory => (None, None),
             Backend::PostgresRedis => {
-                let pg = match PgDatabase::create().await {
+                let pg = match tessera_testkit::PgDatabase::create("tessera_e2e").await {
                     Ok(pg) => pg,
-                    Err(e) => return unreachable("Postgres at 127.0.0.1:5432", e),
+                    Err(e) => return unreachable(e),
                 };
-                let probe = async {
-                    let client = redis::Client::open(REDIS_URL).map_err(|e| e.to_string())?;
-                    let mut con = client.get_multiplexed_async_connection().await.map_err(|e| e.to_string())?;
-                    redis::cmd("PING").query_async::<String>(&mut con).await.map_err(|e| e.to_string())
+                let keys = match tessera_testkit::RedisKeys::reserve("tessera-e2e").await {
+                    Ok(keys) => keys,
+                    Err(e) => return unreachable(e),
                 };
-                if let Err(e) = tokio::time::timeout(std::time::Duration::from_secs(3), probe)
-                    .await
-                    .map_err(|_| "timed out".to_owned())
-                    .and_then(|r| r)
-                {
-                    return unreachable("Redis at 127.0.0.1:6379", e);
-                }
                 settings.database.url = pg.url();
-                let prefix = format!("tessera-e2e:{}:", random_suffix());
-                settings.redis.url = REDIS_URL.into();
-                settings.redis.key_prefix = prefix.clone();
-                (Some(pg), Some(RedisPrefix { prefix }))
+                settings.redis.url = tessera_testkit::redis_url();
+                settings.redis.key_prefix = keys.prefix().to_owned();
+                (Some(pg), Some(keys))
             }
         };
         tweak(&mut settings);
         let clock = Arc::new(ManualClock::default());
         let (app, addr, token) = start(&settings, &clock).await;
-        Some(TestApp { settings, clock, app: Some(app), addr, token, dir, _pg: pg, _redis: redis_prefix })
+        Some(TestApp { settings, clock, app: Some(app), addr, token, dir, _pg: pg, _redis: redis_keys })
     }
 
     /// Stops the service and starts it again on the same stores (Redis keeps its keys;

@@ -2,43 +2,10 @@
 //! code, token or session handle used in it appears anywhere in the log.
 
 use crate::harness::*;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use tessera_proto::token::v1 as pb;
 
-#[derive(Clone, Default)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Buffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// One process-wide TRACE subscriber (tests may share a process under `cargo test`); each
-/// test searches the whole buffer for its own secrets.
-fn log_buffer() -> Buffer {
-    static BUFFER: std::sync::OnceLock<Buffer> = std::sync::OnceLock::new();
-    BUFFER
-        .get_or_init(|| {
-            let buffer = Buffer::default();
-            let writer = buffer.clone();
-            let _ = tracing_subscriber::fmt()
-                .with_max_level(tracing::Level::TRACE)
-                .with_writer(move || writer.clone())
-                .with_ansi(false)
-                .try_init();
-            buffer
-        })
-        .clone()
-}
-
 async fn run_every_flow(backend: Backend) {
-    let buffer = log_buffer();
+    let buffer = tessera_testkit::trace_log();
     let Some(app) = TestApp::spawn(backend).await else { return };
     let mut secrets: Vec<String> = vec![ADMIN_TOKEN.to_owned()];
     let svc = app.client(ClientSpec { id: "svc", grants: &["client_credentials"], ..Default::default() }).await;
@@ -212,7 +179,7 @@ async fn run_every_flow(backend: Backend) {
     secrets.push(rotated);
     drop(app);
 
-    let log = String::from_utf8_lossy(&buffer.0.lock().unwrap()).into_owned();
+    let log = buffer.contents();
     assert!(log.lines().count() > 50, "the log must have captured the flows ({} lines)", log.lines().count());
     assert!(log.contains("tessera::audit"), "security events are logged");
     for secret in secrets.iter().filter(|s| !s.is_empty()) {

@@ -32,7 +32,7 @@ impl Drop for Driver {
 async fn browser() -> Option<(Driver, Client)> {
     for bin in [CHROMEDRIVER, CHROMIUM] {
         if !std::path::Path::new(bin).exists() {
-            skip_or_fail(&format!("{bin} is missing (apt-get install chromium chromium-driver)"));
+            skip_or_fail(format!("{bin} is missing (apt-get install chromium chromium-driver)"));
             return None;
         }
     }

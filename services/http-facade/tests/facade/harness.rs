@@ -4,13 +4,10 @@
 use base64::Engine as _;
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
-use sea_orm::ConnectionTrait as _;
 use secrecy::SecretString;
 use serde_json::Value;
 use sha2::Digest as _;
 use std::net::TcpListener;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 use tessera_http_facade::FacadeApplication;
 use tessera_proto::admin::v1 as admin;
 use tessera_proto::admin::v1::admin_service_client::AdminServiceClient;
@@ -19,11 +16,6 @@ use tessera_token_service::Application;
 use tonic::transport::Channel;
 
 pub const ADMIN_TOKEN: &str = "facade-tests-admin-token-0123456789";
-const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
-const REDIS: &str = "redis://127.0.0.1:6379";
-/// Databases and Redis keys of this suite start with these, followed by the process id.
-const DB_PREFIX: &str = "tessera_facade_";
-const REDIS_PREFIX: &str = "tessera-facade-test:";
 
 /// The two backend pairs every flow runs against (DESIGN.md rule 3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,100 +50,16 @@ macro_rules! both_pairs {
 
 /// What must be removed when a test ends, even when it panicked.
 struct Cleanup {
-    database: String,
-    redis_prefix: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let database = self.database.clone();
-        let prefix = self.redis_prefix.clone();
-        // Drop cannot await; a thread with its own runtime does the async cleanup.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async move {
-                drop_database(&database).await;
-                delete_redis_keys(&format!("{prefix}*")).await;
-            });
-        })
-        .join();
-    }
-}
-
-async fn drop_database(name: &str) {
-    if let Ok(db) = sea_orm::Database::connect(format!("{POSTGRES}/postgres")).await {
-        let _ = db.execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await;
-        let _ = db.close().await;
-    }
-}
-
-async fn delete_redis_keys(pattern: &str) {
-    let Ok(client) = redis::Client::open(REDIS) else { return };
-    let Ok(mut con) = client.get_multiplexed_async_connection().await else { return };
-    let keys: Vec<String> = match redis::cmd("KEYS").arg(pattern).query_async(&mut con).await {
-        Ok(k) => k,
-        Err(_) => return,
-    };
-    if !keys.is_empty() {
-        let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut con).await;
-    }
-}
-
-fn process_alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
-}
-
-/// Removes what earlier runs of this suite left behind when they were killed: databases and
-/// keys named after a process that no longer exists. Once per test process.
-async fn sweep_leftovers(db: &sea_orm::DatabaseConnection) {
-    static SWEPT: AtomicBool = AtomicBool::new(false);
-    if SWEPT.swap(true, Ordering::SeqCst) {
-        return;
-    }
-    let rows = db
-        .query_all(sea_orm::Statement::from_string(
-            sea_orm::DatabaseBackend::Postgres,
-            format!("SELECT datname FROM pg_database WHERE datname LIKE '{DB_PREFIX}%'"),
-        ))
-        .await
-        .unwrap_or_default();
-    for row in rows {
-        let Ok(name) = row.try_get::<String>("", "datname") else { continue };
-        let pid = name[DB_PREFIX.len()..].split('_').next().and_then(|p| p.parse::<u32>().ok());
-        if let Some(pid) = pid {
-            if pid != std::process::id() && !process_alive(pid) {
-                drop_database(&name).await;
-                delete_redis_keys(&format!("{REDIS_PREFIX}{pid}:*")).await;
-            }
-        }
-    }
+    _database: tessera_testkit::PgDatabase,
+    _redis: tessera_testkit::RedisKeys,
 }
 
 /// Postgres and Redis for one test, or why they cannot be had.
 async fn production_pair() -> Result<(String, String, Cleanup), String> {
-    let connect =
-        tokio::time::timeout(Duration::from_secs(5), sea_orm::Database::connect(format!("{POSTGRES}/postgres")));
-    let db = connect
-        .await
-        .map_err(|_| "Postgres at 127.0.0.1:5432 did not answer".to_owned())?
-        .map_err(|e| format!("Postgres at 127.0.0.1:5432 is unreachable: {e}"))?;
-    let client = redis::Client::open(REDIS).map_err(|e| e.to_string())?;
-    let mut con = tokio::time::timeout(Duration::from_secs(5), client.get_multiplexed_async_connection())
-        .await
-        .map_err(|_| "Redis at 127.0.0.1:6379 did not answer".to_owned())?
-        .map_err(|e| format!("Redis at 127.0.0.1:6379 is unreachable: {e}"))?;
-    let _: String = redis::cmd("PING").query_async(&mut con).await.map_err(|e| format!("Redis PING failed: {e}"))?;
-    sweep_leftovers(&db).await;
-    let unique = uuid::Uuid::new_v4().simple().to_string();
-    let pid = std::process::id();
-    let database = format!("{DB_PREFIX}{pid}_{}", &unique[..12]);
-    db.execute_unprepared(&format!("CREATE DATABASE \"{database}\""))
-        .await
-        .map_err(|e| format!("creating the test database: {e}"))?;
-    let _ = db.close().await;
-    let redis_prefix = format!("{REDIS_PREFIX}{pid}:{}:", &unique[..12]);
-    let url = format!("{POSTGRES}/{database}");
-    Ok((url, redis_prefix.clone(), Cleanup { database, redis_prefix }))
+    let database = tessera_testkit::PgDatabase::create("tessera_facade").await?;
+    let redis = tessera_testkit::RedisKeys::reserve("tessera-facade-test").await?;
+    let (url, prefix) = (database.url(), redis.prefix().to_owned());
+    Ok((url, prefix, Cleanup { _database: database, _redis: redis }))
 }
 
 /// A running token service and facade, with an admin client and a plain HTTP client.
@@ -166,15 +74,7 @@ pub struct TestApp {
     _cleanup: Option<Cleanup>,
 }
 
-/// Whether a missing dependency fails the test (CI) or skips it (a laptop).
-pub fn skip_or_fail(what: &str) {
-    if std::env::var_os("CI").is_some() {
-        panic!("{what}, and CI is set: this must not be skipped");
-    }
-    eprintln!("\n********************************************************************");
-    eprintln!("SKIPPED: {what}");
-    eprintln!("********************************************************************\n");
-}
+pub use tessera_testkit::skip_or_fail;
 
 impl TestApp {
     /// Starts both services; `None` (after a loud SKIPPED) when the pair's servers are
@@ -202,12 +102,12 @@ impl TestApp {
             Pair::PostgresRedis => match production_pair().await {
                 Ok((db, prefix, cleanup)) => {
                     settings.database.url = db;
-                    settings.redis.url = REDIS.into();
+                    settings.redis.url = tessera_testkit::redis_url();
                     settings.redis.key_prefix = prefix;
                     Some(cleanup)
                 }
                 Err(why) => {
-                    skip_or_fail(&format!("Postgres + Redis tests cannot run: {why}"));
+                    skip_or_fail(format!("Postgres + Redis tests cannot run: {why}"));
                     return None;
                 }
             },

@@ -5,46 +5,8 @@ use crate::both_pairs;
 use crate::harness::*;
 use reqwest::StatusCode;
 use serde_json::json;
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
 
 both_pairs!(no_secret_code_token_or_password_reaches_the_log_at_trace);
-
-#[derive(Clone, Default)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Buffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// One process-wide subscriber (tests share a process under `cargo test`); each test
-/// searches the whole buffer for its own secrets. The test's own HTTP client (reqwest,
-/// hyper) stays at INFO: what it logs is not the services' log.
-fn log_buffer() -> Buffer {
-    static BUFFER: OnceLock<Buffer> = OnceLock::new();
-    BUFFER
-        .get_or_init(|| {
-            let buffer = Buffer::default();
-            let writer = buffer.clone();
-            let filter = tracing_subscriber::EnvFilter::new(
-                "info,tessera=trace,tessera_http_facade=trace,tessera_token_service=trace,tessera_core=trace,\
-                 tessera_ephemeral=trace,tessera_store=trace,actix_web=trace,actix_http=trace,actix_server=trace,tonic=trace",
-            );
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_writer(move || writer.clone())
-                .with_ansi(false)
-                .try_init();
-            buffer
-        })
-        .clone()
-}
 
 fn set_cookie(a: &Answer, name: &str) -> Option<String> {
     a.headers
@@ -55,7 +17,7 @@ fn set_cookie(a: &Answer, name: &str) -> Option<String> {
 }
 
 async fn no_secret_code_token_or_password_reaches_the_log_at_trace(pair: Pair) {
-    let buffer = log_buffer();
+    let buffer = tessera_testkit::trace_log();
     let Some(app) = TestApp::spawn(pair).await else { return };
     let mut secrets = vec![ADMIN_TOKEN.to_owned()];
     let (id, secret) =
@@ -172,7 +134,7 @@ async fn no_secret_code_token_or_password_reaches_the_log_at_trace(pair: Pair) {
     keep(&t, &mut secrets);
     app.stop().await;
 
-    let log = String::from_utf8_lossy(&buffer.0.lock().unwrap()).into_owned();
+    let log = buffer.contents();
     // The capture is real: the facade's per-request events and the token service's spans are in it.
     assert!(log.contains("answered") && log.contains("IssueToken"), "the log was not captured");
     let leaked: Vec<String> = secrets
