@@ -95,7 +95,7 @@ impl Tessera {
     /// Decides an authorization request. `Err` means the client or redirect URI cannot be
     /// trusted: show an error page and never redirect (RFC 6749 §4.1.2.1). Every other
     /// error is a redirect back to the client.
-    #[tracing::instrument(skip_all, fields(client_id = %req.client_id, response_type = %req.response_type))]
+    #[tracing::instrument(skip_all, fields(client_id = %crate::printable(&req.client_id), response_type = %crate::printable(&req.response_type)))]
     pub async fn authorize(
         &self,
         req: &AuthorizeRequest,

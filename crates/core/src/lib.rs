@@ -22,3 +22,9 @@ pub mod tokens;
 pub use config::CoreConfig;
 pub use engine::{ClientAuth, Started, Tessera, TokenSet};
 pub use error::{ErrorCode, OAuthError, StoreError, StoreResult};
+
+/// A client-supplied value fit for a log field or an error message: at most 128 characters,
+/// none of them control characters, so a request can neither flood nor forge log lines.
+pub fn printable(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(128).collect()
+}

@@ -79,7 +79,43 @@ impl SqlStore {
     }
 }
 
+/// The query parameters sqlx understands in a Postgres URL. sqlx logs any other one at WARN
+/// *with its value*, so a misspelt `password` (or libpq's `sslpassword`) would reach the log:
+/// such a URL is refused, without naming the parameter.
+const POSTGRES_URL_PARAMETERS: [&str; 13] = [
+    "sslmode",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+];
+
+fn check_postgres_parameters(url: &str) -> Result<(), StoreError> {
+    let Some((_, query)) = url.split_once('?') else { return Ok(()) };
+    let known = query.split('&').filter(|kv| !kv.is_empty()).all(|kv| {
+        let key = kv.split_once('=').map_or(kv, |(k, _)| k);
+        POSTGRES_URL_PARAMETERS.contains(&key)
+    });
+    if known {
+        Ok(())
+    } else {
+        Err(StoreError::Other(format!(
+            "the database URL has a query parameter this store does not support (supported: {})",
+            POSTGRES_URL_PARAMETERS.join(", ")
+        )))
+    }
+}
+
 async fn connect_postgres(url: &str) -> Result<DatabaseConnection, StoreError> {
+    check_postgres_parameters(url)?;
     let options: PgConnectOptions = url.parse().map_err(error::from_connect)?;
     let pool = PgPoolOptions::new()
         .max_connections(POSTGRES_MAX_CONNECTIONS)
@@ -120,4 +156,18 @@ async fn connect_sqlite(url: &str) -> Result<DatabaseConnection, StoreError> {
 
 fn is_sqlite_memory(url: &str) -> bool {
     url.contains(":memory:") || url.contains("mode=memory")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_postgres_url_with_a_parameter_sqlx_would_log_is_refused_without_naming_it() {
+        assert!(check_postgres_parameters("postgres://u:p@h/db").is_ok());
+        assert!(check_postgres_parameters("postgres://u@h/db?sslmode=require&application_name=tessera").is_ok());
+        let e = check_postgres_parameters("postgres://u@h/db?passwd=hunter2").unwrap_err();
+        assert!(!e.to_string().contains("hunter2") && !e.to_string().contains("passwd"), "{e}");
+        assert!(check_postgres_parameters("postgres://u@h/db?sslpassword=x").is_err());
+    }
 }

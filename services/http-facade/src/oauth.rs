@@ -7,6 +7,7 @@ use crate::params::{client_credentials, Params};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use tessera_core::model::GrantType;
+use tessera_core::printable;
 use tessera_proto::token::v1 as pb;
 use tessera_token_service::observe::grant_label;
 use tracing::field::Empty;
@@ -130,12 +131,6 @@ pub async fn token(req: HttpRequest, backend: web::Data<Backend>, params: Params
     };
     let tokens = answer.map_err(|s| ApiError::from_status(&s).basic(client.basic))?;
     Ok(json_no_store(&TokenResponse::from(tokens.into_inner())))
-}
-
-/// A value fit for a log field: short and printable (client ids and grant types come from
-/// the client).
-fn printable(s: &str) -> String {
-    s.chars().filter(|c| !c.is_control()).take(128).collect()
 }
 
 /// A device authorization request (RFC 8628 §3.1).

@@ -13,7 +13,7 @@ use futures::StreamExt as _;
 use serde::de::{DeserializeOwned, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use std::fmt;
-use tessera_core::OAuthError;
+use tessera_core::{printable, OAuthError};
 
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -72,11 +72,6 @@ impl Params {
         T::deserialize(serde::de::value::MapDeserializer::<_, serde::de::value::Error>::new(pairs))
             .map_err(|e| OAuthError::invalid_request(format!("malformed parameters: {e}")))
     }
-}
-
-/// A parameter name in an error message, cut short and without control characters.
-fn printable(name: &str) -> String {
-    name.chars().filter(|c| !c.is_control()).take(64).collect()
 }
 
 /// A JSON object whose values are scalars, with repeated names refused (serde_json would keep

@@ -122,7 +122,12 @@ fn init_logs(settings: &Settings, service_name: Option<&str>) -> anyhow::Result<
 
 /// A connection URL without its password.
 fn redact_url(url: &str) -> String {
-    match url.split_once("://") {
+    // The query may carry a password too (`?password=…`): it is not shown at all.
+    let (url, query) = match url.split_once('?') {
+        Some((base, _)) => (base, "?…"),
+        None => (url, ""),
+    };
+    let shown = match url.split_once("://") {
         Some((scheme, rest)) => match rest.rsplit_once('@') {
             Some((userinfo, host)) => match userinfo.split_once(':') {
                 Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
@@ -131,7 +136,8 @@ fn redact_url(url: &str) -> String {
             None => url.to_owned(),
         },
         None => url.to_owned(),
-    }
+    };
+    format!("{shown}{query}")
 }
 
 async fn serve(settings: Settings, only: Option<Only>) -> anyhow::Result<()> {
@@ -286,5 +292,7 @@ mod tests {
         assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
         assert_eq!(redact_url("postgres://postgres@db/x"), "postgres://postgres@db/x");
         assert_eq!(redact_url("redis://:pw@cache:6379"), "redis://:***@cache:6379");
+        assert_eq!(redact_url("postgres://h/db?password=s3cret&sslmode=require"), "postgres://h/db?…");
+        assert_eq!(redact_url("sqlite://data/tessera.db?mode=rwc"), "sqlite://data/tessera.db?…");
     }
 }

@@ -11,7 +11,7 @@ use tessera_core::introspect::Introspection;
 use tessera_core::model::{
     AuthorizationCode, DeviceCode, GrantType, Password, PresentedToken, RefreshToken, SessionHandle,
 };
-use tessera_core::{ClientAuth, ErrorCode, OAuthError, Tessera, TokenSet};
+use tessera_core::{printable, ClientAuth, ErrorCode, OAuthError, Tessera, TokenSet};
 use tessera_proto::token::v1 as pb;
 use tonic::{Request, Response, Status};
 use tracing::field::Empty;
@@ -40,7 +40,7 @@ fn scopes(v: Vec<(String, String)>) -> Vec<pb::ScopeDescription> {
 
 #[tonic::async_trait]
 impl pb::token_service_server::TokenService for TokenApi {
-    #[tracing::instrument(name = "IssueToken", skip_all, fields(otel.kind = "server", grant_type = grant_label(&request.get_ref().grant_type), client_id = %request.get_ref().client_id, error_code = Empty))]
+    #[tracing::instrument(name = "IssueToken", skip_all, fields(otel.kind = "server", grant_type = grant_label(&request.get_ref().grant_type), client_id = %printable(&request.get_ref().client_id), error_code = Empty))]
     async fn issue_token(
         &self,
         request: Request<pb::IssueTokenRequest>,
@@ -78,7 +78,7 @@ impl pb::token_service_server::TokenService for TokenApi {
             .await
     }
 
-    #[tracing::instrument(name = "ExchangeCode", skip_all, fields(otel.kind = "server", grant_type = "authorization_code", client_id = %request.get_ref().client_id, error_code = Empty))]
+    #[tracing::instrument(name = "ExchangeCode", skip_all, fields(otel.kind = "server", grant_type = "authorization_code", client_id = %printable(&request.get_ref().client_id), error_code = Empty))]
     async fn exchange_code(
         &self,
         request: Request<pb::ExchangeCodeRequest>,
@@ -100,7 +100,7 @@ impl pb::token_service_server::TokenService for TokenApi {
             .await
     }
 
-    #[tracing::instrument(name = "StartDeviceAuthorization", skip_all, fields(otel.kind = "server", client_id = %request.get_ref().client_id, error_code = Empty))]
+    #[tracing::instrument(name = "StartDeviceAuthorization", skip_all, fields(otel.kind = "server", client_id = %printable(&request.get_ref().client_id), error_code = Empty))]
     async fn start_device_authorization(
         &self,
         request: Request<pb::DeviceAuthorizationRequest>,
@@ -122,7 +122,7 @@ impl pb::token_service_server::TokenService for TokenApi {
             .await
     }
 
-    #[tracing::instrument(name = "PollDevice", skip_all, fields(otel.kind = "server", grant_type = "device_code", client_id = %request.get_ref().client_id, error_code = Empty))]
+    #[tracing::instrument(name = "PollDevice", skip_all, fields(otel.kind = "server", grant_type = "device_code", client_id = %printable(&request.get_ref().client_id), error_code = Empty))]
     async fn poll_device(
         &self,
         request: Request<pb::PollDeviceRequest>,
@@ -139,7 +139,7 @@ impl pb::token_service_server::TokenService for TokenApi {
             .await
     }
 
-    #[tracing::instrument(name = "Introspect", skip_all, fields(otel.kind = "server", client_id = %request.get_ref().client_id, error_code = Empty))]
+    #[tracing::instrument(name = "Introspect", skip_all, fields(otel.kind = "server", client_id = %printable(&request.get_ref().client_id), error_code = Empty))]
     async fn introspect(
         &self,
         request: Request<pb::IntrospectRequest>,
@@ -173,7 +173,7 @@ impl pb::token_service_server::TokenService for TokenApi {
             .await
     }
 
-    #[tracing::instrument(name = "Revoke", skip_all, fields(otel.kind = "server", client_id = %request.get_ref().client_id, error_code = Empty))]
+    #[tracing::instrument(name = "Revoke", skip_all, fields(otel.kind = "server", client_id = %printable(&request.get_ref().client_id), error_code = Empty))]
     async fn revoke(&self, request: Request<pb::RevokeRequest>) -> Result<Response<pb::RevokeResponse>, Status> {
         let r = request.into_inner();
         self.metrics
@@ -218,7 +218,7 @@ impl pb::token_service_server::TokenService for TokenApi {
             .await
     }
 
-    #[tracing::instrument(name = "Authorize", skip_all, fields(otel.kind = "server", client_id = %request.get_ref().client_id, response_type = %request.get_ref().response_type, error_code = Empty))]
+    #[tracing::instrument(name = "Authorize", skip_all, fields(otel.kind = "server", client_id = %printable(&request.get_ref().client_id), response_type = %printable(&request.get_ref().response_type), error_code = Empty))]
     async fn authorize(
         &self,
         request: Request<pb::AuthorizeRequest>,

@@ -269,25 +269,23 @@ impl Settings {
             figment = figment.merge(Toml::file(path));
         }
         let vars = env.vars();
-        let mut toml_env = String::new();
-        for (key, value) in &vars {
-            let Some(rest) = key.strip_prefix("TESSERA_") else {
-                continue;
-            };
+        // A table, not TOML text: a value can't break the syntax, a later source simply wins,
+        // and secret-bearing keys stay strings so no type error can quote them.
+        let mut overlay = toml::Table::new();
+        let tessera_vars = vars.iter().filter_map(|(key, value)| {
+            let rest = key.strip_prefix("TESSERA_")?;
             // The command line's own variables share the prefix but are not settings.
-            if rest.is_empty() || CLI_VARIABLES.contains(&rest) {
-                continue;
-            }
-            let path = rest.to_lowercase().replace("__", ".");
-            toml_env.push_str(&format!("{path} = {}\n", toml_value(value)));
+            (!rest.is_empty() && !CLI_VARIABLES.contains(&rest))
+                .then(|| (rest.to_lowercase().replace("__", "."), value))
+        });
+        let url_vars = [("DATABASE_URL", "database.url"), ("REDIS_URL", "redis.url")]
+            .into_iter()
+            .filter_map(|(key, path)| vars.iter().find(|(k, _)| k == key).map(|(_, v)| (path.to_owned(), v)));
+        for (path, value) in tessera_vars.chain(url_vars) {
+            insert_path(&mut overlay, &path, env_value(&path, value));
         }
-        for (key, path) in [("DATABASE_URL", "database.url"), ("REDIS_URL", "redis.url")] {
-            if let Some((_, v)) = vars.iter().find(|(k, _)| k == key) {
-                toml_env.push_str(&format!("{path} = {}\n", toml_value(v)));
-            }
-        }
-        figment = figment.merge(Toml::string(&toml_env));
-        let settings: Settings = figment.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        figment = figment.merge(figment::providers::Serialized::defaults(overlay));
+        let settings: Settings = figment.extract().map_err(describe_errors)?;
         settings.validate()?;
         Ok(settings)
     }
@@ -432,13 +430,58 @@ impl Settings {
     }
 }
 
-/// An environment value as a TOML value: numbers and booleans as such, anything else a string.
-fn toml_value(v: &str) -> String {
-    if v.parse::<i64>().is_ok() || v == "true" || v == "false" {
-        v.to_owned()
-    } else {
-        toml::Value::String(v.to_owned()).to_string()
+/// Settings whose values are secrets or may hold one (a password in a URL).
+const SECRET_KEYS: [&str; 4] = ["admin.token", "keys.encryption_key", "database.url", "redis.url"];
+
+/// An environment value as a TOML value: numbers and booleans as such, anything else (and
+/// every secret) a string.
+fn env_value(path: &str, v: &str) -> toml::Value {
+    if SECRET_KEYS.contains(&path) {
+        return toml::Value::String(v.to_owned());
     }
+    if let Ok(n) = v.parse::<i64>() {
+        toml::Value::Integer(n)
+    } else if let Ok(b) = v.parse::<bool>() {
+        toml::Value::Boolean(b)
+    } else {
+        toml::Value::String(v.to_owned())
+    }
+}
+
+/// Sets `a.b.c` in a table, creating the intermediate tables.
+fn insert_path(table: &mut toml::Table, path: &str, value: toml::Value) {
+    match path.split_once('.') {
+        None => {
+            table.insert(path.to_owned(), value);
+        }
+        Some((head, rest)) => {
+            let entry = table.entry(head.to_owned()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if !entry.is_table() {
+                *entry = toml::Value::Table(toml::Table::new());
+            }
+            if let toml::Value::Table(inner) = entry {
+                insert_path(inner, rest, value);
+            }
+        }
+    }
+}
+
+/// Every configuration error, naming its key; the value of a secret key is never shown.
+fn describe_errors(errors: figment::Error) -> anyhow::Error {
+    let lines: Vec<String> = errors
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            if SECRET_KEYS.contains(&key.as_str()) {
+                format!("{key}: invalid value (not shown: it is a secret)")
+            } else if key.is_empty() {
+                e.kind.to_string()
+            } else {
+                format!("{key}: {}", e.kind)
+            }
+        })
+        .collect();
+    anyhow::anyhow!("invalid configuration: {}", lines.join("; "))
 }
 
 #[cfg(test)]
@@ -488,6 +531,14 @@ mod tests {
         }
         let e = Settings::load(None, &env(&[("REDIS_URL", "memcached://x")])).unwrap_err();
         assert!(format!("{e:#}").contains("redis.url"), "{e:#}");
+        // A secret never shows in an error, whatever is wrong with it.
+        let e =
+            Settings::load(None, &env(&[("TESSERA_ADMIN__TOKEN", "1234567890123456"), ("TESSERA_ADMIN__NOPE", "1")]))
+                .unwrap_err();
+        assert!(!format!("{e:#}").contains("1234567890123456"), "{e:#}");
+        let both =
+            env(&[("TESSERA_DATABASE__URL", "postgres://u:hunter2@a/x"), ("DATABASE_URL", "postgres://u:pw2@b/y")]);
+        assert_eq!(Settings::load(None, &both).unwrap().database_url(), "postgres://u:pw2@b/y", "DATABASE_URL wins");
         // The command line's own variables are not mistaken for settings.
         let cli = env(&[("TESSERA_PASSWORD", "x"), ("TESSERA_CONFIG", "t.toml"), ("TESSERA_ADMIN_ENDPOINT", "h:1")]);
         assert!(Settings::load(None, &cli).is_ok());

@@ -67,7 +67,7 @@ pub fn normalize_user_code(input: &str) -> Option<String> {
 
 impl Tessera {
     /// The device authorization endpoint (RFC 8628 §3.1).
-    #[tracing::instrument(skip_all, fields(client_id = %auth.client_id))]
+    #[tracing::instrument(skip_all, fields(client_id = %crate::printable(&auth.client_id)))]
     pub async fn start_device_authorization(
         &self,
         auth: &ClientAuth,

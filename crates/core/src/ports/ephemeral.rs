@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use tessera_crypto::Digest;
 
 /// What an authorization code stands for. Stored as JSON under the code's digest.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CodeGrant {
     pub client_id: String,
     pub redirect_uri: String,
@@ -18,6 +18,20 @@ pub struct CodeGrant {
     pub code_challenge_method: Option<String>,
     /// Unix seconds; a code is dead at or after this instant whatever its TTL says.
     pub expires_at: i64,
+}
+
+// With PKCE `plain` the challenge *is* the verifier (RFC 7636 §4.2): not for Debug output.
+impl std::fmt::Debug for CodeGrant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CodeGrant")
+            .field("client_id", &self.client_id)
+            .field("redirect_uri", &self.redirect_uri)
+            .field("scope", &self.scope)
+            .field("user_id", &self.user_id)
+            .field("code_challenge_method", &self.code_challenge_method)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the first use of a code issued (or is about to issue), kept in its tombstone so a
@@ -40,7 +54,7 @@ pub enum CodeTake {
 }
 
 /// What a device authorization stands for.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceGrant {
     pub client_id: String,
     pub scope: String,
@@ -50,6 +64,18 @@ pub struct DeviceGrant {
     pub expires_at: i64,
     /// Seconds between polls; raised by 5 at every `slow_down` (RFC 8628 §3.5).
     pub interval: i64,
+}
+
+// The user code is what a person types to approve the device: not for Debug output.
+impl std::fmt::Debug for DeviceGrant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceGrant")
+            .field("client_id", &self.client_id)
+            .field("scope", &self.scope)
+            .field("expires_at", &self.expires_at)
+            .field("interval", &self.interval)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

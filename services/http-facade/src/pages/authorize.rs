@@ -100,7 +100,7 @@ async fn decide(
     mut cookies: Vec<Cookie<'static>>,
     retry: LoginRetry,
 ) -> HttpResponse {
-    tracing::Span::current().record("client_id", params.client_id.as_str());
+    tracing::Span::current().record("client_id", tessera_core::printable(&params.client_id));
     let request = match params.rpc(session, consent) {
         Ok(r) => r,
         Err(e) => return error_page(&e, cookies),
