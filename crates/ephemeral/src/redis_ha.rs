@@ -42,23 +42,14 @@ pub(crate) fn timed_out(what: &str) -> StoreError {
     unavailable(format!("{what} timed out"))
 }
 
-/// Maps a Redis failure of the single-server mode. Connection, I/O and timeout failures mean the
-/// store is unreachable; the connection manager reconnects on the next command. Type errors are
+/// Maps a Redis failure. Connection, I/O and timeout failures mean the store is unreachable
+/// (the connection manager or the master lookup reconnects on the next command); so do the
+/// states a restart, a failover or a resharding passes through, whatever the mode: a
+/// `redis://` address that moves to a new server on failover meets them too. Type errors are
 /// reworded because redis-rs quotes the offending reply, which may be stored content.
 pub(crate) fn store_error(e: RedisError) -> StoreError {
-    if e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped() {
-        unavailable(e.to_string())
-    } else if e.kind() == ErrorKind::TypeError {
-        StoreError::Other(format!("unexpected reply from the {STORE}"))
-    } else {
-        StoreError::Other(e.to_string())
-    }
-}
-
-/// Maps a failure of the Sentinel and Cluster modes: besides what [`store_error`] calls
-/// unavailable, the states a failover or a resharding passes through are transient too.
-pub(crate) fn ha_error(e: RedisError) -> StoreError {
     match e.kind() {
+        _ if e.is_io_error() => unavailable(e.to_string()),
         ErrorKind::ReadOnly
         | ErrorKind::MasterDown
         | ErrorKind::ClusterDown
@@ -71,7 +62,8 @@ pub(crate) fn ha_error(e: RedisError) -> StoreError {
             "the sentinels name no reachable master by the configured name (down, failing over, or refusing \
              the configured credentials)",
         ),
-        _ => store_error(e),
+        ErrorKind::TypeError => StoreError::Other(format!("unexpected reply from the {STORE}")),
+        _ => StoreError::Other(e.to_string()),
     }
 }
 
@@ -161,14 +153,6 @@ impl Conn {
         }
     }
 
-    /// Maps a failure the way this kind of deployment reads it.
-    pub(crate) fn error(&self, e: RedisError) -> StoreError {
-        match self {
-            Conn::Single(_) => store_error(e),
-            Conn::Sentinel(_) | Conn::Cluster(_) => ha_error(e),
-        }
-    }
-
     /// Maps the outcome of a command run on `used`; a master that is gone is forgotten so the
     /// next command finds the current one through the sentinels. Nothing is retried here: a
     /// script may have run before its connection broke (see `CLUSTER_RETRIES` for the cluster
@@ -180,7 +164,7 @@ impl Conn {
                     sentinel.forget(*generation);
                 }
             }
-            self.error(e)
+            store_error(e)
         })
     }
 
@@ -306,7 +290,7 @@ impl SentinelConn {
             let client = match named {
                 Ok(Ok(client)) => client,
                 Ok(Err(e)) => {
-                    last = Some(ha_error(e));
+                    last = Some(store_error(e));
                     continue;
                 }
                 Err(_) => {
@@ -325,7 +309,7 @@ impl SentinelConn {
                     tracing::debug!(generation = resolver.generation, "connected to the master the sentinels name");
                     return Ok(Master { generation: resolver.generation, client, conn });
                 }
-                Ok(Err(e)) => last = Some(ha_error(e)),
+                Ok(Err(e)) => last = Some(store_error(e)),
                 Err(_) => last = Some(timed_out("connecting to the master")),
             }
         }
@@ -340,8 +324,8 @@ impl SentinelConn {
             let master = self.master().await?;
             let failure = match tokio::time::timeout(CONNECT_TIMEOUT, master.client.get_async_pubsub()).await {
                 Ok(Ok(pubsub)) => return Ok(pubsub),
-                Ok(Err(e)) if master_is_gone(&e) => ha_error(e),
-                Ok(Err(e)) => return Err(ha_error(e)),
+                Ok(Err(e)) if master_is_gone(&e) => store_error(e),
+                Ok(Err(e)) => return Err(store_error(e)),
                 Err(_) => timed_out("connecting to the master for revocations"),
             };
             self.forget(master.generation);
@@ -378,7 +362,7 @@ impl ClusterConn {
         let conn = tokio::time::timeout(CLUSTER_OP_TIMEOUT, client.get_async_connection())
             .await
             .map_err(|_| timed_out("connecting to the cluster"))?
-            .map_err(ha_error)?;
+            .map_err(store_error)?;
         Ok(Self { conn, seeds: target.nodes, next_seed: AtomicUsize::new(0) })
     }
 
@@ -448,11 +432,11 @@ impl ClusterConn {
 }
 
 async fn subscribe_to(node: &ConnectionInfo) -> StoreResult<PubSub> {
-    let client = redis::Client::open(node.clone()).map_err(ha_error)?;
+    let client = redis::Client::open(node.clone()).map_err(store_error)?;
     tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
         .await
         .map_err(|_| timed_out("connecting to a cluster node for revocations"))?
-        .map_err(ha_error)
+        .map_err(store_error)
 }
 
 fn same_addr(a: &ConnectionInfo, b: &ConnectionInfo) -> bool {

@@ -264,13 +264,14 @@ return {'consumed'}
     )
 });
 
-/// Counts a failure; the window starts at the first one (NX keeps later ones from moving it).
-/// KEYS[1] counter key; ARGV window in ms.
+/// Counts a failure; the window starts at the first one (only the first sets the expiry).
+/// KEYS[1] counter key; ARGV window in ms. (Not `PEXPIRE … NX`: Redis 6 lacks it, and a
+/// script that fails after its INCR leaves a counter that never expires.)
 static RECORD_FAILURE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local n = redis.call('INCR', KEYS[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[1], 'NX')
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return n
 ",
     )
@@ -654,7 +655,7 @@ impl Ephemeral for RedisEphemeral {
         tokio::time::timeout(RESPONSE_TIMEOUT, pubsub.subscribe(self.keys.channel()))
             .await
             .map_err(|_| timed_out("subscribing to revocations"))?
-            .map_err(|e| self.conn.error(e))?;
+            .map_err(store_error)?;
         // The stream ends when the connection's reader ends, i.e. when the connection is lost.
         Ok(pubsub
             .into_on_message()

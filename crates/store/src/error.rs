@@ -26,7 +26,9 @@ pub(crate) fn from_db(err: DbErr) -> StoreError {
         DbErr::Conn(RuntimeErr::SqlxError(e)) => match e {
             // A malformed URL or option is a configuration mistake, not an outage.
             sqlx::Error::Configuration(e) => StoreError::Other(format!("invalid database configuration: {e}")),
-            e => unavailable(e.to_string()),
+            // The rest as any query's errors: a refused password or a missing database is a
+            // mistake to fix, not an outage to wait out; a reset or a restarting server is.
+            e => from_sqlx(e),
         },
         DbErr::Conn(RuntimeErr::Internal(reason)) => unavailable(reason),
         DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => from_sqlx(e),
@@ -59,7 +61,10 @@ fn is_outage(db: &dyn sqlx::error::DatabaseError) -> bool {
     if db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().is_some() {
         // Class 08: connection exception; 53: insufficient resources (too many
         // connections, disk full); 57P01-57P03: admin/crash shutdown, cannot connect now.
-        return code.starts_with("08") || code.starts_with("53") || matches!(&*code, "57P01" | "57P02" | "57P03");
+        // 25006: read-only transaction, what a demoted primary answers during a failover.
+        return code.starts_with("08")
+            || code.starts_with("53")
+            || matches!(&*code, "57P01" | "57P02" | "57P03" | "25006");
     }
     if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
         // SQLite reports extended result codes; the primary code is the low byte.

@@ -623,3 +623,16 @@ mod cases {
         durable.ping().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn connecting_to_a_missing_database_is_a_mistake_to_fix_not_an_outage() {
+    // Only reachable servers can say the database is missing.
+    if TestDb::create(Backend::Postgres).await.is_none() {
+        return;
+    }
+    let url = format!("{}/tessera_store_no_such_database_{}", tessera_testkit::postgres_server(), random_hex());
+    match SqlStore::connect(&url).await {
+        Err(StoreError::Other(reason)) => assert!(reason.contains("does not exist"), "{reason}"),
+        other => panic!("a missing database must not look like an outage: {other:?}"),
+    }
+}

@@ -21,7 +21,9 @@ pub fn status(e: OAuthError) -> Status {
             tessera_proto::to_status(&e)
         }
         _ => {
-            tracing::info!(error = e.code.as_str(), "request refused");
+            // Refusals are the protocol working (every device poll before approval is one):
+            // debug, not info. They are counted in the metrics and recorded on the span.
+            tracing::debug!(error = e.code.as_str(), "request refused");
             tessera_proto::to_status(&e)
         }
     }

@@ -45,13 +45,7 @@ pub struct DemoCredentials {
 
 /// Connects the stores the settings name and runs the durable store's migrations.
 pub async fn connect_stores(settings: &Settings) -> anyhow::Result<(Arc<dyn Durable>, Arc<dyn Ephemeral>)> {
-    let url = settings.database_url();
-    if url.starts_with("sqlite:") {
-        std::fs::create_dir_all(&settings.data_dir)
-            .with_context(|| format!("creating the data directory {}", settings.data_dir.display()))?;
-    }
-    let store = tessera_store::SqlStore::connect(&url).await.context("connecting to the database")?;
-    store.migrate().await.context("running database migrations")?;
+    let store = connect_durable(settings).await?;
     let ephemeral: Arc<dyn Ephemeral> = if settings.redis.url.is_empty() {
         Arc::new(tessera_ephemeral::MemoryEphemeral::new())
     } else {
@@ -64,9 +58,21 @@ pub async fn connect_stores(settings: &Settings) -> anyhow::Result<(Arc<dyn Dura
     Ok((Arc::new(store), ephemeral))
 }
 
-/// Runs the migrations and exits: `tessera migrate`.
+/// Connects the durable store and brings its schema up to date.
+async fn connect_durable(settings: &Settings) -> anyhow::Result<tessera_store::SqlStore> {
+    let url = settings.database_url();
+    if url.starts_with("sqlite:") {
+        std::fs::create_dir_all(&settings.data_dir)
+            .with_context(|| format!("creating the data directory {}", settings.data_dir.display()))?;
+    }
+    let store = tessera_store::SqlStore::connect(&url).await.context("connecting to the database")?;
+    store.migrate().await.context("running database migrations")?;
+    Ok(store)
+}
+
+/// Runs the migrations and exits: `tessera migrate`. Needs only the database.
 pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
-    connect_stores(settings).await.map(|_| ())
+    connect_durable(settings).await.map(|_| ())
 }
 
 /// A running token service.
@@ -100,7 +106,9 @@ impl Application {
         // Bound before anything starts, so a taken port stops the start-up naming the key.
         let metrics_listener = observe::bind_metrics(&settings.metrics.listen).await?;
         let durable: Arc<dyn Durable> = Arc::new(observe::CountedAudit::new(durable, Arc::clone(&metrics)));
-        let started = Tessera::start(settings.core_config(), durable, ephemeral, clock)
+        // Settings built in code (not through `Settings::load`) are checked here too.
+        settings.validate()?;
+        let started = Tessera::start(settings.core_config()?, durable, ephemeral, clock)
             .await
             // At start-up the operator is the audience: show the cause, not the client-safe text.
             .map_err(|e| {

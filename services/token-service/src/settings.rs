@@ -404,7 +404,7 @@ impl Settings {
     }
 
     /// The core's policy from these settings.
-    pub fn core_config(&self) -> tessera_core::CoreConfig {
+    pub fn core_config(&self) -> anyhow::Result<tessera_core::CoreConfig> {
         let mut c = tessera_core::CoreConfig::new(self.issuer());
         let t = &self.tokens;
         c.access_token_ttl = t.access_token_ttl;
@@ -418,7 +418,7 @@ impl Settings {
         c.lockout_window = t.lockout_window;
         c.client_cache_ttl = t.client_cache_ttl.max(0);
         c.default_client_id = Some(t.default_client_id.clone()).filter(|id| !id.is_empty());
-        c.key_encryption_key = self.key_encryption_key().ok().flatten();
+        c.key_encryption_key = self.key_encryption_key()?;
         c.verification_uri = format!("{}/device", self.public_url());
         if let Some(a) = &t.audience {
             c.audience = a.clone();
@@ -426,7 +426,7 @@ impl Settings {
         if let Some(alg) = tessera_crypto::keys::Algorithm::parse(&t.signing_alg) {
             c.signing_alg = alg;
         }
-        c
+        Ok(c)
     }
 }
 
