@@ -9,7 +9,6 @@ use crate::pkce;
 use crate::ports::{CodeGrant, LoginSession};
 use crate::tokens::new_jti;
 use crate::Tessera;
-use url::Url;
 
 /// An authorization request as the browser sent it.
 #[derive(Clone, Debug, Default)]
@@ -290,10 +289,9 @@ impl Back {
         if params.starts_with('#') {
             format!("{}#{all}", self.redirect_uri)
         } else {
-            match Url::parse(&self.redirect_uri) {
-                Ok(url) if url.query().is_some() => format!("{}&{all}", self.redirect_uri),
-                _ => format!("{}?{all}", self.redirect_uri),
-            }
+            // Registered redirect URIs carry no fragment, so a '?' can only start a query.
+            let sep = if self.redirect_uri.contains('?') { '&' } else { '?' };
+            format!("{}{sep}{all}", self.redirect_uri)
         }
     }
 }

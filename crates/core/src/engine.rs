@@ -205,7 +205,7 @@ impl Tessera {
 
     /// Authenticates a client (RFC 6749 §2.3). Confidential clients must present their
     /// secret, compared by digest in constant time; public clients must present none.
-    pub async fn authenticate_client(&self, auth: &ClientAuth) -> Result<Client, OAuthError> {
+    pub async fn authenticate_client(&self, auth: &ClientAuth) -> Result<Arc<Client>, OAuthError> {
         let failed = || OAuthError::invalid_client("client authentication failed");
         // A request with no client at all may act as the configured default public client.
         let id = match (&auth.client_id, &auth.client_secret, &self.cfg.default_client_id) {
@@ -222,7 +222,7 @@ impl Tessera {
             _ => false,
         };
         if authenticated {
-            Ok(Client::clone(&client))
+            Ok(client)
         } else {
             Err(failed())
         }
@@ -298,9 +298,8 @@ impl Tessera {
             auth_time,
             username: user.map(|u| u.username.clone()),
         };
-        let value = serde_json::to_value(&claims).map_err(|e| OAuthError::server_error(e.to_string()))?;
         let keys = self.keys.current();
-        let token = tessera_crypto::jwt::encode(&keys.signing, tokens::ACCESS_TOKEN_TYP, &value)
+        let token = tessera_crypto::jwt::encode(&keys.signing, tokens::ACCESS_TOKEN_TYP, &claims)
             .map_err(|e| OAuthError::server_error(e.to_string()))?;
         Ok((token, exp))
     }

@@ -18,11 +18,11 @@ pub enum JwtError {
 }
 
 /// Signs `claims` as a compact JWS with header `{alg, typ, kid}`.
-pub fn encode(key: &SigningKey, typ: &str, claims: &Value) -> Result<String, JwtError> {
+pub fn encode(key: &SigningKey, typ: &str, claims: &impl serde::Serialize) -> Result<String, JwtError> {
     let header = json!({"alg": key.alg().as_str(), "typ": typ, "kid": key.kid()});
     let mut out = b64url(header.to_string().as_bytes());
     out.push('.');
-    out.push_str(&b64url(claims.to_string().as_bytes()));
+    out.push_str(&b64url(&serde_json::to_vec(claims).map_err(|_| JwtError::Sign)?));
     let sig = key.sign(out.as_bytes()).map_err(|_| JwtError::Sign)?;
     out.push('.');
     out.push_str(&b64url(&sig));

@@ -27,7 +27,6 @@ use error::ApiError;
 use futures::FutureExt as _;
 use observe::{Exchange, FacadeMetrics};
 use std::net::{SocketAddr, TcpListener};
-use std::sync::Arc;
 use tessera_token_service::metadata::paths;
 use tessera_token_service::settings::Settings;
 use tokio::task::JoinHandle;
@@ -147,15 +146,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/static/tessera.css").route(web::get().to(stylesheet)).default_service(json_405()));
 }
 
-/// Extractor errors of actix's own extractors, as OAuth JSON errors.
-fn extractor_error(why: String) -> actix_web::Error {
-    ApiError::invalid_request(why).into()
-}
-
 /// A running HTTP facade.
 pub struct FacadeApplication {
     addr: SocketAddr,
-    metrics: Arc<FacadeMetrics>,
     handle: ServerHandle,
     server: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -182,7 +175,6 @@ impl FacadeApplication {
         let page_config = pages::PageConfig { secure_cookies: settings.public_url().starts_with("https://") };
         let openapi = web::Data::new(openapi::OpenApiJson(openapi::document_json()?));
         let metrics = web::Data::new(FacadeMetrics::new()?);
-        let series = metrics.clone().into_inner();
         let addr = listener.local_addr().context("reading the HTTP listener's address")?;
         listener.set_nonblocking(true).context("configuring the HTTP listener")?;
         let server = HttpServer::new(move || {
@@ -193,23 +185,6 @@ impl FacadeApplication {
                 .app_data(web::Data::new(page_config.clone()))
                 .app_data(openapi.clone())
                 .app_data(metrics.clone())
-                .app_data(
-                    web::JsonConfig::default()
-                        .limit(params::MAX_BODY_BYTES)
-                        .error_handler(|e, _| extractor_error(format!("malformed JSON body: {e}"))),
-                )
-                .app_data(
-                    web::FormConfig::default()
-                        .limit(params::MAX_BODY_BYTES)
-                        .error_handler(|e, _| extractor_error(format!("malformed form body: {e}"))),
-                )
-                .app_data(web::PayloadConfig::default().limit(params::MAX_BODY_BYTES))
-                .app_data(
-                    web::QueryConfig::default().error_handler(|e, _| extractor_error(format!("malformed query: {e}"))),
-                )
-                .app_data(
-                    web::PathConfig::default().error_handler(|e, _| extractor_error(format!("malformed path: {e}"))),
-                )
                 .configure(routes)
                 .default_service(web::to(not_found))
                 .wrap(ErrorHandlers::new().default_handler(json_errors))
@@ -243,12 +218,7 @@ impl FacadeApplication {
         let handle = server.handle();
         let server = tokio::spawn(server);
         tracing::info!(%addr, token_service = %grpc_endpoint, "HTTP facade listening");
-        Ok(Self { addr, metrics: series, handle, server: Some(server) })
-    }
-
-    /// The series served at `/metrics`.
-    pub fn metrics(&self) -> &Arc<FacadeMetrics> {
-        &self.metrics
+        Ok(Self { addr, handle, server: Some(server) })
     }
 
     pub fn local_addr(&self) -> SocketAddr {

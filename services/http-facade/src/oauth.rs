@@ -3,14 +3,13 @@
 
 use crate::backend::Backend;
 use crate::error::{no_store, ApiError, ErrorBody};
-use crate::params::{client_credentials, Params};
+use crate::params::{client_credentials, ClientCredentials, Params};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use tessera_core::model::GrantType;
 use tessera_core::printable;
 use tessera_proto::token::v1 as pb;
 use tessera_token_service::observe::grant_label;
-use tracing::field::Empty;
 use utoipa::ToSchema;
 
 /// A token request (RFC 6749 §4.1.3, §4.3.2, §4.4.2, §6; RFC 8628 §3.4), as a form or a JSON
@@ -62,6 +61,18 @@ impl From<pb::TokenResponse> for TokenResponse {
     }
 }
 
+/// The caller's credentials (HTTP Basic or the body), noted for the request's span and series.
+fn caller(
+    req: &HttpRequest,
+    body_client_id: &str,
+    body_client_secret: &str,
+    grant_type: &'static str,
+) -> Result<ClientCredentials, ApiError> {
+    let client = client_credentials(req, body_client_id, body_client_secret)?;
+    crate::observe::observe(req, grant_type, &printable(&client.client_id));
+    Ok(client)
+}
+
 /// A JSON answer that must not be cached (RFC 6749 §5.1).
 pub fn json_no_store(body: &impl Serialize) -> HttpResponse {
     let mut res = HttpResponse::Ok().json(body);
@@ -88,14 +99,10 @@ pub fn json_no_store(body: &impl Serialize) -> HttpResponse {
     ),
     security((), ("client_secret_basic" = []))
 )]
-#[tracing::instrument(name = "token", skip_all, fields(grant_type = Empty, client_id = Empty))]
+#[tracing::instrument(name = "token", skip_all)]
 pub async fn token(req: HttpRequest, backend: web::Data<Backend>, params: Params) -> Result<HttpResponse, ApiError> {
     let r: TokenRequest = params.parse()?;
-    let client = client_credentials(&req, &r.client_id, &r.client_secret)?;
-    let span = tracing::Span::current();
-    span.record("grant_type", printable(&r.grant_type));
-    span.record("client_id", printable(&client.client_id));
-    crate::observe::observe(&req, grant_label(&r.grant_type), &printable(&client.client_id));
+    let client = caller(&req, &r.client_id, &r.client_secret, grant_label(&r.grant_type))?;
     let mut rpc = backend.token.clone();
     let answer = match GrantType::parse(&r.grant_type) {
         Some(GrantType::AuthorizationCode) => {
@@ -170,15 +177,14 @@ pub struct DeviceAuthorizationResponse {
     ),
     security((), ("client_secret_basic" = []))
 )]
-#[tracing::instrument(name = "device_authorization", skip_all, fields(client_id = Empty))]
+#[tracing::instrument(name = "device_authorization", skip_all)]
 pub async fn device_authorization(
     req: HttpRequest,
     backend: web::Data<Backend>,
     params: Params,
 ) -> Result<HttpResponse, ApiError> {
     let r: DeviceAuthorizationRequest = params.parse()?;
-    let client = client_credentials(&req, &r.client_id, &r.client_secret)?;
-    tracing::Span::current().record("client_id", printable(&client.client_id));
+    let client = caller(&req, &r.client_id, &r.client_secret, "")?;
     let d = backend
         .token
         .clone()
@@ -296,15 +302,14 @@ impl From<pb::IntrospectResponse> for IntrospectionResponse {
     ),
     security(("client_secret_basic" = []), ())
 )]
-#[tracing::instrument(name = "introspect", skip_all, fields(client_id = Empty))]
+#[tracing::instrument(name = "introspect", skip_all)]
 pub async fn introspect(
     req: HttpRequest,
     backend: web::Data<Backend>,
     params: Params,
 ) -> Result<HttpResponse, ApiError> {
     let r: TokenCheckRequest = params.parse()?;
-    let client = client_credentials(&req, &r.client_id, &r.client_secret)?;
-    tracing::Span::current().record("client_id", printable(&client.client_id));
+    let client = caller(&req, &r.client_id, &r.client_secret, "")?;
     let answer = backend
         .token
         .clone()
@@ -335,11 +340,10 @@ pub async fn introspect(
     ),
     security(("client_secret_basic" = []), ())
 )]
-#[tracing::instrument(name = "revoke", skip_all, fields(client_id = Empty))]
+#[tracing::instrument(name = "revoke", skip_all)]
 pub async fn revoke(req: HttpRequest, backend: web::Data<Backend>, params: Params) -> Result<HttpResponse, ApiError> {
     let r: TokenCheckRequest = params.parse()?;
-    let client = client_credentials(&req, &r.client_id, &r.client_secret)?;
-    tracing::Span::current().record("client_id", printable(&client.client_id));
+    let client = caller(&req, &r.client_id, &r.client_secret, "")?;
     backend
         .token
         .clone()

@@ -41,10 +41,6 @@ impl FacadeMetrics {
         })
     }
 
-    pub fn registry(&self) -> &Registry {
-        &self.registry
-    }
-
     pub fn render(&self) -> String {
         render(&self.registry)
     }

@@ -63,9 +63,10 @@ impl pb::token_service_server::TokenService for TokenApi {
                             "IssueToken takes client_credentials, password and refresh_token; use ExchangeCode or PollDevice",
                         ))
                     }
-                    Some(GrantType::Implicit) | None if r.grant_type.is_empty() => {
+                    None if r.grant_type.is_empty() => {
                         return Err(OAuthError::invalid_request("grant_type is required"))
                     }
+                    // `implicit` is a response type, never a grant_type at the token endpoint.
                     Some(GrantType::Implicit) | None => {
                         return Err(OAuthError::new(ErrorCode::UnsupportedGrantType, "unsupported grant_type"))
                     }

@@ -79,7 +79,6 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
 pub struct Application {
     grpc_addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
-    metrics: Arc<Metrics>,
     tessera: Arc<Tessera>,
     demo: Option<DemoCredentials>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -181,7 +180,7 @@ impl Application {
             None => tracing::info!(%grpc_addr, "token service listening (metrics listener off)"),
         }
         let grace = Duration::from_secs(settings.shutdown.grace_period);
-        Ok(Self { grpc_addr, metrics_addr, metrics, tessera, demo, shutdown: Some(tx), grace, server, background })
+        Ok(Self { grpc_addr, metrics_addr, tessera, demo, shutdown: Some(tx), grace, server, background })
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -191,10 +190,6 @@ impl Application {
     /// Where `GET /metrics` answers; `None` when `metrics.listen` is empty.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
-    }
-
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
     }
 
     pub fn tessera(&self) -> &Arc<Tessera> {

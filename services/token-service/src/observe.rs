@@ -139,10 +139,6 @@ impl Metrics {
         Ok(m)
     }
 
-    pub fn registry(&self) -> &Registry {
-        &self.registry
-    }
-
     /// The text exposition of every series.
     pub fn render(&self) -> String {
         render(&self.registry)

@@ -46,7 +46,7 @@ pub enum RefreshState {
 }
 
 impl RefreshState {
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             RefreshState::Active => "active",
             RefreshState::Rotated => "rotated",

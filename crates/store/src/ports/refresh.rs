@@ -10,9 +10,9 @@ use tessera_core::StoreResult;
 use tessera_crypto::Digest;
 
 const TABLE: &str = "refresh_tokens";
-const ACTIVE: &str = "active";
-const ROTATED: &str = "rotated";
-const REVOKED: &str = "revoked";
+const ACTIVE: &str = RefreshState::Active.as_str();
+const ROTATED: &str = RefreshState::Rotated.as_str();
+const REVOKED: &str = RefreshState::Revoked.as_str();
 
 /// Enough sweeps to outlast any rotation that was in flight when the revocation began.
 const MAX_REVOKE_SWEEPS: usize = 8;
@@ -100,6 +100,7 @@ impl RefreshStore for SqlStore {
         // One UPDATE revokes the family. On Postgres a rotation that was in flight when it
         // started can commit a new active row its snapshot did not see, so sweep again until
         // nothing changes; once every row is revoked no new row can join the family.
+        let mut settled = false;
         for _ in 0..MAX_REVOKE_SWEEPS {
             let changed = Entity::update_many()
                 .col_expr(Column::State, Expr::value(REVOKED))
@@ -110,8 +111,15 @@ impl RefreshStore for SqlStore {
                 .map_err(error::from_db)?
                 .rows_affected;
             if changed == 0 {
+                settled = true;
                 break;
             }
+        }
+        // The contract is "every token of the family revoked": never report success short of it.
+        if !settled {
+            return Err(tessera_core::StoreError::Other(
+                "the refresh-token family kept changing while it was being revoked".to_owned(),
+            ));
         }
         Entity::find()
             .select_only()
