@@ -142,21 +142,18 @@ fn read_password(from_stdin: bool) -> anyhow::Result<String> {
 }
 
 fn admin_token(settings: &Settings, file: Option<&Path>) -> anyhow::Result<String> {
-    use secrecy::ExposeSecret as _;
     if let Some(path) = file {
         return Ok(std::fs::read_to_string(path)
             .with_context(|| format!("reading {}", path.display()))?
             .trim()
             .to_owned());
     }
-    if let Some(t) = &settings.admin.token {
-        return Ok(t.expose_secret().trim().to_owned());
-    }
-    let path = settings.data_dir.join("admin-token");
-    Ok(std::fs::read_to_string(&path)
-        .with_context(|| format!("reading the admin credential from {} (or set TESSERA_ADMIN__TOKEN)", path.display()))?
-        .trim()
-        .to_owned())
+    settings.admin_token()?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "no admin credential: set TESSERA_ADMIN__TOKEN, pass --token-file, or start the server once so it writes {}",
+            settings.admin_token_file().display()
+        )
+    })
 }
 
 fn client_json(c: &pb::Client) -> serde_json::Value {
@@ -199,7 +196,7 @@ pub async fn run(args: &AdminArgs, config: Option<&Path>) -> anyhow::Result<()> 
         return Ok(());
     }
     let settings = Settings::load(config, &ProcessEnv)?;
-    let endpoint = args.endpoint.clone().unwrap_or_else(|| format!("http://{}", settings.grpc.listen));
+    let endpoint = args.endpoint.clone().unwrap_or_else(|| settings.token_service_url());
     let endpoint = if endpoint.contains("://") { endpoint } else { format!("http://{endpoint}") };
     let token = admin_token(&settings, args.token_file.as_deref())?;
     let credential = tessera_proto::AdminCredential::new(&token)

@@ -14,7 +14,6 @@ pub mod settings;
 
 use anyhow::Context as _;
 use observe::Metrics;
-use secrecy::ExposeSecret as _;
 use settings::Settings;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -269,23 +268,13 @@ async fn watch_health(tessera: Arc<Tessera>, mut health: tonic_health::server::H
 
 /// The admin credential: from the settings, or generated once into `<data_dir>/admin-token`.
 fn admin_token(settings: &Settings) -> anyhow::Result<String> {
-    if let Some(t) = &settings.admin.token {
-        let t = t.expose_secret().trim().to_owned();
-        if t.len() < 16 {
-            anyhow::bail!("admin.token: must be at least 16 characters");
-        }
-        return Ok(t);
-    }
-    let path = settings.data_dir.join("admin-token");
-    if let Ok(existing) = std::fs::read_to_string(&path) {
-        let t = existing.trim().to_owned();
-        if !t.is_empty() {
-            return Ok(t);
-        }
+    if let Some(token) = settings.admin_token()? {
+        return Ok(token);
     }
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating the data directory {}", settings.data_dir.display()))?;
     let token = tessera_crypto::random_secret(32);
+    let path = settings.admin_token_file();
     write_private(&path, &token)?;
     tracing::info!(path = %path.display(), "generated an admin credential");
     Ok(token)
@@ -302,6 +291,13 @@ pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
         options.mode(0o600);
     }
     let mut f = options.open(path).with_context(|| format!("writing {}", path.display()))?;
+    // `mode` applies only to a file it creates: an existing one is narrowed here.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("securing {}", path.display()))?;
+    }
     f.write_all(contents.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

@@ -388,6 +388,25 @@ impl Settings {
         format!("http://{listen}")
     }
 
+    /// Where the generated admin credential is kept when `admin.token` is not set.
+    pub fn admin_token_file(&self) -> PathBuf {
+        self.data_dir.join("admin-token")
+    }
+
+    /// The admin credential the configuration names: `admin.token`, else the one generated
+    /// into `admin_token_file()` by an earlier start; `None` when there is neither yet.
+    pub fn admin_token(&self) -> anyhow::Result<Option<String>> {
+        use secrecy::ExposeSecret as _;
+        if let Some(t) = &self.admin.token {
+            let t = t.expose_secret().trim().to_owned();
+            if t.len() < 16 {
+                bail!("admin.token: must be at least 16 characters");
+            }
+            return Ok(Some(t));
+        }
+        Ok(std::fs::read_to_string(self.admin_token_file()).ok().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()))
+    }
+
     pub fn issuer(&self) -> String {
         self.issuer.clone().unwrap_or_else(|| self.public_url())
     }
