@@ -26,9 +26,11 @@ pub(crate) fn from_db(err: DbErr) -> StoreError {
         DbErr::Conn(RuntimeErr::SqlxError(e)) => match e {
             // A malformed URL or option is a configuration mistake, not an outage.
             sqlx::Error::Configuration(e) => StoreError::Other(format!("invalid database configuration: {e}")),
-            // The rest as any query's errors: a refused password or a missing database is a
-            // mistake to fix, not an outage to wait out; a reset or a restarting server is.
-            e => from_sqlx(e),
+            // The server answered and said no (a refused password, a missing database): a
+            // mistake to fix, not an outage to wait out.
+            sqlx::Error::Database(db) if !is_outage(db.as_ref()) => StoreError::Other(db.message().to_owned()),
+            // No answer, a dropped handshake, a restarting server: an outage.
+            e => unavailable(e.to_string()),
         },
         DbErr::Conn(RuntimeErr::Internal(reason)) => unavailable(reason),
         DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => from_sqlx(e),
@@ -47,7 +49,9 @@ fn from_sqlx(err: sqlx::Error) -> StoreError {
         | sqlx::Error::Tls(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => unavailable(err.to_string()),
+        | sqlx::Error::WorkerCrashed
+        // A connection cut mid-conversation reads as a protocol error (an unexpected end).
+        | sqlx::Error::Protocol(_) => unavailable(err.to_string()),
         sqlx::Error::Database(db) if is_outage(db.as_ref()) => unavailable(db.message()),
         _ => StoreError::Other(err.to_string()),
     }
