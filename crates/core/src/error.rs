@@ -89,11 +89,24 @@ pub struct OAuthError {
     pub description: String,
     /// Never sent to a client. Must not hold secrets either: it is logged.
     pub detail: Option<String>,
+    /// For `temporarily_unavailable` and `slow_down` from a throttle or a full queue: how many
+    /// seconds the caller should wait before trying again (HTTP `Retry-After`, RFC 9110 §10.2.3).
+    pub retry_after: Option<u32>,
 }
 
 impl OAuthError {
     pub fn new(code: ErrorCode, description: impl Into<String>) -> Self {
-        Self { code, description: description.into(), detail: None }
+        Self { code, description: description.into(), detail: None, retry_after: None }
+    }
+
+    pub fn with_retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    /// A bound was reached (a full queue, a throttle): try again in `retry_after` seconds.
+    pub fn temporarily_unavailable(d: impl Into<String>, retry_after: u32) -> Self {
+        Self::new(ErrorCode::TemporarilyUnavailable, d).with_retry_after(retry_after)
     }
 
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
