@@ -64,6 +64,8 @@ pub struct Tessera {
     pub(crate) revoked: Arc<RevocationSet>,
     pub(crate) verified: VerifiedCache,
     pub(crate) clients: ClientCache,
+    /// Every Argon2 computation runs here: fixed workers, bounded queue (DESIGN.md rule 8).
+    pub(crate) passwords: tessera_crypto::password_pool::PasswordPool,
 }
 
 /// Clients read from the durable store, each trusted for `client_cache_ttl` seconds.
@@ -120,7 +122,10 @@ impl Tessera {
         if let Ok(snapshot) = ephemeral.revoked_access(now).await {
             revoked.merge_snapshot(snapshot, now);
         }
+        let passwords = tessera_crypto::password_pool::PasswordPool::start(cfg.passwords)
+            .map_err(|e| OAuthError::server_error(format!("cannot start the password workers: {e}")))?;
         let tessera = Arc::new(Self {
+            passwords,
             cfg,
             durable,
             ephemeral,
@@ -428,18 +433,9 @@ impl Tessera {
         let user = self.durable.find_user_by_username(&username).await?;
         let presented = password.clone();
         let verified = match &user {
-            Some(u) => {
-                let hash = u.password_hash.clone();
-                tokio::task::spawn_blocking(move || {
-                    tessera_crypto::password::verify_password(presented.expose(), &hash)
-                })
-                .await
-                .map_err(|e| OAuthError::server_error(e.to_string()))?
-            }
+            Some(u) => self.passwords.verify(presented.expose(), &u.password_hash).await?,
             None => {
-                tokio::task::spawn_blocking(move || tessera_crypto::password::verify_dummy(presented.expose()))
-                    .await
-                    .map_err(|e| OAuthError::server_error(e.to_string()))?;
+                self.passwords.verify_dummy(presented.expose()).await?;
                 false
             }
         };

@@ -42,6 +42,10 @@ impl tonic::service::Interceptor for AdminCredential {
     }
 }
 
+/// The metadata in which a facade relays its HTTP client's address (an IP address, no port)
+/// on every call. The token service believes it only from a trusted relay.
+pub const CLIENT_ADDR_METADATA: &str = "x-tessera-client-addr";
+
 /// The encoded descriptors of every Tessera service, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tessera_descriptor.bin"));
 

@@ -15,6 +15,7 @@ pub mod observe;
 pub mod openapi;
 pub mod pages;
 pub mod params;
+pub mod source;
 pub mod userinfo;
 
 use actix_web::dev::{ServerHandle, Service as _, ServiceResponse};
@@ -177,6 +178,7 @@ impl FacadeApplication {
         let metrics = web::Data::new(FacadeMetrics::new()?);
         let addr = listener.local_addr().context("reading the HTTP listener's address")?;
         listener.set_nonblocking(true).context("configuring the HTTP listener")?;
+        let trusted_proxies = settings.facade.trusted_proxies.clone();
         let server = HttpServer::new(move || {
             // One lazily connected channel per worker thread: its tasks live on that
             // worker's runtime.
@@ -195,11 +197,17 @@ impl FacadeApplication {
                 )
                 .wrap_fn({
                     let metrics = metrics.clone();
+                    let trusted_proxies = trusted_proxies.clone();
                     move |req, srv| {
                         let exchange = Exchange::start(&req);
                         let span = exchange.span.clone();
                         let metrics = metrics.clone();
-                        srv.call(req)
+                        let client = source::client_addr(
+                            req.peer_addr().map(|a| a.ip()),
+                            req.headers().get_all(header::X_FORWARDED_FOR).map(|v| v.as_bytes()),
+                            &trusted_proxies,
+                        );
+                        backend::serving_client(client, srv.call(req))
                             .map(move |res| {
                                 if let Ok(r) = &res {
                                     exchange.finish(&metrics, r);

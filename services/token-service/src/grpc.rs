@@ -4,6 +4,8 @@
 //! [`Metrics::observe`].
 
 use crate::observe::{grant_label, Metrics};
+use crate::source::TrustedNetworks;
+use std::net::IpAddr;
 use std::sync::Arc;
 use tessera_core::authorize::{AuthorizeOutcome, AuthorizeRequest as CoreAuthorize, Consent};
 use tessera_core::grants::Grant;
@@ -21,6 +23,20 @@ pub struct TokenApi {
     pub metrics: Arc<Metrics>,
     /// The RFC 8414 metadata document, built once from the settings.
     pub metadata_json: Arc<str>,
+    /// Peers whose relayed client address is believed (`grpc.trusted_relays`).
+    pub trusted_relays: TrustedNetworks,
+}
+
+impl TokenApi {
+    /// Where the request comes from (see [`crate::source`]), also recorded as `client_addr` on
+    /// the RPC's span when it declares that field: the key of the throttles of anonymous input.
+    pub fn client_source<T>(&self, request: &Request<T>) -> Option<IpAddr> {
+        let source = crate::source::client_source(request, &self.trusted_relays);
+        if let Some(ip) = source {
+            tracing::Span::current().record("client_addr", tracing::field::display(ip));
+        }
+        source
+    }
 }
 
 fn token_response(t: TokenSet) -> pb::TokenResponse {
@@ -40,11 +56,12 @@ fn scopes(v: Vec<(String, String)>) -> Vec<pb::ScopeDescription> {
 
 #[tonic::async_trait]
 impl pb::token_service_server::TokenService for TokenApi {
-    #[tracing::instrument(name = "IssueToken", skip_all, fields(otel.kind = "server", grant_type = grant_label(&request.get_ref().grant_type), client_id = %printable(&request.get_ref().client_id), error_code = Empty))]
+    #[tracing::instrument(name = "IssueToken", skip_all, fields(otel.kind = "server", grant_type = grant_label(&request.get_ref().grant_type), client_id = %printable(&request.get_ref().client_id), client_addr = Empty, error_code = Empty))]
     async fn issue_token(
         &self,
         request: Request<pb::IssueTokenRequest>,
     ) -> Result<Response<pb::TokenResponse>, Status> {
+        self.client_source(&request);
         let r = request.into_inner();
         let label = grant_label(&r.grant_type);
         self.metrics
@@ -186,11 +203,12 @@ impl pb::token_service_server::TokenService for TokenApi {
             .await
     }
 
-    #[tracing::instrument(name = "Authenticate", skip_all, fields(otel.kind = "server", error_code = Empty))]
+    #[tracing::instrument(name = "Authenticate", skip_all, fields(otel.kind = "server", client_addr = Empty, error_code = Empty))]
     async fn authenticate(
         &self,
         request: Request<pb::AuthenticateRequest>,
     ) -> Result<Response<pb::AuthenticateResponse>, Status> {
+        self.client_source(&request);
         let r = request.into_inner();
         self.metrics
             .observe("Authenticate", "", async move {
@@ -271,11 +289,12 @@ impl pb::token_service_server::TokenService for TokenApi {
             .await
     }
 
-    #[tracing::instrument(name = "LookupUserCode", skip_all, fields(otel.kind = "server", error_code = Empty))]
+    #[tracing::instrument(name = "LookupUserCode", skip_all, fields(otel.kind = "server", client_addr = Empty, error_code = Empty))]
     async fn lookup_user_code(
         &self,
         request: Request<pb::LookupUserCodeRequest>,
     ) -> Result<Response<pb::LookupUserCodeResponse>, Status> {
+        self.client_source(&request);
         let r = request.into_inner();
         self.metrics
             .observe("LookupUserCode", "", async move {
@@ -291,11 +310,12 @@ impl pb::token_service_server::TokenService for TokenApi {
             .await
     }
 
-    #[tracing::instrument(name = "ApproveDevice", skip_all, fields(otel.kind = "server", error_code = Empty))]
+    #[tracing::instrument(name = "ApproveDevice", skip_all, fields(otel.kind = "server", client_addr = Empty, error_code = Empty))]
     async fn approve_device(
         &self,
         request: Request<pb::ApproveDeviceRequest>,
     ) -> Result<Response<pb::ApproveDeviceResponse>, Status> {
+        self.client_source(&request);
         let r = request.into_inner();
         self.metrics
             .observe("ApproveDevice", "", async move {
@@ -305,11 +325,12 @@ impl pb::token_service_server::TokenService for TokenApi {
             .await
     }
 
-    #[tracing::instrument(name = "DenyDevice", skip_all, fields(otel.kind = "server", error_code = Empty))]
+    #[tracing::instrument(name = "DenyDevice", skip_all, fields(otel.kind = "server", client_addr = Empty, error_code = Empty))]
     async fn deny_device(
         &self,
         request: Request<pb::DenyDeviceRequest>,
     ) -> Result<Response<pb::DenyDeviceResponse>, Status> {
+        self.client_source(&request);
         let r = request.into_inner();
         self.metrics
             .observe("DenyDevice", "", async move {

@@ -11,6 +11,7 @@ pub mod grpc;
 pub mod metadata;
 pub mod observe;
 pub mod settings;
+pub mod source;
 
 use anyhow::Context as _;
 use observe::Metrics;
@@ -136,6 +137,7 @@ impl Application {
             tessera: Arc::clone(&tessera),
             metrics: Arc::clone(&metrics),
             metadata_json: metadata::server_metadata(&settings).to_string().into(),
+            trusted_relays: settings.grpc.trusted_relays.clone(),
         })
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let guard = admin::AdminGuard {

@@ -3,6 +3,7 @@
 //! `DATABASE_URL` / `REDIS_URL`. Invalid settings stop the process before it binds, naming
 //! the key.
 
+use crate::source::TrustedNetworks;
 use anyhow::{bail, Context as _};
 use figment::providers::{Format as _, Toml};
 use figment::Figment;
@@ -38,6 +39,9 @@ pub struct Settings {
 #[serde(deny_unknown_fields, default)]
 pub struct GrpcSettings {
     pub listen: String,
+    /// Peers whose relayed client address (`x-tessera-client-addr`) is believed: the facades.
+    /// Defaults to loopback and the private ranges (see `source.rs`); `[]` trusts no one.
+    pub trusted_relays: TrustedNetworks,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -158,6 +162,9 @@ pub struct FacadeSettings {
     /// The token service's gRPC URL for an HTTP facade running on its own; empty means
     /// `http://` + `grpc.listen` (a wildcard address becomes 127.0.0.1).
     pub token_service_url: String,
+    /// HTTP proxies (IPs or CIDRs) in front of the facade whose `X-Forwarded-For` is believed;
+    /// empty (the default): the client is the TCP peer.
+    pub trusted_proxies: TrustedNetworks,
 }
 
 impl Default for Settings {
@@ -184,7 +191,7 @@ impl Default for Settings {
 
 impl Default for GrpcSettings {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:50051".into() }
+        Self { listen: "127.0.0.1:50051".into(), trusted_relays: TrustedNetworks::loopback_and_private() }
     }
 }
 
@@ -576,6 +583,28 @@ mod tests {
         assert_eq!(s.token_service_url(), "http://token-service:50051");
         let e = Settings::load(None, &env(&[("TESSERA_FACADE__TOKEN_SERVICE_URL", "nope")])).unwrap_err();
         assert!(format!("{e:#}").contains("facade.token_service_url"), "{e:#}");
+    }
+
+    #[test]
+    fn trusted_relays_default_to_the_cluster_and_proxies_to_none() {
+        let s = Settings::load(None, &env(&[])).unwrap();
+        assert!(s.grpc.trusted_relays.contains("10.4.0.7".parse().unwrap()));
+        assert!(!s.grpc.trusted_relays.contains("203.0.113.7".parse().unwrap()));
+        assert!(s.facade.trusted_proxies.is_empty());
+        let s = Settings::load(
+            None,
+            &env(&[
+                ("TESSERA_GRPC__TRUSTED_RELAYS", ""),
+                ("TESSERA_FACADE__TRUSTED_PROXIES", "192.0.2.0/24, 2001:db8::1"),
+            ]),
+        )
+        .unwrap();
+        assert!(s.grpc.trusted_relays.is_empty(), "empty trusts no relay");
+        assert!(s.facade.trusted_proxies.contains("192.0.2.200".parse().unwrap()));
+        assert!(s.facade.trusted_proxies.contains("2001:db8::1".parse().unwrap()));
+        let e = Settings::load(None, &env(&[("TESSERA_FACADE__TRUSTED_PROXIES", "10.0.0.0/8,proxy.lan")])).unwrap_err();
+        assert!(format!("{e:#}").contains("facade.trusted_proxies"), "{e:#}");
+        assert!(format!("{e:#}").contains("proxy.lan"), "{e:#}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod browser;
+mod edges;
 mod flows;
 mod harness;
 mod independent_client;
