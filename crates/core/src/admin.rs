@@ -5,6 +5,7 @@ use crate::engine::normalize_username;
 use crate::error::{OAuthError, StoreError};
 use crate::model::{Client, ClientSecret, GrantType, Password, ScopeSet, User};
 use crate::Tessera;
+use tessera_crypto::password_pool::PasswordPool;
 use url::Url;
 
 /// What an administrator asks for when registering a client.
@@ -170,7 +171,7 @@ impl Tessera {
     pub async fn create_user(&self, spec: NewUser) -> Result<User, OAuthError> {
         let username = normalize_username(&spec.username)?;
         let password = spec.password.ok_or_else(|| bad("a password is required"))?;
-        let hash = hash_password(&password).await?;
+        let hash = hash_password(&self.passwords, &password).await?;
         let user = User {
             id: uuid::Uuid::new_v4().to_string(),
             username,
@@ -199,7 +200,7 @@ impl Tessera {
 
     pub async fn set_user_password(&self, username: &str, password: &Password) -> Result<User, OAuthError> {
         let username = normalize_username(username)?;
-        let hash = hash_password(password).await?;
+        let hash = hash_password(&self.passwords, password).await?;
         let user = self.durable.set_user_password(&username, &hash).await?.ok_or_else(|| bad("no such user"))?;
         self.audit("user_password_set", None, Some(&user.id), "password replaced").await;
         Ok(user)
@@ -215,13 +216,11 @@ impl Tessera {
     }
 }
 
-async fn hash_password(password: &Password) -> Result<String, OAuthError> {
+/// Hashes a new password on the same bounded pool as every check, so admin traffic cannot
+/// bypass the memory bound either.
+async fn hash_password(pool: &PasswordPool, password: &Password) -> Result<String, OAuthError> {
     if password.expose().len() < 8 || password.expose().len() > 1024 {
         return Err(bad("passwords must be 8 to 1024 characters"));
     }
-    let p = password.clone();
-    tokio::task::spawn_blocking(move || tessera_crypto::password::hash_password(p.expose()))
-        .await
-        .map_err(|e| OAuthError::server_error(e.to_string()))?
-        .map_err(|e| OAuthError::server_error(e.to_string()))
+    Ok(pool.hash(password.expose()).await?)
 }

@@ -35,6 +35,10 @@ pub struct CoreConfig {
     pub default_client_id: Option<String>,
     /// Seals private signing keys at rest (AES-256-GCM). `None`: keys are stored unsealed.
     pub key_encryption_key: Option<tessera_crypto::seal::Kek>,
+    /// The password workers (each holds one 19 MiB Argon2 buffer while busy) and how many
+    /// checks may wait for them before the next is refused as `temporarily_unavailable`
+    /// (DESIGN.md rule 8). Defaults to one worker per core and four waiting per worker.
+    pub passwords: tessera_crypto::password_pool::PoolConfig,
 }
 
 impl CoreConfig {
@@ -59,6 +63,7 @@ impl CoreConfig {
             client_cache_ttl: 10,
             key_encryption_key: None,
             default_client_id: None,
+            passwords: tessera_crypto::password_pool::PoolConfig::for_this_machine(),
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod grants;
 pub mod introspect;
 pub mod keys;
 pub mod model;
+mod passwords;
 pub mod pkce;
 pub mod ports;
 pub mod tokens;

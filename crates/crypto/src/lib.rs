@@ -1,5 +1,5 @@
 //! Tessera's cryptography: SHA-256 digests of secrets, random secrets, constant-time
-//! comparison, Argon2id password hashing, signing keys, JWS/JWT and JWK Sets.
+//! comparison, Argon2id password hashing on a bounded pool, signing keys, JWS/JWT and JWK Sets.
 //!
 //! A leaf crate: it depends on no other Tessera crate and knows nothing of OAuth flows.
 //! Signing keys are parsed once and cached as `ring` key pairs; never hand a PEM or a
@@ -9,6 +9,7 @@
 pub mod jwt;
 pub mod keys;
 pub mod password;
+pub mod password_pool;
 pub mod seal;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

@@ -21,20 +21,29 @@ pub(crate) fn from_db(err: DbErr) -> StoreError {
     if let Some(SqlErr::UniqueConstraintViolation(constraint)) = err.sql_err() {
         return StoreError::Conflict(constraint);
     }
-    match err {
-        DbErr::ConnectionAcquire(e) => unavailable(e.to_string()),
-        DbErr::Conn(RuntimeErr::SqlxError(e)) => match e {
-            // A malformed URL or option is a configuration mistake, not an outage.
-            sqlx::Error::Configuration(e) => StoreError::Other(format!("invalid database configuration: {e}")),
-            // The server answered and said no (a refused password, a missing database): a
-            // mistake to fix, not an outage to wait out.
-            sqlx::Error::Database(db) if !is_outage(db.as_ref()) => StoreError::Other(db.message().to_owned()),
-            // No answer, a dropped handshake, a restarting server: an outage.
-            e => unavailable(e.to_string()),
-        },
-        DbErr::Conn(RuntimeErr::Internal(reason)) => unavailable(reason),
-        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => from_sqlx(e),
-        other => StoreError::Other(other.to_string()),
+    let outage = is_outage(&err);
+    let reason = match err {
+        DbErr::ConnectionAcquire(e) => e.to_string(),
+        DbErr::Conn(RuntimeErr::Internal(reason)) => reason,
+        DbErr::Conn(RuntimeErr::SqlxError(sqlx::Error::Configuration(e))) => {
+            format!("invalid database configuration: {e}")
+        }
+        DbErr::Conn(RuntimeErr::SqlxError(sqlx::Error::Database(db))) => db.message().to_owned(),
+        DbErr::Exec(RuntimeErr::SqlxError(sqlx::Error::Database(db)))
+        | DbErr::Query(RuntimeErr::SqlxError(sqlx::Error::Database(db)))
+            if outage =>
+        {
+            db.message().to_owned()
+        }
+        DbErr::Conn(RuntimeErr::SqlxError(e))
+        | DbErr::Exec(RuntimeErr::SqlxError(e))
+        | DbErr::Query(RuntimeErr::SqlxError(e)) => e.to_string(),
+        other => other.to_string(),
+    };
+    if outage {
+        unavailable(reason)
+    } else {
+        StoreError::Other(reason)
     }
 }
 
@@ -43,22 +52,37 @@ pub(crate) fn from_connect(err: sqlx::Error) -> StoreError {
     from_db(DbErr::Conn(RuntimeErr::SqlxError(err)))
 }
 
-fn from_sqlx(err: sqlx::Error) -> StoreError {
-    match &err {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        // A connection cut mid-conversation reads as a protocol error (an unexpected end).
-        | sqlx::Error::Protocol(_) => unavailable(err.to_string()),
-        sqlx::Error::Database(db) if is_outage(db.as_ref()) => unavailable(db.message()),
-        _ => StoreError::Other(err.to_string()),
+/// Whether `err` is an outage, what [`from_db`] maps to `Unavailable`: the one
+/// classification, which the circuit breaker counts too.
+pub(crate) fn is_outage(err: &DbErr) -> bool {
+    match err {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(RuntimeErr::Internal(_)) => true,
+        DbErr::Conn(RuntimeErr::SqlxError(e)) => match e {
+            // A malformed URL or option is a configuration mistake, not an outage.
+            sqlx::Error::Configuration(_) => false,
+            // The server answered and said no (a refused password, a missing database): a
+            // mistake to fix, not an outage to wait out.
+            sqlx::Error::Database(db) => is_server_outage(db.as_ref()),
+            // No answer, a dropped handshake, a restarting server: an outage.
+            _ => true,
+        },
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            // A connection cut mid-conversation reads as a protocol error (an unexpected end).
+            | sqlx::Error::Protocol(_) => true,
+            sqlx::Error::Database(db) => is_server_outage(db.as_ref()),
+            _ => false,
+        },
+        _ => false,
     }
 }
 
 /// Server-side errors that mean "not now" rather than "not this".
-fn is_outage(db: &dyn sqlx::error::DatabaseError) -> bool {
+fn is_server_outage(db: &dyn sqlx::error::DatabaseError) -> bool {
     let Some(code) = db.code() else {
         return false;
     };

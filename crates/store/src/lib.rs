@@ -8,6 +8,7 @@
 //! (tonic, actix-web) or on the ephemeral store. Secrets never reach it: ports take digests.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::todo))]
 
+mod circuit;
 pub mod entity;
 mod error;
 mod migration;
@@ -34,10 +35,12 @@ const SQLITE_FILE_MAX_CONNECTIONS: u32 = 4;
 /// Every durable port on one SeaORM connection pool, Postgres or SQLite.
 ///
 /// Cheap to clone: clones share the pool. The pool reconnects by itself after the database
-/// comes back (each connection is checked before it is handed out).
+/// comes back (each connection is checked before it is handed out). On Postgres a circuit
+/// breaker, shared by the clones, makes calls fail at once with `Unavailable` after the first
+/// outage, until a background probe reaches the database again.
 #[derive(Clone)]
 pub struct SqlStore {
-    db: DatabaseConnection,
+    db: circuit::Db,
 }
 
 // Hand-written so nothing about the connection (its URL above all) is ever printed.
@@ -56,9 +59,9 @@ impl SqlStore {
     /// URL, which may hold a password, never appears in an error.
     pub async fn connect(url: &str) -> Result<SqlStore, StoreError> {
         let db = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            connect_postgres(url).await?
+            circuit::Db::guarded(connect_postgres(url).await?)
         } else if url.starts_with("sqlite:") {
-            connect_sqlite(url).await?
+            circuit::Db::unguarded(connect_sqlite(url).await?)
         } else {
             return Err(StoreError::Other("unsupported database URL: expected postgres:// or sqlite:".into()));
         };
@@ -67,7 +70,7 @@ impl SqlStore {
 
     /// Applies every migration not yet applied. Running it again is a no-op.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        Migrator::up(&self.db, None).await.map_err(error::from_db)?;
+        Migrator::up(self.db.pool(), None).await.map_err(error::from_db)?;
         tracing::debug!(backend = ?self.db.get_database_backend(), "database schema is up to date");
         Ok(())
     }
@@ -75,7 +78,13 @@ impl SqlStore {
     /// Closes the pool, waiting for connections in use to be returned. Other clones of this
     /// store fail with `Unavailable` afterwards.
     pub async fn close(self) -> Result<(), StoreError> {
-        self.db.close().await.map_err(error::from_db)
+        self.db.pool().close_by_ref().await.map_err(error::from_db)
+    }
+
+    /// Whether the circuit breaker is open: the database failed recently, so calls fail at
+    /// once with `Unavailable` until the background probe reaches it. Always false on SQLite.
+    pub fn circuit_open(&self) -> bool {
+        self.db.circuit_open()
     }
 }
 

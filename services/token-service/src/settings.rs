@@ -33,6 +33,7 @@ pub struct Settings {
     pub facade: FacadeSettings,
     pub metrics: MetricsSettings,
     pub otel: OtelSettings,
+    pub passwords: PasswordSettings,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -167,6 +168,17 @@ pub struct FacadeSettings {
     pub trusted_proxies: TrustedNetworks,
 }
 
+/// The password pool (DESIGN.md rule 8): each worker holds one 19 MiB Argon2 buffer while
+/// busy; a check finding every worker busy and `queue` others waiting is refused with 503.
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct PasswordSettings {
+    /// Argon2 threads; unset: one per core available to the process.
+    pub workers: Option<std::num::NonZeroUsize>,
+    /// Checks that may wait for a worker; unset: four per worker.
+    pub queue: Option<usize>,
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Self {
@@ -185,6 +197,7 @@ impl Default for Settings {
             facade: FacadeSettings::default(),
             metrics: MetricsSettings::default(),
             otel: OtelSettings::default(),
+            passwords: PasswordSettings::default(),
         }
     }
 }
@@ -360,6 +373,10 @@ impl Settings {
         if !(otlp.is_empty() || otlp.starts_with("http://") || otlp.starts_with("https://")) {
             bail!("otel.endpoint: must be an http(s) URL such as http://jaeger:4317, got {otlp:?}");
         }
+        let passwords = self.core_passwords();
+        if passwords.workers > 256 || passwords.queue > 65_536 {
+            bail!("passwords.workers: at most 256 and passwords.queue: at most 65536 (each worker holds 19 MiB)");
+        }
         for (name, url) in [("issuer", &self.issuer), ("http.public_url", &self.http.public_url)] {
             if let Some(u) = url {
                 if !(u.starts_with("http://") || u.starts_with("https://")) {
@@ -429,6 +446,16 @@ impl Settings {
         }
     }
 
+    /// The password pool's size: the settings where given, else the machine's defaults.
+    fn core_passwords(&self) -> tessera_crypto::password_pool::PoolConfig {
+        let mut pool = tessera_crypto::password_pool::PoolConfig::for_this_machine();
+        if let Some(workers) = self.passwords.workers {
+            pool.workers = workers.get();
+        }
+        pool.queue = self.passwords.queue.unwrap_or(4 * pool.workers);
+        pool
+    }
+
     /// The core's policy from these settings.
     pub fn core_config(&self) -> anyhow::Result<tessera_core::CoreConfig> {
         let mut c = tessera_core::CoreConfig::new(self.issuer());
@@ -445,6 +472,7 @@ impl Settings {
         c.client_cache_ttl = t.client_cache_ttl.max(0);
         c.default_client_id = Some(t.default_client_id.clone()).filter(|id| !id.is_empty());
         c.key_encryption_key = self.key_encryption_key()?;
+        c.passwords = self.core_passwords();
         c.verification_uri = format!("{}/device", self.public_url());
         if let Some(a) = &t.audience {
             c.audience = a.clone();
@@ -623,5 +651,21 @@ mod tests {
         assert!(format!("{e:#}").contains("metrics.listen"), "{e:#}");
         let e = Settings::load(None, &env(&[("TESSERA_OTEL__ENDPOINT", "jaeger:4317")])).unwrap_err();
         assert!(format!("{e:#}").contains("otel.endpoint"), "{e:#}");
+    }
+
+    #[test]
+    fn the_password_pool_defaults_to_the_cores_and_takes_its_size_from_the_environment() {
+        let cores = std::thread::available_parallelism().unwrap().get();
+        let c = Settings::load(None, &env(&[])).unwrap().core_config().unwrap();
+        assert_eq!((c.passwords.workers, c.passwords.queue), (cores, 4 * cores));
+        let c = Settings::load(None, &env(&[("TESSERA_PASSWORDS__WORKERS", "3")])).unwrap().core_config().unwrap();
+        assert_eq!((c.passwords.workers, c.passwords.queue), (3, 12), "the queue follows the workers");
+        let s = Settings::load(None, &env(&[("TESSERA_PASSWORDS__WORKERS", "1"), ("TESSERA_PASSWORDS__QUEUE", "0")]));
+        let c = s.unwrap().core_config().unwrap();
+        assert_eq!((c.passwords.workers, c.passwords.queue), (1, 0));
+        for (key, value) in [("WORKERS", "0"), ("WORKERS", "1000"), ("QUEUE", "-1"), ("QUEUE", "1000000")] {
+            let e = Settings::load(None, &env(&[(&format!("TESSERA_PASSWORDS__{key}"), value)])).unwrap_err();
+            assert!(format!("{e:#}").contains("passwords."), "{key}={value}: {e:#}");
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! Store outages, simulated by cutting a TCP proxy that stands between the service and the
 //! real Postgres and Redis: requests that need the lost store fail with UNAVAILABLE
 //! (`temporarily_unavailable`), what needs Redis fails closed, what needs neither keeps
-//! working, and the service recovers on its own when the proxy is restored.
+//! working, and the service recovers on its own when the proxy is restored. While Postgres
+//! is silent, the store's circuit breaker answers at once instead of waiting for a connection.
 
 use crate::harness::*;
 use std::net::SocketAddr;
@@ -16,11 +17,14 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-/// A loopback TCP proxy that can be cut (every connection dropped, new ones refused at once)
-/// and restored.
+/// A loopback TCP proxy that can be cut (every connection dropped, new ones refused at once),
+/// stalled (every connection dropped, new ones accepted and never answered, as a host that
+/// vanished from the network) and restored.
 struct Proxy {
     addr: SocketAddr,
     up: Arc<AtomicBool>,
+    silent: Arc<AtomicBool>,
+    held: Arc<Mutex<Vec<TcpStream>>>,
     conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
 }
@@ -30,12 +34,19 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let up = Arc::new(AtomicBool::new(true));
+        let silent = Arc::new(AtomicBool::new(false));
+        let held: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
         let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let (up2, conns2, target) = (Arc::clone(&up), Arc::clone(&conns), target.to_owned());
+        let (up2, silent2, held2, conns2, target) =
+            (Arc::clone(&up), Arc::clone(&silent), Arc::clone(&held), Arc::clone(&conns), target.to_owned());
         let accept = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 if !up2.load(Ordering::SeqCst) {
-                    drop(inbound);
+                    if silent2.load(Ordering::SeqCst) {
+                        held2.lock().unwrap().push(inbound);
+                    } else {
+                        drop(inbound);
+                    }
                     continue;
                 }
                 let target = target.clone();
@@ -47,7 +58,7 @@ impl Proxy {
                 conns2.lock().unwrap().push(task);
             }
         });
-        Proxy { addr, up, conns, accept }
+        Proxy { addr, up, silent, held, conns, accept }
     }
 
     fn cut(&self) {
@@ -57,8 +68,15 @@ impl Proxy {
         }
     }
 
+    fn stall(&self) {
+        self.silent.store(true, Ordering::SeqCst);
+        self.cut();
+    }
+
     fn restore(&self) {
         self.up.store(true, Ordering::SeqCst);
+        self.silent.store(false, Ordering::SeqCst);
+        self.held.lock().unwrap().clear();
     }
 }
 
@@ -66,6 +84,7 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.accept.abort();
         self.cut();
+        self.held.lock().unwrap().clear();
     }
 }
 
@@ -201,4 +220,76 @@ async fn a_store_outage_gives_unavailable_fails_closed_and_recovers_by_itself() 
     eventually(Duration::from_secs(15), || app.issue(cc.clone())).await;
     wait_for_health(&health, ServingStatus::Serving).await;
     assert!(app.introspect(&token, (&svc_id, &svc_secret)).await.active);
+}
+
+/// Restarts `app`'s node on a store this test keeps a clone of, to watch its circuit breaker.
+async fn restart_on_own_store(app: &mut TestApp) -> tessera_store::SqlStore {
+    if let Some(node) = app.app.take() {
+        node.shutdown().await.unwrap();
+    }
+    let store = tessera_store::SqlStore::connect(&app.settings.database_url()).await.unwrap();
+    let ephemeral = tessera_ephemeral::RedisEphemeral::connect(&app.settings.redis.url, &app.settings.redis.key_prefix)
+        .await
+        .unwrap();
+    let node = tessera_token_service::Application::build_with(
+        app.settings.clone(),
+        Arc::new(store.clone()),
+        Arc::new(ephemeral),
+        Arc::clone(&app.clock) as _,
+    )
+    .await
+    .unwrap();
+    app.addr = node.grpc_addr();
+    app.token = app.connect().await;
+    app.app = Some(node);
+    store
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn while_postgres_is_silent_the_breaker_answers_at_once_and_closes_when_it_answers_again() {
+    let pg = Proxy::start("127.0.0.1:5432").await;
+    let pg_addr = pg.addr;
+    let Some(mut app) = TestApp::spawn_with(Backend::PostgresRedis, |s| {
+        s.database.url = s.database.url.replace("127.0.0.1:5432", &pg_addr.to_string());
+    })
+    .await
+    else {
+        return;
+    };
+    let store = restart_on_own_store(&mut app).await;
+    let (svc_id, svc_secret) =
+        app.client(ClientSpec { id: "svc", grants: &["client_credentials"], ..Default::default() }).await;
+    let cc = pb::IssueTokenRequest {
+        grant_type: "client_credentials".into(),
+        client_id: svc_id,
+        client_secret: svc_secret,
+        ..Default::default()
+    };
+    assert!(app.issue(cc.clone()).await.is_ok());
+    assert!(!store.circuit_open());
+
+    // Connection attempts now hang until the pool's acquire timeout; the cached client goes stale.
+    pg.stall();
+    app.clock.advance_secs(11);
+    let s = assert_oauth(app.issue(cc.clone()).await, ErrorCode::TemporarilyUnavailable, "the first call");
+    assert_eq!(s.code(), tonic::Code::Unavailable);
+    assert!(store.circuit_open(), "the first timeout opens the breaker");
+    let started = Instant::now();
+    for i in 0..20 {
+        let s = assert_oauth(
+            app.issue(cc.clone()).await,
+            ErrorCode::TemporarilyUnavailable,
+            &format!("call {i} while the breaker is open"),
+        );
+        assert_eq!(s.code(), tonic::Code::Unavailable);
+    }
+    // Without the breaker each of them waits out the 3 s acquire timeout: a minute in all.
+    let spent = started.elapsed();
+    assert!(spent < Duration::from_secs(3), "20 calls took {spent:?}: they waited for the database");
+    assert!(store.circuit_open(), "the breaker stays open while the database is silent");
+
+    // The background probe finds the database again; nobody restarts anything.
+    pg.restore();
+    eventually(Duration::from_secs(15), || app.issue(cc.clone())).await;
+    assert!(!store.circuit_open(), "the probe closed the breaker");
 }

@@ -1,0 +1,279 @@
+//! A circuit breaker in front of the Postgres pool, so that while the database is unreachable
+//! requests answer `Unavailable` at once instead of each waiting out the pool's acquire timeout.
+//!
+//! The first outage-class failure ([`error::is_outage`]: an acquire timeout, a refused or cut
+//! connection, a server shutting down) opens the circuit. While it is open every call fails at
+//! once, and one background probe pings the database, every [`PROBE_INTERVAL`] (each ping bounded
+//! by the acquire timeout), until it answers and closes the circuit: the service recovers by
+//! itself and no request pays for the probing. A constraint conflict, a configuration mistake or
+//! any other refusal leaves the circuit alone. SQLite, a local file, goes without one.
+//!
+//! The breaker guards what goes through the pool: single statements and the start of a
+//! transaction (where a connection is acquired). Statements inside a transaction that has begun
+//! are not counted; a connection lost there fails that request alone.
+
+use crate::error;
+use async_trait::async_trait;
+use sea_orm::{
+    AccessMode, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, ExecResult, IsolationLevel,
+    QueryResult, RuntimeErr, Statement, TransactionError, TransactionTrait,
+};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+/// The pause between two probes of an unreachable database.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What a call refused by the open circuit fails with; `error::from_db` makes it `Unavailable`.
+const OPEN: &str = "the database failed recently; calls fail at once until a probe reaches it again";
+
+/// The breaker's state, shared by every clone of the store.
+#[derive(Debug, Default)]
+pub(crate) struct Circuit {
+    open: AtomicBool,
+}
+
+impl Circuit {
+    /// Lets a call through while the circuit is closed.
+    fn admit(&self) -> Result<(), DbErr> {
+        if self.is_open() {
+            Err(DbErr::Conn(RuntimeErr::Internal(OPEN.to_owned())))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Counts a failed call. True when this failure opened the circuit: exactly one failure
+    /// per opening sees it, and that one starts the probe.
+    fn failed(&self, err: &DbErr) -> bool {
+        error::is_outage(err) && self.open.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
+    fn close(&self) {
+        self.open.store(false, Ordering::Release);
+    }
+
+    fn is_open(&self) -> bool {
+        self.open.load(Ordering::Acquire)
+    }
+}
+
+/// The store's connection: the pool, behind a [`Circuit`] on Postgres. Clones share both.
+#[derive(Clone)]
+pub(crate) struct Db {
+    conn: DatabaseConnection,
+    circuit: Option<Arc<Circuit>>,
+}
+
+impl Db {
+    /// A connection behind a circuit breaker.
+    pub(crate) fn guarded(conn: DatabaseConnection) -> Db {
+        Db { conn, circuit: Some(Arc::default()) }
+    }
+
+    /// A connection with no breaker: every call goes to the pool.
+    pub(crate) fn unguarded(conn: DatabaseConnection) -> Db {
+        Db { conn, circuit: None }
+    }
+
+    /// The pool itself, bypassing the breaker: for migrations and closing.
+    pub(crate) fn pool(&self) -> &DatabaseConnection {
+        &self.conn
+    }
+
+    /// Whether calls are failing fast because the database failed recently.
+    pub(crate) fn circuit_open(&self) -> bool {
+        self.circuit.as_ref().is_some_and(|c| c.is_open())
+    }
+
+    pub(crate) async fn ping(&self) -> Result<(), DbErr> {
+        self.guard(self.conn.ping()).await
+    }
+
+    fn admit(&self) -> Result<(), DbErr> {
+        self.circuit.as_ref().map_or(Ok(()), |c| c.admit())
+    }
+
+    fn failed(&self, err: &DbErr) {
+        let Some(circuit) = &self.circuit else { return };
+        if circuit.failed(err) {
+            tracing::warn!(error = %err, "database unreachable; failing fast until a probe reaches it");
+            probe(self.conn.clone(), Arc::downgrade(circuit));
+        }
+    }
+
+    async fn guard<T>(&self, call: impl Future<Output = Result<T, DbErr>>) -> Result<T, DbErr> {
+        self.admit()?;
+        let result = call.await;
+        if let Err(e) = &result {
+            self.failed(e);
+        }
+        result
+    }
+}
+
+/// Pings the database until it answers, then closes the circuit. Ends early when every
+/// clone of the store is gone.
+fn probe(conn: DatabaseConnection, circuit: Weak<Circuit>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        // Nothing could ever close it: stay closed rather than fail forever.
+        if let Some(c) = circuit.upgrade() {
+            c.close();
+        }
+        return;
+    };
+    runtime.spawn(async move {
+        let opened = Instant::now();
+        loop {
+            // A circuit opened by a passing hiccup closes at the first ping.
+            let answered = conn.ping().await.is_ok();
+            let Some(circuit) = circuit.upgrade() else { return };
+            if answered {
+                circuit.close();
+                tracing::info!(after = ?opened.elapsed(), "database reachable again; circuit closed");
+                return;
+            }
+            drop(circuit);
+            tokio::time::sleep(PROBE_INTERVAL).await;
+        }
+    });
+}
+
+#[async_trait]
+impl ConnectionTrait for Db {
+    fn get_database_backend(&self) -> DbBackend {
+        self.conn.get_database_backend()
+    }
+
+    async fn execute(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
+        self.guard(self.conn.execute(stmt)).await
+    }
+
+    async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
+        self.guard(self.conn.execute_unprepared(sql)).await
+    }
+
+    async fn query_one(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
+        self.guard(self.conn.query_one(stmt)).await
+    }
+
+    async fn query_all(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        self.guard(self.conn.query_all(stmt)).await
+    }
+
+    fn support_returning(&self) -> bool {
+        self.conn.support_returning()
+    }
+}
+
+#[async_trait]
+impl TransactionTrait for Db {
+    async fn begin(&self) -> Result<DatabaseTransaction, DbErr> {
+        self.guard(self.conn.begin()).await
+    }
+
+    async fn begin_with_config(
+        &self,
+        isolation_level: Option<IsolationLevel>,
+        access_mode: Option<AccessMode>,
+    ) -> Result<DatabaseTransaction, DbErr> {
+        self.guard(self.conn.begin_with_config(isolation_level, access_mode)).await
+    }
+
+    async fn transaction<F, T, E>(&self, callback: F) -> Result<T, TransactionError<E>>
+    where
+        F: for<'c> FnOnce(&'c DatabaseTransaction) -> Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'c>> + Send,
+        T: Send,
+        E: std::fmt::Display + std::fmt::Debug + Send,
+    {
+        self.transaction_with_config(callback, None, None).await
+    }
+
+    async fn transaction_with_config<F, T, E>(
+        &self,
+        callback: F,
+        isolation_level: Option<IsolationLevel>,
+        access_mode: Option<AccessMode>,
+    ) -> Result<T, TransactionError<E>>
+    where
+        F: for<'c> FnOnce(&'c DatabaseTransaction) -> Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'c>> + Send,
+        T: Send,
+        E: std::fmt::Display + std::fmt::Debug + Send,
+    {
+        self.admit().map_err(TransactionError::Connection)?;
+        let result = self.conn.transaction_with_config(callback, isolation_level, access_mode).await;
+        if let Err(TransactionError::Connection(e)) = &result {
+            self.failed(e);
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sea_orm::sqlx;
+
+    fn timeout() -> DbErr {
+        DbErr::ConnectionAcquire(sea_orm::ConnAcquireErr::Timeout)
+    }
+
+    #[test]
+    fn the_first_outage_opens_the_circuit_once_and_an_open_circuit_refuses_at_once() {
+        let c = Circuit::default();
+        assert!(c.admit().is_ok());
+        assert!(c.failed(&timeout()), "the first outage opens it and starts the probe");
+        assert!(!c.failed(&timeout()), "later failures while open start no second probe");
+        let refused = c.admit().unwrap_err();
+        assert!(
+            matches!(error::from_db(refused), tessera_core::StoreError::Unavailable { store: "database", .. }),
+            "a refused call is Unavailable"
+        );
+        c.close();
+        assert!(c.admit().is_ok(), "a successful probe closes it");
+        assert!(c.failed(&timeout()), "and the next outage opens it again");
+    }
+
+    #[test]
+    fn failures_that_are_not_outages_leave_the_circuit_closed() {
+        let c = Circuit::default();
+        let not_outages = [
+            DbErr::Query(RuntimeErr::SqlxError(sqlx::Error::RowNotFound)),
+            DbErr::Conn(RuntimeErr::SqlxError(sqlx::Error::Configuration("bad option".into()))),
+            DbErr::Custom("a row the model does not know".into()),
+            DbErr::RecordNotInserted,
+        ];
+        for err in not_outages {
+            assert!(!c.failed(&err), "{err} must not open the circuit");
+        }
+        assert!(c.admit().is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_unguarded_connection_never_fails_fast() {
+        let conn = sea_orm::Database::connect("sqlite::memory:").await.unwrap();
+        let db = Db::unguarded(conn);
+        db.failed(&timeout());
+        assert!(!db.circuit_open());
+        assert!(db.ping().await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_probe_that_reaches_the_database_closes_the_circuit() {
+        let db = Db::guarded(sea_orm::Database::connect("sqlite::memory:").await.unwrap());
+        db.failed(&timeout());
+        assert!(db.circuit_open());
+        assert!(db.ping().await.is_err(), "an open circuit refuses without asking the database");
+        for _ in 0..100 {
+            if !db.circuit_open() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!db.circuit_open(), "the probe's first ping closed it");
+        assert!(db.ping().await.is_ok());
+    }
+}
