@@ -4,6 +4,7 @@
 use crate::engine::normalize_username;
 use crate::error::{OAuthError, StoreError};
 use crate::model::{Client, ClientSecret, GrantType, Password, ScopeSet, User};
+use crate::ports::Revocation;
 use crate::Tessera;
 use tessera_crypto::password_pool::PasswordPool;
 use url::Url;
@@ -129,6 +130,11 @@ impl Tessera {
             allow_plain_pkce: spec.allow_plain_pkce,
             created_at: self.now(),
         };
+        // A deleted client's id stays retired: a new client must not inherit its refresh
+        // tokens, consents or anything a resource server remembers about it.
+        if self.durable.client_id_retired(&client.id).await? {
+            return Err(bad("a client with this id existed and was deleted; its id cannot be registered again"));
+        }
         self.durable.create_client(&client).await.map_err(|e| conflict_or(e, "a client with this id"))?;
         self.audit("client_created", Some(&client.id), None, "client registered").await;
         Ok(CreatedClient { client, secret })
@@ -142,10 +148,15 @@ impl Tessera {
         Ok(self.durable.list_clients().await?)
     }
 
+    /// Deletes a client and revokes every token it holds, on every node (DESIGN.md rule 9):
+    /// the revocation is recorded before the client is removed, so a failure in between leaves
+    /// a client that can no longer use anything, never tokens that outlive their client.
     pub async fn delete_client(&self, id: &str) -> Result<(), OAuthError> {
-        let deleted = self.durable.delete_client(id).await?;
-        self.clients.forget(id);
-        if !deleted {
+        if self.durable.get_client(id).await?.is_none() {
+            return Err(bad("no such client"));
+        }
+        self.record_revocations(vec![Revocation::Client { id: id.to_owned(), before: Revocation::FOREVER }]).await?;
+        if !self.durable.delete_client(id).await? {
             return Err(bad("no such client"));
         }
         self.audit("client_deleted", Some(id), None, "client deleted").await;
@@ -159,6 +170,8 @@ impl Tessera {
             return Err(bad("public clients have no secret"));
         }
         let secret = ClientSecret::new(tessera_crypto::random_secret(32));
+        // The old secret's tokens die with it, on every node.
+        self.record_revocations(vec![Revocation::Client { id: id.to_owned(), before: self.cut_off() }]).await?;
         let replaced = self.durable.set_client_secret(id, secret.digest()).await?;
         self.clients.forget(id);
         if !replaced {
@@ -190,8 +203,13 @@ impl Tessera {
         Ok(self.durable.list_users().await?)
     }
 
+    /// Disabling a user revokes every token the user holds, on every node, before the flag is
+    /// set (DESIGN.md rule 9); enabling revokes nothing and revives nothing.
     pub async fn set_user_disabled(&self, username: &str, disabled: bool) -> Result<User, OAuthError> {
         let username = normalize_username(username)?;
+        if disabled {
+            self.revoke_user_tokens(&username).await?;
+        }
         let user = self.durable.set_user_disabled(&username, disabled).await?.ok_or_else(|| bad("no such user"))?;
         let what = if disabled { "user disabled" } else { "user enabled" };
         self.audit("user_disabled", None, Some(&user.id), what).await;
@@ -201,9 +219,22 @@ impl Tessera {
     pub async fn set_user_password(&self, username: &str, password: &Password) -> Result<User, OAuthError> {
         let username = normalize_username(username)?;
         let hash = hash_password(&self.passwords, password).await?;
+        self.revoke_user_tokens(&username).await?;
         let user = self.durable.set_user_password(&username, &hash).await?.ok_or_else(|| bad("no such user"))?;
         self.audit("user_password_set", None, Some(&user.id), "password replaced").await;
         Ok(user)
+    }
+
+    /// A cut-off for tokens issued up to and including this second: one second ahead, since
+    /// tokens carry whole seconds (a token issued later in this second gets `iat` = the
+    /// cut-off, see `Revocations::issue_time`).
+    fn cut_off(&self) -> i64 {
+        self.now() + 1
+    }
+
+    async fn revoke_user_tokens(&self, username: &str) -> Result<(), OAuthError> {
+        let user = self.durable.find_user_by_username(username).await?.ok_or_else(|| bad("no such user"))?;
+        self.record_revocations(vec![Revocation::User { id: user.id, before: self.cut_off() }]).await
     }
 
     /// Makes a new signing key active; the old ones keep verifying until their tokens expire.

@@ -7,7 +7,8 @@ use crate::error::OAuthError;
 use crate::keys::KeyRing;
 use crate::model::{Client, ClientSecret, GrantType, Password, RefreshToken, ScopeSet, User};
 use crate::ports::{AuditEvent, Durable, Ephemeral, RefreshRecord, RefreshState};
-use crate::tokens::{self, AccessClaims, RevocationSet, VerifiedCache};
+use crate::revocation::{LogCursor, Revocations};
+use crate::tokens::{self, AccessClaims, VerifiedCache};
 use serde_json::json;
 use std::fmt;
 use std::sync::Arc;
@@ -61,7 +62,8 @@ pub struct Tessera {
     pub(crate) ephemeral: Arc<dyn Ephemeral>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) keys: KeyRing,
-    pub(crate) revoked: Arc<RevocationSet>,
+    pub(crate) revocations: Revocations,
+    pub(crate) log_cursor: tokio::sync::Mutex<LogCursor>,
     pub(crate) verified: VerifiedCache,
     pub(crate) clients: ClientCache,
     /// Every Argon2 computation runs here: fixed workers, bounded queue (DESIGN.md rule 8).
@@ -117,11 +119,6 @@ impl Tessera {
         let loaded =
             KeyRing::load(durable.as_ref(), cfg.signing_alg, cfg.key_encryption_key.clone(), now, key_retention(&cfg))
                 .await?;
-        let revoked = Arc::new(RevocationSet::default());
-        // A node that cannot read the revocations yet still starts; the sync task retries.
-        if let Ok(snapshot) = ephemeral.revoked_access(now).await {
-            revoked.merge_snapshot(snapshot, now);
-        }
         let passwords = tessera_crypto::password_pool::PasswordPool::start(cfg.passwords)
             .map_err(|e| OAuthError::server_error(format!("cannot start the password workers: {e}")))?;
         let tessera = Arc::new(Self {
@@ -131,10 +128,15 @@ impl Tessera {
             ephemeral,
             clock,
             keys: loaded.ring,
-            revoked,
+            revocations: Revocations::default(),
+            log_cursor: Default::default(),
             verified: VerifiedCache::new(100_000),
             clients: ClientCache::default(),
         });
+        // A node that cannot read the revocations yet still starts; the sync task retries.
+        if let Err(e) = tessera.drain_revocation_log().await {
+            tracing::warn!(error = %e, "cannot read the revocation log yet");
+        }
         Ok(Started { tessera, first_start: loaded.first_start })
     }
 
@@ -164,32 +166,6 @@ impl Tessera {
         self.durable.ping().await?;
         self.ephemeral.ping().await?;
         Ok(())
-    }
-
-    /// Keeps this node's revocation set in step with every other node's, forever: loads a
-    /// snapshot, follows the fan-out, and on any loss reloads and resubscribes.
-    pub async fn run_revocation_sync(self: Arc<Self>) {
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            match self.ephemeral.subscribe_revocations().await {
-                Ok(mut stream) => {
-                    // Subscribe first, then snapshot, so nothing announced in between is missed.
-                    if let Ok(snapshot) = self.ephemeral.revoked_access(self.now()).await {
-                        self.revoked.merge_snapshot(snapshot, self.now());
-                    }
-                    backoff = Duration::from_millis(200);
-                    use futures::StreamExt as _;
-                    while let Some((jti, exp)) = stream.next().await {
-                        self.revoked.insert(jti, exp);
-                    }
-                    tracing::warn!("revocation fan-out ended; resubscribing");
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot subscribe to revocations; retrying"),
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-            self.revoked.purge(self.now());
-        }
     }
 
     /// Re-reads the signing keys, so a rotation made through any node reaches this one.
@@ -295,7 +271,7 @@ impl Tessera {
             sub: user.map(|u| u.id.clone()).unwrap_or_else(|| client.id.clone()),
             aud: self.cfg.audience.clone(),
             exp,
-            iat: now,
+            iat: self.revocations.issue_time(user.map(|u| u.id.as_str()), &client.id, now),
             nbf: now,
             jti,
             client_id: client.id.clone(),
@@ -364,12 +340,13 @@ impl Tessera {
                 client_id: client.id.clone(),
                 user_id: Some(user.id.clone()),
                 scope: scope.to_string(),
-                issued_at: now,
+                issued_at: self.revocations.issue_time(Some(&user.id), &client.id, now),
                 expires_at: now + self.refresh_ttl(client),
                 auth_time: Some(auth_time),
                 access_jti: jti,
                 access_exp,
                 state: RefreshState::Active,
+                succession: None,
             };
             self.durable.insert_refresh(&record).await?;
             Some(token)
@@ -382,25 +359,6 @@ impl Tessera {
             None
         };
         Ok(TokenSet { access_token, expires_in: access_exp - now, refresh_token, scope, id_token })
-    }
-
-    /// Revokes one access token everywhere: locally at once, on other nodes through the fan-out.
-    pub(crate) async fn revoke_access(&self, jti: &str, exp: i64) -> Result<(), OAuthError> {
-        if exp <= self.now() {
-            return Ok(());
-        }
-        self.revoked.insert(jti.to_owned(), exp);
-        self.ephemeral.revoke_access(jti, exp).await?;
-        Ok(())
-    }
-
-    /// Revokes a refresh-token family and every access token it issued that is still alive.
-    pub(crate) async fn revoke_family(&self, family_id: &str) -> Result<(), OAuthError> {
-        let issued = self.durable.revoke_family(family_id).await?;
-        for (jti, exp) in issued {
-            self.revoke_access(&jti, exp).await?;
-        }
-        Ok(())
     }
 
     /// Writes a security event to the `tessera::audit` target and the audit log.

@@ -48,7 +48,7 @@ impl Tessera {
     pub async fn verify_access_token(&self, token: &str) -> Option<Arc<AccessClaims>> {
         let check = || {
             let keys = self.keys.current();
-            verify_access(token, &keys, &self.cfg.issuer, self.now(), &self.revoked, &self.verified)
+            verify_access(token, &keys, &self.cfg.issuer, self.now(), &self.revocations, &self.verified)
         };
         match check() {
             Ok(c) => Some(c),
@@ -93,11 +93,19 @@ impl Tessera {
             return Ok(Introspection::Inactive);
         };
         // Refresh tokens are the client's own: only the client they were issued to sees them.
-        if r.state != RefreshState::Active || r.expires_at <= self.now() || r.client_id != caller.id {
+        if r.state != RefreshState::Active
+            || r.expires_at <= self.now()
+            || r.client_id != caller.id
+            || self.revocations.revokes_refresh(r.user_id.as_deref(), &r.client_id, r.issued_at)
+        {
             return Ok(Introspection::Inactive);
         }
         let username = match &r.user_id {
-            Some(id) => self.durable.get_user(id).await?.map(|u| u.username).unwrap_or_default(),
+            Some(id) => match self.durable.get_user(id).await? {
+                Some(u) if !u.disabled => u.username,
+                // A disabled or deleted user's refresh tokens cannot be used: not active.
+                _ => return Ok(Introspection::Inactive),
+            },
             None => String::new(),
         };
         Ok(Introspection::Active(Box::new(ActiveToken {

@@ -18,6 +18,7 @@ pub mod model;
 mod passwords;
 pub mod pkce;
 pub mod ports;
+pub mod revocation;
 pub mod tokens;
 
 pub use config::CoreConfig;

@@ -2,9 +2,10 @@
 //! time, issuer, and an in-memory revocation set, with no store round trip (DESIGN.md rule 6).
 
 use crate::keys::KeySet;
+use crate::revocation::Revocations;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use tessera_crypto::{jwt, Digest};
 
 /// Claims of an access token (RFC 9068 §2.2).
@@ -47,47 +48,6 @@ pub enum Inactive {
     Revoked,
 }
 
-/// Access-token ids revoked before their expiry. Every node keeps the whole set in memory and
-/// updates it from the ephemeral store's fan-out.
-#[derive(Default)]
-pub struct RevocationSet {
-    revoked: RwLock<HashMap<String, i64>>,
-}
-
-impl RevocationSet {
-    pub fn insert(&self, jti: String, exp: i64) {
-        if let Ok(mut m) = self.revoked.write() {
-            m.insert(jti, exp);
-        }
-    }
-
-    pub fn contains(&self, jti: &str) -> bool {
-        self.revoked.read().map(|m| m.contains_key(jti)).unwrap_or(true)
-    }
-
-    /// Replaces the set with a fresh snapshot plus what is already known, dropping expired ids.
-    pub fn merge_snapshot(&self, snapshot: Vec<(String, i64)>, now: i64) {
-        if let Ok(mut m) = self.revoked.write() {
-            m.retain(|_, exp| *exp > now);
-            m.extend(snapshot.into_iter().filter(|(_, exp)| *exp > now));
-        }
-    }
-
-    pub fn purge(&self, now: i64) {
-        if let Ok(mut m) = self.revoked.write() {
-            m.retain(|_, exp| *exp > now);
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.revoked.read().map(|m| m.len()).unwrap_or(0)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
 /// Tokens whose signature was verified, by digest, so hot tokens skip ECDSA. Entries are only
 /// good for their signature: time and revocation are checked on every use.
 pub struct VerifiedCache {
@@ -123,7 +83,7 @@ pub fn verify_access(
     keys: &KeySet,
     issuer: &str,
     now: i64,
-    revoked: &RevocationSet,
+    revoked: &Revocations,
     cache: &VerifiedCache,
 ) -> Result<Arc<AccessClaims>, Inactive> {
     let digest = Digest::of(token.as_bytes());
@@ -153,27 +113,8 @@ pub fn verify_access(
     if claims.nbf > now {
         return Err(Inactive::NotYetValid);
     }
-    if revoked.contains(&claims.jti) {
+    if revoked.revokes_access(&claims) {
         return Err(Inactive::Revoked);
     }
     Ok(claims)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_revocation_set_forgets_expired_ids() {
-        let set = RevocationSet::default();
-        set.insert("a".into(), 10);
-        set.insert("b".into(), 30);
-        assert!(set.contains("a"));
-        set.purge(20);
-        assert!(!set.contains("a"));
-        assert!(set.contains("b"));
-        set.merge_snapshot(vec![("c".into(), 40), ("d".into(), 5)], 20);
-        assert!(set.contains("c"));
-        assert!(!set.contains("d"));
-    }
 }

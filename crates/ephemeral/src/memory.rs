@@ -14,7 +14,7 @@ use futures::stream::{self, BoxStream, StreamExt as _};
 use tessera_core::clock::{Clock, SystemClock};
 use tessera_core::ports::{
     CodeGrant, CodeTake, DecideOutcome, DeviceDecision, DeviceGrant, DevicePoll, DeviceStatus, Ephemeral, Issued,
-    LoginSession,
+    LoginSession, Revocation,
 };
 use tessera_core::{StoreError, StoreResult};
 use tessera_crypto::Digest;
@@ -39,7 +39,7 @@ struct Inner {
     /// Reclaims space and times failure windows. Expiry decisions use the caller's `now`.
     clock: Arc<dyn Clock>,
     state: Mutex<State>,
-    revocations: broadcast::Sender<(String, i64)>,
+    revocations: broadcast::Sender<Revocation>,
 }
 
 /// A value and the wall-clock instant (ms) past which it is gone, as a Redis TTL would be.
@@ -71,7 +71,6 @@ struct State {
     user_codes: HashMap<String, Slot<Digest>>,
     sessions: HashMap<Digest, Slot<LoginSession>>,
     failures: HashMap<String, Failures>,
-    revoked: HashMap<String, Slot<i64>>,
     purge_at: usize,
 }
 
@@ -98,7 +97,6 @@ impl State {
             + self.user_codes.len()
             + self.sessions.len()
             + self.failures.len()
-            + self.revoked.len()
     }
 
     /// Drops everything past its reclaim instant once the maps have doubled since the last
@@ -112,7 +110,6 @@ impl State {
         self.user_codes.retain(|_, s| s.reclaim_at_ms > now_ms);
         self.sessions.retain(|_, s| s.reclaim_at_ms > now_ms);
         self.failures.retain(|_, f| f.window_end_ms > now_ms);
-        self.revoked.retain(|_, s| s.reclaim_at_ms > now_ms);
         self.purge_at = self.len().saturating_mul(2);
     }
 
@@ -348,30 +345,13 @@ impl Ephemeral for MemoryEphemeral {
         Ok(())
     }
 
-    async fn revoke_access(&self, jti: &str, exp: i64) -> StoreResult<()> {
-        let now_ms = self.now_ms();
-        let reclaim_at_ms = self.reclaim_at_ms(exp, RECLAIM_GRACE_SECS);
-        let mut st = self.state();
-        st.purge_if_due(now_ms);
-        st.revoked.insert(jti.to_owned(), Slot { value: exp, reclaim_at_ms });
-        // Announced inside the section so subscribers see revocations in the order they were
-        // stored. Nobody listening is not an error.
-        let _ = self.inner.revocations.send((jti.to_owned(), exp));
+    async fn publish_revocation(&self, revocation: &Revocation) -> StoreResult<()> {
+        // Nobody listening is not an error.
+        let _ = self.inner.revocations.send(revocation.clone());
         Ok(())
     }
 
-    async fn revoked_access(&self, now: i64) -> StoreResult<Vec<(String, i64)>> {
-        let now_ms = self.now_ms();
-        let st = self.state();
-        Ok(st
-            .revoked
-            .iter()
-            .filter(|(_, s)| s.reclaim_at_ms > now_ms && s.value > now)
-            .map(|(jti, s)| (jti.clone(), s.value))
-            .collect())
-    }
-
-    async fn subscribe_revocations(&self) -> StoreResult<BoxStream<'static, (String, i64)>> {
+    async fn subscribe_revocations(&self) -> StoreResult<BoxStream<'static, Revocation>> {
         let receiver = self.inner.revocations.subscribe();
         // A lagged receiver has missed revocations: end the stream so the caller reloads.
         Ok(stream::unfold(receiver, |mut rx| async move { rx.recv().await.ok().map(|item| (item, rx)) }).boxed())

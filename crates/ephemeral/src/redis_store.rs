@@ -15,9 +15,10 @@
 //! | `user_code:<user code>` | `{device}:user_code:<user code>` | string | the device digest hex (set with `NX`) |
 //! | `session:<digest hex>` | same | string | the `LoginSession` JSON |
 //! | `failures:<key>` | same | string | the counter (`INCR`, window set with `PEXPIRE … NX`) |
-//! | `revoked:<jti>` | `{revoked}:<jti>` | string | the token's `exp` |
 //!
-//! Revocations are announced on the channel `<prefix>revocations` as `"<jti> <exp>"`.
+//! Revocations are announced on the channel `<prefix>revocations` in their wire form
+//! (`Revocation::to_wire`); nothing of them is stored here: the durable revocation log is
+//! their record.
 //! Hashes keep the stored JSON opaque to Lua: scripts compare only the plain number fields,
 //! so no value is re-encoded by cjson (whose 14-digit numbers would round large integers).
 //!
@@ -28,9 +29,7 @@
 //! `{device}` and lives in one slot. The cost is that all device authorizations sit on one
 //! shard; they come at the pace of people typing codes and devices polling every few seconds,
 //! far below what one shard serves. (Tagging by device digest instead would need a second round
-//! trip to read the user-code index before the script, and lose its atomic lookup.) Revocations
-//! carry `{revoked}` so that listing them is one SCAN on one node rather than one per shard;
-//! they are rare and small. The other modes keep the untagged layout, so nodes of an older
+//! trip to read the user-code index before the script, and lose its atomic lookup.) The other modes keep the untagged layout, so nodes of an older
 //! version and a newer one can share a store during an upgrade. A key prefix with braces is
 //! refused on a cluster, as its braces would take the place of these tags.
 
@@ -42,7 +41,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script};
 use tessera_core::ports::{
     CodeGrant, CodeTake, DecideOutcome, DeviceDecision, DeviceGrant, DevicePoll, DeviceStatus, Ephemeral, Issued,
-    LoginSession,
+    LoginSession, Revocation,
 };
 use tessera_core::{StoreError, StoreResult};
 use tessera_crypto::Digest;
@@ -56,8 +55,6 @@ use crate::{
     from_json, reclaim_ttl_secs, to_json, wall_now, DEVICE_GRACE_SECS, MAX_TTL_SECS, RECLAIM_GRACE_SECS, STORE,
 };
 
-/// Keys examined per SCAN step of `revoked_access`.
-const SCAN_COUNT: usize = 500;
 
 /// The Redis [`Ephemeral`]. Cheap to clone: clones share one multiplexed connection (on a
 /// cluster, one connection per node).
@@ -87,7 +84,6 @@ enum Kind {
     UserCode,
     Session,
     Failures,
-    Revoked,
 }
 
 #[derive(Clone)]
@@ -106,10 +102,8 @@ impl Keys {
             (Kind::Failures, _) => format!("{prefix}failures:{id}"),
             (Kind::Device, false) => format!("{prefix}device:{id}"),
             (Kind::UserCode, false) => format!("{prefix}user_code:{id}"),
-            (Kind::Revoked, false) => format!("{prefix}revoked:{id}"),
             (Kind::Device, true) => format!("{prefix}{{device}}:{id}"),
             (Kind::UserCode, true) => format!("{prefix}{{device}}:user_code:{id}"),
-            (Kind::Revoked, true) => format!("{prefix}{{revoked}}:{id}"),
         }
     }
 
@@ -124,18 +118,6 @@ fn unexpected(what: &str) -> StoreError {
 
 fn parse_i64(what: &str, raw: &str) -> StoreResult<i64> {
     raw.parse().map_err(|_| unexpected(what))
-}
-
-/// Escapes glob metacharacters so a prefix matches only itself in `SCAN … MATCH`.
-fn glob_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// Replaces a code with itself, in `kind = grant` form. Never merges with an earlier value.
@@ -273,38 +255,6 @@ static RECORD_FAILURE: LazyLock<Script> = LazyLock::new(|| {
 local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return n
-",
-    )
-});
-
-/// Stores a revocation and announces it, atomically.
-/// KEYS[1] revoked key; ARGV exp, ttl, channel, message.
-static REVOKE_ACCESS: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-redis.call('PUBLISH', ARGV[3], ARGV[4])
-return 1
-",
-    )
-});
-
-/// One SCAN step over revocations with their values: {next cursor, key, exp, key, exp, …}.
-/// KEYS[1] the revocation key prefix, never read: on a cluster it sends the script to the node
-/// that holds the `{revoked}` slot; ARGV cursor, MATCH pattern, COUNT.
-static SCAN_REVOKED: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local r = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3])
-local out = {r[1]}
-for _, k in ipairs(r[2]) do
-  local v = redis.call('GET', k)
-  if v then
-    out[#out + 1] = k
-    out[#out + 1] = v
-  end
-end
-return out
 ",
     )
 });
@@ -606,50 +556,12 @@ impl Ephemeral for RedisEphemeral {
         Ok(())
     }
 
-    async fn revoke_access(&self, jti: &str, exp: i64) -> StoreResult<()> {
-        let ttl = reclaim_ttl_secs(exp, wall_now(), RECLAIM_GRACE_SECS);
-        let _: i64 = self
-            .run(
-                REVOKE_ACCESS
-                    .key(self.key(Kind::Revoked, jti))
-                    .arg(exp)
-                    .arg(ttl)
-                    .arg(self.keys.channel())
-                    .arg(format!("{jti} {exp}")),
-            )
-            .await?;
+    async fn publish_revocation(&self, revocation: &Revocation) -> StoreResult<()> {
+        let _: i64 = self.query(redis::cmd("PUBLISH").arg(self.keys.channel()).arg(revocation.to_wire())).await?;
         Ok(())
     }
 
-    async fn revoked_access(&self, now: i64) -> StoreResult<Vec<(String, i64)>> {
-        let key_prefix = self.key(Kind::Revoked, "");
-        let pattern = format!("{}*", glob_escape(&key_prefix));
-        // SCAN may return a key more than once: collect by jti.
-        let mut revoked = std::collections::HashMap::new();
-        let mut cursor = String::from("0");
-        loop {
-            let reply: Vec<String> =
-                self.run(SCAN_REVOKED.key(&key_prefix).arg(&cursor).arg(&pattern).arg(SCAN_COUNT)).await?;
-            let Some((next, pairs)) = reply.split_first() else {
-                return Err(unexpected("revoked_access"));
-            };
-            for pair in pairs.chunks(2) {
-                let [key, exp] = pair else {
-                    return Err(unexpected("revoked_access"));
-                };
-                let exp = parse_i64("revocation", exp)?;
-                if let Some(jti) = key.strip_prefix(&key_prefix).filter(|_| exp > now) {
-                    revoked.insert(jti.to_owned(), exp);
-                }
-            }
-            if next == "0" {
-                return Ok(revoked.into_iter().collect());
-            }
-            cursor = next.clone();
-        }
-    }
-
-    async fn subscribe_revocations(&self) -> StoreResult<BoxStream<'static, (String, i64)>> {
+    async fn subscribe_revocations(&self) -> StoreResult<BoxStream<'static, Revocation>> {
         // A dedicated connection: a subscribed connection can carry nothing else.
         let mut pubsub = self.conn.pubsub().await?;
         tokio::time::timeout(RESPONSE_TIMEOUT, pubsub.subscribe(self.keys.channel()))
@@ -659,21 +571,7 @@ impl Ephemeral for RedisEphemeral {
         // The stream ends when the connection's reader ends, i.e. when the connection is lost.
         Ok(pubsub
             .into_on_message()
-            .filter_map(|msg| async move {
-                let payload: String = msg.get_payload().ok()?;
-                let (jti, exp) = payload.rsplit_once(' ')?;
-                Some((jti.to_owned(), exp.parse().ok()?))
-            })
+            .filter_map(|msg| async move { Revocation::from_wire(&msg.get_payload::<String>().ok()?) })
             .boxed())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn glob_metacharacters_in_a_prefix_are_escaped() {
-        assert_eq!(glob_escape("t:[a]*?\\"), "t:\\[a\\]\\*\\?\\\\");
     }
 }

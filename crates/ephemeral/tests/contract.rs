@@ -15,7 +15,7 @@ use futures::{FutureExt as _, StreamExt as _};
 use tessera_core::clock::ManualClock;
 use tessera_core::ports::{
     CodeGrant, CodeTake, DecideOutcome, DeviceDecision, DeviceGrant, DevicePoll, DeviceStatus, Ephemeral, Issued,
-    LoginSession,
+    LoginSession, Revocation,
 };
 use tessera_core::StoreError;
 use tessera_crypto::Digest;
@@ -132,7 +132,6 @@ contract!(
     a_session_lives_until_it_expires_or_is_deleted,
     failures_count_up_within_the_window_and_start_again_after_it,
     clearing_failures_resets_the_count,
-    revoked_access_lists_revocations_until_they_expire,
     a_revocation_made_on_another_handle_reaches_a_subscriber,
 );
 
@@ -423,28 +422,19 @@ async fn clearing_failures_resets_the_count(h: &Harness) {
     h.store.clear_failures("password:nobody").await.unwrap();
 }
 
-async fn revoked_access_lists_revocations_until_they_expire(h: &Harness) {
-    assert_eq!(h.store.revoked_access(h.now).await.unwrap(), vec![]);
-    h.store.revoke_access("jti-long", h.now + 3600).await.unwrap();
-    h.other.revoke_access("jti-short", h.now + 60).await.unwrap();
-
-    let mut revoked = h.store.revoked_access(h.now).await.unwrap();
-    revoked.sort();
-    assert_eq!(revoked, vec![("jti-long".to_owned(), h.now + 3600), ("jti-short".to_owned(), h.now + 60)]);
-    let revoked = h.store.revoked_access(h.now + 60).await.unwrap();
-    assert_eq!(revoked, vec![("jti-long".to_owned(), h.now + 3600)], "a token is expired at its exp");
-    assert_eq!(h.store.revoked_access(h.now + 3600).await.unwrap(), vec![]);
-}
-
 async fn a_revocation_made_on_another_handle_reaches_a_subscriber(h: &Harness) {
     let mut revocations = h.store.subscribe_revocations().await.unwrap();
-    h.other.revoke_access("jti-1", h.now + 600).await.unwrap();
-    h.store.revoke_access("jti 2 with spaces", h.now + 900).await.unwrap();
+    let first = Revocation::Access { jti: "jti-1".into(), exp: h.now + 600 };
+    let second = Revocation::Access { jti: "jti 2 with spaces".into(), exp: h.now + 900 };
+    let third = Revocation::Client { id: "svc".into(), before: Revocation::FOREVER };
+    h.other.publish_revocation(&first).await.unwrap();
+    h.store.publish_revocation(&second).await.unwrap();
+    h.other.publish_revocation(&third).await.unwrap();
 
-    let first = tokio::time::timeout(Duration::from_secs(3), revocations.next()).await;
-    assert_eq!(first.expect("the revocation arrives in time"), Some(("jti-1".to_owned(), h.now + 600)));
-    let second = tokio::time::timeout(Duration::from_secs(3), revocations.next()).await;
-    assert_eq!(second.expect("the revocation arrives in time"), Some(("jti 2 with spaces".to_owned(), h.now + 900)));
+    for expected in [first, second, third] {
+        let got = tokio::time::timeout(Duration::from_secs(3), revocations.next()).await;
+        assert_eq!(got.expect("the revocation arrives in time"), Some(expected));
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -466,11 +456,10 @@ async fn a_lagging_memory_subscriber_sees_its_stream_end_so_it_reloads() {
     let store = MemoryEphemeral::new();
     let mut revocations = store.subscribe_revocations().await.unwrap();
     for i in 0..10_000 {
-        store.revoke_access(&format!("jti-{i}"), wall_now() + 60).await.unwrap();
+        store.publish_revocation(&Revocation::Access { jti: format!("jti-{i}"), exp: wall_now() + 60 }).await.unwrap();
     }
     let end = tokio::time::timeout(Duration::from_secs(1), revocations.next()).await.unwrap();
-    assert_eq!(end, None);
-    assert_eq!(store.revoked_access(wall_now()).await.unwrap().len(), 10_000, "nothing is lost for a reload");
+    assert_eq!(end, None, "the caller then reads the durable log and subscribes again");
 }
 
 #[tokio::test]
@@ -554,23 +543,14 @@ async fn cluster_store_keeps_the_contract_and_subscribes_past_dead_nodes() {
     let store = RedisEphemeral::connect(&url, &prefix).await.unwrap();
     let mut revocations = store.subscribe_revocations().await.unwrap();
     let now = wall_now();
-    store.revoke_access("jti-1", now + 600).await.unwrap();
+    let first = Revocation::Access { jti: "jti-1".into(), exp: now + 600 };
+    store.publish_revocation(&first).await.unwrap();
     let got = tokio::time::timeout(Duration::from_secs(3), revocations.next()).await;
-    assert_eq!(got.expect("the revocation arrives in time"), Some(("jti-1".to_owned(), now + 600)));
-    assert_eq!(store.revoked_access(now).await.unwrap(), vec![("jti-1".to_owned(), now + 600)]);
+    assert_eq!(got.expect("the revocation arrives in time"), Some(first));
 
     // The node a subscription uses dies: the stream ends, and the next subscription lands on
-    // another node. That node must not hold the `{revoked}` slot, which the revocation needs.
-    let slot: i64 = redis::cmd("CLUSTER").arg("KEYSLOT").arg("{revoked}").query(&mut sync_conn(nodes[0])).unwrap();
-    // Each range is [from, to, [host, port, id, …]] (no replicas here).
-    let ranges: Vec<(i64, i64, Vec<redis::Value>)> =
-        redis::cmd("CLUSTER").arg("SLOTS").query(&mut sync_conn(nodes[0])).unwrap();
-    let owner = ranges
-        .iter()
-        .find(|(from, to, _)| (*from..=*to).contains(&slot))
-        .and_then(|(_, _, node)| redis::from_redis_value::<u16>(node.get(1)?).ok());
-    assert!(owner.is_some(), "the slot of {{revoked}} has an owner");
-    let doomed = nodes.iter().position(|port| Some(*port) != owner).unwrap();
+    // another node.
+    let doomed = 0;
     let mut order = hosts.clone();
     order.rotate_left(doomed);
     let url = format!("redis+cluster://{}", order.join(","));
@@ -580,9 +560,10 @@ async fn cluster_store_keeps_the_contract_and_subscribes_past_dead_nodes() {
     let ended = tokio::time::timeout(Duration::from_secs(5), revocations.next()).await;
     assert_eq!(ended.expect("the subscription ends with its node"), None);
     let mut revocations = store.subscribe_revocations().await.unwrap();
-    store.revoke_access("jti-2", now + 600).await.unwrap();
+    let second = Revocation::Access { jti: "jti-2".into(), exp: now + 600 };
+    store.publish_revocation(&second).await.unwrap();
     let got = tokio::time::timeout(Duration::from_secs(3), revocations.next()).await;
-    assert_eq!(got.expect("the revocation arrives in time"), Some(("jti-2".to_owned(), now + 600)));
+    assert_eq!(got.expect("the revocation arrives in time"), Some(second));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -638,8 +619,9 @@ async fn a_sentinel_store_follows_a_failover_to_the_promoted_replica() {
     // The other handle, idle through the failover, finds the new master by itself too, and a
     // new subscription hears what it announces.
     let mut revocations = store.subscribe_revocations().await.unwrap();
+    let announced = Revocation::Access { jti: "jti-2".into(), exp: now + 600 };
     loop {
-        match other.revoke_access("jti-2", now + 600).await {
+        match other.publish_revocation(&announced).await {
             Ok(()) => break,
             Err(StoreError::Unavailable { .. }) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(100)).await
@@ -648,9 +630,8 @@ async fn a_sentinel_store_follows_a_failover_to_the_promoted_replica() {
         }
     }
     let heard = tokio::time::timeout(Duration::from_secs(3), revocations.next()).await;
-    assert_eq!(heard.expect("the revocation arrives in time"), Some(("jti-2".to_owned(), now + 600)));
+    assert_eq!(heard.expect("the revocation arrives in time"), Some(announced));
     assert!(store.code_replayed(code).await.is_ok());
-    assert_eq!(store.revoked_access(now).await.unwrap(), vec![("jti-2".to_owned(), now + 600)]);
 }
 
 /// A blocking connection to a throwaway server, for setting up and checking on it.

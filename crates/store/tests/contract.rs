@@ -146,6 +146,8 @@ contract!(
     concurrent_consent_grants_keep_every_scope,
     keys_list_oldest_first_and_retiring_spares_only_the_kept_key,
     audit_events_come_back_newest_first,
+    the_revocation_log_appends_once_reads_in_order_and_forgets_what_expired,
+    a_deleted_client_id_stays_retired,
     migrating_twice_is_a_no_op_that_keeps_the_data,
     a_live_database_answers_ping,
 );
@@ -236,6 +238,8 @@ mod cases {
         Rotation, StoredKey, UserStore,
     };
     use tessera_core::StoreError;
+    use tessera_core::ports::Succession;
+    use tessera_crypto::succession::SuccessorSalt;
     use tessera_crypto::Digest;
     use tessera_store::SqlStore;
 
@@ -298,7 +302,12 @@ mod cases {
             access_jti: format!("jti-{token}"),
             access_exp: issued_at + 300,
             state: RefreshState::Active,
+            succession: None,
         }
+    }
+
+    fn succession(at: i64) -> Succession {
+        Succession { at, salt: SuccessorSalt::generate() }
     }
 
     fn key(kid: &str, created_at: i64) -> StoredKey {
@@ -402,10 +411,14 @@ mod cases {
     pub async fn a_refresh_token_reads_back_exactly_as_stored(s: Arc<SqlStore>, _: Backend) {
         let with_user = refresh("t1", "f1", 1_000);
         let without_user = RefreshRecord { user_id: None, auth_time: None, ..refresh("t2", "f2", 2_000) };
+        let rotated =
+            RefreshRecord { state: RefreshState::Rotated, succession: Some(succession(3_500)), ..refresh("t3", "f3", 3_000) };
         s.insert_refresh(&with_user).await.unwrap();
         s.insert_refresh(&without_user).await.unwrap();
+        s.insert_refresh(&rotated).await.unwrap();
         assert_eq!(s.get_refresh(with_user.digest).await.unwrap(), Some(with_user.clone()));
         assert_eq!(s.get_refresh(without_user.digest).await.unwrap(), Some(without_user));
+        assert_eq!(s.get_refresh(rotated.digest).await.unwrap(), Some(rotated), "the succession and its salt");
         assert_eq!(s.get_refresh(Digest::of(b"nope")).await.unwrap(), None);
 
         let err = s.insert_refresh(&with_user).await.unwrap_err();
@@ -420,10 +433,15 @@ mod cases {
         let new = refresh("t2", "f1", 2_000);
         s.insert_refresh(&old).await.unwrap();
 
-        assert_eq!(s.rotate_refresh(old.digest, &new).await.unwrap(), Rotation::Rotated);
+        let rotation = succession(1_500);
+        assert_eq!(s.rotate_refresh(old.digest, &rotation, &new).await.unwrap(), Rotation::Rotated);
 
         let old_now = s.get_refresh(old.digest).await.unwrap().unwrap();
-        assert_eq!(old_now, RefreshRecord { state: RefreshState::Rotated, ..old });
+        assert_eq!(
+            old_now,
+            RefreshRecord { state: RefreshState::Rotated, succession: Some(rotation), ..old },
+            "the old token records when it was rotated and its successor's salt"
+        );
         assert_eq!(s.get_refresh(new.digest).await.unwrap(), Some(new));
     }
 
@@ -433,12 +451,18 @@ mod cases {
         let first = refresh("t2", "family-7", 2_000);
         let second = refresh("t3", "family-7", 3_000);
 
-        assert_eq!(s.rotate_refresh(old.digest, &first).await.unwrap(), Rotation::Rotated);
+        let (first_rotation, second_rotation) = (succession(1_500), succession(2_500));
+        assert_eq!(s.rotate_refresh(old.digest, &first_rotation, &first).await.unwrap(), Rotation::Rotated);
         assert_eq!(
-            s.rotate_refresh(old.digest, &second).await.unwrap(),
+            s.rotate_refresh(old.digest, &second_rotation, &second).await.unwrap(),
             Rotation::Reused { family_id: "family-7".to_owned() }
         );
         assert_eq!(s.get_refresh(second.digest).await.unwrap(), None, "nothing stored on reuse");
+        assert_eq!(
+            s.get_refresh(old.digest).await.unwrap().and_then(|r| r.succession),
+            Some(first_rotation),
+            "reuse leaves the first rotation's succession"
+        );
         assert_eq!(
             s.get_refresh(first.digest).await.unwrap().map(|r| r.state),
             Some(RefreshState::Active),
@@ -453,8 +477,8 @@ mod cases {
         let other = refresh("o1", "f2", 1_500);
         s.insert_refresh(&t1).await.unwrap();
         s.insert_refresh(&other).await.unwrap();
-        assert_eq!(s.rotate_refresh(t1.digest, &t2).await.unwrap(), Rotation::Rotated);
-        assert_eq!(s.rotate_refresh(t2.digest, &t3).await.unwrap(), Rotation::Rotated);
+        assert_eq!(s.rotate_refresh(t1.digest, &succession(2_000), &t2).await.unwrap(), Rotation::Rotated);
+        assert_eq!(s.rotate_refresh(t2.digest, &succession(3_000), &t3).await.unwrap(), Rotation::Rotated);
 
         let mut revoked = s.revoke_family("f1").await.unwrap();
         revoked.sort();
@@ -483,9 +507,15 @@ mod cases {
         s.revoke_family("f1").await.unwrap();
         let new = refresh("t2", "f1", 2_000);
 
-        assert_eq!(s.rotate_refresh(active.digest, &new).await.unwrap(), Rotation::Unknown);
-        assert_eq!(s.rotate_refresh(Digest::of(b"never issued"), &new).await.unwrap(), Rotation::Unknown);
+        let rotation = succession(2_000);
+        assert_eq!(s.rotate_refresh(active.digest, &rotation, &new).await.unwrap(), Rotation::Unknown);
+        assert_eq!(s.rotate_refresh(Digest::of(b"never issued"), &rotation, &new).await.unwrap(), Rotation::Unknown);
         assert_eq!(s.get_refresh(new.digest).await.unwrap(), None, "nothing stored");
+        assert_eq!(
+            s.get_refresh(active.digest).await.unwrap().and_then(|r| r.succession),
+            None,
+            "a revoked token records no succession"
+        );
     }
 
     pub async fn rotating_the_same_refresh_token_concurrently_lets_exactly_one_win(s: Arc<SqlStore>, backend: Backend) {
@@ -497,19 +527,21 @@ mod cases {
             let s = s.clone();
             tasks.spawn(async move {
                 let new = refresh(&format!("t{}", i + 1), "f1", 2_000);
-                (new.digest, s.rotate_refresh(old.digest, &new).await.unwrap())
+                let rotation = succession(2_000 + i as i64);
+                let outcome = s.rotate_refresh(old.digest, &rotation, &new).await.unwrap();
+                (new.digest, rotation, outcome)
             });
         }
         let mut winners = vec![];
         let mut reused = 0;
         while let Some(joined) = tasks.join_next().await {
             match joined.unwrap() {
-                (digest, Rotation::Rotated) => winners.push(digest),
-                (_, Rotation::Reused { family_id }) => {
+                (digest, rotation, Rotation::Rotated) => winners.push((digest, rotation)),
+                (_, _, Rotation::Reused { family_id }) => {
                     assert_eq!(family_id, "f1");
                     reused += 1;
                 }
-                (_, Rotation::Unknown) => panic!("{backend:?}: a loser saw Unknown"),
+                (_, _, Rotation::Unknown) => panic!("{backend:?}: a loser saw Unknown"),
             }
         }
         assert_eq!(winners.len(), 1, "{backend:?}: exactly one rotation wins");
@@ -522,7 +554,13 @@ mod cases {
                 stored.push(digest);
             }
         }
-        assert_eq!(stored, winners, "only the winner's token is stored");
+        let (winner, winning_rotation) = winners.pop().unwrap();
+        assert_eq!(stored, [winner], "only the winner's token is stored");
+        assert_eq!(
+            s.get_refresh(old.digest).await.unwrap().and_then(|r| r.succession),
+            Some(winning_rotation),
+            "{backend:?}: the old token records the winner's succession"
+        );
         assert_eq!(s.revoke_family("f1").await.unwrap().len(), 2, "old and winner");
     }
 
@@ -609,6 +647,49 @@ mod cases {
         assert_eq!(s.recent_events(2).await.unwrap(), recent[..2]);
         assert!(s.recent_events(0).await.unwrap().is_empty());
         assert_eq!(s.recent_events(u64::MAX).await.unwrap().len(), 4);
+    }
+
+    pub async fn the_revocation_log_appends_once_reads_in_order_and_forgets_what_expired(s: Arc<SqlStore>, _: Backend) {
+        use tessera_core::ports::{Revocation, RevocationLog};
+        let short = Revocation::Access { jti: "j1".into(), exp: 200 };
+        let long = Revocation::Access { jti: "j2".into(), exp: 5_000 };
+        let user = Revocation::User { id: "u1".into(), before: 101 };
+        s.append_revocations(&[short.clone(), long.clone()], 100).await.unwrap();
+        s.append_revocations(&[user.clone(), short.clone()], 100).await.unwrap();
+        s.append_revocations(&[], 100).await.unwrap();
+
+        let all = s.revocations_after(0, 100, 100).await.unwrap();
+        let got: Vec<_> = all.iter().map(|e| e.revocation.clone()).collect();
+        assert_eq!(got, [short.clone(), long.clone(), user.clone()], "in append order, a repeat not appended");
+        assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
+        assert!(all.iter().all(|e| e.at == 100));
+
+        let after_first = s.revocations_after(all[0].seq, 100, 100).await.unwrap();
+        assert_eq!(after_first.len(), 2);
+        assert_eq!(s.revocations_after(0, 100, 1).await.unwrap().len(), 1, "the limit holds");
+        let later: Vec<_> = s.revocations_after(0, 200, 100).await.unwrap().into_iter().map(|e| e.revocation).collect();
+        assert_eq!(later, [long.clone(), user.clone()], "an access token's revocation stops mattering at its exp");
+
+        assert_eq!(s.purge_revocations(200).await.unwrap(), 1);
+        let kept: Vec<_> = s.revocations_after(0, 0, 100).await.unwrap().into_iter().map(|e| e.revocation).collect();
+        assert_eq!(kept, [long, user.clone()]);
+        let newer = Revocation::User { id: "u1".into(), before: 300 };
+        s.append_revocations(&[newer.clone()], 299).await.unwrap();
+        let last = s.revocations_after(0, 0, 100).await.unwrap().pop().unwrap();
+        assert_eq!(last.revocation, newer, "a later cut-off of the same user is a new entry");
+    }
+
+    pub async fn a_deleted_client_id_stays_retired(s: Arc<SqlStore>, _: Backend) {
+        use tessera_core::ports::{Revocation, RevocationLog};
+        assert!(!s.client_id_retired("gone").await.unwrap());
+        s.append_revocations(&[Revocation::Client { id: "rotated".into(), before: 10 }], 9).await.unwrap();
+        assert!(!s.client_id_retired("rotated").await.unwrap(), "a secret rotation retires nothing");
+        s.append_revocations(&[Revocation::Client { id: "gone".into(), before: Revocation::FOREVER }], 9)
+            .await
+            .unwrap();
+        assert!(s.client_id_retired("gone").await.unwrap());
+        assert_eq!(s.purge_revocations(i64::MAX - 1).await.unwrap(), 0, "cut-offs are never purged");
+        assert!(s.client_id_retired("gone").await.unwrap());
     }
 
     pub async fn migrating_twice_is_a_no_op_that_keeps_the_data(s: Arc<SqlStore>, _: Backend) {

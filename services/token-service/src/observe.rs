@@ -23,7 +23,7 @@ use std::time::Instant;
 use tessera_core::model::{Client, GrantType, User};
 use tessera_core::ports::{
     AuditEvent, AuditLog, ClientStore, ConsentStore, Durable, KeyStore, RefreshRecord, RefreshStore, Rotation,
-    StoredKey, UserStore,
+    StoredKey, UserStore, LoggedRevocation, Revocation, RevocationLog,
 };
 use tessera_core::{ErrorCode, OAuthError, StoreResult};
 use tessera_crypto::Digest;
@@ -260,8 +260,13 @@ impl RefreshStore for CountedAudit {
     async fn get_refresh(&self, digest: Digest) -> StoreResult<Option<RefreshRecord>> {
         self.inner.get_refresh(digest).await
     }
-    async fn rotate_refresh(&self, old: Digest, new: &RefreshRecord) -> StoreResult<Rotation> {
-        self.inner.rotate_refresh(old, new).await
+    async fn rotate_refresh(
+        &self,
+        old: Digest,
+        succession: &tessera_core::ports::Succession,
+        new: &RefreshRecord,
+    ) -> StoreResult<Rotation> {
+        self.inner.rotate_refresh(old, succession, new).await
     }
     async fn revoke_family(&self, family_id: &str) -> StoreResult<Vec<(String, i64)>> {
         self.inner.revoke_family(family_id).await
@@ -288,6 +293,22 @@ impl KeyStore for CountedAudit {
     }
     async fn retire_keys_except(&self, keep_kid: &str, at: i64) -> StoreResult<()> {
         self.inner.retire_keys_except(keep_kid, at).await
+    }
+}
+
+#[async_trait]
+impl RevocationLog for CountedAudit {
+    async fn append_revocations(&self, revocations: &[Revocation], at: i64) -> StoreResult<()> {
+        self.inner.append_revocations(revocations, at).await
+    }
+    async fn revocations_after(&self, after: i64, now: i64, limit: u64) -> StoreResult<Vec<LoggedRevocation>> {
+        self.inner.revocations_after(after, now, limit).await
+    }
+    async fn purge_revocations(&self, now: i64) -> StoreResult<u64> {
+        self.inner.purge_revocations(now).await
+    }
+    async fn client_id_retired(&self, client_id: &str) -> StoreResult<bool> {
+        self.inner.client_id_retired(client_id).await
     }
 }
 

@@ -1,12 +1,15 @@
 //! `refresh_token` (RFC 6749 §6) with rotation and reuse detection (RFC 9700 §4.14.2): every
-//! use rotates the token; presenting a rotated one revokes its whole family.
+//! use rotates the token; presenting a rotated one revokes its whole family, unless it is the
+//! same client retrying within `refresh_retry_window` a refresh whose answer it lost, while the
+//! successor is still unused: then it gets that same successor again.
 
 use crate::engine::{required, TokenSet};
 use crate::error::OAuthError;
 use crate::model::{Client, RefreshToken, ScopeSet};
-use crate::ports::{RefreshRecord, RefreshState, Rotation};
+use crate::ports::{RefreshRecord, RefreshState, Rotation, Succession};
 use crate::tokens::new_jti;
 use crate::Tessera;
+use tessera_crypto::succession::{successor_token, SuccessorSalt};
 
 pub(super) async fn run(
     t: &Tessera,
@@ -24,22 +27,17 @@ pub(super) async fn run(
     }
     match old.state {
         RefreshState::Active => {}
-        RefreshState::Rotated => return reused(t, &old).await,
-        RefreshState::Revoked => return Err(invalid()),
+        RefreshState::Rotated => return retried_or_reused(t, client, token, scope, &old, now).await,
+        RefreshState::Revoked => {
+            // Its revocation may not have reached every node (DESIGN.md rule 9): send it again.
+            t.revoke_family(&old.family_id).await?;
+            return Err(invalid());
+        }
     }
-    if old.expires_at <= now {
+    if old.expires_at <= now || t.revocations.revokes_refresh(old.user_id.as_deref(), &old.client_id, old.issued_at) {
         return Err(invalid());
     }
-    // RFC 6749 §6: the scope may only narrow; the new refresh token keeps the original scope.
-    let granted = ScopeSet::parse(&old.scope)?;
-    let requested = ScopeSet::parse(scope)?;
-    let scope = if requested.is_empty() {
-        granted.clone()
-    } else if requested.is_subset(&granted) {
-        requested
-    } else {
-        return Err(OAuthError::invalid_scope("a refresh may not widen the scope granted"));
-    };
+    let scope = narrowed(&old.scope, scope)?;
     let user = match &old.user_id {
         Some(id) => Some(t.durable.get_user(id).await?.filter(|u| !u.disabled).ok_or_else(invalid)?),
         None => None,
@@ -47,23 +45,30 @@ pub(super) async fn run(
 
     let jti = new_jti();
     let (access_token, access_exp) = t.mint_access(client, user.as_ref(), &scope, old.auth_time, jti.clone(), now)?;
-    let new_token = RefreshToken::new(tessera_crypto::random_secret(32));
+    // Derived rather than drawn, so that a retry of this refresh can be answered with it again.
+    let succession = Succession { at: now, salt: SuccessorSalt::generate() };
+    let new_token = RefreshToken::new(successor_token(token.expose(), &succession.salt));
     let new = RefreshRecord {
         digest: new_token.digest(),
         family_id: old.family_id.clone(),
         client_id: client.id.clone(),
         user_id: old.user_id.clone(),
         scope: old.scope.clone(),
-        issued_at: now,
+        issued_at: t.revocations.issue_time(old.user_id.as_deref(), &client.id, now),
         expires_at: now + t.refresh_ttl(client),
         auth_time: old.auth_time,
         access_jti: jti,
         access_exp,
         state: RefreshState::Active,
+        succession: None,
     };
-    match t.durable.rotate_refresh(old.digest, &new).await? {
+    match t.durable.rotate_refresh(old.digest, &succession, &new).await? {
         Rotation::Rotated => {}
-        Rotation::Reused { .. } => return reused(t, &old).await,
+        Rotation::Reused { .. } => {
+            // Another request rotated it first; this one may be the same client retrying.
+            let old = t.durable.get_refresh(old.digest).await?.ok_or_else(invalid)?;
+            return retried_or_reused(t, client, token, &scope.to_string(), &old, now).await;
+        }
         Rotation::Unknown => return Err(invalid()),
     }
     let id_token = match (&user, scope.contains("openid")) {
@@ -73,6 +78,93 @@ pub(super) async fn run(
         _ => None,
     };
     Ok(TokenSet { access_token, expires_in: access_exp - now, refresh_token: Some(new_token), scope, id_token })
+}
+
+/// RFC 6749 §6: the scope may only narrow; the new refresh token keeps the original scope.
+fn narrowed(granted: &str, requested: &str) -> Result<ScopeSet, OAuthError> {
+    let granted = ScopeSet::parse(granted)?;
+    let requested = ScopeSet::parse(requested)?;
+    if requested.is_empty() {
+        Ok(granted)
+    } else if requested.is_subset(&granted) {
+        Ok(requested)
+    } else {
+        Err(OAuthError::invalid_scope("a refresh may not widen the scope granted"))
+    }
+}
+
+/// A rotated token presented again: a retry answered with the same successor, or reuse.
+async fn retried_or_reused(
+    t: &Tessera,
+    client: &Client,
+    token: &RefreshToken,
+    requested: &str,
+    old: &RefreshRecord,
+    now: i64,
+) -> Result<TokenSet, OAuthError> {
+    match retried(t, client, token, requested, old, now).await? {
+        Some(answer) => Ok(answer),
+        None => reused(t, old).await,
+    }
+}
+
+/// The answer to a retry, or `None` when the presentation is reuse. A retry is the client the
+/// token belongs to (checked by the caller) presenting it again within `refresh_retry_window`
+/// seconds of its rotation while the successor has never been used: it gets that successor
+/// again, re-derived from the token it presented and the salt recorded at the rotation, with
+/// the successor's own access token `jti`, so revoking the family still covers what it holds.
+async fn retried(
+    t: &Tessera,
+    client: &Client,
+    token: &RefreshToken,
+    requested: &str,
+    old: &RefreshRecord,
+    now: i64,
+) -> Result<Option<TokenSet>, OAuthError> {
+    let invalid = || OAuthError::invalid_grant("the refresh token is invalid, expired or revoked");
+    let window = t.cfg.refresh_retry_window;
+    let Some(succession) = old.succession.as_ref().filter(|s| window > 0 && now - s.at <= window) else {
+        return Ok(None);
+    };
+    let successor = RefreshToken::new(successor_token(token.expose(), &succession.salt));
+    let Some(next) = t.durable.get_refresh(successor.digest()).await? else {
+        return Ok(None);
+    };
+    // Rotated means the client got the first answer after all and used it; revoked, that the
+    // family is gone.
+    if next.state != RefreshState::Active || next.family_id != old.family_id {
+        return Ok(None);
+    }
+    if next.expires_at <= now || t.revocations.revokes_refresh(next.user_id.as_deref(), &client.id, next.issued_at) {
+        return Err(invalid());
+    }
+    let scope = narrowed(&next.scope, requested)?;
+    let user = match &next.user_id {
+        Some(id) => Some(t.durable.get_user(id).await?.filter(|u| !u.disabled).ok_or_else(invalid)?),
+        None => None,
+    };
+    // Signed as of the successor's issue, so its `exp` is never past the one stored with the
+    // row: a family revocation keeps the `jti` revoked until exactly then.
+    let minted_at = now.min(next.access_exp - t.access_ttl(client));
+    let (access_token, access_exp) =
+        t.mint_access(client, user.as_ref(), &scope, next.auth_time, next.access_jti.clone(), minted_at)?;
+    if access_exp <= now {
+        return Err(invalid());
+    }
+    let id_token = match (&user, scope.contains("openid")) {
+        (Some(u), true) => {
+            Some(t.mint_id_token(client, u, &scope, next.auth_time.unwrap_or(now), None, &access_token, now)?)
+        }
+        _ => None,
+    };
+    t.audit(
+        "refresh_retry",
+        Some(&client.id),
+        next.user_id.as_deref(),
+        "a rotated refresh token was presented again within the retry window; its unused successor was answered again",
+    )
+    .await;
+    Ok(Some(TokenSet { access_token, expires_in: access_exp - now, refresh_token: Some(successor), scope, id_token }))
 }
 
 async fn reused(t: &Tessera, old: &RefreshRecord) -> Result<TokenSet, OAuthError> {

@@ -82,6 +82,20 @@ pub struct RefreshRecord {
     pub access_jti: String,
     pub access_exp: i64,
     pub state: RefreshState,
+    /// Set when the token is rotated (by [`RefreshStore::rotate_refresh`]); `None` while it is
+    /// active, and for tokens rotated before successions were recorded.
+    pub succession: Option<Succession>,
+}
+
+/// What a rotation records on the old token, so a retry of the same refresh can be answered
+/// with the same successor: the successor is `tessera_crypto::succession::successor_token(old
+/// token, salt)`, which needs the raw old token that only the client holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Succession {
+    /// When the old token was rotated, in seconds since the epoch.
+    pub at: i64,
+    /// The salt its successor was derived from (redacted in `Debug`).
+    pub salt: tessera_crypto::succession::SuccessorSalt,
 }
 
 /// What [`RefreshStore::rotate_refresh`] found.
@@ -103,11 +117,14 @@ pub trait RefreshStore: Send + Sync {
     async fn insert_refresh(&self, record: &RefreshRecord) -> StoreResult<()>;
     /// Reads a token in any state.
     async fn get_refresh(&self, digest: Digest) -> StoreResult<Option<RefreshRecord>>;
-    /// Atomically: if `old` is `Active`, marks it `Rotated` and stores `new` (same family),
-    /// returning `Rotated`; exactly one of many concurrent calls for the same `old` can
-    /// succeed (one conditional `UPDATE … WHERE state = 'active'`). If `old` is `Rotated`,
-    /// returns `Reused`. Otherwise `Unknown`.
-    async fn rotate_refresh(&self, old: Digest, new: &RefreshRecord) -> StoreResult<Rotation>;
+    /// Atomically: if `old` is `Active`, marks it `Rotated`, records `succession` on it (read
+    /// back by `get_refresh`) and stores `new` (same family, `Active`), returning `Rotated`;
+    /// exactly one of many concurrent calls for the same `old` can succeed (one conditional
+    /// `UPDATE … WHERE state = 'active'`), and the succession recorded is that call's. If `old`
+    /// is `Rotated`, returns `Reused` and changes nothing (its succession stays the first
+    /// one's). Otherwise `Unknown`.
+    async fn rotate_refresh(&self, old: Digest, succession: &Succession, new: &RefreshRecord)
+        -> StoreResult<Rotation>;
     /// Marks every token of the family `Revoked` and returns the `(access_jti, access_exp)`
     /// of every row, so the caller can revoke the access tokens that are still live.
     /// Revoking a revoked or unknown family is not an error.
@@ -174,7 +191,9 @@ pub trait AuditLog: Send + Sync {
 
 /// Every durable port in one object, as one adapter provides them.
 #[async_trait]
-pub trait Durable: ClientStore + UserStore + RefreshStore + ConsentStore + KeyStore + AuditLog {
+pub trait Durable:
+    ClientStore + UserStore + RefreshStore + ConsentStore + KeyStore + AuditLog + super::RevocationLog
+{
     /// A cheap round trip, for readiness.
     async fn ping(&self) -> StoreResult<()>;
 }

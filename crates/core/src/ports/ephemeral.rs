@@ -1,3 +1,4 @@
+use super::Revocation;
 use crate::error::StoreResult;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -187,11 +188,12 @@ pub trait Ephemeral: Send + Sync {
     async fn failures(&self, key: &str) -> StoreResult<u32>;
     async fn clear_failures(&self, key: &str) -> StoreResult<()>;
 
-    /// Marks an access token id revoked until `exp` and announces it to every node.
-    async fn revoke_access(&self, jti: &str, exp: i64) -> StoreResult<()>;
-    /// Every access token id revoked and not yet expired at `now`, with its `exp`.
-    async fn revoked_access(&self, now: i64) -> StoreResult<Vec<(String, i64)>>;
-    /// Revocations announced by any node from now on. The stream ends when the connection
-    /// is lost; the caller reloads with `revoked_access` and subscribes again.
-    async fn subscribe_revocations(&self) -> StoreResult<BoxStream<'static, (String, i64)>>;
+    /// Announces a revocation to every node's subscription. Not a record: the durable
+    /// [`RevocationLog`](super::RevocationLog) is, and every node drains it, so an announcement
+    /// lost here (the store down, a node disconnected) is repaired without it.
+    async fn publish_revocation(&self, revocation: &Revocation) -> StoreResult<()>;
+    /// Revocations announced by any node from now on, in the order they were announced. The
+    /// stream ends when the connection is lost (or a subscriber falls too far behind); the
+    /// caller reads the durable log and subscribes again.
+    async fn subscribe_revocations(&self) -> StoreResult<BoxStream<'static, Revocation>>;
 }

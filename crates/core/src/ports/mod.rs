@@ -7,6 +7,8 @@
 
 mod durable;
 mod ephemeral;
+mod revocation;
 
 pub use durable::*;
 pub use ephemeral::*;
+pub use revocation::*;

@@ -5,5 +5,6 @@ pub mod audit_events;
 pub mod clients;
 pub mod consents;
 pub mod refresh_tokens;
+pub mod revocations;
 pub mod signing_keys;
 pub mod users;

@@ -6,6 +6,8 @@
 use sea_orm_migration::prelude::*;
 
 mod m20260101_000001_initial;
+mod m20261130_000002_revocations;
+mod m20261130_000003_refresh_retry;
 
 /// Every migration of the store, oldest first.
 pub struct Migrator;
@@ -13,6 +15,10 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20260101_000001_initial::Migration)]
+        vec![
+            Box::new(m20260101_000001_initial::Migration),
+            Box::new(m20261130_000002_revocations::Migration),
+            Box::new(m20261130_000003_refresh_retry::Migration),
+        ]
     }
 }

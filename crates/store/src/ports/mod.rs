@@ -6,6 +6,7 @@ mod clients;
 mod consents;
 mod keys;
 mod refresh;
+mod revocations;
 mod users;
 
 use crate::error;

@@ -1,0 +1,83 @@
+use super::corrupt;
+use crate::entity::revocations::{ActiveModel, Column, Entity, Model};
+use crate::error;
+use crate::SqlStore;
+use async_trait::async_trait;
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{ActiveValue, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
+use tessera_core::ports::{LoggedRevocation, Revocation, RevocationLog};
+use tessera_core::StoreResult;
+
+const TABLE: &str = "revocations";
+
+fn to_row(r: &Revocation, at: i64) -> ActiveModel {
+    let (kind, subject, value) = r.parts();
+    ActiveModel {
+        seq: ActiveValue::NotSet,
+        kind: ActiveValue::Set(kind.to_owned()),
+        subject: ActiveValue::Set(subject.to_owned()),
+        value: ActiveValue::Set(value),
+        relevant_until: ActiveValue::Set(r.relevant_until()),
+        at: ActiveValue::Set(at),
+    }
+}
+
+fn from_row(row: Model) -> StoreResult<LoggedRevocation> {
+    let revocation = Revocation::from_parts(&row.kind, row.subject, row.value)
+        .ok_or_else(|| corrupt(TABLE, format!("unknown kind {:?}", row.kind)))?;
+    Ok(LoggedRevocation { seq: row.seq, at: row.at, revocation })
+}
+
+#[async_trait]
+impl RevocationLog for SqlStore {
+    async fn append_revocations(&self, revocations: &[Revocation], at: i64) -> StoreResult<()> {
+        if revocations.is_empty() {
+            return Ok(());
+        }
+        // One statement; an entry already in the log is skipped, not an error.
+        Entity::insert_many(revocations.iter().map(|r| to_row(r, at)))
+            .on_conflict(OnConflict::columns([Column::Kind, Column::Subject, Column::Value]).do_nothing().to_owned())
+            .do_nothing()
+            .exec_without_returning(&self.db)
+            .await
+            .map_err(error::from_db)?;
+        Ok(())
+    }
+
+    async fn revocations_after(&self, after: i64, now: i64, limit: u64) -> StoreResult<Vec<LoggedRevocation>> {
+        // Postgres binds LIMIT as a signed BIGINT.
+        let limit = limit.min(i64::MAX as u64);
+        Entity::find()
+            .filter(Column::Seq.gt(after))
+            .filter(Column::RelevantUntil.gt(now))
+            .order_by_asc(Column::Seq)
+            .limit(limit)
+            .all(&self.db)
+            .await
+            .map_err(error::from_db)?
+            .into_iter()
+            .map(from_row)
+            .collect()
+    }
+
+    async fn purge_revocations(&self, now: i64) -> StoreResult<u64> {
+        let done = Entity::delete_many()
+            .filter(Column::RelevantUntil.lte(now))
+            .exec(&self.db)
+            .await
+            .map_err(error::from_db)?;
+        Ok(done.rows_affected)
+    }
+
+    async fn client_id_retired(&self, client_id: &str) -> StoreResult<bool> {
+        let (kind, _, forever) = Revocation::Client { id: String::new(), before: Revocation::FOREVER }.parts();
+        let n = Entity::find()
+            .filter(Column::Kind.eq(kind))
+            .filter(Column::Subject.eq(client_id))
+            .filter(Column::Value.eq(forever))
+            .count(&self.db)
+            .await
+            .map_err(error::from_db)?;
+        Ok(n > 0)
+    }
+}
