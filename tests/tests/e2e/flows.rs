@@ -7,9 +7,11 @@ use tessera_proto::admin::v1 as adminpb;
 use tessera_proto::token::v1 as pb;
 use tessera_proto::token::v1::authorize_response::Outcome;
 
+pub use crate::revocation::*;
+
 const CB: &str = "https://app.example/cb";
 
-async fn service_client(app: &TestApp) -> (String, String) {
+pub(crate) async fn service_client(app: &TestApp) -> (String, String) {
     app.client(ClientSpec {
         id: "svc",
         grants: &["client_credentials"],
@@ -19,7 +21,7 @@ async fn service_client(app: &TestApp) -> (String, String) {
     .await
 }
 
-async fn web_client(app: &TestApp) -> (String, String) {
+pub(crate) async fn web_client(app: &TestApp) -> (String, String) {
     app.client(ClientSpec {
         id: "web",
         grants: &["authorization_code", "refresh_token", "password"],
@@ -29,7 +31,7 @@ async fn web_client(app: &TestApp) -> (String, String) {
     .await
 }
 
-fn cc(client: &(String, String), scope: &str) -> pb::IssueTokenRequest {
+pub(crate) fn cc(client: &(String, String), scope: &str) -> pb::IssueTokenRequest {
     pb::IssueTokenRequest {
         grant_type: "client_credentials".into(),
         client_id: client.0.clone(),
@@ -39,7 +41,7 @@ fn cc(client: &(String, String), scope: &str) -> pb::IssueTokenRequest {
     }
 }
 
-fn password(client: &(String, String), user: &str, pass: &str, scope: &str) -> pb::IssueTokenRequest {
+pub(crate) fn password(client: &(String, String), user: &str, pass: &str, scope: &str) -> pb::IssueTokenRequest {
     pb::IssueTokenRequest {
         grant_type: "password".into(),
         client_id: client.0.clone(),
@@ -51,7 +53,7 @@ fn password(client: &(String, String), user: &str, pass: &str, scope: &str) -> p
     }
 }
 
-fn refresh(client: &(String, String), token: &str, scope: &str) -> pb::IssueTokenRequest {
+pub(crate) fn refresh(client: &(String, String), token: &str, scope: &str) -> pb::IssueTokenRequest {
     pb::IssueTokenRequest {
         grant_type: "refresh_token".into(),
         client_id: client.0.clone(),
@@ -1167,4 +1169,90 @@ pub async fn a_rotation_on_one_node_is_honoured_by_another_at_once(app: TestApp)
         .unwrap()
         .into_inner();
     assert!(i.active, "node B verifies a token signed with the key rotated in on node A");
+}
+
+/// `app` restarted with the refresh retry window on: the harness turns it off, so the flows
+/// above see every second presentation of a rotated token as reuse.
+async fn with_retry_window(mut app: TestApp, seconds: i64) -> TestApp {
+    app.settings.tokens.refresh_retry_window = seconds;
+    app.restart().await;
+    app
+}
+
+pub async fn a_refresh_retried_within_the_window_gets_the_same_successor_until_the_successor_is_used(app: TestApp) {
+    let app = with_retry_window(app, 5).await;
+    let web = web_client(&app).await;
+    app.user("alice", "alice-password").await;
+    let first = app.issue(password(&web, "alice", "alice-password", "openid profile")).await.unwrap();
+    let second = app.issue(refresh(&web, &first.refresh_token, "")).await.unwrap();
+    // The answer was lost; the client sends the same request again.
+    app.clock.advance_secs(2);
+    let again = app.issue(refresh(&web, &first.refresh_token, "")).await.unwrap();
+    assert_eq!(again.refresh_token, second.refresh_token, "the same successor, not a new branch");
+    let (first_claims, again_claims) = (jwt_parts(&second.access_token).1, jwt_parts(&again.access_token).1);
+    assert_eq!(again_claims["jti"], first_claims["jti"], "the successor's own access token id");
+    assert_eq!(again_claims["exp"], first_claims["exp"], "and no later expiry");
+    assert_eq!(again.scope, "openid profile");
+    assert!(!again.id_token.is_empty(), "an ID token for an openid scope");
+    assert!(app.introspect(&again.access_token, (&web.0, &web.1)).await.active);
+    // Another client cannot retry it.
+    let other =
+        app.client(ClientSpec { id: "other", grants: &["password", "refresh_token"], ..Default::default() }).await;
+    assert_oauth(app.issue(refresh(&other, &first.refresh_token, "")).await, ErrorCode::InvalidGrant, "other client");
+
+    // The successor is used: from now on the old token is reuse, and the family is revoked.
+    let third = app.issue(refresh(&web, &again.refresh_token, "")).await.unwrap();
+    assert_oauth(app.issue(refresh(&web, &first.refresh_token, "")).await, ErrorCode::InvalidGrant, "reuse");
+    assert_oauth(app.issue(refresh(&web, &third.refresh_token, "")).await, ErrorCode::InvalidGrant, "family revoked");
+    for t in [&second.access_token, &again.access_token, &third.access_token] {
+        assert!(!app.introspect(t, (&web.0, &web.1)).await.active, "the family's access tokens are revoked");
+    }
+}
+
+pub async fn a_refresh_retried_after_the_window_is_reuse(app: TestApp) {
+    let app = with_retry_window(app, 1).await;
+    let web = web_client(&app).await;
+    app.user("alice", "alice-password").await;
+    let first = app.issue(password(&web, "alice", "alice-password", "")).await.unwrap();
+    let second = app.issue(refresh(&web, &first.refresh_token, "")).await.unwrap();
+    app.clock.advance_secs(2);
+    assert_oauth(app.issue(refresh(&web, &first.refresh_token, "")).await, ErrorCode::InvalidGrant, "late retry");
+    assert_oauth(app.issue(refresh(&web, &second.refresh_token, "")).await, ErrorCode::InvalidGrant, "family revoked");
+    assert!(!app.introspect(&second.access_token, (&web.0, &web.1)).await.active);
+}
+
+pub async fn concurrent_refreshes_of_one_token_within_the_window_never_make_two_live_chains(app: TestApp) {
+    let app = with_retry_window(app, 5).await;
+    let web = web_client(&app).await;
+    app.user("alice", "alice-password").await;
+    let t = app.issue(password(&web, "alice", "alice-password", "")).await.unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(app.connect().await);
+    }
+    let attempts = (0..16).map(|i| {
+        let mut c = clients[i % clients.len()].clone();
+        let req = refresh(&web, &t.refresh_token, "");
+        tokio::spawn(async move { c.issue_token(req).await.map(|r| r.into_inner()) })
+    });
+    let results: Vec<_> = join_all(attempts).await.into_iter().map(|r| r.unwrap()).collect();
+    for r in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(oauth_code(r), ErrorCode::InvalidGrant, "{r:?}");
+    }
+    let mut distinct: Vec<&str> = results.iter().filter_map(|r| r.as_ref().ok()).map(|t| t.refresh_token.as_str()).collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    // Every presentation is the same refresh: one successor, handed to each of them.
+    assert!(results.iter().all(|r| r.is_ok()), "each concurrent presentation is answered: {results:?}");
+    assert_eq!(distinct.len(), 1, "one successor, not {} branches", distinct.len());
+
+    // Whatever was handed out, at most one chain goes on.
+    let mut live = 0;
+    for token in &distinct {
+        if app.issue(refresh(&web, token, "")).await.is_ok() {
+            live += 1;
+        }
+    }
+    assert_eq!(live, 1, "exactly one live chain");
+    assert_oauth(app.issue(refresh(&web, &t.refresh_token, "")).await, ErrorCode::InvalidGrant, "old token after use");
 }

@@ -10,6 +10,7 @@ mod flows;
 mod harness;
 mod leaks;
 mod outage;
+mod revocation;
 
 macro_rules! for_both_backends {
     ($($name:ident),* $(,)?) => {
@@ -66,6 +67,13 @@ for_both_backends!(
     health_and_reflection_are_served,
     rotating_the_signing_key_keeps_old_tokens_valid_and_signs_with_the_new_key,
     a_rotation_on_one_node_is_honoured_by_another_at_once,
+    disabling_a_user_revokes_their_tokens_on_every_node,
+    setting_a_password_revokes_the_old_tokens_and_the_new_password_signs_in_at_once,
+    rotating_a_client_secret_revokes_its_tokens_and_every_node_takes_the_new_secret,
+    deleting_a_client_revokes_its_tokens_everywhere_and_its_id_is_never_reused,
+    a_refresh_retried_within_the_window_gets_the_same_successor_until_the_successor_is_used,
+    a_refresh_retried_after_the_window_is_reuse,
+    concurrent_refreshes_of_one_token_within_the_window_never_make_two_live_chains,
 );
 
 mod sealed_keys {

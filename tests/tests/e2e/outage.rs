@@ -293,3 +293,72 @@ async fn while_postgres_is_silent_the_breaker_answers_at_once_and_closes_when_it
     eventually(Duration::from_secs(15), || app.issue(cc.clone())).await;
     assert!(!store.circuit_open(), "the probe closed the breaker");
 }
+
+/// DESIGN.md rule 9: a revocation made while the fan-out is cut is durable, answered as a
+/// revocation (not as an outage), and reaches every node by itself, during the cut and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revocation_made_while_redis_is_cut_reaches_every_node_without_client_action() {
+    use crate::revocation::until_inactive_on;
+    let redis = Proxy::start("127.0.0.1:6379").await;
+    let redis_addr = redis.addr;
+    let Some(app) =
+        TestApp::spawn_with(Backend::PostgresRedis, |s| s.redis.url = format!("redis://{redis_addr}")).await
+    else {
+        return;
+    };
+    let (_node_b, mut b) = app.second_node().await;
+    let svc = app.client(ClientSpec { id: "svc", grants: &["client_credentials"], ..Default::default() }).await;
+    let web = app.client(ClientSpec { id: "web", grants: &["password", "refresh_token"], ..Default::default() }).await;
+    app.user("alice", "alice-password").await;
+    let first = app
+        .issue(pb::IssueTokenRequest {
+            grant_type: "password".into(),
+            client_id: web.0.clone(),
+            client_secret: web.1.clone(),
+            username: "alice".into(),
+            password: "alice-password".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let refresh = |token: &str| pb::IssueTokenRequest {
+        grant_type: "refresh_token".into(),
+        client_id: web.0.clone(),
+        client_secret: web.1.clone(),
+        refresh_token: token.into(),
+        ..Default::default()
+    };
+    let second = app.issue(refresh(&first.refresh_token)).await.unwrap();
+    let cc = pb::IssueTokenRequest {
+        grant_type: "client_credentials".into(),
+        client_id: svc.0.clone(),
+        client_secret: svc.1.clone(),
+        ..Default::default()
+    };
+    let t = app.issue(cc).await.unwrap();
+
+    redis.cut();
+    // Reuse during the cut: the family is revoked, and that is the answer.
+    assert_oauth(app.issue(refresh(&first.refresh_token)).await, ErrorCode::InvalidGrant, "reuse while Redis is cut");
+    let revoked = app
+        .token
+        .clone()
+        .revoke(pb::RevokeRequest {
+            token: t.access_token.clone(),
+            token_type_hint: String::new(),
+            client_id: svc.0.clone(),
+            client_secret: svc.1.clone(),
+        })
+        .await;
+    assert!(revoked.is_ok(), "a revocation is durable first, so it succeeds without the fan-out: {revoked:?}");
+    let during = until_inactive_on(&mut b, &second.access_token, &web, "the reused family, during the cut").await;
+    until_inactive_on(&mut b, &t.access_token, &svc, "the revoked token, during the cut").await;
+    eprintln!("during the Redis cut, node B refused the family's token {during:?} after the reuse");
+
+    redis.restore();
+    let after = until_inactive_on(&mut b, &second.access_token, &web, "after the restore").await;
+    assert!(!app.introspect(&t.access_token, (&svc.0, &svc.1)).await.active);
+    // Presenting the revoked family again re-announces it, and is still refused.
+    assert_oauth(app.issue(refresh(&second.refresh_token)).await, ErrorCode::InvalidGrant, "a token of the family");
+    eprintln!("after the restore node B says inactive within {after:?}");
+}
