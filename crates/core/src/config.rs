@@ -29,6 +29,11 @@ pub struct CoreConfig {
     /// round trip. Changes made through this node apply at once; through another node, within
     /// this many seconds. 0 disables the cache.
     pub client_cache_ttl: i64,
+    /// How long after a refresh a retry of it (the same rotated token, from the same client,
+    /// its successor never used) is answered with the same successor instead of being treated
+    /// as reuse, for clients that lost the first answer. 0 disables it: every second
+    /// presentation revokes the family.
+    pub refresh_retry_window: i64,
     /// The public client a request that names no client at all acts as, for APIs whose
     /// callers send none (such as a JSON password grant with only a username and password).
     /// `None` (the default): such a request is `invalid_client`.
@@ -61,6 +66,7 @@ impl CoreConfig {
             code_tombstone_ttl: 24 * 3600,
             signing_alg: tessera_crypto::keys::Algorithm::Es256,
             client_cache_ttl: 10,
+            refresh_retry_window: 5,
             key_encryption_key: None,
             default_client_id: None,
             passwords: tessera_crypto::password_pool::PoolConfig::for_this_machine(),

@@ -11,6 +11,7 @@ pub mod keys;
 pub mod password;
 pub mod password_pool;
 pub mod seal;
+pub mod succession;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;

@@ -233,12 +233,12 @@ mod cases {
     use std::collections::BTreeSet;
     use std::sync::Arc;
     use tessera_core::model::{Client, GrantType, User};
+    use tessera_core::ports::Succession;
     use tessera_core::ports::{
         AuditEvent, AuditLog, ClientStore, ConsentStore, Durable, KeyStore, RefreshRecord, RefreshState, RefreshStore,
         Rotation, StoredKey, UserStore,
     };
     use tessera_core::StoreError;
-    use tessera_core::ports::Succession;
     use tessera_crypto::succession::SuccessorSalt;
     use tessera_crypto::Digest;
     use tessera_store::SqlStore;
@@ -411,8 +411,11 @@ mod cases {
     pub async fn a_refresh_token_reads_back_exactly_as_stored(s: Arc<SqlStore>, _: Backend) {
         let with_user = refresh("t1", "f1", 1_000);
         let without_user = RefreshRecord { user_id: None, auth_time: None, ..refresh("t2", "f2", 2_000) };
-        let rotated =
-            RefreshRecord { state: RefreshState::Rotated, succession: Some(succession(3_500)), ..refresh("t3", "f3", 3_000) };
+        let rotated = RefreshRecord {
+            state: RefreshState::Rotated,
+            succession: Some(succession(3_500)),
+            ..refresh("t3", "f3", 3_000)
+        };
         s.insert_refresh(&with_user).await.unwrap();
         s.insert_refresh(&without_user).await.unwrap();
         s.insert_refresh(&rotated).await.unwrap();

@@ -86,6 +86,10 @@ pub struct TokenSettings {
     pub audience: Option<String>,
     /// Seconds a node trusts a client it read from the database (0: no cache).
     pub client_cache_ttl: i64,
+    /// Seconds after a refresh in which the same client presenting the same (now rotated)
+    /// refresh token again, its successor unused, gets that successor back instead of having
+    /// the family revoked (0: every second presentation is reuse).
+    pub refresh_retry_window: i64,
     /// A public client that token requests naming no client at all act as (off when empty).
     pub default_client_id: String,
 }
@@ -236,6 +240,7 @@ impl Default for TokenSettings {
             lockout_window: core.lockout_window,
             signing_alg: core.signing_alg.as_str().into(),
             client_cache_ttl: core.client_cache_ttl,
+            refresh_retry_window: core.refresh_retry_window,
             default_client_id: String::new(),
             audience: None,
         }
@@ -347,6 +352,9 @@ impl Settings {
         }
         if t.lockout_threshold == 0 {
             bail!("tokens.lockout_threshold: must be at least 1");
+        }
+        if !(0..=60).contains(&t.refresh_retry_window) {
+            bail!("tokens.refresh_retry_window: must be 0 (off) to 60 seconds, got {}", t.refresh_retry_window);
         }
         if tessera_crypto::keys::Algorithm::parse(&t.signing_alg).is_none() {
             bail!("tokens.signing_alg: must be ES256, EdDSA or RS256, got {:?}", t.signing_alg);
@@ -470,6 +478,7 @@ impl Settings {
         c.lockout_threshold = t.lockout_threshold;
         c.lockout_window = t.lockout_window;
         c.client_cache_ttl = t.client_cache_ttl.max(0);
+        c.refresh_retry_window = t.refresh_retry_window;
         c.default_client_id = Some(t.default_client_id.clone()).filter(|id| !id.is_empty());
         c.key_encryption_key = self.key_encryption_key()?;
         c.passwords = self.core_passwords();
@@ -576,6 +585,11 @@ mod tests {
 
         let e = Settings::load(None, &env(&[("TESSERA_TOKENS__ACCESS_TOKEN_TTL", "-5")])).unwrap_err();
         assert!(e.to_string().contains("tokens.access_token_ttl"), "{e}");
+        assert_eq!(Settings::load(None, &env(&[])).unwrap().tokens.refresh_retry_window, 5);
+        let s = Settings::load(None, &env(&[("TESSERA_TOKENS__REFRESH_RETRY_WINDOW", "0")])).unwrap();
+        assert_eq!(s.core_config().unwrap().refresh_retry_window, 0, "0 turns retries off");
+        let e = Settings::load(None, &env(&[("TESSERA_TOKENS__REFRESH_RETRY_WINDOW", "-1")])).unwrap_err();
+        assert!(e.to_string().contains("tokens.refresh_retry_window"), "{e}");
         let e = Settings::load(None, &env(&[("TESSERA_KEYS__ENCRYPTION_KEY", "c2hvcnQ=")])).unwrap_err();
         assert!(format!("{e:#}").contains("keys.encryption_key"), "{e:#}");
         assert!(!format!("{e:#}").contains("c2hvcnQ="), "the bad key itself is not echoed: {e:#}");

@@ -1239,7 +1239,8 @@ pub async fn concurrent_refreshes_of_one_token_within_the_window_never_make_two_
     for r in results.iter().filter_map(|r| r.as_ref().err()) {
         assert_eq!(oauth_code(r), ErrorCode::InvalidGrant, "{r:?}");
     }
-    let mut distinct: Vec<&str> = results.iter().filter_map(|r| r.as_ref().ok()).map(|t| t.refresh_token.as_str()).collect();
+    let mut distinct: Vec<&str> =
+        results.iter().filter_map(|r| r.as_ref().ok()).map(|t| t.refresh_token.as_str()).collect();
     distinct.sort_unstable();
     distinct.dedup();
     // Every presentation is the same refresh: one successor, handed to each of them.

@@ -123,8 +123,7 @@ pub trait RefreshStore: Send + Sync {
     /// `UPDATE … WHERE state = 'active'`), and the succession recorded is that call's. If `old`
     /// is `Rotated`, returns `Reused` and changes nothing (its succession stays the first
     /// one's). Otherwise `Unknown`.
-    async fn rotate_refresh(&self, old: Digest, succession: &Succession, new: &RefreshRecord)
-        -> StoreResult<Rotation>;
+    async fn rotate_refresh(&self, old: Digest, succession: &Succession, new: &RefreshRecord) -> StoreResult<Rotation>;
     /// Marks every token of the family `Revoked` and returns the `(access_jti, access_exp)`
     /// of every row, so the caller can revoke the access tokens that are still live.
     /// Revoking a revoked or unknown family is not an error.

@@ -22,6 +22,20 @@ pub struct Model {
     pub access_exp: i64,
     /// `active`, `rotated` or `revoked` (`RefreshState::as_str`).
     pub state: String,
+    /// When the token was rotated; null while active (and on rows rotated before it was kept).
+    pub rotated_at: Option<i64>,
+    /// The salt its successor was derived from; set together with `rotated_at`.
+    pub successor_salt: Option<SaltBytes>,
+}
+
+/// A successor salt as stored. Hand-written `Debug`, so a row printed whole shows no salt.
+#[derive(Clone, PartialEq, Eq, DeriveValueType)]
+pub struct SaltBytes(pub Vec<u8>);
+
+impl std::fmt::Debug for SaltBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SaltBytes(<redacted>)")
+    }
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -1,12 +1,13 @@
 use super::{corrupt, digest_from_hex};
-use crate::entity::refresh_tokens::{Column, Entity, Model};
+use crate::entity::refresh_tokens::{Column, Entity, Model, SaltBytes};
 use crate::error;
 use crate::SqlStore;
 use async_trait::async_trait;
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, TransactionTrait};
-use tessera_core::ports::{RefreshRecord, RefreshState, RefreshStore, Rotation};
+use tessera_core::ports::{RefreshRecord, RefreshState, RefreshStore, Rotation, Succession};
 use tessera_core::StoreResult;
+use tessera_crypto::succession::SuccessorSalt;
 use tessera_crypto::Digest;
 
 const TABLE: &str = "refresh_tokens";
@@ -30,10 +31,21 @@ fn to_row(record: &RefreshRecord, state: RefreshState) -> Model {
         access_jti: record.access_jti.clone(),
         access_exp: record.access_exp,
         state: state.as_str().to_owned(),
+        rotated_at: record.succession.as_ref().map(|s| s.at),
+        successor_salt: record.succession.as_ref().map(|s| SaltBytes(s.salt.expose().to_vec())),
     }
 }
 
 fn from_row(row: Model) -> StoreResult<RefreshRecord> {
+    let succession = match (row.rotated_at, &row.successor_salt) {
+        (Some(at), Some(salt)) => Some(Succession {
+            at,
+            salt: SuccessorSalt::from_slice(&salt.0)
+                .ok_or_else(|| corrupt(TABLE, "a successor salt is not 32 bytes"))?,
+        }),
+        (None, None) => None,
+        _ => return Err(corrupt(TABLE, "rotated_at and successor_salt are set one without the other")),
+    };
     Ok(RefreshRecord {
         digest: digest_from_hex(TABLE, &row.digest)?,
         state: RefreshState::parse(&row.state)
@@ -47,6 +59,7 @@ fn from_row(row: Model) -> StoreResult<RefreshRecord> {
         auth_time: row.auth_time,
         access_jti: row.access_jti,
         access_exp: row.access_exp,
+        succession,
     })
 }
 
@@ -64,7 +77,7 @@ impl RefreshStore for SqlStore {
         Entity::find_by_id(digest.to_hex()).one(&self.db).await.map_err(error::from_db)?.map(from_row).transpose()
     }
 
-    async fn rotate_refresh(&self, old: Digest, new: &RefreshRecord) -> StoreResult<Rotation> {
+    async fn rotate_refresh(&self, old: Digest, succession: &Succession, new: &RefreshRecord) -> StoreResult<Rotation> {
         let old = old.to_hex();
         let txn = self.db.begin().await.map_err(error::from_db)?;
         // The winner is whoever's UPDATE matches the row while it is still active: Postgres
@@ -72,6 +85,8 @@ impl RefreshStore for SqlStore {
         // writers. Either way exactly one sees rows_affected = 1.
         let flipped = Entity::update_many()
             .col_expr(Column::State, Expr::value(ROTATED))
+            .col_expr(Column::RotatedAt, Expr::value(succession.at))
+            .col_expr(Column::SuccessorSalt, Expr::value(succession.salt.expose().to_vec()))
             .filter(Column::Digest.eq(old.as_str()))
             .filter(Column::State.eq(ACTIVE))
             .exec(&txn)
