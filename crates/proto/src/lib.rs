@@ -91,7 +91,7 @@ pub fn to_status(e: &OAuthError) -> Status {
 
 /// A gRPC status back as an OAuth error. A status without OAuth details (a transport failure,
 /// a proxy's answer) becomes `temporarily_unavailable` when the service could not be reached
-/// and `server_error` otherwise.
+/// or the call was lost on the way (see [`lost_in_transport`]), and `server_error` otherwise.
 pub fn from_status(s: &Status) -> OAuthError {
     if let Some(info) = s.get_details_error_info() {
         if info.domain == OAUTH_DOMAIN {
@@ -104,8 +104,32 @@ pub fn from_status(s: &Status) -> OAuthError {
         Code::Unavailable | Code::DeadlineExceeded => {
             OAuthError::new(ErrorCode::TemporarilyUnavailable, "the token service is unavailable; retry later")
         }
-        _ => OAuthError::server_error(format!("unexpected gRPC status {:?}", s.code())),
+        code if lost_in_transport(s) => {
+            OAuthError::new(ErrorCode::TemporarilyUnavailable, "the token service is unavailable; retry later")
+                .with_detail(format!("the call was lost in transport ({code:?}): {}", s.message()))
+        }
+        code => OAuthError::server_error(format!("unexpected gRPC status {code:?}")),
     }
+}
+
+/// Whether the client side made this status because the call got no answer: the connection
+/// broke or was reset (a replica killed mid-call), could not be made, or timed out. tonic then
+/// reports `Unknown` or `Cancelled` with the transport error as the status's source; a status
+/// the server sent has no source. Decided by the errors' types, never by their text.
+pub fn lost_in_transport(s: &Status) -> bool {
+    let mut source = std::error::Error::source(s);
+    while let Some(e) = source {
+        if e.is::<tonic::transport::Error>()
+            || e.is::<tonic::TimeoutExpired>()
+            || e.is::<tonic::ConnectError>()
+            || e.is::<hyper::Error>()
+            || e.is::<std::io::Error>()
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 #[cfg(test)]
@@ -141,5 +165,31 @@ mod tests {
     fn a_status_without_oauth_details_is_classified_by_its_code() {
         assert_eq!(from_status(&Status::unavailable("down")).code, ErrorCode::TemporarilyUnavailable);
         assert_eq!(from_status(&Status::internal("boom")).code, ErrorCode::ServerError);
+        assert_eq!(from_status(&Status::unknown("transport error")).code, ErrorCode::ServerError, "no source: sent");
+        assert_eq!(from_status(&Status::cancelled("canceled")).code, ErrorCode::ServerError, "no source: sent");
+    }
+
+    #[test]
+    fn a_call_lost_in_transport_is_temporarily_unavailable_whatever_its_code() {
+        use std::io::{Error, ErrorKind};
+        let cases: Vec<(&str, Status)> = vec![
+            ("a broken pipe", Status::from_error(Box::new(Error::new(ErrorKind::BrokenPipe, "stream closed")))),
+            ("a reset connection", Status::from_error(Box::new(Error::from(ErrorKind::ConnectionReset)))),
+            ("a timeout", Status::from_error(Box::new(tonic::TimeoutExpired(())))),
+            (
+                "a failed connect",
+                Status::from_error(Box::new(tonic::ConnectError(Box::new(Error::from(ErrorKind::ConnectionRefused))))),
+            ),
+        ];
+        for (what, status) in cases {
+            assert!(lost_in_transport(&status), "{what}");
+            let e = from_status(&status);
+            assert_eq!(e.code, ErrorCode::TemporarilyUnavailable, "{what}: {status:?}");
+        }
+        // OAuth details win over the transport: they are the service's own answer.
+        let mut answered = to_status(&OAuthError::invalid_grant("no"));
+        assert!(!lost_in_transport(&answered));
+        answered = Status::from_error(Box::new(answered));
+        assert_eq!(from_status(&answered).code, ErrorCode::InvalidGrant);
     }
 }

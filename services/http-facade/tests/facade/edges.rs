@@ -2,6 +2,11 @@
 //! answers a client gets when the transport itself fails.
 
 use crate::harness::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
 
 /// The `client_addr` the token service recorded on the span of a refused `IssueToken` call
 /// of this client.
@@ -83,4 +88,114 @@ async fn without_trusted_proxies_x_forwarded_for_is_ignored() {
         }],
     )
     .await;
+}
+
+/// A loopback TCP proxy in front of the token service that can be cut: every connection is
+/// dropped at once and new ones are refused, as when the replica behind it is killed.
+struct CutProxy {
+    addr: std::net::SocketAddr,
+    up: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    accept: JoinHandle<()>,
+}
+
+impl CutProxy {
+    async fn start(target: std::net::SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(AtomicBool::new(true));
+        let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let (up2, conns2) = (Arc::clone(&up), Arc::clone(&conns));
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !up2.load(Ordering::SeqCst) {
+                    continue;
+                }
+                conns2.lock().unwrap().push(tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(target).await {
+                        let _ = outbound.set_nodelay(true);
+                        let _ = inbound.set_nodelay(true);
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                }));
+            }
+        });
+        Self { addr, up, conns, accept }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+}
+
+impl Relay for CutProxy {
+    fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_service_killed_mid_call_is_a_503_at_the_facade_never_a_500() {
+    let Some((app, proxy)) = TestApp::spawn_behind(Pair::SqliteMemory, |_| {}, CutProxy::start).await else { return };
+    let (id, secret) = app.confidential(&["password"]).await;
+    app.create_user("slow", "a slow password").await;
+    // Password grants (an Argon2 check each) keep many calls in flight; the cut comes once
+    // answers are flowing, so it lands in the middle of calls.
+    let ok = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let (http, url, basic, ok) =
+            (app.http.clone(), app.url("/oauth2/token"), basic_header(&id, &secret), Arc::clone(&ok));
+        calls.spawn(async move {
+            let mut answers = vec![];
+            for _ in 0..12 {
+                let r = http
+                    .post(&url)
+                    .header("Authorization", &basic)
+                    .form(&[("grant_type", "password"), ("username", "slow"), ("password", "a slow password")])
+                    .send()
+                    .await
+                    .unwrap();
+                let a = Answer::of(r).await;
+                if a.status.as_u16() == 200 {
+                    ok.fetch_add(1, Ordering::SeqCst);
+                }
+                answers.push(a);
+            }
+            answers
+        });
+    }
+    let started = std::time::Instant::now();
+    while ok.load(Ordering::SeqCst) < 16 {
+        assert!(started.elapsed() < Duration::from_secs(30), "password grants do not succeed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    proxy.cut();
+    let mut by_status = std::collections::BTreeMap::<u16, usize>::new();
+    while let Some(answers) = calls.join_next().await {
+        for a in answers.unwrap() {
+            *by_status.entry(a.status.as_u16()).or_default() += 1;
+            match a.status.as_u16() {
+                200 => {}
+                503 => {
+                    a.assert_error(503, "temporarily_unavailable");
+                    assert!(!a.header("retry-after").is_empty(), "a 503 says when to retry");
+                }
+                other => panic!("a {other} while the token service died: {}", a.text),
+            }
+        }
+    }
+    eprintln!("answers by status: {by_status:?}");
+    assert!(by_status.get(&503).is_some_and(|n| *n > 0), "the cut was seen: {by_status:?}");
+    app.stop().await;
 }

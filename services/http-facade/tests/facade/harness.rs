@@ -76,6 +76,18 @@ pub struct TestApp {
 
 pub use tessera_testkit::skip_or_fail;
 
+/// What stands between the facade and the token service in [`TestApp::spawn_behind`].
+pub trait Relay {
+    fn addr(&self) -> std::net::SocketAddr;
+}
+
+/// Nothing: the facade calls the token service directly.
+impl Relay for std::net::SocketAddr {
+    fn addr(&self) -> std::net::SocketAddr {
+        *self
+    }
+}
+
 impl TestApp {
     /// Starts both services; `None` (after a loud SKIPPED) when the pair's servers are
     /// unreachable outside CI.
@@ -84,6 +96,16 @@ impl TestApp {
     }
 
     pub async fn spawn_with(pair: Pair, tweak: impl FnOnce(&mut Settings)) -> Option<Self> {
+        Self::spawn_behind(pair, tweak, |addr| async move { addr }).await.map(|(app, _)| app)
+    }
+
+    /// Starts both services with something between them: `relay` gets the token service's
+    /// gRPC address and returns what the facade should call (e.g. a proxy that can be cut).
+    pub async fn spawn_behind<R: Relay, F: std::future::Future<Output = R>>(
+        pair: Pair,
+        tweak: impl FnOnce(&mut Settings),
+        relay: impl FnOnce(std::net::SocketAddr) -> F,
+    ) -> Option<(Self, R)> {
         let dir = tempfile::tempdir().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
@@ -115,14 +137,13 @@ impl TestApp {
         tweak(&mut settings);
         let token_service = Application::build(settings.clone()).await.expect("the token service starts");
         let grpc_url = format!("http://{}", token_service.grpc_addr());
-        let facade = FacadeApplication::build_with_listener(settings.clone(), &grpc_url, listener)
-            .await
-            .expect("the facade starts");
-        // Flows that check reuse detection present a rotated token at once, which the retry
-        // window would answer as a retry.
-        settings.tokens.refresh_retry_window = 0;
+        let relay = relay(token_service.grpc_addr()).await;
+        let facade =
+            FacadeApplication::build_with_listener(settings.clone(), &format!("http://{}", relay.addr()), listener)
+                .await
+                .expect("the facade starts");
         let channel = tonic::transport::Endpoint::from_shared(grpc_url.clone()).unwrap().connect().await.unwrap();
-        Some(Self {
+        let app = Self {
             base,
             http: plain_client(),
             admin: AdminServiceClient::new(channel),
@@ -130,7 +151,8 @@ impl TestApp {
             facade: Some(facade),
             _dir: dir,
             _cleanup: cleanup,
-        })
+        };
+        Some((app, relay))
     }
 
     pub fn url(&self, path: &str) -> String {
