@@ -56,14 +56,20 @@ pub struct Authenticated {
 const FRESH_LOGIN_SECS: i64 = 600;
 
 impl Tessera {
-    /// Checks a username and password (with lockout) and opens a login session.
+    /// Checks a username and password (behind the throttles, by `source` and by account) and
+    /// opens a login session.
     #[tracing::instrument(skip_all)]
-    pub async fn authenticate(&self, username: &str, password: &Password) -> Result<Authenticated, OAuthError> {
+    pub async fn authenticate(
+        &self,
+        username: &str,
+        password: &Password,
+        source: Option<std::net::IpAddr>,
+    ) -> Result<Authenticated, OAuthError> {
         if password.is_empty() || password.expose().len() > 1024 {
             return Err(OAuthError::invalid_request("a password is required"));
         }
         normalize_username(username)?;
-        let user = self.verify_user_password(username, password).await?;
+        let user = self.verify_user_password(username, password, source).await?;
         let now = self.now();
         let session = SessionHandle::new(tessera_crypto::random_secret(32));
         let record = LoginSession {

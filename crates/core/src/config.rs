@@ -17,8 +17,11 @@ pub struct CoreConfig {
     pub session_ttl: i64,
     /// Where a person enters a user code (RFC 8628 §3.2 `verification_uri`).
     pub verification_uri: String,
-    /// Failed password attempts within `lockout_window` that lock an account.
+    /// Failed password attempts on one account that pass without delay; after them each
+    /// attempt waits a delay that doubles from 1 s to 30 s (never a hard lock; see
+    /// [`crate::throttle`]).
     pub lockout_threshold: u32,
+    /// Quiet seconds after the last failure after which an account's count starts afresh.
     pub lockout_window: i64,
     /// How long a used code's tombstone is kept so a replay can still revoke.
     pub code_tombstone_ttl: i64,
@@ -61,7 +64,7 @@ impl CoreConfig {
             device_code_ttl: 600,
             device_interval: 5,
             session_ttl: 8 * 3600,
-            lockout_threshold: 5,
+            lockout_threshold: 10,
             lockout_window: 15 * 60,
             code_tombstone_ttl: 24 * 3600,
             signing_alg: tessera_crypto::keys::Algorithm::Es256,

@@ -3,14 +3,16 @@
 
 use crate::clock::Clock;
 use crate::config::CoreConfig;
-use crate::error::OAuthError;
+use crate::error::{ErrorCode, OAuthError};
 use crate::keys::KeyRing;
 use crate::model::{Client, ClientSecret, GrantType, Password, RefreshToken, ScopeSet, User};
 use crate::ports::{AuditEvent, Durable, Ephemeral, RefreshRecord, RefreshState};
 use crate::revocation::{LogCursor, Revocations};
+use crate::throttle;
 use crate::tokens::{self, AccessClaims, VerifiedCache};
 use serde_json::json;
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -376,39 +378,62 @@ impl Tessera {
         }
     }
 
-    /// Checks a user's password with lockout (DESIGN.md: Argon2id, lockout on repeated
-    /// failure, one generic error whether the user exists or not). Fails closed: without
-    /// its failure counter no password is checked.
-    pub(crate) async fn verify_user_password(&self, username: &str, password: &Password) -> Result<User, OAuthError> {
-        let generic =
-            || OAuthError::invalid_grant("invalid username or password, or the account is temporarily locked");
+    /// Checks a user's password behind the throttles (DESIGN.md rule 8: Argon2id on the
+    /// bounded pool; the source, then the account, counted before anything is checked; one
+    /// generic error whether the user exists or not). Fails closed: without its throttle no
+    /// password is checked.
+    pub(crate) async fn verify_user_password(
+        &self,
+        username: &str,
+        password: &Password,
+        source: Option<IpAddr>,
+    ) -> Result<User, OAuthError> {
+        let generic = || OAuthError::invalid_grant("invalid username or password");
         let username = normalize_username(username)?;
-        let counter = format!("login:{}", tessera_crypto::Digest::of(username.as_bytes()).to_hex());
-        let failures = self.ephemeral.failures(&counter).await?;
-        if failures >= self.cfg.lockout_threshold {
-            return Err(generic());
+        let busy = ErrorCode::TemporarilyUnavailable;
+        let source_key = source.map(|ip| throttle::source_key("login-source", ip));
+        if let Some(key) = &source_key {
+            self.attempt(key, &throttle::LOGIN_SOURCE, busy).await?;
         }
+        let account_key = format!("login:{}", tessera_crypto::Digest::of(username.as_bytes()).to_hex());
+        let policy = throttle::account_policy(self.cfg.lockout_threshold, self.cfg.lockout_window);
+        let count = match self.attempt(&account_key, &policy, busy).await {
+            Ok(count) => count,
+            Err(e) => {
+                // Not checked, so not the source's failure: a person signing in from a clean
+                // source while their account is being guessed keeps a clean source.
+                if let Some(key) = &source_key {
+                    self.forgive(key, false).await;
+                }
+                return Err(e);
+            }
+        };
         let user = self.durable.find_user_by_username(&username).await?;
-        let presented = password.clone();
         let verified = match &user {
-            Some(u) => self.passwords.verify(presented.expose(), &u.password_hash).await?,
+            Some(u) => self.passwords.verify(password.expose(), &u.password_hash).await?,
             None => {
-                self.passwords.verify_dummy(presented.expose()).await?;
+                self.passwords.verify_dummy(password.expose()).await?;
                 false
             }
         };
         match user {
             Some(u) if verified && !u.disabled => {
-                if failures > 0 {
-                    self.ephemeral.clear_failures(&counter).await?;
+                self.forgive(&account_key, true).await;
+                if let Some(key) = &source_key {
+                    self.forgive(key, false).await;
                 }
                 Ok(u)
             }
             user => {
-                let count = self.ephemeral.record_failure(&counter, self.cfg.lockout_window).await?;
-                if count == self.cfg.lockout_threshold {
+                if count == policy.free.saturating_add(1) {
                     let uid = user.as_ref().map(|u| u.id.as_str());
-                    self.audit("lockout", None, uid, "too many failed password attempts").await;
+                    self.audit(
+                        "lockout",
+                        None,
+                        uid,
+                        "repeated password failures: attempts on this account are now delayed",
+                    )
+                    .await;
                 }
                 Err(generic())
             }

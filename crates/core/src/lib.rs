@@ -19,6 +19,7 @@ mod passwords;
 pub mod pkce;
 pub mod ports;
 pub mod revocation;
+pub mod throttle;
 pub mod tokens;
 
 pub use config::CoreConfig;

@@ -14,7 +14,7 @@ use futures::stream::{self, BoxStream, StreamExt as _};
 use tessera_core::clock::{Clock, SystemClock};
 use tessera_core::ports::{
     CodeGrant, CodeTake, DecideOutcome, DeviceDecision, DeviceGrant, DevicePoll, DeviceStatus, Ephemeral, Issued,
-    LoginSession, Revocation,
+    LoginSession, Revocation, ThrottlePolicy, Throttled,
 };
 use tessera_core::{StoreError, StoreResult};
 use tessera_crypto::Digest;
@@ -59,9 +59,12 @@ struct DeviceEntry {
     last_poll_ms: Option<i64>,
 }
 
-struct Failures {
+struct ThrottleEntry {
     count: u32,
-    window_end_ms: i64,
+    /// No attempt before this instant.
+    next_ms: i64,
+    /// The entry is forgotten at this instant.
+    reset_ms: i64,
 }
 
 #[derive(Default)]
@@ -70,7 +73,7 @@ struct State {
     devices: HashMap<Digest, Slot<DeviceEntry>>,
     user_codes: HashMap<String, Slot<Digest>>,
     sessions: HashMap<Digest, Slot<LoginSession>>,
-    failures: HashMap<String, Failures>,
+    throttles: HashMap<String, ThrottleEntry>,
     purge_at: usize,
 }
 
@@ -92,11 +95,7 @@ where
 
 impl State {
     fn len(&self) -> usize {
-        self.codes.len()
-            + self.devices.len()
-            + self.user_codes.len()
-            + self.sessions.len()
-            + self.failures.len()
+        self.codes.len() + self.devices.len() + self.user_codes.len() + self.sessions.len() + self.throttles.len()
     }
 
     /// Drops everything past its reclaim instant once the maps have doubled since the last
@@ -109,7 +108,7 @@ impl State {
         self.devices.retain(|_, s| s.reclaim_at_ms > now_ms);
         self.user_codes.retain(|_, s| s.reclaim_at_ms > now_ms);
         self.sessions.retain(|_, s| s.reclaim_at_ms > now_ms);
-        self.failures.retain(|_, f| f.window_end_ms > now_ms);
+        self.throttles.retain(|_, t| t.reset_ms > now_ms);
         self.purge_at = self.len().saturating_mul(2);
     }
 
@@ -320,28 +319,33 @@ impl Ephemeral for MemoryEphemeral {
         Ok(())
     }
 
-    async fn record_failure(&self, key: &str, window_secs: i64) -> StoreResult<u32> {
-        let now_ms = self.now_ms();
-        let window_ms = window_secs.clamp(1, MAX_TTL_SECS) * 1000;
+    async fn throttle(&self, key: &str, policy: &ThrottlePolicy, now_ms: i64) -> StoreResult<Throttled> {
         let mut st = self.state();
         st.purge_if_due(now_ms);
-        let entry = st.failures.entry(key.to_owned()).or_insert(Failures { count: 0, window_end_ms: now_ms });
-        if entry.window_end_ms <= now_ms {
-            // The window starts at the first failure, not at every one.
-            *entry = Failures { count: 0, window_end_ms: now_ms.saturating_add(window_ms) };
+        let fresh = ThrottleEntry { count: 0, next_ms: 0, reset_ms: 0 };
+        let entry = st.throttles.entry(key.to_owned()).or_insert(fresh);
+        if entry.reset_ms <= now_ms {
+            *entry = ThrottleEntry { count: 0, next_ms: 0, reset_ms: 0 };
+        }
+        if policy.stop_after > 0 && entry.count >= policy.stop_after {
+            return Ok(Throttled::Stopped { retry_after_ms: entry.reset_ms - now_ms });
+        }
+        if now_ms < entry.next_ms {
+            return Ok(Throttled::Wait { retry_after_ms: entry.next_ms - now_ms });
         }
         entry.count = entry.count.saturating_add(1);
-        Ok(entry.count)
+        entry.next_ms = now_ms.saturating_add(policy.delay_after(entry.count));
+        entry.reset_ms = now_ms.saturating_add(policy.forget_after_ms.max(1));
+        Ok(Throttled::Allowed { count: entry.count })
     }
 
-    async fn failures(&self, key: &str) -> StoreResult<u32> {
-        let now_ms = self.now_ms();
-        let st = self.state();
-        Ok(st.failures.get(key).filter(|f| f.window_end_ms > now_ms).map_or(0, |f| f.count))
-    }
-
-    async fn clear_failures(&self, key: &str) -> StoreResult<()> {
-        self.state().failures.remove(key);
+    async fn forgive(&self, key: &str, entirely: bool) -> StoreResult<()> {
+        let mut st = self.state();
+        if entirely {
+            st.throttles.remove(key);
+        } else if let Some(entry) = st.throttles.get_mut(key) {
+            entry.count = entry.count.saturating_sub(1);
+        }
         Ok(())
     }
 

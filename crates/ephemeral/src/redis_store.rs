@@ -14,7 +14,7 @@
 //! | `device:<digest hex>` | `{device}:<digest hex>` | hash | `grant` (JSON), `user_code`, `expires_at`, `interval`, `status`, `user_id`, `auth_time`, `last_poll_ms` |
 //! | `user_code:<user code>` | `{device}:user_code:<user code>` | string | the device digest hex (set with `NX`) |
 //! | `session:<digest hex>` | same | string | the `LoginSession` JSON |
-//! | `failures:<key>` | same | string | the counter (`INCR`, window set with `PEXPIRE … NX`) |
+//! | `throttle:<key>` | same | hash | `c` (attempts counted), `n` (no attempt before, Unix ms), `r` (forgotten at, Unix ms) |
 //!
 //! Revocations are announced on the channel `<prefix>revocations` in their wire form
 //! (`Revocation::to_wire`); nothing of them is stored here: the durable revocation log is
@@ -41,7 +41,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script};
 use tessera_core::ports::{
     CodeGrant, CodeTake, DecideOutcome, DeviceDecision, DeviceGrant, DevicePoll, DeviceStatus, Ephemeral, Issued,
-    LoginSession, Revocation,
+    LoginSession, Revocation, ThrottlePolicy, Throttled,
 };
 use tessera_core::{StoreError, StoreResult};
 use tessera_crypto::Digest;
@@ -54,7 +54,6 @@ use crate::redis_url::{self, Target, CLUSTER_SCHEME};
 use crate::{
     from_json, reclaim_ttl_secs, to_json, wall_now, DEVICE_GRACE_SECS, MAX_TTL_SECS, RECLAIM_GRACE_SECS, STORE,
 };
-
 
 /// The Redis [`Ephemeral`]. Cheap to clone: clones share one multiplexed connection (on a
 /// cluster, one connection per node).
@@ -83,7 +82,7 @@ enum Kind {
     Device,
     UserCode,
     Session,
-    Failures,
+    Throttle,
 }
 
 #[derive(Clone)]
@@ -99,7 +98,7 @@ impl Keys {
         match (kind, self.cluster) {
             (Kind::Code, _) => format!("{prefix}code:{id}"),
             (Kind::Session, _) => format!("{prefix}session:{id}"),
-            (Kind::Failures, _) => format!("{prefix}failures:{id}"),
+            (Kind::Throttle, _) => format!("{prefix}throttle:{id}"),
             (Kind::Device, false) => format!("{prefix}device:{id}"),
             (Kind::UserCode, false) => format!("{prefix}user_code:{id}"),
             (Kind::Device, true) => format!("{prefix}{{device}}:{id}"),
@@ -246,15 +245,42 @@ return {'consumed'}
     )
 });
 
-/// Counts a failure; the window starts at the first one (only the first sets the expiry).
-/// KEYS[1] counter key; ARGV window in ms. (Not `PEXPIRE … NX`: Redis 6 lacks it, and a
-/// script that fails after its INCR leaves a counter that never expires.)
-static RECORD_FAILURE: LazyLock<Script> = LazyLock::new(|| {
+/// One attempt under a throttle (see `ThrottlePolicy`), decided and counted in one step.
+/// KEYS[1] the throttle; ARGV now_ms, free, base_delay_ms, max_delay_ms, stop_after (0: never),
+/// forget_after_ms, reclaim ttl in ms. Returns {0, count} allowed, {1, ms} wait, {2, ms} stopped.
+static THROTTLE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-return n
+local now = tonumber(ARGV[1])
+local v = redis.call('HMGET', KEYS[1], 'c', 'n', 'r')
+local c, n, r = 0, 0, 0
+if v[3] and tonumber(v[3]) > now then
+  c = tonumber(v[1]); n = tonumber(v[2]); r = tonumber(v[3])
+end
+local stop = tonumber(ARGV[5])
+if stop > 0 and c >= stop then return {2, r - now} end
+if now < n then return {1, n - now} end
+c = c + 1
+local free = tonumber(ARGV[2])
+local d = 0
+if c > free then
+  d = math.min(tonumber(ARGV[3]) * 2 ^ math.min(c - free - 1, 40), tonumber(ARGV[4]))
+end
+redis.call('HSET', KEYS[1], 'c', c, 'n', string.format('%d', now + math.floor(d)), 'r', string.format('%d', now + tonumber(ARGV[6])))
+redis.call('PEXPIRE', KEYS[1], ARGV[7])
+return {0, c}
+",
+    )
+});
+
+/// Takes back a successful attempt. KEYS[1] the throttle; ARGV[1] '1' to forget it entirely.
+static FORGIVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if ARGV[1] == '1' then return redis.call('DEL', KEYS[1]) end
+local c = tonumber(redis.call('HGET', KEYS[1], 'c') or '0')
+if c > 0 then redis.call('HINCRBY', KEYS[1], 'c', -1) end
+return 1
 ",
     )
 });
@@ -540,19 +566,33 @@ impl Ephemeral for RedisEphemeral {
         Ok(())
     }
 
-    async fn record_failure(&self, key: &str, window_secs: i64) -> StoreResult<u32> {
-        let window_ms = window_secs.clamp(1, MAX_TTL_SECS) * 1000;
-        let count: i64 = self.run(RECORD_FAILURE.key(self.key(Kind::Failures, key)).arg(window_ms)).await?;
-        Ok(u32::try_from(count.max(0)).unwrap_or(u32::MAX))
+    async fn throttle(&self, key: &str, policy: &ThrottlePolicy, now_ms: i64) -> StoreResult<Throttled> {
+        let forget_ms = policy.forget_after_ms.max(1);
+        // Space is reclaimed on the server's clock, a little after the entry is forgotten on ours.
+        let reclaim_ms = forget_ms.saturating_add(RECLAIM_GRACE_SECS * 1000).min(MAX_TTL_SECS * 1000);
+        let reply: Vec<i64> = self
+            .run(
+                THROTTLE
+                    .key(self.key(Kind::Throttle, key))
+                    .arg(now_ms)
+                    .arg(policy.free)
+                    .arg(policy.base_delay_ms)
+                    .arg(policy.max_delay_ms)
+                    .arg(policy.stop_after)
+                    .arg(forget_ms)
+                    .arg(reclaim_ms),
+            )
+            .await?;
+        match reply[..] {
+            [0, count] => Ok(Throttled::Allowed { count: u32::try_from(count.max(0)).unwrap_or(u32::MAX) }),
+            [1, ms] => Ok(Throttled::Wait { retry_after_ms: ms }),
+            [2, ms] => Ok(Throttled::Stopped { retry_after_ms: ms }),
+            _ => Err(unexpected("throttle")),
+        }
     }
 
-    async fn failures(&self, key: &str) -> StoreResult<u32> {
-        let count: Option<i64> = self.query(redis::cmd("GET").arg(self.key(Kind::Failures, key))).await?;
-        Ok(u32::try_from(count.unwrap_or(0).max(0)).unwrap_or(u32::MAX))
-    }
-
-    async fn clear_failures(&self, key: &str) -> StoreResult<()> {
-        let _: i64 = self.query(redis::cmd("DEL").arg(self.key(Kind::Failures, key))).await?;
+    async fn forgive(&self, key: &str, entirely: bool) -> StoreResult<()> {
+        let _: i64 = self.run(FORGIVE.key(self.key(Kind::Throttle, key)).arg(if entirely { "1" } else { "0" })).await?;
         Ok(())
     }
 

@@ -12,10 +12,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::future::LocalBoxFuture;
 use futures::{FutureExt as _, StreamExt as _};
-use tessera_core::clock::ManualClock;
 use tessera_core::ports::{
     CodeGrant, CodeTake, DecideOutcome, DeviceDecision, DeviceGrant, DevicePoll, DeviceStatus, Ephemeral, Issued,
-    LoginSession, Revocation,
+    LoginSession, Revocation, ThrottlePolicy, Throttled,
 };
 use tessera_core::StoreError;
 use tessera_crypto::Digest;
@@ -130,8 +129,9 @@ contract!(
     an_unknown_device_or_user_code_is_unknown,
     a_user_code_already_in_use_is_a_conflict,
     a_session_lives_until_it_expires_or_is_deleted,
-    failures_count_up_within_the_window_and_start_again_after_it,
-    clearing_failures_resets_the_count,
+    a_throttle_lets_the_free_attempts_through_then_delays_then_stops,
+    a_throttle_is_forgotten_after_quiet_and_forgiving_takes_attempts_back,
+    of_40_concurrent_attempts_a_throttle_lets_only_its_policy_through,
     a_revocation_made_on_another_handle_reaches_a_subscriber,
 );
 
@@ -397,29 +397,58 @@ async fn a_session_lives_until_it_expires_or_is_deleted(h: &Harness) {
     h.store.delete_session(handle).await.unwrap();
 }
 
-async fn failures_count_up_within_the_window_and_start_again_after_it(h: &Harness) {
-    let key = "password:alice";
-    assert_eq!(h.store.failures(key).await.unwrap(), 0);
-    for expected in 1..=3 {
-        assert_eq!(h.store.record_failure(key, 1).await.unwrap(), expected);
-    }
-    assert_eq!(h.store.failures(key).await.unwrap(), 3);
-    assert_eq!(h.store.failures("password:bob").await.unwrap(), 0, "counters are per key");
+const POLICY: ThrottlePolicy =
+    ThrottlePolicy { free: 2, base_delay_ms: 1_000, max_delay_ms: 4_000, stop_after: 5, forget_after_ms: 60_000 };
 
-    // The window started at the first failure; stores count on their own clock here.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(h.store.failures(key).await.unwrap(), 0);
-    assert_eq!(h.store.record_failure(key, 1).await.unwrap(), 1);
+async fn a_throttle_lets_the_free_attempts_through_then_delays_then_stops(h: &Harness) {
+    let key = "source:192.0.2.1";
+    let t0 = h.now * 1000;
+    assert_eq!(h.store.throttle(key, &POLICY, t0).await.unwrap(), Throttled::Allowed { count: 1 });
+    assert_eq!(h.other.throttle(key, &POLICY, t0).await.unwrap(), Throttled::Allowed { count: 2 }, "any handle");
+    assert_eq!(h.store.throttle(key, &POLICY, t0).await.unwrap(), Throttled::Allowed { count: 3 });
+    // The third attempt imposes 1 s; refused attempts are not counted.
+    assert_eq!(h.store.throttle(key, &POLICY, t0 + 400).await.unwrap(), Throttled::Wait { retry_after_ms: 600 });
+    assert_eq!(h.store.throttle(key, &POLICY, t0 + 999).await.unwrap(), Throttled::Wait { retry_after_ms: 1 });
+    assert_eq!(h.store.throttle(key, &POLICY, t0 + 1_000).await.unwrap(), Throttled::Allowed { count: 4 });
+    // …then 2 s.
+    assert_eq!(h.store.throttle(key, &POLICY, t0 + 2_000).await.unwrap(), Throttled::Wait { retry_after_ms: 1_000 });
+    assert_eq!(h.store.throttle(key, &POLICY, t0 + 3_000).await.unwrap(), Throttled::Allowed { count: 5 });
+    // Five counted: stopped until the key is forgotten, a minute after the last counted one.
+    let stopped = h.store.throttle(key, &POLICY, t0 + 60_000).await.unwrap();
+    assert_eq!(stopped, Throttled::Stopped { retry_after_ms: 3_000 });
+    assert_eq!(h.store.throttle("source:192.0.2.2", &POLICY, t0).await.unwrap(), Throttled::Allowed { count: 1 });
+    assert_eq!(h.store.throttle(key, &POLICY, t0 + 63_000).await.unwrap(), Throttled::Allowed { count: 1 });
 }
 
-async fn clearing_failures_resets_the_count(h: &Harness) {
-    let key = "password:alice";
-    h.store.record_failure(key, 60).await.unwrap();
-    h.store.record_failure(key, 60).await.unwrap();
-    h.store.clear_failures(key).await.unwrap();
-    assert_eq!(h.store.failures(key).await.unwrap(), 0);
-    assert_eq!(h.store.record_failure(key, 60).await.unwrap(), 1);
-    h.store.clear_failures("password:nobody").await.unwrap();
+async fn a_throttle_is_forgotten_after_quiet_and_forgiving_takes_attempts_back(h: &Harness) {
+    let key = "login:alice";
+    let t0 = h.now * 1000;
+    for n in 1..=2 {
+        assert_eq!(h.store.throttle(key, &POLICY, t0).await.unwrap(), Throttled::Allowed { count: n });
+    }
+    h.store.forgive(key, false).await.unwrap();
+    assert_eq!(h.store.throttle(key, &POLICY, t0).await.unwrap(), Throttled::Allowed { count: 2 }, "one taken back");
+    h.store.forgive(key, true).await.unwrap();
+    assert_eq!(h.store.throttle(key, &POLICY, t0).await.unwrap(), Throttled::Allowed { count: 1 }, "all taken back");
+    assert_eq!(h.store.throttle(key, &POLICY, t0 + 59_999).await.unwrap(), Throttled::Allowed { count: 2 });
+    assert_eq!(
+        h.store.throttle(key, &POLICY, t0 + 119_999).await.unwrap(),
+        Throttled::Allowed { count: 1 },
+        "forgotten"
+    );
+    h.store.forgive("login:nobody", false).await.unwrap();
+    h.store.forgive("login:nobody", true).await.unwrap();
+}
+
+async fn of_40_concurrent_attempts_a_throttle_lets_only_its_policy_through(h: &Harness) {
+    let t0 = h.now * 1000;
+    let attempts = (0..40).map(|i| {
+        let store = if i % 2 == 0 { Arc::clone(&h.store) } else { Arc::clone(&h.other) };
+        async move { store.throttle("login:bob", &POLICY, t0).await.unwrap() }
+    });
+    let outcomes = futures::future::join_all(attempts).await;
+    let allowed = outcomes.iter().filter(|o| matches!(o, Throttled::Allowed { .. })).count();
+    assert_eq!(allowed, 3, "the free attempts and the one that imposes the first delay: {outcomes:?}");
 }
 
 async fn a_revocation_made_on_another_handle_reaches_a_subscriber(h: &Harness) {
@@ -460,18 +489,6 @@ async fn a_lagging_memory_subscriber_sees_its_stream_end_so_it_reloads() {
     }
     let end = tokio::time::timeout(Duration::from_secs(1), revocations.next()).await.unwrap();
     assert_eq!(end, None, "the caller then reads the durable log and subscribes again");
-}
-
-#[tokio::test]
-async fn memory_failure_windows_follow_the_injected_clock() {
-    let clock = Arc::new(ManualClock::default());
-    let store = MemoryEphemeral::with_clock(clock.clone());
-    store.record_failure("password:alice", 60).await.unwrap();
-    clock.advance_secs(59);
-    assert_eq!(store.record_failure("password:alice", 60).await.unwrap(), 2, "the window runs from the first failure");
-    clock.advance_secs(1);
-    assert_eq!(store.failures("password:alice").await.unwrap(), 0);
-    assert_eq!(store.record_failure("password:alice", 60).await.unwrap(), 1);
 }
 
 #[tokio::test]

@@ -61,7 +61,7 @@ impl pb::token_service_server::TokenService for TokenApi {
         &self,
         request: Request<pb::IssueTokenRequest>,
     ) -> Result<Response<pb::TokenResponse>, Status> {
-        self.client_source(&request);
+        let source = self.client_source(&request);
         let r = request.into_inner();
         let label = grant_label(&r.grant_type);
         self.metrics
@@ -69,7 +69,12 @@ impl pb::token_service_server::TokenService for TokenApi {
                 let grant = match GrantType::parse(&r.grant_type) {
                     Some(GrantType::ClientCredentials) => Grant::ClientCredentials { scope: r.scope },
                     Some(GrantType::Password) => {
-                        Grant::Password { username: r.username, password: Password::new(r.password), scope: r.scope }
+                        Grant::Password {
+                            username: r.username,
+                            password: Password::new(r.password),
+                            scope: r.scope,
+                            source,
+                        }
                     }
                     Some(GrantType::RefreshToken) => {
                         Grant::RefreshToken { refresh_token: RefreshToken::new(r.refresh_token), scope: r.scope }
@@ -208,11 +213,11 @@ impl pb::token_service_server::TokenService for TokenApi {
         &self,
         request: Request<pb::AuthenticateRequest>,
     ) -> Result<Response<pb::AuthenticateResponse>, Status> {
-        self.client_source(&request);
+        let source = self.client_source(&request);
         let r = request.into_inner();
         self.metrics
             .observe("Authenticate", "", async move {
-                let a = self.tessera.authenticate(&r.username, &Password::new(r.password)).await?;
+                let a = self.tessera.authenticate(&r.username, &Password::new(r.password), source).await?;
                 Ok(pb::AuthenticateResponse {
                     session: a.session.expose().to_owned(),
                     subject: a.user.id,
@@ -294,11 +299,11 @@ impl pb::token_service_server::TokenService for TokenApi {
         &self,
         request: Request<pb::LookupUserCodeRequest>,
     ) -> Result<Response<pb::LookupUserCodeResponse>, Status> {
-        self.client_source(&request);
+        let source = self.client_source(&request);
         let r = request.into_inner();
         self.metrics
             .observe("LookupUserCode", "", async move {
-                let v = self.tessera.lookup_user_code(&r.user_code).await?;
+                let v = self.tessera.lookup_user_code(&r.user_code, source).await?;
                 Ok(pb::LookupUserCodeResponse {
                     user_code: v.user_code,
                     client_id: v.client.id,
@@ -315,11 +320,11 @@ impl pb::token_service_server::TokenService for TokenApi {
         &self,
         request: Request<pb::ApproveDeviceRequest>,
     ) -> Result<Response<pb::ApproveDeviceResponse>, Status> {
-        self.client_source(&request);
+        let source = self.client_source(&request);
         let r = request.into_inner();
         self.metrics
             .observe("ApproveDevice", "", async move {
-                self.tessera.approve_device(&r.user_code, &SessionHandle::new(r.session)).await?;
+                self.tessera.approve_device(&r.user_code, &SessionHandle::new(r.session), source).await?;
                 Ok(pb::ApproveDeviceResponse {})
             })
             .await
@@ -330,11 +335,11 @@ impl pb::token_service_server::TokenService for TokenApi {
         &self,
         request: Request<pb::DenyDeviceRequest>,
     ) -> Result<Response<pb::DenyDeviceResponse>, Status> {
-        self.client_source(&request);
+        let source = self.client_source(&request);
         let r = request.into_inner();
         self.metrics
             .observe("DenyDevice", "", async move {
-                self.tessera.deny_device(&r.user_code, &SessionHandle::new(r.session)).await?;
+                self.tessera.deny_device(&r.user_code, &SessionHandle::new(r.session), source).await?;
                 Ok(pb::DenyDeviceResponse {})
             })
             .await

@@ -8,6 +8,7 @@ use tessera_proto::token::v1 as pb;
 use tessera_proto::token::v1::authorize_response::Outcome;
 
 pub use crate::revocation::*;
+pub use crate::throttles::*;
 
 const CB: &str = "https://app.example/cb";
 
@@ -238,37 +239,6 @@ pub async fn the_password_grant_issues_access_refresh_and_id_tokens(app: TestApp
         ErrorCode::InvalidGrant,
         "disabled user's refresh",
     );
-}
-
-pub async fn repeated_password_failures_lock_the_account_with_one_generic_error(app: TestApp) {
-    let web = web_client(&app).await;
-    app.user("bob", "bob-password").await;
-    let unknown = assert_oauth(
-        app.issue(password(&web, "nobody", "whatever1", "")).await,
-        ErrorCode::InvalidGrant,
-        "unknown user",
-    );
-    let mut last = None;
-    for attempt in 0..5 {
-        let s = assert_oauth(
-            app.issue(password(&web, "bob", "wrong-password", "")).await,
-            ErrorCode::InvalidGrant,
-            "wrong password",
-        );
-        assert_eq!(s.message(), unknown.message(), "attempt {attempt}: the error must not tell users apart");
-        last = Some(s);
-    }
-    // Locked now: even the right password is refused, with the very same error.
-    let locked =
-        assert_oauth(app.issue(password(&web, "bob", "bob-password", "")).await, ErrorCode::InvalidGrant, "locked");
-    assert_eq!(locked.message(), last.unwrap().message());
-    // The browser login shares the lockout.
-    let r = app
-        .token
-        .clone()
-        .authenticate(pb::AuthenticateRequest { username: "bob".into(), password: "bob-password".into() })
-        .await;
-    assert_oauth(r, ErrorCode::InvalidGrant, "locked login");
 }
 
 pub async fn grants_the_client_is_not_allowed_are_unauthorized_client(app: TestApp) {

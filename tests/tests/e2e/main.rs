@@ -11,6 +11,7 @@ mod harness;
 mod leaks;
 mod outage;
 mod revocation;
+mod throttles;
 
 macro_rules! for_both_backends {
     ($($name:ident),* $(,)?) => {
@@ -42,7 +43,9 @@ for_both_backends!(
     client_authentication_failures_are_invalid_client_and_public_clients_are_refused,
     a_scope_beyond_what_the_client_may_ask_is_invalid_scope,
     the_password_grant_issues_access_refresh_and_id_tokens,
-    repeated_password_failures_lock_the_account_with_one_generic_error,
+    one_source_is_stopped_before_it_touches_an_account_and_the_user_still_signs_in,
+    distributed_guessing_only_delays_an_account_and_no_burst_gets_more_checks,
+    a_thousand_wrong_user_codes_from_one_source_are_refused_after_the_limit,
     grants_the_client_is_not_allowed_are_unauthorized_client,
     a_refresh_rotates_and_reusing_the_old_token_revokes_the_family,
     a_refresh_may_narrow_the_scope_but_never_widen_it,

@@ -6,9 +6,11 @@ use crate::engine::{describe_scope, required, ClientAuth, TokenSet};
 use crate::error::{ErrorCode, OAuthError, StoreError};
 use crate::model::{Client, DeviceCode, GrantType, ScopeSet, SessionHandle};
 use crate::ports::{DecideOutcome, DeviceDecision, DeviceGrant, DevicePoll};
+use crate::throttle;
 use crate::tokens::new_jti;
 use crate::Tessera;
 use rand::Rng as _;
+use std::net::IpAddr;
 
 /// RFC 8628 §6.1: a user code from an alphabet without vowels (no words) and without
 /// look-alikes, 8 characters: 20^8 ≈ 2^34.5 possibilities.
@@ -107,27 +109,66 @@ impl Tessera {
     }
 
     /// What a typed user code stands for; `expired_token` when it is unknown or expired.
-    pub async fn lookup_user_code(&self, user_code: &str) -> Result<DeviceRequestView, OAuthError> {
-        let unknown = || OAuthError::new(ErrorCode::ExpiredToken, "that code is unknown or has expired");
-        let code = normalize_user_code(user_code).ok_or_else(unknown)?;
-        let now = self.now();
-        let (grant, _status) = self.ephemeral.lookup_user_code(&code, now).await?.ok_or_else(unknown)?;
-        let client = self.durable.get_client(&grant.client_id).await?.ok_or_else(unknown)?;
-        let scopes = ScopeSet::parse(&grant.scope)?.iter().map(|s| (s.to_owned(), describe_scope(s))).collect();
-        Ok(DeviceRequestView { user_code: code, client, scopes, expires_in: grant.expires_at - now })
+    /// Each lookup is a guess from `source`, throttled (RFC 8628 §5.1).
+    pub async fn lookup_user_code(
+        &self,
+        user_code: &str,
+        source: Option<IpAddr>,
+    ) -> Result<DeviceRequestView, OAuthError> {
+        self.guess(source, async {
+            let unknown = || OAuthError::new(ErrorCode::ExpiredToken, "that code is unknown or has expired");
+            let code = normalize_user_code(user_code).ok_or_else(unknown)?;
+            let now = self.now();
+            let (grant, _status) = self.ephemeral.lookup_user_code(&code, now).await?.ok_or_else(unknown)?;
+            let client = self.durable.get_client(&grant.client_id).await?.ok_or_else(unknown)?;
+            let scopes = ScopeSet::parse(&grant.scope)?.iter().map(|s| (s.to_owned(), describe_scope(s))).collect();
+            Ok(DeviceRequestView { user_code: code, client, scopes, expires_in: grant.expires_at - now })
+        })
+        .await
     }
 
     /// The person approves the device on the verification page, signed in by `session`.
-    pub async fn approve_device(&self, user_code: &str, session: &SessionHandle) -> Result<(), OAuthError> {
+    pub async fn approve_device(
+        &self,
+        user_code: &str,
+        session: &SessionHandle,
+        source: Option<IpAddr>,
+    ) -> Result<(), OAuthError> {
         let s =
             self.session(session).await?.ok_or_else(|| OAuthError::new(ErrorCode::LoginRequired, "sign in first"))?;
-        self.decide(user_code, DeviceDecision::Approve { user_id: s.user_id, auth_time: s.auth_time }).await
+        let decision = DeviceDecision::Approve { user_id: s.user_id, auth_time: s.auth_time };
+        self.guess(source, self.decide(user_code, decision)).await
     }
 
     /// The person denies the device.
-    pub async fn deny_device(&self, user_code: &str, session: &SessionHandle) -> Result<(), OAuthError> {
+    pub async fn deny_device(
+        &self,
+        user_code: &str,
+        session: &SessionHandle,
+        source: Option<IpAddr>,
+    ) -> Result<(), OAuthError> {
         self.session(session).await?.ok_or_else(|| OAuthError::new(ErrorCode::LoginRequired, "sign in first"))?;
-        self.decide(user_code, DeviceDecision::Deny).await
+        self.guess(source, self.decide(user_code, DeviceDecision::Deny)).await
+    }
+
+    /// Runs `use_code` as one user-code guess from `source` (RFC 8628 §5.1: user codes are
+    /// short, so guessing them is throttled): counted before the code is looked at, taken back
+    /// unless the code was wrong. Throttled guesses get `slow_down` with a `retry_after`.
+    async fn guess<T>(
+        &self,
+        source: Option<IpAddr>,
+        use_code: impl std::future::Future<Output = Result<T, OAuthError>>,
+    ) -> Result<T, OAuthError> {
+        let key = source.map(|ip| throttle::source_key("user-code-source", ip));
+        if let Some(key) = &key {
+            self.attempt(key, &throttle::USER_CODE_SOURCE, ErrorCode::SlowDown).await?;
+        }
+        let outcome = use_code.await;
+        let wrong_code = matches!(&outcome, Err(e) if e.code == ErrorCode::ExpiredToken);
+        if let (Some(key), false) = (&key, wrong_code) {
+            self.forgive(key, false).await;
+        }
+        outcome
     }
 
     async fn decide(&self, user_code: &str, decision: DeviceDecision) -> Result<(), OAuthError> {

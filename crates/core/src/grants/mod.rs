@@ -18,11 +18,28 @@ pub use device_code::{normalize_user_code, DeviceAuthorization};
 /// A token request, typed.
 #[derive(Debug)]
 pub enum Grant {
-    ClientCredentials { scope: String },
-    Password { username: String, password: Password, scope: String },
-    RefreshToken { refresh_token: RefreshToken, scope: String },
-    AuthorizationCode { code: AuthorizationCode, redirect_uri: String, code_verifier: String },
-    DeviceCode { device_code: DeviceCode },
+    ClientCredentials {
+        scope: String,
+    },
+    /// `source`: the client's address, for the throttles.
+    Password {
+        username: String,
+        password: Password,
+        scope: String,
+        source: Option<std::net::IpAddr>,
+    },
+    RefreshToken {
+        refresh_token: RefreshToken,
+        scope: String,
+    },
+    AuthorizationCode {
+        code: AuthorizationCode,
+        redirect_uri: String,
+        code_verifier: String,
+    },
+    DeviceCode {
+        device_code: DeviceCode,
+    },
 }
 
 impl Grant {
@@ -46,8 +63,8 @@ impl Tessera {
         self.require_grant(&client, grant.grant_type())?;
         match grant {
             Grant::ClientCredentials { scope } => client_credentials::run(self, &client, &scope).await,
-            Grant::Password { username, password, scope } => {
-                password::run(self, &client, &username, &password, &scope).await
+            Grant::Password { username, password, scope, source } => {
+                password::run(self, &client, &username, &password, &scope, source).await
             }
             Grant::RefreshToken { refresh_token, scope } => {
                 refresh_token::run(self, &client, &refresh_token, &scope).await

@@ -1,4 +1,4 @@
-//! `password` (RFC 6749 §4.3): only for clients allowed to use it; Argon2id with lockout.
+//! `password` (RFC 6749 §4.3): only for clients allowed to use it; Argon2id behind the throttles of [`crate::throttle`].
 
 use crate::engine::TokenSet;
 use crate::error::OAuthError;
@@ -12,6 +12,7 @@ pub(super) async fn run(
     username: &str,
     password: &Password,
     scope: &str,
+    source: Option<std::net::IpAddr>,
 ) -> Result<TokenSet, OAuthError> {
     if password.is_empty() {
         return Err(OAuthError::invalid_request("password is required"));
@@ -20,7 +21,7 @@ pub(super) async fn run(
         return Err(OAuthError::invalid_request("password is too long"));
     }
     let scope = t.resolve_scope(client, scope)?;
-    let user = t.verify_user_password(username, password).await?;
+    let user = t.verify_user_password(username, password, source).await?;
     let now = t.now();
     t.issue_for_user(client, &user, scope, now, None, new_jti(), uuid::Uuid::new_v4().to_string()).await
 }

@@ -137,7 +137,43 @@ pub struct LoginSession {
     pub expires_at: i64,
 }
 
-/// Short-lived state: codes, device sessions, login sessions, failure counters, and the
+/// How a throttle answers repeated attempts under one key (a source address, an account):
+/// `free` attempts pass at once; each further one must wait a delay that starts at
+/// `base_delay_ms` and doubles up to `max_delay_ms`; after `stop_after` attempts (0: never)
+/// everything is refused until the key is forgotten.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ThrottlePolicy {
+    pub free: u32,
+    pub base_delay_ms: i64,
+    pub max_delay_ms: i64,
+    pub stop_after: u32,
+    /// Quiet time after the last counted attempt after which the key starts afresh.
+    pub forget_after_ms: i64,
+}
+
+impl ThrottlePolicy {
+    /// The wait the `count`-th counted attempt imposes on the next one.
+    pub fn delay_after(&self, count: u32) -> i64 {
+        if count <= self.free {
+            return 0;
+        }
+        let doublings = (count - self.free - 1).min(40);
+        self.base_delay_ms.saturating_mul(1_i64 << doublings).min(self.max_delay_ms)
+    }
+}
+
+/// What [`Ephemeral::throttle`] decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Throttled {
+    /// Let through and counted: this was attempt number `count`.
+    Allowed { count: u32 },
+    /// Too soon after the previous attempt; try again in `retry_after_ms`.
+    Wait { retry_after_ms: i64 },
+    /// Past `stop_after`: refused until the key is forgotten, in `retry_after_ms`.
+    Stopped { retry_after_ms: i64 },
+}
+
+/// Short-lived state: codes, device sessions, login sessions, throttles, and the
 /// revocation fan-out. Every mutation is one atomic operation (a single command or Lua
 /// script on Redis, one critical section in memory). Expiry is checked against the `now`
 /// passed in on every read, not left to TTL purges; TTLs only reclaim space.
@@ -181,12 +217,14 @@ pub trait Ephemeral: Send + Sync {
     async fn get_session(&self, handle: Digest, now: i64) -> StoreResult<Option<LoginSession>>;
     async fn delete_session(&self, handle: Digest) -> StoreResult<()>;
 
-    /// Counts one failure under `key` and returns the count. The window of `window_secs`
-    /// starts at the first failure; after it the count starts again from zero.
-    async fn record_failure(&self, key: &str, window_secs: i64) -> StoreResult<u32>;
-    /// The current failure count (0 if none or the window passed).
-    async fn failures(&self, key: &str) -> StoreResult<u32>;
-    async fn clear_failures(&self, key: &str) -> StoreResult<()>;
+    /// One attempt under the throttle `key`, decided and counted atomically, so no burst,
+    /// however concurrent, gets more attempts through than `policy` allows. An attempt that
+    /// is let through is counted (before the caller checks anything); a refused one is not.
+    /// The count is forgotten `policy.forget_after_ms` after the last counted attempt.
+    async fn throttle(&self, key: &str, policy: &ThrottlePolicy, now_ms: i64) -> StoreResult<Throttled>;
+    /// Takes back what a successful attempt counted: the whole count when `entirely` (the key
+    /// starts afresh), otherwise one attempt. Unknown keys are not an error.
+    async fn forgive(&self, key: &str, entirely: bool) -> StoreResult<()>;
 
     /// Announces a revocation to every node's subscription. Not a record: the durable
     /// [`RevocationLog`](super::RevocationLog) is, and every node drains it, so an announcement
