@@ -50,6 +50,17 @@ pub struct ErrorBody {
 /// The realm named in `WWW-Authenticate` challenges.
 pub const REALM: &str = "tessera";
 
+/// `Retry-After` seconds of a 503 or `slow_down` that does not say how long to wait.
+pub const DEFAULT_RETRY_AFTER: u32 = 5;
+
+/// The `Retry-After` an answer with this error carries (RFC 9110 §10.2.3): for
+/// `temporarily_unavailable` and `slow_down`, the delay the token service named, else
+/// [`DEFAULT_RETRY_AFTER`].
+pub fn retry_after(e: &OAuthError) -> Option<u32> {
+    matches!(e.code, ErrorCode::TemporarilyUnavailable | ErrorCode::SlowDown)
+        .then(|| e.retry_after.unwrap_or(DEFAULT_RETRY_AFTER))
+}
+
 /// An error answered as JSON by an OAuth endpoint.
 #[derive(Debug)]
 pub struct ApiError {
@@ -143,8 +154,8 @@ impl ResponseError for ApiError {
         if self.error.code == ErrorCode::InvalidClient && self.basic_tried {
             res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"tessera\""));
         }
-        if self.error.code == ErrorCode::TemporarilyUnavailable {
-            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        if let Some(seconds) = retry_after(&self.error) {
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         res
     }
@@ -237,6 +248,9 @@ impl ResponseError for BearerError {
         let mut res = HttpResponse::build(self.status_code()).json(body);
         no_store(&mut res);
         res.extensions_mut().insert(self.error.as_ref().map_or(ErrorCode::InvalidToken, |e| e.code));
+        if let Some(seconds) = self.error.as_ref().and_then(retry_after) {
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         // Only server and availability failures leave the challenge out: they are not about
         // the token.
         let about_the_token = self
@@ -274,6 +288,26 @@ mod tests {
             let e = ApiError::from_status(&status);
             assert_eq!(e.code(), code);
             assert_eq!(e.status_code(), http_status(code));
+        }
+    }
+
+    #[test]
+    fn retry_after_carries_the_token_services_delay_through_grpc() {
+        let cases = [
+            ("a throttle names its delay", OAuthError::temporarily_unavailable("busy", 42), Some("42")),
+            ("an outage without a delay", OAuthError::new(ErrorCode::TemporarilyUnavailable, "down"), Some("5")),
+            ("slow_down with a delay", OAuthError::new(ErrorCode::SlowDown, "slow").with_retry_after(10), Some("10")),
+            ("slow_down without one", OAuthError::new(ErrorCode::SlowDown, "slow"), Some("5")),
+            ("other errors have none", OAuthError::invalid_grant("no").with_retry_after(3), None),
+        ];
+        for (what, e, want) in cases {
+            let back = ApiError::from_status(&tessera_proto::to_status(&e));
+            let res = back.error_response();
+            let got = res.headers().get(header::RETRY_AFTER).map(|v| v.to_str().unwrap().to_owned());
+            assert_eq!(got.as_deref(), want, "{what}");
+            let bearer = BearerError::new(tessera_proto::from_status(&tessera_proto::to_status(&e))).error_response();
+            let got = bearer.headers().get(header::RETRY_AFTER).map(|v| v.to_str().unwrap().to_owned());
+            assert_eq!(got.as_deref(), want, "{what} (bearer)");
         }
     }
 

@@ -156,18 +156,36 @@ pub fn redirect(status: StatusCode, location: &str, cookies: Vec<Cookie<'static>
     b.finish()
 }
 
+/// What a person refused by a throttle is told: `None` unless the error says how long to wait.
+pub fn throttle_message(e: &OAuthError) -> Option<String> {
+    match (e.code, e.retry_after) {
+        (ErrorCode::TemporarilyUnavailable | ErrorCode::SlowDown, Some(seconds)) => {
+            let unit = if seconds == 1 { "second" } else { "seconds" };
+            Some(format!("Too many attempts; wait {seconds} {unit} and try again."))
+        }
+        _ => None,
+    }
+}
+
 /// A page for an error the person cannot fix by retrying the form.
 pub fn error_page(e: &OAuthError, cookies: Vec<Cookie<'static>>) -> HttpResponse {
-    let (status, title, message) = match e.code {
-        ErrorCode::TemporarilyUnavailable => (
+    let (status, title, message) = match (e.code, throttle_message(e)) {
+        (_, Some(message)) => (crate::error::http_status(e.code), "Too many attempts", message),
+        (ErrorCode::TemporarilyUnavailable, None) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "Try again in a moment",
             "The sign-in service is unavailable right now.".to_owned(),
         ),
-        ErrorCode::ServerError => (StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong", e.description.clone()),
+        (ErrorCode::ServerError, None) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong", e.description.clone())
+        }
         _ => (crate::error::http_status(e.code), "This request cannot be completed", e.description.clone()),
     };
-    render(status, &MessagePage::error(title, message), cookies)
+    let mut res = render(status, &MessagePage::error(title, message), cookies);
+    if let Some(seconds) = crate::error::retry_after(e) {
+        res.headers_mut().insert(header::RETRY_AFTER, seconds.into());
+    }
+    res
 }
 
 /// The CSRF token of this browser, and the cookie to set when it had none.
@@ -243,12 +261,12 @@ pub fn session_cookie(handle: String, max_age_secs: i64, config: &PageConfig) ->
         .finish()
 }
 
-/// Login failures the person can fix on the form, in the token service's words; any other
-/// failure gets the error page.
+/// Login failures the person can fix on the form, in the token service's words, and throttles
+/// they can wait out; any other failure gets the error page.
 pub fn login_error_message(e: &OAuthError) -> Option<String> {
     match e.code {
         ErrorCode::InvalidGrant | ErrorCode::InvalidRequest | ErrorCode::AccessDenied => Some(e.description.clone()),
-        _ => None,
+        _ => throttle_message(e),
     }
 }
 
@@ -268,6 +286,31 @@ mod tests {
                 assert_eq!(c.same_site(), Some(SameSite::Lax));
                 assert_eq!(c.secure(), Some(secure));
                 assert_eq!(c.path(), Some("/"));
+            }
+        }
+    }
+
+    #[test]
+    fn a_throttled_person_is_told_how_long_to_wait() {
+        let cases = [
+            ("a throttle", OAuthError::temporarily_unavailable("busy", 30), 503, Some("wait 30 seconds and try again")),
+            (
+                "slow_down",
+                OAuthError::new(ErrorCode::SlowDown, "slow").with_retry_after(1),
+                400,
+                Some("wait 1 second "),
+            ),
+            ("an outage without a delay", OAuthError::new(ErrorCode::TemporarilyUnavailable, "down"), 503, None),
+            ("a refusal", OAuthError::invalid_grant("no such code"), 400, None),
+        ];
+        for (what, e, status, message) in cases {
+            let res = error_page(&e, vec![]);
+            assert_eq!(res.status().as_u16(), status, "{what}");
+            let body = actix_web::body::to_bytes(res.into_body());
+            let body = futures::executor::block_on(body).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap();
+            match message {
+                Some(m) => assert!(body.contains("Too many attempts") && body.contains(m), "{what}: {body}"),
+                None => assert!(!body.contains("Too many attempts"), "{what}: {body}"),
             }
         }
     }
