@@ -4,10 +4,13 @@
 //! so the round trip is lossless whatever gRPC code carries it.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::todo))]
 
+pub mod codec;
+
 pub mod token {
     pub mod v1 {
         #![allow(clippy::all, clippy::pedantic)]
         tonic::include_proto!("tessera.token.v1");
+        include!(concat!(env!("OUT_DIR"), "/servers/tessera.token.v1.rs"));
     }
 }
 
@@ -15,6 +18,7 @@ pub mod admin {
     pub mod v1 {
         #![allow(clippy::all, clippy::pedantic)]
         tonic::include_proto!("tessera.admin.v1");
+        include!(concat!(env!("OUT_DIR"), "/servers/tessera.admin.v1.rs"));
     }
 }
 

@@ -199,3 +199,88 @@ async fn a_token_service_killed_mid_call_is_a_503_at_the_facade_never_a_500() {
     assert!(by_status.get(&503).is_some_and(|n| *n > 0), "the cut was seen: {by_status:?}");
     app.stop().await;
 }
+
+/// Sends bytes as they are and hands back the answer's bytes: a gRPC client that can send
+/// what no generated client would.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let n = bytes::Buf::remaining(src);
+        Ok(Some(bytes::Buf::copy_to_bytes(src, n).to_vec()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_grpc_bodies_are_invalid_argument_with_invalid_request_on_both_services() {
+    let Some(app) = TestApp::spawn(Pair::SqliteMemory).await else { return };
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", app.grpc_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let call = |path: &'static str, body: Vec<u8>| {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        async move {
+            grpc.ready().await.unwrap();
+            let mut request = tonic::Request::new(body);
+            request.metadata_mut().insert("authorization", format!("Bearer {ADMIN_TOKEN}").parse().unwrap());
+            grpc.unary(request, tonic::codegen::http::uri::PathAndQuery::from_static(path), RawCodec).await
+        }
+    };
+    // Bad for any message; the last one only where field 1 is a string.
+    let bodies: &[(&str, &[u8])] = &[
+        ("a tag with wire type 7", &[0x0f]),
+        ("a truncated varint", &[0x08, 0xff]),
+        ("a length past the end", &[0x0a, 0x05, b'a']),
+        ("field number zero", &[0x00, 0x01]),
+        ("an overlong varint", &[0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]),
+        ("a string that is not UTF-8", &[0x0a, 0x02, 0xc3, 0x28]),
+    ];
+    let paths = [
+        ("/tessera.token.v1.TokenService/IssueToken", true),
+        ("/tessera.token.v1.TokenService/Authenticate", true),
+        ("/tessera.token.v1.TokenService/GetJwks", false),
+        ("/tessera.admin.v1.AdminService/CreateClient", true),
+        ("/tessera.admin.v1.AdminService/ListClients", false),
+    ];
+    for (path, string_field_1) in paths {
+        let cases = if string_field_1 { bodies } else { &bodies[..bodies.len() - 1] };
+        for (what, body) in cases {
+            let status = call(path, body.to_vec()).await.expect_err(what);
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{path}, {what}: {status:?}");
+            let e = tessera_proto::from_status(&status);
+            assert_eq!(e.code, tessera_core::ErrorCode::InvalidRequest, "{path}, {what}");
+            assert_eq!(e.description, tessera_proto::codec::UNDECODABLE, "{path}, {what}");
+        }
+    }
+    // The same services still answer well-formed messages (an empty one is all defaults).
+    call("/tessera.token.v1.TokenService/GetJwks", vec![]).await.expect("an empty GetJwksRequest is valid");
+    call("/tessera.admin.v1.AdminService/ListClients", vec![]).await.expect("an empty ListClientsRequest is valid");
+    app.stop().await;
+}

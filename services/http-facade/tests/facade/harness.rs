@@ -162,6 +162,11 @@ impl TestApp {
         format!("{}{path}", self.base)
     }
 
+    /// The token service's gRPC address.
+    pub fn grpc_addr(&self) -> std::net::SocketAddr {
+        self.token_service.as_ref().expect("the token service is running").grpc_addr()
+    }
+
     /// The token service's `GET /metrics` URL (its own listener, on a free port).
     pub fn token_service_metrics_url(&self) -> String {
         let ts = self.token_service.as_ref().expect("the token service is running");
