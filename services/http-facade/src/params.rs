@@ -45,6 +45,11 @@ impl Params {
 
     /// Parses a JSON object of strings (numbers and booleans are taken as their text).
     pub fn from_json(input: &[u8]) -> Result<Self, OAuthError> {
+        // serde_json's type errors quote the value, so a body that is a bare JSON string would
+        // come back whole in the error_description: anything but an object is refused first.
+        if input.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(OAuthError::invalid_request("the JSON body is not an object"));
+        }
         let flat: FlatObject = serde_json::from_slice(input)
             .map_err(|e| OAuthError::invalid_request(format!("the JSON body is not a flat object: {e}")))?;
         Ok(flat.0)
@@ -305,6 +310,18 @@ mod tests {
         assert!(Params::from_json(br#"{"a":{"b":1}}"#).is_err());
         assert!(Params::from_json(br#"["a"]"#).is_err());
         assert!(Params::from_json(b"{").is_err());
+    }
+
+    #[test]
+    fn a_json_body_that_is_not_an_object_is_not_quoted_back() {
+        for body in
+            [&br#"  "grant_type=password&password=hunter2""#[..], b"12345678901234567890", b"[\"hunter2\"]", b""]
+        {
+            let e = Params::from_json(body).unwrap_err();
+            assert_eq!(e.description, "the JSON body is not an object");
+        }
+        let e = Params::from_json(br#"{"a": "hunter2", "a": "x"}"#).unwrap_err();
+        assert!(e.description.contains("repeated") && !e.description.contains("hunter2"), "{}", e.description);
     }
 
     #[test]

@@ -531,20 +531,38 @@ fn insert_path(table: &mut toml::Table, path: &str, value: toml::Value) {
 
 /// Every configuration error, naming its key; the value of a secret key is never shown.
 fn describe_errors(errors: figment::Error) -> anyhow::Error {
+    use figment::error::Kind;
     let lines: Vec<String> = errors
         .into_iter()
         .map(|e| {
             let key = e.path.join(".");
-            if SECRET_KEYS.contains(&key.as_str()) {
-                format!("{key}: invalid value (not shown: it is a secret)")
+            // A table that holds a secret counts too: `redis = "redis://:pw@…"` is a URL in
+            // the wrong place, and a type error would quote it. Errors about names are safe.
+            let names_only =
+                matches!(e.kind, Kind::UnknownField(..) | Kind::MissingField(..) | Kind::DuplicateField(..));
+            if SECRET_KEYS.iter().any(|s| *s == key || s.strip_prefix(key.as_str()).is_some_and(|r| r.starts_with('.')))
+                && !names_only
+            {
+                format!("{key}: invalid value (not shown: it may hold a secret)")
             } else if key.is_empty() {
-                e.kind.to_string()
+                without_excerpt(&e.kind.to_string())
             } else {
                 format!("{key}: {}", e.kind)
             }
         })
         .collect();
     anyhow::anyhow!("invalid configuration: {}", lines.join("; "))
+}
+
+/// A TOML syntax error without the excerpt of the file it carries: the broken line may be the
+/// one that holds a secret (a missing closing quote, say). The position and the complaint stay.
+fn without_excerpt(message: &str) -> String {
+    let kept: Vec<&str> = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with(|c: char| c == '|' || c.is_ascii_digit()))
+        .collect();
+    kept.join(": ")
 }
 
 #[cfg(test)]
@@ -614,6 +632,22 @@ mod tests {
         assert!(format!("{e:#}").contains("nope"), "{e:#}");
         let e = Settings::load(None, &env(&[("TESSERA_GRPC__LISTEN", "not an address")])).unwrap_err();
         assert!(format!("{e:#}").contains("grpc.listen"), "{e:#}");
+    }
+
+    #[test]
+    fn a_secret_is_not_shown_by_a_syntax_error_on_its_line_or_a_type_error_at_its_table() {
+        let secret = "0123456789abcdef-admin";
+        let path = std::env::temp_dir().join(format!("tessera-settings-test-{}.toml", std::process::id()));
+        std::fs::write(&path, format!("[log]\nformat = \"text\"\n[admin]\ntoken = \"{secret}\n")).unwrap();
+        let e = Settings::load(Some(&path), &env(&[])).unwrap_err();
+        std::fs::remove_file(&path).unwrap();
+        assert!(format!("{e:#}").contains("line 4"), "{e:#}");
+        assert!(!format!("{e:#}").contains(secret), "{e:#}");
+        let e = Settings::load(None, &env(&[("TESSERA_REDIS", "redis://:hunter2@cache:6379")])).unwrap_err();
+        assert!(format!("{e:#}").contains("redis: invalid value"), "{e:#}");
+        assert!(!format!("{e:#}").contains("hunter2"), "{e:#}");
+        let e = Settings::load(None, &env(&[("TESSERA_REDIS__URLL", "redis://h")])).unwrap_err();
+        assert!(format!("{e:#}").contains("urll"), "a misspelt key is still named: {e:#}");
     }
 
     #[test]
