@@ -63,6 +63,26 @@ fn from_json<T: serde::de::DeserializeOwned>(what: &str, raw: &str) -> Result<T,
     serde_json::from_str(raw).map_err(|e| malformed(what, &e))
 }
 
+/// Entry points for the fuzz targets in `fuzz/`; not part of the crate's API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::redis_url::{parse, Target};
+    use tessera_core::StoreError;
+
+    /// Reads a store URL as [`crate::RedisEphemeral::connect`] does up to the first
+    /// connection, and returns how many servers it names.
+    pub fn parse_store_url(url: &str) -> Result<usize, StoreError> {
+        Ok(match parse(url)? {
+            Target::Single(url) => {
+                redis::Client::open(url).map_err(crate::redis_ha::store_error)?;
+                1
+            }
+            Target::Sentinel(t) => t.sentinels.len(),
+            Target::Cluster(t) => t.nodes.len(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
