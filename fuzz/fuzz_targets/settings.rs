@@ -21,16 +21,28 @@ fn toml_path() -> &'static PathBuf {
 }
 
 /// The values the input gives secret keys, as a naive reader finds them: environment
-/// variables naming a secret, and TOML lines `token = …`, `encryption_key = …`, `url = …`
-/// (valid TOML or not). URLs count twice: whole, and their password.
+/// variables naming a secret or its table, and TOML lines `token = …`, `encryption_key = …`,
+/// `url = …`, `redis = …` and the like (valid TOML or not). URLs count twice: whole, and their
+/// password.
 fn secrets(toml: &str, env: &[(String, String)]) -> Vec<String> {
     let mut found = Vec::new();
     for (name, value) in env {
         let path = name.strip_prefix("TESSERA_").map(|rest| rest.to_lowercase().replace("__", "."));
-        let secret =
-            matches!(path.as_deref(), Some("admin.token" | "keys.encryption_key" | "database.url" | "redis.url"))
-                || name == "DATABASE_URL"
-                || name == "REDIS_URL";
+        // A secret's table counts too: `TESSERA_REDIS=redis://…` is a URL in the wrong place.
+        let secret = matches!(
+            path.as_deref(),
+            Some(
+                "admin.token"
+                    | "keys.encryption_key"
+                    | "database.url"
+                    | "redis.url"
+                    | "admin"
+                    | "keys"
+                    | "database"
+                    | "redis"
+            )
+        ) || name == "DATABASE_URL"
+            || name == "REDIS_URL";
         if secret {
             found.push(value.clone());
         }
@@ -38,7 +50,7 @@ fn secrets(toml: &str, env: &[(String, String)]) -> Vec<String> {
     for line in toml.lines() {
         let Some((key, value)) = line.split_once('=') else { continue };
         let key = key.trim().trim_matches(|c| c == '"' || c == '\'');
-        if matches!(key, "token" | "encryption_key" | "url") {
+        if matches!(key, "token" | "encryption_key" | "url" | "admin" | "keys" | "database" | "redis") {
             found.push(value.trim().trim_matches(|c| c == '"' || c == '\'').to_owned());
         }
     }
