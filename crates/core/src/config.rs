@@ -29,8 +29,9 @@ pub struct CoreConfig {
     pub signing_alg: tessera_crypto::keys::Algorithm,
     /// How long a node trusts a client it read from the durable store, so client
     /// authentication on the hot paths (client_credentials, introspection) needs no database
-    /// round trip. Changes made through this node apply at once; through another node, within
-    /// this many seconds. 0 disables the cache.
+    /// round trip. Administrator changes (a rotated secret, a deleted client) drop the entry on
+    /// every node through the revocation log at once; this bounds only how stale anything
+    /// else may be. 0 disables the cache.
     pub client_cache_ttl: i64,
     /// How long after a refresh a retry of it (the same rotated token, from the same client,
     /// its successor never used) is answered with the same successor instead of being treated

@@ -6,7 +6,7 @@ use crate::config::CoreConfig;
 use crate::error::{ErrorCode, OAuthError};
 use crate::keys::KeyRing;
 use crate::model::{Client, ClientSecret, GrantType, Password, RefreshToken, ScopeSet, User};
-use crate::ports::{AuditEvent, Durable, Ephemeral, RefreshRecord, RefreshState};
+use crate::ports::{AuditEvent, Durable, Ephemeral, RefreshRecord, RefreshState, ThrottleOp};
 use crate::revocation::{LogCursor, Revocations};
 use crate::throttle;
 use crate::tokens::{self, AccessClaims, VerifiedCache};
@@ -393,39 +393,40 @@ impl Tessera {
         let busy = ErrorCode::TemporarilyUnavailable;
         let source_key = source.map(|ip| throttle::source_key("login-source", ip));
         if let Some(key) = &source_key {
-            self.attempt(key, &throttle::LOGIN_SOURCE, busy).await?;
+            self.attempt(key, &throttle::LOGIN_SOURCE, ThrottleOp::Peek, busy).await?;
         }
         let account_key = format!("login:{}", tessera_crypto::Digest::of(username.as_bytes()).to_hex());
         let policy = throttle::account_policy(self.cfg.lockout_threshold, self.cfg.lockout_window);
-        let count = match self.attempt(&account_key, &policy, busy).await {
-            Ok(count) => count,
-            Err(e) => {
-                // Not checked, so not the source's failure: a person signing in from a clean
-                // source while their account is being guessed keeps a clean source.
-                if let Some(key) = &source_key {
-                    self.forgive(key, false).await;
+        let count = self.attempt(&account_key, &policy, ThrottleOp::Take, busy).await?;
+        let checked = async {
+            let user = self.durable.find_user_by_username(&username).await?;
+            let verified = match &user {
+                Some(u) => self.passwords.verify(password.expose(), &u.password_hash).await?,
+                None => {
+                    self.passwords.verify_dummy(password.expose()).await?;
+                    false
                 }
-                return Err(e);
-            }
+            };
+            Ok::<_, OAuthError>((user, verified))
         };
-        let user = self.durable.find_user_by_username(&username).await?;
-        let verified = match &user {
-            Some(u) => self.passwords.verify(password.expose(), &u.password_hash).await?,
-            None => {
-                self.passwords.verify_dummy(password.expose()).await?;
-                false
+        let (user, verified) = match checked.await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                // Nothing was checked (a full password queue, a store outage): not an attempt.
+                self.forgive(&account_key, false).await;
+                return Err(e);
             }
         };
         match user {
             Some(u) if verified && !u.disabled => {
                 self.forgive(&account_key, true).await;
-                if let Some(key) = &source_key {
-                    self.forgive(key, false).await;
-                }
                 Ok(u)
             }
             user => {
-                if count == policy.free.saturating_add(1) {
+                if let Some(key) = &source_key {
+                    self.record_failure(key, &throttle::LOGIN_SOURCE).await;
+                }
+                if count == policy.free {
                     let uid = user.as_ref().map(|u| u.id.as_str());
                     self.audit(
                         "lockout",

@@ -2,14 +2,12 @@
 //! Access tokens are checked in process (DESIGN.md rule 6); only refresh tokens, which are
 //! opaque, need the durable store.
 
-use crate::engine::{add_profile_claims, required, ClientAuth};
+use crate::engine::{add_profile_claims, key_retention, required, ClientAuth};
 use crate::error::{ErrorCode, OAuthError};
 use crate::model::PresentedToken;
 use crate::ports::RefreshState;
 use crate::tokens::{verify_access, AccessClaims, Inactive};
 
-/// The least time between two key reloads caused by unknown `kid`s.
-const KEY_RELOAD_COOLDOWN: i64 = 5;
 use crate::Tessera;
 use serde_json::json;
 use std::sync::Arc;
@@ -43,17 +41,23 @@ fn looks_like_jwt(token: &str) -> bool {
 
 impl Tessera {
     /// Verifies an access token locally; `None` if it is not active for any reason. A token
-    /// signed by a key this node has not seen makes it re-read the keys (at most every few
-    /// seconds), so a rotation on another node is honoured at once.
+    /// signed by a key this node has not seen makes it re-read the keys (single-flight and
+    /// rate-limited, see `KeyRing::reload_for_unknown_kid`), so a rotation on another node is
+    /// honoured at once.
     pub async fn verify_access_token(&self, token: &str) -> Option<Arc<AccessClaims>> {
         let check = || {
             let keys = self.keys.current();
             verify_access(token, &keys, &self.cfg.issuer, self.now(), &self.revocations, &self.verified)
         };
+        let seen = self.keys.generation();
         match check() {
             Ok(c) => Some(c),
-            Err(Inactive::UnknownKey) if self.now() - self.keys.loaded_at() >= KEY_RELOAD_COOLDOWN => {
-                if let Err(e) = self.refresh_keys().await {
+            Err(Inactive::UnknownKey) => {
+                let reloaded = self
+                    .keys
+                    .reload_for_unknown_kid(seen, self.durable.as_ref(), self.now(), key_retention(&self.cfg))
+                    .await;
+                if let Err(e) = reloaded {
                     tracing::warn!(error = %e, "cannot reload signing keys");
                 }
                 check().ok()

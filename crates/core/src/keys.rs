@@ -4,7 +4,7 @@
 
 use crate::error::{OAuthError, StoreError};
 use crate::ports::{Durable, StoredKey};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use tessera_crypto::keys::{self, Algorithm, SigningKey, VerifyingKey};
 use tessera_crypto::seal::{self, Kek};
@@ -24,9 +24,16 @@ impl KeySet {
 pub struct KeyRing {
     current: RwLock<Arc<KeySet>>,
     kek: Option<Kek>,
-    /// When the ring was last read from the store (Unix seconds).
-    loaded_at: AtomicI64,
+    /// How many times the ring was read from the store: a caller that saw generation `g`
+    /// and finds it moved on knows someone reloaded since.
+    generation: AtomicU64,
+    /// Serializes reloads caused by unknown kids; holds when the last one finished.
+    unknown_kid_gate: tokio::sync::Mutex<Option<tokio::time::Instant>>,
 }
+
+/// The least time between two reloads caused by unknown kids: forged kids cost at most ten
+/// reads a second, and a real new kid waits at most this long.
+const UNKNOWN_KID_RELOAD_GAP: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Whether loading the ring had to create the very first key (a first start).
 pub struct Loaded {
@@ -53,7 +60,12 @@ impl KeyRing {
             stored = durable.list_keys().await?;
         }
         let set = build(&stored, kek.as_ref(), now, retain)?;
-        let ring = KeyRing { current: RwLock::new(Arc::new(set)), kek, loaded_at: AtomicI64::new(now) };
+        let ring = KeyRing {
+            current: RwLock::new(Arc::new(set)),
+            kek,
+            generation: AtomicU64::new(0),
+            unknown_kid_gate: tokio::sync::Mutex::new(None),
+        };
         Ok(Loaded { ring, first_start })
     }
 
@@ -61,9 +73,9 @@ impl KeyRing {
         self.kek.as_ref()
     }
 
-    /// When the ring was last read from the store.
-    pub fn loaded_at(&self) -> i64 {
-        self.loaded_at.load(Ordering::Relaxed)
+    /// Changes at every reload.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     pub fn current(&self) -> Arc<KeySet> {
@@ -75,13 +87,37 @@ impl KeyRing {
 
     /// Re-reads the keys (after a rotation on any node).
     pub async fn reload(&self, durable: &dyn Durable, now: i64, retain: i64) -> Result<(), OAuthError> {
-        self.loaded_at.store(now, Ordering::Relaxed);
         let set = build(&durable.list_keys().await?, self.kek.as_ref(), now, retain)?;
         match self.current.write() {
             Ok(mut g) => *g = Arc::new(set),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(set),
         }
+        self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Re-reads the keys because a token named a kid the ring of generation `seen` lacks (a
+    /// key rotated in on another node). Single-flight: callers that saw the same generation
+    /// share one reload, and whoever finds the generation moved on just checks again. Reloads
+    /// of this kind are spaced by [`UNKNOWN_KID_RELOAD_GAP`], waited out rather than refused,
+    /// so a just-rotated key is honoured at once and forged kids cannot hammer the store.
+    pub async fn reload_for_unknown_kid(
+        &self,
+        seen: u64,
+        durable: &dyn Durable,
+        now: i64,
+        retain: i64,
+    ) -> Result<(), OAuthError> {
+        let mut last = self.unknown_kid_gate.lock().await;
+        if self.generation() != seen {
+            return Ok(());
+        }
+        if let Some(at) = *last {
+            tokio::time::sleep_until(at + UNKNOWN_KID_RELOAD_GAP).await;
+        }
+        let outcome = self.reload(durable, now, retain).await;
+        *last = Some(tokio::time::Instant::now());
+        outcome
     }
 }
 

@@ -1,27 +1,32 @@
 //! Throttles for anonymous input (DESIGN.md rule 8): password checks and user-code guesses.
 //!
-//! Every attempt is counted atomically *before* anything is checked, so a burst, however
-//! concurrent, gets no more checks through than the policy allows. The source (the client's
-//! address, relayed by the facade) is throttled first and is stopped long before the account
-//! is touched; an account only ever gets growing delays, never a hard lock, so a few requests
-//! from an attacker cannot keep a known user out, while distributed guessing of one account
-//! stays capped at one guess per `max_delay_ms`. Throttled requests get
+//! An account counts every attempt atomically *before* the password is checked, so a burst,
+//! however concurrent, gets no more checks on one account than `lockout_threshold`; after that
+//! it only ever gets growing delays, never a hard lock, so a few requests from an attacker
+//! cannot keep a known user out, while distributed guessing of one account stays capped at one
+//! guess per `max_delay_ms`. The source (the client's address, relayed by the facade) is
+//! checked first and counts its failures: it is slowed, then stopped, before it can reach an
+//! account's threshold. Sources count failures only (not attempts), so one busy address —
+//! a backend doing password grants for many users — is never slowed by its successes; a burst
+//! of guesses across many accounts from a fresh source is bounded by the password pool's
+//! queue, and stops the source. Throttled requests get
 //! `temporarily_unavailable` (or `slow_down` for user codes) with a `retry_after`, the same
 //! answer for known and unknown usernames.
 
 use crate::error::{ErrorCode, OAuthError};
-use crate::ports::{ThrottlePolicy, Throttled};
+use crate::ports::{ThrottleOp, ThrottlePolicy, Throttled};
 use crate::Tessera;
 use std::net::IpAddr;
 
-/// Password attempts from one source: 5 pass at once, then 1 s, 2 s, 4 s between attempts,
-/// and the 8th failure stops the source for 15 minutes — before it reaches an account's
-/// threshold (10 by default). Successful attempts are taken back.
+/// Password failures from one source: from the 5th on, 1 s, 2 s, 4 s… between attempts, and
+/// the 8th stops the source for 15 minutes — before it reaches an account's threshold (10 by
+/// default).
 pub const LOGIN_SOURCE: ThrottlePolicy =
     ThrottlePolicy { free: 5, base_delay_ms: 1_000, max_delay_ms: 60_000, stop_after: 8, forget_after_ms: 15 * 60_000 };
 
-/// User-code guesses from one source (RFC 8628 §5.1): 10 pass at once, then growing delays,
-/// and the 30th wrong code stops the source for 15 minutes.
+/// User-code guesses from one source (RFC 8628 §5.1), counted before they are looked up and
+/// taken back when right: from the 10th on, growing delays, and the 30th wrong code stops the
+/// source for 15 minutes.
 pub const USER_CODE_SOURCE: ThrottlePolicy = ThrottlePolicy {
     free: 10,
     base_delay_ms: 1_000,
@@ -30,8 +35,9 @@ pub const USER_CODE_SOURCE: ThrottlePolicy = ThrottlePolicy {
     forget_after_ms: 15 * 60_000,
 };
 
-/// The per-account policy: `threshold` failures pass at once, then delays of 1 s doubling up
-/// to 30 s; never a hard stop. Forgotten `window_secs` after the last attempt, or at a success.
+/// The per-account policy: `threshold` attempts pass without waiting, the `threshold`-th and
+/// later ones impose 1 s doubling to 30 s; never a hard stop. Forgotten `window_secs` after
+/// the last attempt, or at a success.
 pub fn account_policy(threshold: u32, window_secs: i64) -> ThrottlePolicy {
     ThrottlePolicy {
         free: threshold,
@@ -68,10 +74,16 @@ pub(crate) fn too_many(code: ErrorCode, retry_after_ms: i64) -> OAuthError {
 }
 
 impl Tessera {
-    /// One attempt under `key`: `Ok(count)` when it may go on (it is counted), the throttled
-    /// answer otherwise.
-    pub(crate) async fn attempt(&self, key: &str, policy: &ThrottlePolicy, code: ErrorCode) -> Result<u32, OAuthError> {
-        match self.ephemeral.throttle(key, policy, self.clock.now_ms()).await? {
+    /// One throttle step under `key`: `Ok(count)` when the attempt may go on, the throttled
+    /// answer (with `code`) otherwise.
+    pub(crate) async fn attempt(
+        &self,
+        key: &str,
+        policy: &ThrottlePolicy,
+        op: ThrottleOp,
+        code: ErrorCode,
+    ) -> Result<u32, OAuthError> {
+        match self.ephemeral.throttle(key, policy, op, self.clock.now_ms()).await? {
             Throttled::Allowed { count } => Ok(count),
             Throttled::Wait { retry_after_ms } | Throttled::Stopped { retry_after_ms } => {
                 Err(too_many(code, retry_after_ms))
@@ -79,7 +91,14 @@ impl Tessera {
         }
     }
 
-    /// Takes back an attempt that turned out well (or was never checked).
+    /// Counts a failure seen after the fact.
+    pub(crate) async fn record_failure(&self, key: &str, policy: &ThrottlePolicy) {
+        if let Err(e) = self.ephemeral.throttle(key, policy, ThrottleOp::Record, self.clock.now_ms()).await {
+            tracing::debug!(error = %e, "cannot count a failed attempt");
+        }
+    }
+
+    /// Takes back an attempt that turned out well.
     pub(crate) async fn forgive(&self, key: &str, entirely: bool) {
         if let Err(e) = self.ephemeral.forgive(key, entirely).await {
             tracing::debug!(error = %e, "cannot take back a throttled attempt");
@@ -95,7 +114,7 @@ mod tests {
     fn delays_grow_from_the_first_attempt_past_the_free_ones_and_are_capped() {
         let p = account_policy(3, 900);
         let delays: Vec<i64> = (1..=9).map(|n| p.delay_after(n)).collect();
-        assert_eq!(delays, [0, 0, 0, 1_000, 2_000, 4_000, 8_000, 16_000, 30_000]);
+        assert_eq!(delays, [0, 0, 1_000, 2_000, 4_000, 8_000, 16_000, 30_000, 30_000]);
         assert_eq!(p.delay_after(u32::MAX), 30_000);
         assert!(
             LOGIN_SOURCE.stop_after <= account_policy(10, 900).free,

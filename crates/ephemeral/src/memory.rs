@@ -14,7 +14,7 @@ use futures::stream::{self, BoxStream, StreamExt as _};
 use tessera_core::clock::{Clock, SystemClock};
 use tessera_core::ports::{
     CodeGrant, CodeTake, DecideOutcome, DeviceDecision, DeviceGrant, DevicePoll, DeviceStatus, Ephemeral, Issued,
-    LoginSession, Revocation, ThrottlePolicy, Throttled,
+    LoginSession, Revocation, ThrottleOp, ThrottlePolicy, Throttled,
 };
 use tessera_core::{StoreError, StoreResult};
 use tessera_crypto::Digest;
@@ -319,7 +319,13 @@ impl Ephemeral for MemoryEphemeral {
         Ok(())
     }
 
-    async fn throttle(&self, key: &str, policy: &ThrottlePolicy, now_ms: i64) -> StoreResult<Throttled> {
+    async fn throttle(
+        &self,
+        key: &str,
+        policy: &ThrottlePolicy,
+        op: ThrottleOp,
+        now_ms: i64,
+    ) -> StoreResult<Throttled> {
         let mut st = self.state();
         st.purge_if_due(now_ms);
         let fresh = ThrottleEntry { count: 0, next_ms: 0, reset_ms: 0 };
@@ -327,14 +333,19 @@ impl Ephemeral for MemoryEphemeral {
         if entry.reset_ms <= now_ms {
             *entry = ThrottleEntry { count: 0, next_ms: 0, reset_ms: 0 };
         }
-        if policy.stop_after > 0 && entry.count >= policy.stop_after {
-            return Ok(Throttled::Stopped { retry_after_ms: entry.reset_ms - now_ms });
-        }
-        if now_ms < entry.next_ms {
-            return Ok(Throttled::Wait { retry_after_ms: entry.next_ms - now_ms });
+        if op != ThrottleOp::Record {
+            if policy.stop_after > 0 && entry.count >= policy.stop_after {
+                return Ok(Throttled::Stopped { retry_after_ms: entry.reset_ms - now_ms });
+            }
+            if now_ms < entry.next_ms {
+                return Ok(Throttled::Wait { retry_after_ms: entry.next_ms - now_ms });
+            }
+            if op == ThrottleOp::Peek {
+                return Ok(Throttled::Allowed { count: entry.count });
+            }
         }
         entry.count = entry.count.saturating_add(1);
-        entry.next_ms = now_ms.saturating_add(policy.delay_after(entry.count));
+        entry.next_ms = entry.next_ms.max(now_ms.saturating_add(policy.delay_after(entry.count)));
         entry.reset_ms = now_ms.saturating_add(policy.forget_after_ms.max(1));
         Ok(Throttled::Allowed { count: entry.count })
     }

@@ -41,7 +41,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script};
 use tessera_core::ports::{
     CodeGrant, CodeTake, DecideOutcome, DeviceDecision, DeviceGrant, DevicePoll, DeviceStatus, Ephemeral, Issued,
-    LoginSession, Revocation, ThrottlePolicy, Throttled,
+    LoginSession, Revocation, ThrottleOp, ThrottlePolicy, Throttled,
 };
 use tessera_core::{StoreError, StoreResult};
 use tessera_crypto::Digest;
@@ -245,28 +245,35 @@ return {'consumed'}
     )
 });
 
-/// One attempt under a throttle (see `ThrottlePolicy`), decided and counted in one step.
+/// One step of a throttle (see `ThrottlePolicy` and `ThrottleOp`), atomically.
 /// KEYS[1] the throttle; ARGV now_ms, free, base_delay_ms, max_delay_ms, stop_after (0: never),
-/// forget_after_ms, reclaim ttl in ms. Returns {0, count} allowed, {1, ms} wait, {2, ms} stopped.
+/// forget_after_ms, reclaim ttl in ms, op (`take`, `peek` or `record`).
+/// Returns {0, count} allowed, {1, ms} wait, {2, ms} stopped.
 static THROTTLE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local now = tonumber(ARGV[1])
+local op = ARGV[8]
 local v = redis.call('HMGET', KEYS[1], 'c', 'n', 'r')
 local c, n, r = 0, 0, 0
 if v[3] and tonumber(v[3]) > now then
   c = tonumber(v[1]); n = tonumber(v[2]); r = tonumber(v[3])
 end
-local stop = tonumber(ARGV[5])
-if stop > 0 and c >= stop then return {2, r - now} end
-if now < n then return {1, n - now} end
+if op ~= 'record' then
+  local stop = tonumber(ARGV[5])
+  if stop > 0 and c >= stop then return {2, r - now} end
+  if now < n then return {1, n - now} end
+  if op == 'peek' then return {0, c} end
+end
 c = c + 1
 local free = tonumber(ARGV[2])
 local d = 0
-if c > free then
-  d = math.min(tonumber(ARGV[3]) * 2 ^ math.min(c - free - 1, 40), tonumber(ARGV[4]))
+if c >= free then
+  d = math.min(tonumber(ARGV[3]) * 2 ^ math.min(c - free, 40), tonumber(ARGV[4]))
 end
-redis.call('HSET', KEYS[1], 'c', c, 'n', string.format('%d', now + math.floor(d)), 'r', string.format('%d', now + tonumber(ARGV[6])))
+local nxt = now + math.floor(d)
+if n > nxt then nxt = n end
+redis.call('HSET', KEYS[1], 'c', c, 'n', string.format('%d', nxt), 'r', string.format('%d', now + tonumber(ARGV[6])))
 redis.call('PEXPIRE', KEYS[1], ARGV[7])
 return {0, c}
 ",
@@ -566,7 +573,18 @@ impl Ephemeral for RedisEphemeral {
         Ok(())
     }
 
-    async fn throttle(&self, key: &str, policy: &ThrottlePolicy, now_ms: i64) -> StoreResult<Throttled> {
+    async fn throttle(
+        &self,
+        key: &str,
+        policy: &ThrottlePolicy,
+        op: ThrottleOp,
+        now_ms: i64,
+    ) -> StoreResult<Throttled> {
+        let op = match op {
+            ThrottleOp::Take => "take",
+            ThrottleOp::Peek => "peek",
+            ThrottleOp::Record => "record",
+        };
         let forget_ms = policy.forget_after_ms.max(1);
         // Space is reclaimed on the server's clock, a little after the entry is forgotten on ours.
         let reclaim_ms = forget_ms.saturating_add(RECLAIM_GRACE_SECS * 1000).min(MAX_TTL_SECS * 1000);
@@ -580,7 +598,8 @@ impl Ephemeral for RedisEphemeral {
                     .arg(policy.max_delay_ms)
                     .arg(policy.stop_after)
                     .arg(forget_ms)
-                    .arg(reclaim_ms),
+                    .arg(reclaim_ms)
+                    .arg(op),
             )
             .await?;
         match reply[..] {

@@ -14,7 +14,7 @@ use futures::future::LocalBoxFuture;
 use futures::{FutureExt as _, StreamExt as _};
 use tessera_core::ports::{
     CodeGrant, CodeTake, DecideOutcome, DeviceDecision, DeviceGrant, DevicePoll, DeviceStatus, Ephemeral, Issued,
-    LoginSession, Revocation, ThrottlePolicy, Throttled,
+    LoginSession, Revocation, ThrottleOp, ThrottlePolicy, Throttled,
 };
 use tessera_core::StoreError;
 use tessera_crypto::Digest;
@@ -401,41 +401,57 @@ const POLICY: ThrottlePolicy =
     ThrottlePolicy { free: 2, base_delay_ms: 1_000, max_delay_ms: 4_000, stop_after: 5, forget_after_ms: 60_000 };
 
 async fn a_throttle_lets_the_free_attempts_through_then_delays_then_stops(h: &Harness) {
+    use ThrottleOp::Take;
     let key = "source:192.0.2.1";
     let t0 = h.now * 1000;
-    assert_eq!(h.store.throttle(key, &POLICY, t0).await.unwrap(), Throttled::Allowed { count: 1 });
-    assert_eq!(h.other.throttle(key, &POLICY, t0).await.unwrap(), Throttled::Allowed { count: 2 }, "any handle");
-    assert_eq!(h.store.throttle(key, &POLICY, t0).await.unwrap(), Throttled::Allowed { count: 3 });
-    // The third attempt imposes 1 s; refused attempts are not counted.
-    assert_eq!(h.store.throttle(key, &POLICY, t0 + 400).await.unwrap(), Throttled::Wait { retry_after_ms: 600 });
-    assert_eq!(h.store.throttle(key, &POLICY, t0 + 999).await.unwrap(), Throttled::Wait { retry_after_ms: 1 });
-    assert_eq!(h.store.throttle(key, &POLICY, t0 + 1_000).await.unwrap(), Throttled::Allowed { count: 4 });
-    // …then 2 s.
-    assert_eq!(h.store.throttle(key, &POLICY, t0 + 2_000).await.unwrap(), Throttled::Wait { retry_after_ms: 1_000 });
-    assert_eq!(h.store.throttle(key, &POLICY, t0 + 3_000).await.unwrap(), Throttled::Allowed { count: 5 });
+    assert_eq!(h.store.throttle(key, &POLICY, Take, t0).await.unwrap(), Throttled::Allowed { count: 1 });
+    // The second (free) attempt makes the next one wait 1 s; refused attempts are not counted.
+    assert_eq!(h.other.throttle(key, &POLICY, Take, t0).await.unwrap(), Throttled::Allowed { count: 2 }, "any handle");
+    assert_eq!(h.store.throttle(key, &POLICY, Take, t0 + 400).await.unwrap(), Throttled::Wait { retry_after_ms: 600 });
+    assert_eq!(h.store.throttle(key, &POLICY, Take, t0 + 999).await.unwrap(), Throttled::Wait { retry_after_ms: 1 });
+    assert_eq!(h.store.throttle(key, &POLICY, Take, t0 + 1_000).await.unwrap(), Throttled::Allowed { count: 3 });
+    // …then 2 s, then 4 s (the cap).
+    let early = h.store.throttle(key, &POLICY, Take, t0 + 2_000).await.unwrap();
+    assert_eq!(early, Throttled::Wait { retry_after_ms: 1_000 });
+    assert_eq!(h.store.throttle(key, &POLICY, Take, t0 + 3_000).await.unwrap(), Throttled::Allowed { count: 4 });
+    assert_eq!(h.store.throttle(key, &POLICY, Take, t0 + 7_000).await.unwrap(), Throttled::Allowed { count: 5 });
     // Five counted: stopped until the key is forgotten, a minute after the last counted one.
-    let stopped = h.store.throttle(key, &POLICY, t0 + 60_000).await.unwrap();
-    assert_eq!(stopped, Throttled::Stopped { retry_after_ms: 3_000 });
-    assert_eq!(h.store.throttle("source:192.0.2.2", &POLICY, t0).await.unwrap(), Throttled::Allowed { count: 1 });
-    assert_eq!(h.store.throttle(key, &POLICY, t0 + 63_000).await.unwrap(), Throttled::Allowed { count: 1 });
+    let stopped = h.store.throttle(key, &POLICY, Take, t0 + 60_000).await.unwrap();
+    assert_eq!(stopped, Throttled::Stopped { retry_after_ms: 7_000 });
+    let elsewhere = h.store.throttle("source:192.0.2.2", &POLICY, Take, t0).await.unwrap();
+    assert_eq!(elsewhere, Throttled::Allowed { count: 1 }, "throttles are per key");
+    assert_eq!(h.store.throttle(key, &POLICY, Take, t0 + 67_000).await.unwrap(), Throttled::Allowed { count: 1 });
 }
 
 async fn a_throttle_is_forgotten_after_quiet_and_forgiving_takes_attempts_back(h: &Harness) {
+    use ThrottleOp::{Peek, Record, Take};
     let key = "login:alice";
     let t0 = h.now * 1000;
-    for n in 1..=2 {
-        assert_eq!(h.store.throttle(key, &POLICY, t0).await.unwrap(), Throttled::Allowed { count: n });
-    }
-    h.store.forgive(key, false).await.unwrap();
-    assert_eq!(h.store.throttle(key, &POLICY, t0).await.unwrap(), Throttled::Allowed { count: 2 }, "one taken back");
-    h.store.forgive(key, true).await.unwrap();
-    assert_eq!(h.store.throttle(key, &POLICY, t0).await.unwrap(), Throttled::Allowed { count: 1 }, "all taken back");
-    assert_eq!(h.store.throttle(key, &POLICY, t0 + 59_999).await.unwrap(), Throttled::Allowed { count: 2 });
+    assert_eq!(h.store.throttle(key, &POLICY, Take, t0).await.unwrap(), Throttled::Allowed { count: 1 });
+    assert_eq!(h.store.throttle(key, &POLICY, Peek, t0).await.unwrap(), Throttled::Allowed { count: 1 });
     assert_eq!(
-        h.store.throttle(key, &POLICY, t0 + 119_999).await.unwrap(),
+        h.store.throttle(key, &POLICY, Peek, t0).await.unwrap(),
         Throttled::Allowed { count: 1 },
-        "forgotten"
+        "a peek counts nothing"
     );
+    h.store.forgive(key, false).await.unwrap();
+    assert_eq!(
+        h.store.throttle(key, &POLICY, Take, t0).await.unwrap(),
+        Throttled::Allowed { count: 1 },
+        "one taken back"
+    );
+    h.store.forgive(key, true).await.unwrap();
+    assert_eq!(
+        h.store.throttle(key, &POLICY, Take, t0).await.unwrap(),
+        Throttled::Allowed { count: 1 },
+        "all taken back"
+    );
+    // Failures seen after the fact are counted whatever the state, and delays never shorten.
+    assert_eq!(h.store.throttle(key, &POLICY, Record, t0 + 10).await.unwrap(), Throttled::Allowed { count: 2 });
+    assert_eq!(h.store.throttle(key, &POLICY, Record, t0 + 10).await.unwrap(), Throttled::Allowed { count: 3 });
+    assert_eq!(h.store.throttle(key, &POLICY, Peek, t0 + 10).await.unwrap(), Throttled::Wait { retry_after_ms: 2_000 });
+    let forgotten = h.store.throttle(key, &POLICY, Peek, t0 + 60_010).await.unwrap();
+    assert_eq!(forgotten, Throttled::Allowed { count: 0 }, "forgotten a minute after the last counted attempt");
     h.store.forgive("login:nobody", false).await.unwrap();
     h.store.forgive("login:nobody", true).await.unwrap();
 }
@@ -444,11 +460,11 @@ async fn of_40_concurrent_attempts_a_throttle_lets_only_its_policy_through(h: &H
     let t0 = h.now * 1000;
     let attempts = (0..40).map(|i| {
         let store = if i % 2 == 0 { Arc::clone(&h.store) } else { Arc::clone(&h.other) };
-        async move { store.throttle("login:bob", &POLICY, t0).await.unwrap() }
+        async move { store.throttle("login:bob", &POLICY, ThrottleOp::Take, t0).await.unwrap() }
     });
     let outcomes = futures::future::join_all(attempts).await;
     let allowed = outcomes.iter().filter(|o| matches!(o, Throttled::Allowed { .. })).count();
-    assert_eq!(allowed, 3, "the free attempts and the one that imposes the first delay: {outcomes:?}");
+    assert_eq!(allowed, 2, "only the free attempts: {outcomes:?}");
 }
 
 async fn a_revocation_made_on_another_handle_reaches_a_subscriber(h: &Harness) {

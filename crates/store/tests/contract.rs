@@ -677,7 +677,7 @@ mod cases {
         let kept: Vec<_> = s.revocations_after(0, 0, 100).await.unwrap().into_iter().map(|e| e.revocation).collect();
         assert_eq!(kept, [long, user.clone()]);
         let newer = Revocation::User { id: "u1".into(), before: 300 };
-        s.append_revocations(&[newer.clone()], 299).await.unwrap();
+        s.append_revocations(std::slice::from_ref(&newer), 299).await.unwrap();
         let last = s.revocations_after(0, 0, 100).await.unwrap().pop().unwrap();
         assert_eq!(last.revocation, newer, "a later cut-off of the same user is a new entry");
     }

@@ -229,7 +229,16 @@ async fn the_admin_cli_prints_json_that_scripts_can_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_burst_lets_every_request_in_flight_finish() {
     let dir = temp_dir();
-    let server = Server::start(&dir, &[("TESSERA_SHUTDOWN__GRACE_PERIOD", "30")]);
+    // A queue and an account threshold large enough for the whole burst: what is tested here
+    // is that nothing admitted is dropped at SIGTERM (the bounds have tests of their own).
+    let server = Server::start(
+        &dir,
+        &[
+            ("TESSERA_SHUTDOWN__GRACE_PERIOD", "30"),
+            ("TESSERA_PASSWORDS__QUEUE", "64"),
+            ("TESSERA_TOKENS__LOCKOUT_THRESHOLD", "100"),
+        ],
+    );
     let secret = std::fs::read_to_string(dir.join("data/demo-client-secret")).unwrap().trim().to_owned();
     let password = std::fs::read_to_string(dir.join("data/demo-user-password")).unwrap().trim().to_owned();
     // Password grants hash with Argon2id, so a burst of them stays in flight long enough for

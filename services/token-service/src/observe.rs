@@ -22,8 +22,8 @@ use std::sync::Arc;
 use std::time::Instant;
 use tessera_core::model::{Client, GrantType, User};
 use tessera_core::ports::{
-    AuditEvent, AuditLog, ClientStore, ConsentStore, Durable, KeyStore, RefreshRecord, RefreshStore, Rotation,
-    StoredKey, UserStore, LoggedRevocation, Revocation, RevocationLog,
+    AuditEvent, AuditLog, ClientStore, ConsentStore, Durable, KeyStore, LoggedRevocation, RefreshRecord, RefreshStore,
+    Revocation, RevocationLog, Rotation, StoredKey, UserStore,
 };
 use tessera_core::{ErrorCode, OAuthError, StoreResult};
 use tessera_crypto::Digest;

@@ -5,7 +5,7 @@
 use crate::engine::{describe_scope, required, ClientAuth, TokenSet};
 use crate::error::{ErrorCode, OAuthError, StoreError};
 use crate::model::{Client, DeviceCode, GrantType, ScopeSet, SessionHandle};
-use crate::ports::{DecideOutcome, DeviceDecision, DeviceGrant, DevicePoll};
+use crate::ports::{DecideOutcome, DeviceDecision, DeviceGrant, DevicePoll, ThrottleOp};
 use crate::throttle;
 use crate::tokens::new_jti;
 use crate::Tessera;
@@ -161,7 +161,7 @@ impl Tessera {
     ) -> Result<T, OAuthError> {
         let key = source.map(|ip| throttle::source_key("user-code-source", ip));
         if let Some(key) = &key {
-            self.attempt(key, &throttle::USER_CODE_SOURCE, ErrorCode::SlowDown).await?;
+            self.attempt(key, &throttle::USER_CODE_SOURCE, ThrottleOp::Take, ErrorCode::SlowDown).await?;
         }
         let outcome = use_code.await;
         let wrong_code = matches!(&outcome, Err(e) if e.code == ErrorCode::ExpiredToken);

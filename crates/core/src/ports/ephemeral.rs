@@ -138,9 +138,9 @@ pub struct LoginSession {
 }
 
 /// How a throttle answers repeated attempts under one key (a source address, an account):
-/// `free` attempts pass at once; each further one must wait a delay that starts at
-/// `base_delay_ms` and doubles up to `max_delay_ms`; after `stop_after` attempts (0: never)
-/// everything is refused until the key is forgotten.
+/// `free` attempts pass without waiting; the `free`-th and every later one makes the next
+/// wait a delay that starts at `base_delay_ms` and doubles up to `max_delay_ms`; after
+/// `stop_after` counted attempts (0: never) everything is refused until the key is forgotten.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ThrottlePolicy {
     pub free: u32,
@@ -154,12 +154,24 @@ pub struct ThrottlePolicy {
 impl ThrottlePolicy {
     /// The wait the `count`-th counted attempt imposes on the next one.
     pub fn delay_after(&self, count: u32) -> i64 {
-        if count <= self.free {
+        if count < self.free {
             return 0;
         }
-        let doublings = (count - self.free - 1).min(40);
+        let doublings = (count - self.free).min(40);
         self.base_delay_ms.saturating_mul(1_i64 << doublings).min(self.max_delay_ms)
     }
+}
+
+/// What [`Ephemeral::throttle`] does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThrottleOp {
+    /// Decide, and count the attempt when it is let through (before anything is checked).
+    Take,
+    /// Decide only; `Allowed` carries the count so far.
+    Peek,
+    /// Count a failure seen after the fact, whatever the state (the delay it imposes never
+    /// shortens one already running); always `Allowed` with the new count.
+    Record,
 }
 
 /// What [`Ephemeral::throttle`] decided.
@@ -217,11 +229,11 @@ pub trait Ephemeral: Send + Sync {
     async fn get_session(&self, handle: Digest, now: i64) -> StoreResult<Option<LoginSession>>;
     async fn delete_session(&self, handle: Digest) -> StoreResult<()>;
 
-    /// One attempt under the throttle `key`, decided and counted atomically, so no burst,
-    /// however concurrent, gets more attempts through than `policy` allows. An attempt that
-    /// is let through is counted (before the caller checks anything); a refused one is not.
-    /// The count is forgotten `policy.forget_after_ms` after the last counted attempt.
-    async fn throttle(&self, key: &str, policy: &ThrottlePolicy, now_ms: i64) -> StoreResult<Throttled>;
+    /// One step of the throttle `key`, atomically (see [`ThrottleOp`]): with `Take`, no burst,
+    /// however concurrent, gets more attempts through than `policy` allows. The count is
+    /// forgotten `policy.forget_after_ms` after the last counted attempt.
+    async fn throttle(&self, key: &str, policy: &ThrottlePolicy, op: ThrottleOp, now_ms: i64)
+        -> StoreResult<Throttled>;
     /// Takes back what a successful attempt counted: the whole count when `entirely` (the key
     /// starts afresh), otherwise one attempt. Unknown keys are not an error.
     async fn forgive(&self, key: &str, entirely: bool) -> StoreResult<()>;
