@@ -11,4 +11,5 @@ mod independent_client;
 mod leaks;
 mod metrics;
 mod openapi;
+mod passwords;
 mod traces;
