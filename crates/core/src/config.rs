@@ -14,6 +14,9 @@ pub struct CoreConfig {
     pub code_ttl: i64,
     pub device_code_ttl: i64,
     pub device_interval: i64,
+    /// Device authorizations one client may start per minute; past it the device
+    /// authorization endpoint answers `temporarily_unavailable` until the minute ends.
+    pub device_starts_per_minute: u32,
     pub session_ttl: i64,
     /// Where a person enters a user code (RFC 8628 §3.2 `verification_uri`).
     pub verification_uri: String,
@@ -64,6 +67,7 @@ impl CoreConfig {
             code_ttl: 60,
             device_code_ttl: 600,
             device_interval: 5,
+            device_starts_per_minute: 600,
             session_ttl: 8 * 3600,
             lockout_threshold: 10,
             lockout_window: 15 * 60,

@@ -48,6 +48,11 @@ pub fn account_policy(threshold: u32, window_secs: i64) -> ThrottlePolicy {
     }
 }
 
+/// At most `limit` attempts under a key that names its minute: a fixed-window rate, no delays.
+pub fn per_minute(limit: u32) -> ThrottlePolicy {
+    ThrottlePolicy { free: limit, base_delay_ms: 0, max_delay_ms: 0, stop_after: limit, forget_after_ms: 60_000 }
+}
+
 /// The throttle key of a source: an IPv4 address, or an IPv6 address's /64 (one subscriber's
 /// allocation, so an attacker cannot mint a fresh source per request).
 pub fn source_key(kind: &str, ip: IpAddr) -> String {

@@ -77,6 +77,9 @@ pub struct TokenSettings {
     pub code_ttl: i64,
     pub device_code_ttl: i64,
     pub device_interval: i64,
+    /// Device authorizations one client may start per minute (RFC 8628 §5.1: every live user
+    /// code is one more a guess can hit).
+    pub device_starts_per_minute: u32,
     pub session_ttl: i64,
     pub lockout_threshold: u32,
     pub lockout_window: i64,
@@ -235,6 +238,7 @@ impl Default for TokenSettings {
             code_ttl: core.code_ttl,
             device_code_ttl: core.device_code_ttl,
             device_interval: core.device_interval,
+            device_starts_per_minute: core.device_starts_per_minute,
             session_ttl: core.session_ttl,
             lockout_threshold: core.lockout_threshold,
             lockout_window: core.lockout_window,
@@ -352,6 +356,9 @@ impl Settings {
         }
         if t.lockout_threshold == 0 {
             bail!("tokens.lockout_threshold: must be at least 1");
+        }
+        if t.device_starts_per_minute == 0 {
+            bail!("tokens.device_starts_per_minute: must be at least 1");
         }
         if !(0..=60).contains(&t.refresh_retry_window) {
             bail!("tokens.refresh_retry_window: must be 0 (off) to 60 seconds, got {}", t.refresh_retry_window);
@@ -474,6 +481,7 @@ impl Settings {
         c.code_ttl = t.code_ttl;
         c.device_code_ttl = t.device_code_ttl;
         c.device_interval = t.device_interval;
+        c.device_starts_per_minute = t.device_starts_per_minute;
         c.session_ttl = t.session_ttl;
         c.lockout_threshold = t.lockout_threshold;
         c.lockout_window = t.lockout_window;

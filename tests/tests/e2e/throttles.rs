@@ -158,3 +158,30 @@ pub async fn a_thousand_wrong_user_codes_from_one_source_are_refused_after_the_l
         token.lookup_user_code(from("198.51.100.40", pb::LookupUserCodeRequest { user_code: started.user_code })).await;
     assert_eq!(other.unwrap().into_inner().client_id, tv.0);
 }
+
+/// RFC 8628 §5.1: every live user code is one more a guess can hit, so one client may start
+/// only so many device authorizations a minute; another client is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_starts_a_bounded_number_of_device_authorizations_a_minute() {
+    for backend in [Backend::SqliteMemory, Backend::PostgresRedis] {
+        let Some(app) = TestApp::spawn_with(backend, |s| s.tokens.device_starts_per_minute = 3).await else {
+            continue;
+        };
+        let grants: &[&str] = &["urn:ietf:params:oauth:grant-type:device_code"];
+        let tv = app.client(ClientSpec { id: "tv", grants, public: true, ..Default::default() }).await;
+        let radio = app.client(ClientSpec { id: "radio", grants, public: true, ..Default::default() }).await;
+        let start = |client: &(String, String)| {
+            let mut token = app.token.clone();
+            let request = pb::DeviceAuthorizationRequest { client_id: client.0.clone(), ..Default::default() };
+            async move { token.start_device_authorization(request).await }
+        };
+        for n in 1..=3 {
+            assert!(start(&tv).await.is_ok(), "{backend:?}: start {n} of 3");
+        }
+        let s = assert_oauth(start(&tv).await, ErrorCode::TemporarilyUnavailable, "a fourth start in the minute");
+        assert!(wait_of(&s) <= 60, "{backend:?}: {}", s.message());
+        assert!(start(&radio).await.is_ok(), "{backend:?}: another client is unaffected");
+        app.clock.advance_secs(60);
+        assert!(start(&tv).await.is_ok(), "{backend:?}: the next minute");
+    }
+}

@@ -79,6 +79,11 @@ impl Tessera {
         self.require_grant(&client, GrantType::DeviceCode)?;
         let scope = self.resolve_scope(&client, scope)?;
         let now = self.now();
+        // RFC 8628 §5.1: every live user code is one more that a guess can hit, so one client
+        // starts a bounded number a minute (a window per minute, one key each).
+        let per_minute = throttle::per_minute(self.cfg.device_starts_per_minute);
+        let window = format!("device-starts:{}:{}", client.id, now.div_euclid(60));
+        self.attempt(&window, &per_minute, ThrottleOp::Take, ErrorCode::TemporarilyUnavailable).await?;
         let device_code = DeviceCode::new(tessera_crypto::random_secret(32));
         let mut grant = DeviceGrant {
             client_id: client.id.clone(),
