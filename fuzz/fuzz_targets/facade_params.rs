@@ -129,17 +129,20 @@ fuzz_target!(|input: &[u8]| {
         }
         Err(e) => {
             check_api_error(&e, body);
-            // Whatever is wrong, the Basic credentials are not quoted back.
+            // Whatever is wrong, the Basic credentials are not quoted back. (Only credentials
+            // with a digit are looked for: the messages hold none, so no word of theirs that the
+            // fuzzer copies into a header counts.)
+            let has_digit = |s: &str| s.bytes().any(|b| b.is_ascii_digit());
             for value in authorization.split(|&b| b == b'\t') {
                 let encoded = String::from_utf8_lossy(value);
                 let encoded = encoded.trim().split_once(' ').map_or("", |(_, e)| e.trim());
-                if encoded.len() >= 8 {
+                if encoded.len() >= 8 && has_digit(encoded) {
                     assert!(!e.error.description.contains(encoded), "{:?}", e.error.description);
                 }
                 let decoded = base64::engine::general_purpose::STANDARD.decode(encoded).unwrap_or_default();
                 let decoded = String::from_utf8_lossy(&decoded);
                 if let Some((_, secret)) = decoded.split_once(':') {
-                    if secret.len() >= 8 {
+                    if secret.len() >= 8 && has_digit(secret) {
                         assert!(!e.error.description.contains(secret), "{:?}", e.error.description);
                     }
                 }
