@@ -10,6 +10,7 @@ pub mod backend;
 pub mod discovery;
 pub mod error;
 pub mod health;
+pub mod malformed;
 pub mod oauth;
 pub mod observe;
 pub mod openapi;
@@ -18,18 +19,23 @@ pub mod params;
 pub mod source;
 pub mod userinfo;
 
-use actix_web::dev::{ServerHandle, Service as _, ServiceResponse};
+use actix_http::error::DispatchError;
+use actix_http::{HttpService, KeepAlive};
+use actix_service::{fn_service, map_config, IntoServiceFactory as _, ServiceFactoryExt as _};
+use actix_web::dev::{AppConfig, ServerHandle, Service as _, ServiceResponse};
 use actix_web::http::{header, StatusCode};
 use actix_web::middleware::{DefaultHeaders, ErrorHandlerResponse, ErrorHandlers};
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer, ResponseError as _};
+use actix_web::{web, App, HttpRequest, HttpResponse, ResponseError as _};
 use anyhow::Context as _;
 use backend::BackendConfig;
 use error::ApiError;
 use futures::FutureExt as _;
 use observe::{Exchange, FacadeMetrics};
 use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
 use tessera_token_service::metadata::paths;
 use tessera_token_service::settings::Settings;
+use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
@@ -179,10 +185,19 @@ impl FacadeApplication {
         let addr = listener.local_addr().context("reading the HTTP listener's address")?;
         listener.set_nonblocking(true).context("configuring the HTTP listener")?;
         let trusted_proxies = settings.facade.trusted_proxies.clone();
-        let server = HttpServer::new(move || {
+        // actix-server and actix-http directly rather than actix-web's `HttpServer`, whose
+        // `listen` takes the TCP stream as it is: each connection is wrapped so that the
+        // parser's own refusals are answered as JSON (see malformed.rs). Everything else is
+        // what `HttpServer` did here (actix-web 4.18.1, `HttpServer::new` and `listen`): the
+        // default worker count and connection limit, HTTP/1 only, its keep-alive and client
+        // timeouts, a graceful shutdown that reaches every connection, and the TCP peer as the
+        // request's peer address (read by source.rs).
+        let builder = actix_server::Server::build().disable_signals().shutdown_timeout(grace);
+        let shutdown = builder.graceful_shutdown_signal();
+        let serve = move || {
             // One lazily connected channel per worker thread: its tasks live on that
             // worker's runtime.
-            App::new()
+            let app = App::new()
                 .app_data(web::Data::new(backend.connect_lazy()))
                 .app_data(web::Data::new(page_config.clone()))
                 .app_data(openapi.clone())
@@ -216,13 +231,29 @@ impl FacadeApplication {
                             })
                             .instrument(span)
                     }
+                });
+            let shutdown = shutdown.clone();
+            let http = HttpService::build()
+                .keep_alive(KeepAlive::Timeout(Duration::from_secs(5)))
+                .client_request_timeout(Duration::from_secs(5))
+                .client_disconnect_timeout(Duration::from_secs(1))
+                .h1_allow_half_closed(true)
+                .local_addr(addr)
+                .graceful_shutdown_signal(move || {
+                    let shutdown = shutdown.clone();
+                    async move { shutdown.notified().await }
                 })
-        })
-        .disable_signals()
-        .shutdown_timeout(grace)
-        .listen(listener)
-        .context("starting the HTTP server")?
-        .run();
+                // The App's host name and address serve only URL generation and
+                // `ConnectionInfo`, which the facade does not use (its URLs come from
+                // `public_url`); actix-web offers no public way to set them.
+                .h1(map_config(app.into_factory().map_err(|e| e.error_response()), |_| AppConfig::default()));
+            fn_service(|io: TcpStream| {
+                let peer = io.peer_addr().ok();
+                async move { Ok::<_, DispatchError>((malformed::JsonRefusals::new(io), peer)) }
+            })
+            .and_then(http)
+        };
+        let server = builder.listen("tessera-http-facade", listener, serve).context("starting the HTTP server")?.run();
         let handle = server.handle();
         let server = tokio::spawn(server);
         tracing::info!(%addr, token_service = %grpc_endpoint, "HTTP facade listening");

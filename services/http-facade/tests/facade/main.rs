@@ -9,6 +9,7 @@ mod flows;
 mod harness;
 mod independent_client;
 mod leaks;
+mod malformed;
 mod metrics;
 mod openapi;
 mod passwords;
