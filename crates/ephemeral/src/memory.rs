@@ -329,7 +329,7 @@ impl Ephemeral for MemoryEphemeral {
         let mut st = self.state();
         st.purge_if_due(now_ms);
         // A peek stores nothing: looking must not cost memory per source.
-        if op == ThrottleOp::Peek && !st.throttles.get(key).is_some_and(|e| e.reset_ms > now_ms) {
+        if op == ThrottleOp::Peek && st.throttles.get(key).is_none_or(|e| e.reset_ms <= now_ms) {
             return Ok(Throttled::Allowed { count: 0 });
         }
         let fresh = ThrottleEntry { count: 0, next_ms: 0, reset_ms: 0 };

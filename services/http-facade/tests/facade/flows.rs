@@ -18,6 +18,7 @@ both_pairs!(
     the_seed_device_json_bodies_work_as_written_through_the_verification_page,
     a_denied_device_request_polls_as_access_denied_with_400,
     the_verification_page_takes_codes_in_any_case_and_explains_unknown_ones,
+    a_person_guessing_codes_on_the_verification_page_is_told_to_wait,
     introspection_shows_active_fields_and_only_active_false_once_revoked,
     userinfo_answers_bearer_tokens_and_challenges_with_rfc_6750_errors,
     discovery_documents_and_keys_are_served_on_every_path,
@@ -275,6 +276,40 @@ async fn the_verification_page_takes_codes_in_any_case_and_explains_unknown_ones
     assert_eq!(unknown.status, StatusCode::BAD_REQUEST);
     assert!(unknown.content_type().starts_with("text/html"));
     assert!(unknown.text.contains("unknown or has expired"), "{}", unknown.text);
+    app.stop().await;
+}
+
+/// RFC 8628 §5.1: wrong user codes from one source are throttled, and the page says how long
+/// to wait; the right code from that source waits too, then works.
+async fn a_person_guessing_codes_on_the_verification_page_is_told_to_wait(pair: Pair) {
+    let Some(app) = TestApp::spawn(pair).await else { return };
+    let id = device_client(&app).await;
+    let d = app.post_form("/oauth2/device_authorization", &[("client_id", &id)], None).await.json();
+    let code = d["user_code"].as_str().unwrap().to_owned();
+    let browser = app.browser();
+    let entry = browser.get("/device").await;
+    let mut throttled = None;
+    for guess in 0..40 {
+        let page = browser.submit(&entry, "/device", &[("user_code", "BCDF-GHJK")]).await;
+        if page.text.contains("Too many attempts") {
+            throttled = Some((guess, page));
+            break;
+        }
+        assert!(page.text.contains("unknown or has expired"), "guess {guess}: {}", page.text);
+    }
+    let (guess, page) = throttled.expect("forty wrong codes in a row are throttled");
+    assert!(guess >= 10, "the first ten wrong codes are only refused, guess {guess} was throttled");
+    assert!(page.content_type().starts_with("text/html"));
+    assert!(page.text.contains("wait 1 second"), "{}", page.text);
+    assert!(
+        page.header("retry-after").parse::<u32>().is_ok_and(|s| s >= 1),
+        "Retry-After: {:?}",
+        page.header("retry-after")
+    );
+    // The right code waits its turn too, then works.
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let right = browser.submit(&entry, "/device", &[("user_code", &code)]).await;
+    assert_eq!(right.status, StatusCode::OK, "{}", right.text);
     app.stop().await;
 }
 
