@@ -356,10 +356,14 @@ impl Ephemeral for MemoryEphemeral {
 
     async fn forgive(&self, key: &str, entirely: bool) -> StoreResult<()> {
         let mut st = self.state();
-        if entirely {
+        let emptied = entirely
+            || st.throttles.get_mut(key).is_some_and(|e| {
+                e.count = e.count.saturating_sub(1);
+                e.count == 0
+            });
+        // Nothing left to remember: an attempt taken back costs no memory.
+        if emptied {
             st.throttles.remove(key);
-        } else if let Some(entry) = st.throttles.get_mut(key) {
-            entry.count = entry.count.saturating_sub(1);
         }
         Ok(())
     }

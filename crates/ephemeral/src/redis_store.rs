@@ -280,13 +280,15 @@ return {0, c}
     )
 });
 
-/// Takes back a successful attempt. KEYS[1] the throttle; ARGV[1] '1' to forget it entirely.
+/// Takes back a successful attempt (an entry left with nothing to remember is deleted).
+/// KEYS[1] the throttle; ARGV[1] '1' to forget it entirely.
 static FORGIVE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if ARGV[1] == '1' then return redis.call('DEL', KEYS[1]) end
 local c = tonumber(redis.call('HGET', KEYS[1], 'c') or '0')
-if c > 0 then redis.call('HINCRBY', KEYS[1], 'c', -1) end
+if c <= 1 then return redis.call('DEL', KEYS[1]) end
+redis.call('HINCRBY', KEYS[1], 'c', -1)
 return 1
 ",
     )

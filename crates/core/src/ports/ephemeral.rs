@@ -235,7 +235,8 @@ pub trait Ephemeral: Send + Sync {
     async fn throttle(&self, key: &str, policy: &ThrottlePolicy, op: ThrottleOp, now_ms: i64)
         -> StoreResult<Throttled>;
     /// Takes back what a successful attempt counted: the whole count when `entirely` (the key
-    /// starts afresh), otherwise one attempt. Unknown keys are not an error.
+    /// starts afresh), otherwise one attempt; a key left at zero is forgotten, so attempts
+    /// taken back cost no memory. Unknown keys are not an error.
     async fn forgive(&self, key: &str, entirely: bool) -> StoreResult<()>;
 
     /// Announces a revocation to every node's subscription. Not a record: the durable
