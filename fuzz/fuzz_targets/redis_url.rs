@@ -59,8 +59,11 @@ fuzz_target!(|input: &[u8]| {
 
     if let (Some(message), Some((from, to))) = (&message, naive_password(rest)) {
         let password = &rest[from..to];
+        // Only a password with a character no message holds can be told apart from text that
+        // the fuzzer copied from a message; the marked URL below checks every other password.
         for secret in [password.to_owned(), percent_decoded(password)] {
-            if secret.len() >= 6 && !scheme.contains(secret.as_str()) {
+            if secret.len() >= 6 && secret.contains(['!', '$', '~', '^', '|', '*']) && !scheme.contains(secret.as_str())
+            {
                 assert!(!message.contains(secret.as_str()), "{url:?}: {message:?}");
             }
         }
