@@ -170,13 +170,14 @@ impl Tessera {
             return Err(bad("public clients have no secret"));
         }
         let secret = ClientSecret::new(tessera_crypto::random_secret(32));
-        // The old secret's tokens die with it, on every node.
-        self.record_revocations(vec![Revocation::Client { id: id.to_owned(), before: self.cut_off() }]).await?;
         let replaced = self.durable.set_client_secret(id, secret.digest()).await?;
-        self.clients.forget(id);
         if !replaced {
             return Err(bad("no such client"));
         }
+        // The old secret's tokens die with it, on every node, and every node's cache drops the
+        // client, so it is read again with the new secret. The cut-off is taken after the
+        // change: nothing the old secret obtains can be dated after it.
+        self.record_revocations(vec![Revocation::Client { id: id.to_owned(), before: self.cut_off() }]).await?;
         self.audit("client_secret_rotated", Some(id), None, "client secret replaced").await;
         Ok(secret)
     }
@@ -203,24 +204,25 @@ impl Tessera {
         Ok(self.durable.list_users().await?)
     }
 
-    /// Disabling a user revokes every token the user holds, on every node, before the flag is
-    /// set (DESIGN.md rule 9); enabling revokes nothing and revives nothing.
+    /// Disabling a user revokes every token and sign-in the user holds, on every node
+    /// (DESIGN.md rule 9); enabling revokes nothing and revives nothing.
     pub async fn set_user_disabled(&self, username: &str, disabled: bool) -> Result<User, OAuthError> {
         let username = normalize_username(username)?;
-        if disabled {
-            self.revoke_user_tokens(&username).await?;
-        }
         let user = self.durable.set_user_disabled(&username, disabled).await?.ok_or_else(|| bad("no such user"))?;
+        if disabled {
+            self.revoke_user_tokens(&user).await?;
+        }
         let what = if disabled { "user disabled" } else { "user enabled" };
         self.audit("user_disabled", None, Some(&user.id), what).await;
         Ok(user)
     }
 
+    /// A new password revokes every token and sign-in the user holds, on every node.
     pub async fn set_user_password(&self, username: &str, password: &Password) -> Result<User, OAuthError> {
         let username = normalize_username(username)?;
         let hash = hash_password(&self.passwords, password).await?;
-        self.revoke_user_tokens(&username).await?;
         let user = self.durable.set_user_password(&username, &hash).await?.ok_or_else(|| bad("no such user"))?;
+        self.revoke_user_tokens(&user).await?;
         self.audit("user_password_set", None, Some(&user.id), "password replaced").await;
         Ok(user)
     }
@@ -232,9 +234,11 @@ impl Tessera {
         self.now() + 1
     }
 
-    async fn revoke_user_tokens(&self, username: &str) -> Result<(), OAuthError> {
-        let user = self.durable.find_user_by_username(username).await?.ok_or_else(|| bad("no such user"))?;
-        self.record_revocations(vec![Revocation::User { id: user.id, before: self.cut_off() }]).await
+    /// Records the user's cut-off. Called after the change it stands for is stored, so that
+    /// nothing the old password (or the enabled account) obtains can be dated after it; if it
+    /// fails the administrator sees the error and repeats the change.
+    async fn revoke_user_tokens(&self, user: &User) -> Result<(), OAuthError> {
+        self.record_revocations(vec![Revocation::User { id: user.id.clone(), before: self.cut_off() }]).await
     }
 
     /// Makes a new signing key active; the old ones keep verifying until their tokens expire.

@@ -75,7 +75,9 @@ impl Tessera {
         let record = LoginSession {
             user_id: user.id.clone(),
             username: user.username.clone(),
-            auth_time: now,
+            // Never before a cut-off of this user: a sign-in just after a password change is
+            // a sign-in after it.
+            auth_time: self.revocations.issue_time(Some(&user.id), None, now),
             expires_at: now + self.cfg.session_ttl,
         };
         self.ephemeral.put_session(session.digest(), &record).await?;
@@ -94,7 +96,9 @@ impl Tessera {
         if session.is_empty() || session.expose().len() > 256 {
             return Ok(None);
         }
-        Ok(self.ephemeral.get_session(session.digest(), self.now()).await?)
+        let s = self.ephemeral.get_session(session.digest(), self.now()).await?;
+        // A sign-in from before the user was disabled or given a new password is over.
+        Ok(s.filter(|s| !self.revocations.revokes_grant(Some(&s.user_id), None, s.auth_time)))
     }
 
     /// Decides an authorization request. `Err` means the client or redirect URI cannot be

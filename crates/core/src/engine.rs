@@ -273,7 +273,7 @@ impl Tessera {
             sub: user.map(|u| u.id.clone()).unwrap_or_else(|| client.id.clone()),
             aud: self.cfg.audience.clone(),
             exp,
-            iat: self.revocations.issue_time(user.map(|u| u.id.as_str()), &client.id, now),
+            iat: self.revocations.issue_time(user.map(|u| u.id.as_str()), Some(&client.id), now),
             nbf: now,
             jti,
             client_id: client.id.clone(),
@@ -332,6 +332,11 @@ impl Tessera {
         family_id: String,
     ) -> Result<TokenSet, OAuthError> {
         let now = self.now();
+        // A code or a device approval rests on a sign-in: one from before a cut-off of the
+        // user or the client (a new password, a disabled user, a rotated secret) is revoked.
+        if self.revocations.revokes_grant(Some(&user.id), Some(&client.id), auth_time) {
+            return Err(OAuthError::invalid_grant("the sign-in this grant rests on was revoked"));
+        }
         let (access_token, access_exp) =
             self.mint_access(client, Some(user), &scope, Some(auth_time), jti.clone(), now)?;
         let refresh_token = if client.allows_grant(GrantType::RefreshToken) {
@@ -342,7 +347,7 @@ impl Tessera {
                 client_id: client.id.clone(),
                 user_id: Some(user.id.clone()),
                 scope: scope.to_string(),
-                issued_at: self.revocations.issue_time(Some(&user.id), &client.id, now),
+                issued_at: self.revocations.issue_time(Some(&user.id), Some(&client.id), now),
                 expires_at: now + self.refresh_ttl(client),
                 auth_time: Some(auth_time),
                 access_jti: jti,
@@ -397,7 +402,17 @@ impl Tessera {
         }
         let account_key = format!("login:{}", tessera_crypto::Digest::of(username.as_bytes()).to_hex());
         let policy = throttle::account_policy(self.cfg.lockout_threshold, self.cfg.lockout_window);
-        let count = self.attempt(&account_key, &policy, ThrottleOp::Take, busy).await?;
+        let count = match self.attempt(&account_key, &policy, ThrottleOp::Take, busy).await {
+            Ok(count) => count,
+            Err(e) => {
+                // Asking again before the account's delay has passed counts against the source:
+                // one address cannot keep taking the next slot of a known user's account.
+                if let Some(key) = &source_key {
+                    self.record_failure(key, &throttle::LOGIN_SOURCE).await;
+                }
+                return Err(e);
+            }
+        };
         let checked = async {
             let user = self.durable.find_user_by_username(&username).await?;
             let verified = match &user {

@@ -100,7 +100,11 @@ impl Tessera {
         if r.state != RefreshState::Active
             || r.expires_at <= self.now()
             || r.client_id != caller.id
-            || self.revocations.revokes_refresh(r.user_id.as_deref(), &r.client_id, r.issued_at)
+            || self.revocations.revokes_grant(
+                r.user_id.as_deref(),
+                Some(&r.client_id),
+                r.auth_time.unwrap_or(r.issued_at),
+            )
         {
             return Ok(Introspection::Inactive);
         }

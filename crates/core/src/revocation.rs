@@ -21,9 +21,14 @@ pub const POLL_EVERY: Duration = Duration::from_millis(500);
 /// Entries read per query of the log.
 const PAGE: u64 = 2_000;
 /// The log's positions come from a sequence that is taken before commit, so an entry may
-/// become visible after a later one. The cursor only moves past entries this old, and the
-/// newer ones are read again (applying twice changes nothing).
-const SETTLE_SECS: i64 = 5;
+/// become visible after a later one. The cursor moves past an entry only once this node has
+/// seen it for this long (on its own clock), so anything that committed out of order in the
+/// meantime is read first; the newer entries are read again until then (applying twice
+/// changes nothing).
+const SETTLE_MS: i64 = 5_000;
+/// Entries appended this long before (on the appending node's clock) settle at once: nothing
+/// that old is still in flight, so a node that starts does not re-read the whole log.
+const OLD_SECS: i64 = 60;
 /// How often expired entries are deleted from the log.
 const PURGE_EVERY_POLLS: u32 = 120;
 
@@ -65,28 +70,35 @@ impl Revocations {
     }
 
     /// Whether a verified access token was revoked, by id or by a cut-off. Fails closed.
+    /// A user's token is judged by when the user signed in (`auth_time`), which refreshes
+    /// carry on, so a chain that began before a cut-off cannot outlive it by being refreshed
+    /// on a node that had not heard of it yet.
     pub fn revokes_access(&self, claims: &AccessClaims) -> bool {
         let Ok(st) = self.state.read() else { return true };
+        let origin = claims.auth_time.unwrap_or(claims.iat).min(claims.iat);
         st.access.contains_key(&claims.jti)
-            || claims.username.is_some() && st.users.get(&claims.sub).is_some_and(|b| claims.iat < *b)
-            || st.clients.get(&claims.client_id).is_some_and(|b| claims.iat < *b)
+            || claims.username.is_some() && st.users.get(&claims.sub).is_some_and(|b| origin < *b)
+            || st.clients.get(&claims.client_id).is_some_and(|b| origin < *b)
     }
 
-    /// Whether a refresh token issued at `issued_at` falls under a cut-off. Fails closed.
-    pub fn revokes_refresh(&self, user_id: Option<&str>, client_id: &str, issued_at: i64) -> bool {
+    /// Whether a grant that began at `origin` (a sign-in's `auth_time`, or a refresh family's
+    /// first issue) for this user and client falls under a cut-off. Fails closed. Refresh
+    /// tokens, login sessions, codes and device approvals are all judged by it.
+    pub fn revokes_grant(&self, user_id: Option<&str>, client_id: Option<&str>, origin: i64) -> bool {
         let Ok(st) = self.state.read() else { return true };
-        user_id.and_then(|u| st.users.get(u)).is_some_and(|b| issued_at < *b)
-            || st.clients.get(client_id).is_some_and(|b| issued_at < *b)
+        user_id.and_then(|u| st.users.get(u)).is_some_and(|b| origin < *b)
+            || client_id.and_then(|c| st.clients.get(c)).is_some_and(|b| origin < *b)
     }
 
-    /// The `iat` of a token issued now: never before a cut-off of its user or client, so a
-    /// token issued in the same second as (and after) a cut-off is not caught by it. A cut-off
-    /// is at most one second ahead of its clock; a deleted client's is ignored here (such a
-    /// client cannot authenticate).
-    pub fn issue_time(&self, user_id: Option<&str>, client_id: &str, now: i64) -> i64 {
+    /// The `iat` (or `auth_time`) of a token or sign-in made now: never before a cut-off of
+    /// its user or client, so one made in the same second as (and after) a cut-off is not
+    /// caught by it. A cut-off is at most one second ahead of its clock; a deleted client's is
+    /// ignored here (such a client cannot authenticate).
+    pub fn issue_time(&self, user_id: Option<&str>, client_id: Option<&str>, now: i64) -> i64 {
         let Ok(st) = self.state.read() else { return now };
         let user = user_id.and_then(|u| st.users.get(u)).copied().unwrap_or(now);
-        let client = st.clients.get(client_id).copied().filter(|b| *b != Revocation::FOREVER).unwrap_or(now);
+        let client =
+            client_id.and_then(|c| st.clients.get(c)).copied().filter(|b| *b != Revocation::FOREVER).unwrap_or(now);
         now.max(user).max(client).min(now + 1)
     }
 
@@ -110,9 +122,35 @@ impl Revocations {
 /// How far this node has read the durable log.
 #[derive(Debug, Default)]
 pub(crate) struct LogCursor {
-    /// Every entry up to here is applied.
+    /// Every entry up to here is applied and settled.
     through: i64,
+    /// Entries above `through` already applied, with when this node first saw them (ms).
+    unsettled: std::collections::BTreeMap<i64, i64>,
     polls: u32,
+}
+
+impl LogCursor {
+    /// Notes an entry read at `now_ms`; `old` entries settle at once.
+    fn saw(&mut self, seq: i64, old: bool, now_ms: i64) {
+        if seq > self.through {
+            let first = self.unsettled.entry(seq).or_insert(now_ms);
+            if old {
+                *first = i64::MIN;
+            }
+        }
+    }
+
+    /// Moves `through` past every entry seen long enough ago, in order, stopping at the first
+    /// that is not: an entry below it may still commit.
+    fn settle(&mut self, now_ms: i64) {
+        while let Some((&seq, &first)) = self.unsettled.first_key_value() {
+            if now_ms.saturating_sub(first) < SETTLE_MS {
+                break;
+            }
+            self.through = seq;
+            self.unsettled.pop_first();
+        }
+    }
 }
 
 impl Tessera {
@@ -169,21 +207,21 @@ impl Tessera {
     /// Reads the durable log from the cursor on, applying every entry.
     pub(crate) async fn drain_revocation_log(&self) -> Result<(), OAuthError> {
         let mut cursor = self.log_cursor.lock().await;
-        let now = self.now();
+        let (now, now_ms) = (self.now(), self.clock.now_ms());
+        let mut from = cursor.through;
         loop {
-            let page = self.durable.revocations_after(cursor.through, now, PAGE).await?;
+            let page = self.durable.revocations_after(from, now, PAGE).await?;
             let full = page.len() as u64 == PAGE;
             for LoggedRevocation { seq, at, revocation } in page {
                 self.apply_revocation(&revocation, now);
-                // Only settled entries move the cursor; a page of unsettled ones is read again.
-                if at <= now - SETTLE_SECS {
-                    cursor.through = cursor.through.max(seq);
-                }
+                cursor.saw(seq, at <= now - OLD_SECS, now_ms);
+                from = from.max(seq);
             }
             if !full {
                 break;
             }
         }
+        cursor.settle(now_ms);
         cursor.polls = cursor.polls.wrapping_add(1);
         if cursor.polls % PURGE_EVERY_POLLS == 0 {
             self.revocations.purge(now);
@@ -272,14 +310,38 @@ mod tests {
         assert!(r.revokes_access(&claims("u1", "c", 100, true)));
         assert!(!r.revokes_access(&claims("u1", "c", 101, true)));
         assert!(!r.revokes_access(&claims("u1", "c", 100, false)), "a client's own token named like a user");
-        assert_eq!(r.issue_time(Some("u1"), "c", 100), 101, "issued after the cut-off, in its second");
-        assert!(r.revokes_refresh(Some("u1"), "c", 100));
-        assert!(!r.revokes_refresh(Some("u2"), "c", 100));
+        let refreshed = AccessClaims { auth_time: Some(90), ..claims("u1", "c", 200, true) };
+        assert!(r.revokes_access(&refreshed), "refreshed after the cut-off, but from a sign-in before it");
+        assert_eq!(r.issue_time(Some("u1"), Some("c"), 100), 101, "issued after the cut-off, in its second");
+        assert!(r.revokes_grant(Some("u1"), Some("c"), 100));
+        assert!(!r.revokes_grant(Some("u2"), Some("c"), 100));
 
         r.apply(&Revocation::Client { id: "c".into(), before: Revocation::FOREVER }, 100);
         assert!(r.revokes_access(&claims("u2", "c", 5_000, true)), "a deleted client's tokens are all dead");
-        assert!(r.revokes_refresh(None, "c", 5_000));
-        assert_eq!(r.issue_time(None, "c", 100), 100);
+        assert!(r.revokes_grant(None, Some("c"), 5_000));
+        assert_eq!(r.issue_time(None, Some("c"), 100), 100);
+    }
+
+    #[test]
+    fn the_cursor_passes_an_entry_only_once_it_was_seen_long_enough_and_in_order() {
+        let mut c = LogCursor::default();
+        c.saw(2, false, 1_000);
+        c.saw(3, false, 1_000);
+        c.settle(1_000 + SETTLE_MS - 1);
+        assert_eq!(c.through, 0, "not yet: seq 1 may still commit");
+        // Seq 1 commits late and is seen now; the others have waited long enough but are
+        // behind it, so the cursor stops below it.
+        c.saw(1, false, 1_000 + SETTLE_MS);
+        c.settle(1_000 + SETTLE_MS);
+        assert_eq!(c.through, 0);
+        c.settle(1_000 + 2 * SETTLE_MS);
+        assert_eq!(c.through, 3);
+        assert!(c.unsettled.is_empty());
+        c.saw(2, false, 99_999);
+        assert!(c.unsettled.is_empty(), "what the cursor passed is not noted again");
+        c.saw(9, true, 50_000);
+        c.settle(50_000);
+        assert_eq!(c.through, 9, "an old entry settles at once");
     }
 
     #[test]

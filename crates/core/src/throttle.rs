@@ -48,8 +48,11 @@ pub fn account_policy(threshold: u32, window_secs: i64) -> ThrottlePolicy {
     }
 }
 
+/// Device authorizations one source may start a minute (a household has a few devices).
+pub const DEVICE_STARTS_PER_SOURCE: ThrottlePolicy = per_minute(30);
+
 /// At most `limit` attempts under a key that names its minute: a fixed-window rate, no delays.
-pub fn per_minute(limit: u32) -> ThrottlePolicy {
+pub const fn per_minute(limit: u32) -> ThrottlePolicy {
     ThrottlePolicy { free: limit, base_delay_ms: 0, max_delay_ms: 0, stop_after: limit, forget_after_ms: 60_000 }
 }
 
@@ -94,6 +97,16 @@ impl Tessera {
                 Err(too_many(code, retry_after_ms))
             }
         }
+    }
+
+    /// Whether this is the first time `key` is asked for in the current minute (so something
+    /// worth doing once a minute is done); `false` as well when the store cannot tell.
+    pub(crate) async fn first_this_minute(&self, key: &str) -> bool {
+        let window = format!("{key}:{}", self.now().div_euclid(60));
+        matches!(
+            self.ephemeral.throttle(&window, &per_minute(1), ThrottleOp::Take, self.clock.now_ms()).await,
+            Ok(Throttled::Allowed { .. })
+        )
     }
 
     /// Counts a failure seen after the fact.

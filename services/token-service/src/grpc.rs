@@ -123,16 +123,17 @@ impl pb::token_service_server::TokenService for TokenApi {
             .await
     }
 
-    #[tracing::instrument(name = "StartDeviceAuthorization", skip_all, fields(otel.kind = "server", client_id = %printable(&request.get_ref().client_id), error_code = Empty))]
+    #[tracing::instrument(name = "StartDeviceAuthorization", skip_all, fields(otel.kind = "server", client_id = %printable(&request.get_ref().client_id), client_addr = Empty, error_code = Empty))]
     async fn start_device_authorization(
         &self,
         request: Request<pb::DeviceAuthorizationRequest>,
     ) -> Result<Response<pb::DeviceAuthorizationResponse>, Status> {
+        let source = self.client_source(&request);
         let r = request.into_inner();
         self.metrics
             .observe("StartDeviceAuthorization", "device_code", async move {
                 let auth = ClientAuth::new(r.client_id, r.client_secret);
-                let d = self.tessera.start_device_authorization(&auth, &r.scope).await?;
+                let d = self.tessera.start_device_authorization(&auth, &r.scope, source).await?;
                 Ok(pb::DeviceAuthorizationResponse {
                     device_code: d.device_code.expose().to_owned(),
                     user_code: d.user_code,

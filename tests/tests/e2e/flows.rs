@@ -65,7 +65,7 @@ pub(crate) fn refresh(client: &(String, String), token: &str, scope: &str) -> pb
     }
 }
 
-async fn login(app: &TestApp, user: &str, pass: &str) -> String {
+pub(crate) async fn login(app: &TestApp, user: &str, pass: &str) -> String {
     app.token
         .clone()
         .authenticate(pb::AuthenticateRequest { username: user.into(), password: pass.into() })
@@ -75,7 +75,7 @@ async fn login(app: &TestApp, user: &str, pass: &str) -> String {
         .session
 }
 
-fn authz(client_id: &str, challenge: &str, session: &str) -> pb::AuthorizeRequest {
+pub(crate) fn authz(client_id: &str, challenge: &str, session: &str) -> pb::AuthorizeRequest {
     pb::AuthorizeRequest {
         response_type: "code".into(),
         client_id: client_id.into(),
@@ -91,7 +91,7 @@ fn authz(client_id: &str, challenge: &str, session: &str) -> pb::AuthorizeReques
     }
 }
 
-async fn authorize(app: &TestApp, req: pb::AuthorizeRequest) -> Outcome {
+pub(crate) async fn authorize(app: &TestApp, req: pb::AuthorizeRequest) -> Outcome {
     app.token.clone().authorize(req).await.unwrap().into_inner().outcome.unwrap()
 }
 
@@ -103,7 +103,7 @@ fn redirect(o: Outcome) -> String {
 }
 
 /// Signs in `alice`, consents, and returns a fresh code for `client_id` with PKCE.
-async fn code_for(app: &TestApp, client_id: &str, challenge: &str) -> String {
+pub(crate) async fn code_for(app: &TestApp, client_id: &str, challenge: &str) -> String {
     let session = login(app, "alice", "alice-password").await;
     let mut req = authz(client_id, challenge, &session);
     req.consent = pb::ConsentDecision::Approve as i32;
@@ -114,7 +114,7 @@ async fn code_for(app: &TestApp, client_id: &str, challenge: &str) -> String {
     params.get("code").unwrap_or_else(|| panic!("no code in {to}")).clone()
 }
 
-fn exchange(client: &(String, String), code: &str, verifier: &str) -> pb::ExchangeCodeRequest {
+pub(crate) fn exchange(client: &(String, String), code: &str, verifier: &str) -> pb::ExchangeCodeRequest {
     pb::ExchangeCodeRequest {
         client_id: client.0.clone(),
         client_secret: client.1.clone(),

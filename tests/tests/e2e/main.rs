@@ -74,6 +74,7 @@ for_both_backends!(
     setting_a_password_revokes_the_old_tokens_and_the_new_password_signs_in_at_once,
     rotating_a_client_secret_revokes_its_tokens_and_every_node_takes_the_new_secret,
     deleting_a_client_revokes_its_tokens_everywhere_and_its_id_is_never_reused,
+    a_new_password_ends_sign_ins_and_codes_from_before_it,
     a_refresh_retried_within_the_window_gets_the_same_successor_until_the_successor_is_used,
     a_refresh_retried_after_the_window_is_reuse,
     concurrent_refreshes_of_one_token_within_the_window_never_make_two_live_chains,

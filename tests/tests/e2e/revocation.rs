@@ -3,12 +3,13 @@
 //! every other node within a poll of the durable revocation log — whether or not the fan-out
 //! reaches it.
 
-use crate::flows::{cc, password, refresh, service_client, web_client};
+use crate::flows::{authorize, authz, cc, code_for, exchange, login, password, refresh, service_client, web_client};
 use crate::harness::*;
 use std::time::{Duration, Instant};
 use tessera_core::ErrorCode;
 use tessera_proto::admin::v1 as adminpb;
 use tessera_proto::token::v1 as pb;
+use tessera_proto::token::v1::authorize_response::Outcome;
 use tessera_proto::token::v1::token_service_client::TokenServiceClient;
 use tonic::transport::Channel;
 
@@ -157,4 +158,32 @@ pub async fn deleting_a_client_revokes_its_tokens_everywhere_and_its_id_is_never
     let other = app.client(ClientSpec { id: "other", grants: &["client_credentials"], ..Default::default() }).await;
     assert!(!app.introspect(&user_tokens.access_token, (&other.0, &other.1)).await.active);
     until_inactive_on(&mut b, &user_tokens.access_token, &other, "a deleted client's user token").await;
+}
+
+pub async fn a_new_password_ends_sign_ins_and_codes_from_before_it(app: TestApp) {
+    let web = web_client(&app).await;
+    app.user("alice", "alice-password").await;
+    let (verifier, challenge) = pkce_pair();
+    let code = code_for(&app, "web", &challenge).await;
+    let session = login(&app, "alice", "alice-password").await;
+    app.admin()
+        .await
+        .set_user_password(adminpb::SetUserPasswordRequest {
+            username: "alice".into(),
+            password: "new-password".into(),
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(authorize(&app, authz("web", &challenge, &session)).await, Outcome::LoginRequired(_)),
+        "a sign-in from before the new password is over"
+    );
+    assert_oauth(
+        app.token.clone().exchange_code(exchange(&web, &code, &verifier)).await,
+        ErrorCode::InvalidGrant,
+        "a code from a sign-in before the new password",
+    );
+    // Signing in again, in the same second, works.
+    let fresh = login(&app, "alice", "new-password").await;
+    assert!(matches!(authorize(&app, authz("web", &challenge, &fresh)).await, Outcome::RedirectTo(_)));
 }

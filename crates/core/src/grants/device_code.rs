@@ -74,16 +74,24 @@ impl Tessera {
         &self,
         auth: &ClientAuth,
         scope: &str,
+        source: Option<IpAddr>,
     ) -> Result<DeviceAuthorization, OAuthError> {
         let client = self.authenticate_client(auth).await?;
         self.require_grant(&client, GrantType::DeviceCode)?;
         let scope = self.resolve_scope(&client, scope)?;
         let now = self.now();
         // RFC 8628 §5.1: every live user code is one more that a guess can hit, so one client
-        // starts a bounded number a minute (a window per minute, one key each).
+        // starts a bounded number a minute, and one source far fewer (so that an anonymous
+        // caller cannot use up a public client's allowance).
+        let minute = now.div_euclid(60);
+        let busy = ErrorCode::TemporarilyUnavailable;
+        if let Some(ip) = source {
+            let window = format!("{}:{minute}", throttle::source_key("device-starts-source", ip));
+            self.attempt(&window, &throttle::DEVICE_STARTS_PER_SOURCE, ThrottleOp::Take, busy).await?;
+        }
         let per_minute = throttle::per_minute(self.cfg.device_starts_per_minute);
-        let window = format!("device-starts:{}:{}", client.id, now.div_euclid(60));
-        self.attempt(&window, &per_minute, ThrottleOp::Take, ErrorCode::TemporarilyUnavailable).await?;
+        let window = format!("device-starts:{}:{minute}", client.id);
+        self.attempt(&window, &per_minute, ThrottleOp::Take, busy).await?;
         let device_code = DeviceCode::new(tessera_crypto::random_secret(32));
         let mut grant = DeviceGrant {
             client_id: client.id.clone(),

@@ -22,6 +22,6 @@ pub(super) async fn run(
     }
     let scope = t.resolve_scope(client, scope)?;
     let user = t.verify_user_password(username, password, source).await?;
-    let now = t.now();
-    t.issue_for_user(client, &user, scope, now, None, new_jti(), uuid::Uuid::new_v4().to_string()).await
+    let auth_time = t.revocations.issue_time(Some(&user.id), Some(&client.id), t.now());
+    t.issue_for_user(client, &user, scope, auth_time, None, new_jti(), uuid::Uuid::new_v4().to_string()).await
 }

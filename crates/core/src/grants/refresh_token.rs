@@ -29,12 +29,21 @@ pub(super) async fn run(
         RefreshState::Active => {}
         RefreshState::Rotated => return retried_or_reused(t, client, token, scope, &old, now).await,
         RefreshState::Revoked => {
-            // Its revocation may not have reached every node (DESIGN.md rule 9): send it again.
-            t.revoke_family(&old.family_id).await?;
+            // Its revocation may not have reached every node (DESIGN.md rule 9): send it again,
+            // at most once a minute per family, so presenting it over and over costs little.
+            if t.first_this_minute(&format!("reannounce:{}", old.family_id)).await {
+                t.revoke_family(&old.family_id).await?;
+            }
             return Err(invalid());
         }
     }
-    if old.expires_at <= now || t.revocations.revokes_refresh(old.user_id.as_deref(), &old.client_id, old.issued_at) {
+    if old.expires_at <= now
+        || t.revocations.revokes_grant(
+            old.user_id.as_deref(),
+            Some(&old.client_id),
+            old.auth_time.unwrap_or(old.issued_at),
+        )
+    {
         return Err(invalid());
     }
     let scope = narrowed(&old.scope, scope)?;
@@ -54,7 +63,7 @@ pub(super) async fn run(
         client_id: client.id.clone(),
         user_id: old.user_id.clone(),
         scope: old.scope.clone(),
-        issued_at: t.revocations.issue_time(old.user_id.as_deref(), &client.id, now),
+        issued_at: t.revocations.issue_time(old.user_id.as_deref(), Some(&client.id), now),
         expires_at: now + t.refresh_ttl(client),
         auth_time: old.auth_time,
         access_jti: jti,
@@ -135,7 +144,13 @@ async fn retried(
     if next.state != RefreshState::Active || next.family_id != old.family_id {
         return Ok(None);
     }
-    if next.expires_at <= now || t.revocations.revokes_refresh(next.user_id.as_deref(), &client.id, next.issued_at) {
+    if next.expires_at <= now
+        || t.revocations.revokes_grant(
+            next.user_id.as_deref(),
+            Some(&client.id),
+            next.auth_time.unwrap_or(next.issued_at),
+        )
+    {
         return Err(invalid());
     }
     let scope = narrowed(&next.scope, requested)?;

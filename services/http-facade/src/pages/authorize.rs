@@ -14,7 +14,7 @@ use actix_web::cookie::Cookie;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
-use tessera_core::OAuthError;
+use tessera_core::{ErrorCode, OAuthError};
 use tessera_proto::token::v1 as pb;
 use tessera_proto::token::v1::authorize_response::Outcome;
 use tracing::field::Empty;
@@ -86,6 +86,25 @@ impl AuthorizeParams {
 pub struct LoginRetry {
     pub username: String,
     pub error: String,
+    /// Set when the sign-in was throttled (or the password queue was full): the form comes
+    /// back as a 503 with this `Retry-After`, not as a wrong password.
+    pub retry_after: Option<u32>,
+}
+
+impl LoginRetry {
+    /// The status and `Retry-After` of the login form shown again after this retry.
+    pub fn answer(&self, page: HttpResponse) -> HttpResponse {
+        let mut page = page;
+        match self.retry_after {
+            Some(seconds) => {
+                *page.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                page.headers_mut().insert(actix_web::http::header::RETRY_AFTER, seconds.max(1).into());
+            }
+            None if !self.error.is_empty() => *page.status_mut() = StatusCode::UNAUTHORIZED,
+            None => {}
+        }
+        page
+    }
 }
 
 /// One `Authorize` call and the page or redirect that answers it.
@@ -119,19 +138,18 @@ async fn decide(
         Some(Outcome::LoginRequired(l)) => {
             let csrf = Csrf::for_page(req, config);
             cookies.extend(csrf.cookies());
-            let status = if retry.error.is_empty() { StatusCode::OK } else { StatusCode::UNAUTHORIZED };
-            render(
-                status,
+            retry.answer(render(
+                StatusCode::OK,
                 &LoginPage {
                     csrf_token: csrf.token,
                     client_name: l.client_name,
                     flow: "authorize",
                     hidden: params.hidden(),
-                    username: retry.username,
-                    error: retry.error,
+                    username: retry.username.clone(),
+                    error: retry.error.clone(),
                 },
                 cookies,
-            )
+            ))
         }
         Some(Outcome::ConsentRequired(c)) => {
             let csrf = Csrf::for_page(req, config);
@@ -222,7 +240,9 @@ pub async fn login(
                 return error_page(&e, vec![]);
             };
             // Back to the login page through the same call that showed it.
-            (String::new(), vec![], LoginRetry { username, error: message })
+            let retry_after = matches!(e.code, ErrorCode::TemporarilyUnavailable | ErrorCode::SlowDown)
+                .then_some(e.retry_after.unwrap_or(5));
+            (String::new(), vec![], LoginRetry { username, error: message, retry_after })
         }
     };
     if device_flow {

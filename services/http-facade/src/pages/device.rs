@@ -74,19 +74,18 @@ pub async fn show(
     let csrf = Csrf::for_page(req, config);
     cookies.extend(csrf.cookies());
     if session.is_empty() {
-        let status = if retry.error.is_empty() { StatusCode::OK } else { StatusCode::UNAUTHORIZED };
-        return render(
-            status,
+        return retry.answer(render(
+            StatusCode::OK,
             &LoginPage {
                 csrf_token: csrf.token,
                 client_name: view.client_name,
                 flow: "device",
                 hidden: vec![Hidden { name: "user_code", value: view.user_code }],
-                username: retry.username,
-                error: retry.error,
+                username: retry.username.clone(),
+                error: retry.error.clone(),
             },
             cookies,
-        );
+        ));
     }
     render(
         StatusCode::OK,

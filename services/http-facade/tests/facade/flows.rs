@@ -30,6 +30,7 @@ both_pairs!(
     implicit_clients_get_the_token_in_the_fragment,
     pages_refuse_forms_without_the_csrf_token_and_send_security_headers,
     a_wrong_password_shows_the_login_page_again,
+    guessing_on_the_login_page_is_slowed_with_a_503_that_says_how_long,
     readiness_follows_the_token_service_and_its_absence_is_a_503_json,
 );
 
@@ -696,6 +697,32 @@ async fn a_wrong_password_shows_the_login_page_again(pair: Pair) {
     assert!(!again.text.contains("wrong"), "the password is not echoed");
     let consent = browser.submit(&again, "/login", &[("username", "judy"), ("password", "judy's long password")]).await;
     assert!(consent.text.contains("name=\"decision\""), "{}", consent.text);
+    app.stop().await;
+}
+
+/// DESIGN.md rule 8: a person (or script) guessing on the login page from one address is
+/// slowed: the form comes back as a 503 with `Retry-After` and says how long to wait.
+async fn guessing_on_the_login_page_is_slowed_with_a_503_that_says_how_long(pair: Pair) {
+    let Some(app) = TestApp::spawn(pair).await else { return };
+    let (id, _) = app.confidential(&["authorization_code"]).await;
+    app.create_user("kim", "kim's long password").await;
+    let browser = app.browser();
+    let login = browser
+        .get(&format!("/oauth2/authorize?response_type=code&client_id={id}&redirect_uri={}", encode(CALLBACK)))
+        .await;
+    let mut page = login;
+    for guess in 1..=5 {
+        page = browser.submit(&page, "/login", &[("username", "kim"), ("password", "guess")]).await;
+        assert_eq!(page.status, StatusCode::UNAUTHORIZED, "guess {guess} is only refused: {}", page.text);
+    }
+    let slowed = browser.submit(&page, "/login", &[("username", "kim"), ("password", "kim's long password")]).await;
+    assert_eq!(slowed.status, StatusCode::SERVICE_UNAVAILABLE, "{}", slowed.text);
+    assert!(slowed.text.contains("Too many attempts; wait 1 second"), "{}", slowed.text);
+    assert_eq!(slowed.header("retry-after"), "1");
+    assert!(slowed.text.contains("value=\"kim\""), "the form is shown again: {}", slowed.text);
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let consent = browser.submit(&slowed, "/login", &[("username", "kim"), ("password", "kim's long password")]).await;
+    assert!(consent.text.contains("name=\"decision\""), "after the wait the right password works: {}", consent.text);
     app.stop().await;
 }
 
