@@ -19,10 +19,14 @@ pub fn default_params() -> Params {
 
 /// The most memory a stored hash may ask for (KiB). Hashes made here use
 /// [`default_params`]; a hash imported from elsewhere with a larger `m` still verifies,
-/// with a buffer of its own for that one check, up to this much. Above it the check is
-/// refused as [`HashError::TooCostly`] rather than letting one stored value claim
-/// unbounded memory.
-pub const MAX_MEMORY_KIB: u32 = 256 * 1024;
+/// with a buffer of its own for that one check, up to this much. Above it (or above
+/// [`MAX_PASSES`] or [`MAX_LANES`]) the check is refused as [`HashError::TooCostly`] rather
+/// than letting one stored value claim unbounded memory or pin a worker.
+pub const MAX_MEMORY_KIB: u32 = 64 * 1024;
+/// The most passes (`t`) a stored hash may ask for.
+pub const MAX_PASSES: u32 = 10;
+/// The most lanes (`p`) a stored hash may ask for.
+pub const MAX_LANES: u32 = 8;
 
 /// Allocations at least this large (in blocks of 1 KiB) are served by glibc with a mapping
 /// of their own and unmapped when freed: above its largest dynamic mmap threshold (32 MiB)
@@ -34,7 +38,9 @@ const OWN_MAPPING_BLOCKS: usize = 33 * 1024;
 pub enum HashError {
     #[error("password hashing failed")]
     Failed,
-    #[error("the stored password hash needs more than {MAX_MEMORY_KIB} KiB")]
+    #[error(
+        "the stored password hash asks for more than {MAX_MEMORY_KIB} KiB, {MAX_PASSES} passes or {MAX_LANES} lanes"
+    )]
     TooCostly,
 }
 
@@ -83,7 +89,7 @@ impl Workspace {
             Err(_) => return Ok(false),
         };
         let Ok(params) = Params::try_from(&parsed) else { return Ok(false) };
-        if params.m_cost() > MAX_MEMORY_KIB {
+        if params.m_cost() > MAX_MEMORY_KIB || params.t_cost() > MAX_PASSES || params.p_cost() > MAX_LANES {
             return Err(HashError::TooCostly);
         }
         let mut salt_buf = [0u8; 64];
@@ -206,8 +212,12 @@ mod tests {
         for bad in ["", "not a hash", "$argon2id$v=19$m=19456,t=2,p=1$", "$pbkdf2$i=1$c2FsdHNhbHQ$aGFzaA"] {
             assert!(!ws.verify(b"x", bad).unwrap(), "{bad:?}");
         }
-        let huge = "$argon2id$v=19$m=4194304,t=1,p=1$c2FsdHNhbHRzYWx0$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
-        assert!(matches!(ws.verify(b"x", huge), Err(HashError::TooCostly)));
+        for costly in
+            ["m=4194304,t=1,p=1", "m=65537,t=1,p=1", "m=8192,t=4294967295,p=1", "m=8192,t=11,p=1", "m=8192,t=1,p=9"]
+        {
+            let phc = format!("$argon2id$v=19${costly}$c2FsdHNhbHRzYWx0$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+            assert!(matches!(ws.verify(b"x", &phc), Err(HashError::TooCostly)), "{costly}");
+        }
         assert!(!ws.holds_memory(), "nothing was allocated for a refused hash");
     }
 }
