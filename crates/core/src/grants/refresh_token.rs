@@ -5,7 +5,7 @@
 
 use crate::engine::{required, TokenSet};
 use crate::error::OAuthError;
-use crate::model::{Client, RefreshToken, ScopeSet};
+use crate::model::{Client, RefreshToken, ScopeSet, User};
 use crate::ports::{RefreshRecord, RefreshState, Rotation, Succession};
 use crate::tokens::new_jti;
 use crate::Tessera;
@@ -37,20 +37,8 @@ pub(super) async fn run(
             return Err(invalid());
         }
     }
-    if old.expires_at <= now
-        || t.revocations.revokes_grant(
-            old.user_id.as_deref(),
-            Some(&old.client_id),
-            old.auth_time.unwrap_or(old.issued_at),
-        )
-    {
-        return Err(invalid());
-    }
     let scope = narrowed(&old.scope, scope)?;
-    let user = match &old.user_id {
-        Some(id) => Some(t.durable.get_user(id).await?.filter(|u| !u.disabled).ok_or_else(invalid)?),
-        None => None,
-    };
+    let user = live_user(t, &old, now).await?;
 
     let jti = new_jti();
     let (access_token, access_exp) = t.mint_access(client, user.as_ref(), &scope, old.auth_time, jti.clone(), now)?;
@@ -144,20 +132,8 @@ async fn retried(
     if next.state != RefreshState::Active || next.family_id != old.family_id {
         return Ok(None);
     }
-    if next.expires_at <= now
-        || t.revocations.revokes_grant(
-            next.user_id.as_deref(),
-            Some(&client.id),
-            next.auth_time.unwrap_or(next.issued_at),
-        )
-    {
-        return Err(invalid());
-    }
     let scope = narrowed(&next.scope, requested)?;
-    let user = match &next.user_id {
-        Some(id) => Some(t.durable.get_user(id).await?.filter(|u| !u.disabled).ok_or_else(invalid)?),
-        None => None,
-    };
+    let user = live_user(t, &next, now).await?;
     // Signed as of the successor's issue, so its `exp` is never past the one stored with the
     // row: a family revocation keeps the `jti` revoked until exactly then.
     let minted_at = now.min(next.access_exp - t.access_ttl(client));
@@ -192,4 +168,19 @@ async fn reused(t: &Tessera, old: &RefreshRecord) -> Result<TokenSet, OAuthError
     )
     .await;
     Err(OAuthError::invalid_grant("the refresh token is invalid, expired or revoked"))
+}
+
+/// The user an unexpired refresh token stands for, checked again: `invalid_grant` when the
+/// token expired, falls under a cut-off of its user or client (judged by the sign-in its
+/// family began with), or its user is gone or disabled.
+async fn live_user(t: &Tessera, r: &RefreshRecord, now: i64) -> Result<Option<User>, OAuthError> {
+    let invalid = || OAuthError::invalid_grant("the refresh token is invalid, expired or revoked");
+    let origin = r.auth_time.unwrap_or(r.issued_at);
+    if r.expires_at <= now || t.revocations.revokes_grant(r.user_id.as_deref(), Some(&r.client_id), origin) {
+        return Err(invalid());
+    }
+    match &r.user_id {
+        Some(id) => Ok(Some(t.durable.get_user(id).await?.filter(|u| !u.disabled).ok_or_else(invalid)?)),
+        None => Ok(None),
+    }
 }
