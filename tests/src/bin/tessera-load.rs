@@ -6,6 +6,10 @@
 //! tessera-load --endpoint http://127.0.0.1:50051 --admin-token-file data/admin-token \
 //!              --scenario client-credentials --concurrency 64 --duration 10
 //! ```
+//!
+//! Scenarios: `client-credentials`, `introspect-hot`, `introspect-many`, and
+//! `refresh-rotation` (each request in flight keeps one refresh chain, every rotated token used
+//! once; run it with a small `--concurrency`, since each chain starts with a password grant).
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
@@ -24,6 +28,9 @@ enum Scenario {
     IntrospectHot,
     /// Introspect over 10 000 distinct access tokens (every first check verifies ECDSA).
     IntrospectMany,
+    /// IssueToken with grant_type=refresh_token: each request in flight keeps its own chain,
+    /// presenting every rotated refresh token exactly once and feeding the new one back.
+    RefreshRotation,
 }
 
 #[derive(Parser)]
@@ -58,7 +65,7 @@ async fn main() -> anyhow::Result<()> {
     let created = admin
         .create_client(adminpb::CreateClientRequest {
             name: "load generator".into(),
-            grant_types: vec!["client_credentials".into()],
+            grant_types: vec!["client_credentials".into(), "password".into(), "refresh_token".into()],
             scopes: vec!["api".into()],
             ..Default::default()
         })
@@ -78,7 +85,7 @@ async fn main() -> anyhow::Result<()> {
         ..Default::default()
     };
     let tokens: Vec<String> = match args.scenario {
-        Scenario::ClientCredentials => vec![],
+        Scenario::ClientCredentials | Scenario::RefreshRotation => vec![],
         Scenario::IntrospectHot => {
             vec![TokenServiceClient::new(channels[0].clone()).issue_token(cc.clone()).await?.into_inner().access_token]
         }
@@ -92,6 +99,31 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let tokens = std::sync::Arc::new(tokens);
+    // One chain per request in flight, started by a password grant of a user made for the run.
+    let mut chains = vec![String::new(); args.concurrency.max(1)];
+    if let Scenario::RefreshRotation = args.scenario {
+        let username = format!("load-{}", std::process::id());
+        let password = format!("load-password-{}", std::process::id());
+        admin
+            .create_user(adminpb::CreateUserRequest {
+                username: username.clone(),
+                password: password.clone(),
+                ..Default::default()
+            })
+            .await?;
+        let mut c = TokenServiceClient::new(channels[0].clone());
+        for chain in &mut chains {
+            let grant = pb::IssueTokenRequest {
+                grant_type: "password".into(),
+                client_id: client_id.clone(),
+                client_secret: secret.clone(),
+                username: username.clone(),
+                password: password.clone(),
+                ..Default::default()
+            };
+            *chain = c.issue_token(grant).await.context("starting a refresh chain")?.into_inner().refresh_token;
+        }
+    }
 
     let deadline = Instant::now() + duration;
     let started = Instant::now();
@@ -102,6 +134,7 @@ async fn main() -> anyhow::Result<()> {
         let tokens = std::sync::Arc::clone(&tokens);
         let (client_id, secret) = (client_id.clone(), secret.clone());
         let scenario = args.scenario;
+        let mut chain = std::mem::take(&mut chains[i]);
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut errors = 0u64;
@@ -110,6 +143,23 @@ async fn main() -> anyhow::Result<()> {
                 let t0 = Instant::now();
                 let ok = match scenario {
                     Scenario::ClientCredentials => c.issue_token(cc.clone()).await.is_ok(),
+                    Scenario::RefreshRotation => {
+                        let refresh = pb::IssueTokenRequest {
+                            grant_type: "refresh_token".into(),
+                            client_id: client_id.clone(),
+                            client_secret: secret.clone(),
+                            refresh_token: chain.clone(),
+                            ..Default::default()
+                        };
+                        match c.issue_token(refresh).await {
+                            // A rotation must hand out a new refresh token and an access token.
+                            Ok(r) if !r.get_ref().access_token.is_empty() && r.get_ref().refresh_token != chain => {
+                                chain = r.into_inner().refresh_token;
+                                true
+                            }
+                            _ => false,
+                        }
+                    }
                     Scenario::IntrospectHot | Scenario::IntrospectMany => {
                         n = n.wrapping_add(args_stride());
                         let token = tokens[n % tokens.len()].clone();
