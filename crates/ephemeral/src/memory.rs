@@ -24,6 +24,10 @@ use crate::{reclaim_ttl_secs, DEVICE_GRACE_SECS, MAX_TTL_SECS, RECLAIM_GRACE_SEC
 
 /// Revocations a subscriber may fall behind by before its stream ends (and it reloads).
 const REVOCATION_BACKLOG: usize = 4096;
+/// Throttle entries the store holds at most (about 100 bytes each). Each is forgotten at the
+/// end of its window; past this many live ones a new key is refused (fail closed) rather than
+/// letting guesses from ever-new addresses grow the process (DESIGN.md rule 8).
+const THROTTLE_CAPACITY: usize = 200_000;
 
 /// The smallest entry count that triggers a purge.
 const MIN_PURGE_AT: usize = 1024;
@@ -39,6 +43,7 @@ struct Inner {
     /// Reclaims space and times failure windows. Expiry decisions use the caller's `now`.
     clock: Arc<dyn Clock>,
     state: Mutex<State>,
+    throttle_capacity: usize,
     revocations: broadcast::Sender<Revocation>,
 }
 
@@ -128,8 +133,13 @@ impl MemoryEphemeral {
     /// A store whose failure windows and space reclaiming follow `clock` (tests pass a
     /// `ManualClock` to move failure windows without sleeping).
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        Self::build(clock, THROTTLE_CAPACITY)
+    }
+
+    fn build(clock: Arc<dyn Clock>, throttle_capacity: usize) -> Self {
         let (revocations, _) = broadcast::channel(REVOCATION_BACKLOG);
-        Self { inner: Arc::new(Inner { clock, state: Mutex::new(State::default()), revocations }) }
+        let state = Mutex::new(State::default());
+        Self { inner: Arc::new(Inner { clock, state, throttle_capacity, revocations }) }
     }
 
     /// The one critical section of an operation. A poisoned lock is taken over: every
@@ -326,11 +336,22 @@ impl Ephemeral for MemoryEphemeral {
         op: ThrottleOp,
         now_ms: i64,
     ) -> StoreResult<Throttled> {
+        let capacity = self.inner.throttle_capacity;
         let mut st = self.state();
         st.purge_if_due(now_ms);
         // A peek stores nothing: looking must not cost memory per source.
         if op == ThrottleOp::Peek && st.throttles.get(key).is_none_or(|e| e.reset_ms <= now_ms) {
             return Ok(Throttled::Allowed { count: 0 });
+        }
+        if !st.throttles.contains_key(key) && st.throttles.len() >= capacity {
+            st.throttles.retain(|_, e| e.reset_ms > now_ms);
+            if st.throttles.len() >= capacity {
+                return Ok(match op {
+                    // Nothing to record it in; the refusal is what bounds the attempts.
+                    ThrottleOp::Record => Throttled::Allowed { count: 0 },
+                    _ => Throttled::Wait { retry_after_ms: 1_000 },
+                });
+            }
         }
         let fresh = ThrottleEntry { count: 0, next_ms: 0, reset_ms: 0 };
         let entry = st.throttles.entry(key.to_owned()).or_insert(fresh);
@@ -384,6 +405,31 @@ impl Ephemeral for MemoryEphemeral {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_full_throttle_table_refuses_new_keys_until_entries_expire() {
+        let store = MemoryEphemeral::build(Arc::new(SystemClock), 2);
+        let p = ThrottlePolicy { free: 5, base_delay_ms: 0, max_delay_ms: 0, stop_after: 0, forget_after_ms: 1_000 };
+        for key in ["a", "b"] {
+            assert_eq!(store.throttle(key, &p, ThrottleOp::Take, 0).await.unwrap(), Throttled::Allowed { count: 1 });
+        }
+        assert_eq!(
+            store.throttle("c", &p, ThrottleOp::Take, 10).await.unwrap(),
+            Throttled::Wait { retry_after_ms: 1_000 }
+        );
+        assert_eq!(store.throttle("c", &p, ThrottleOp::Record, 10).await.unwrap(), Throttled::Allowed { count: 0 });
+        assert_eq!(store.state().throttles.len(), 2, "nothing stored past the capacity");
+        assert_eq!(
+            store.throttle("a", &p, ThrottleOp::Take, 10).await.unwrap(),
+            Throttled::Allowed { count: 2 },
+            "known keys go on"
+        );
+        assert_eq!(
+            store.throttle("c", &p, ThrottleOp::Take, 1_010).await.unwrap(),
+            Throttled::Allowed { count: 1 },
+            "room once they expire"
+        );
+    }
     use tessera_core::clock::ManualClock;
 
     fn grant(expires_at: i64) -> CodeGrant {
