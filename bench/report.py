@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""The table and the JSON of bench/run, and the comparison of two runs.
+
+    report.py --results results.jsonl --meta meta.json --out run.json [--compare old.json]
+    report.py --show run.json [--compare old.json]
+
+Each result line names a case, its transport (http, grpc, or the ceiling's own: cpu, sql), its
+backend pair, and what its load generator measured: rps (good answers per second over the time
+the case actually ran), p50_ms, p99_ms, ok, errors. The ratio of a case is its rps over its
+ceiling's, measured in the same run:
+  HTTP cases                   / HTTP /healthz of the same backend
+  gRPC cases                   / the gRPC health check of the same backend
+  password                     / the raw Argon2id rate on every core, measured just before
+  refresh rotation             / pgbench single-row inserts at the same concurrency
+  code exchange, device poll   / refresh rotation of the same backend and transport
+--compare prints each case's rps (and ratio) against the old run's and flags rps drops over 15 %.
+Exit status: 1 when a case had bad answers or dropped more than 15 %, else 0.
+"""
+
+import argparse
+import json
+import sys
+
+DROP = 0.15
+ORDER = [
+    "pgbench insert", "healthz", "health check", "argon2id raw", "client_credentials", "introspect hot", "introspect 10k", "userinfo",
+    "password", "refresh rotation", "code exchange", "device poll", "revocation",
+]
+
+
+def ceiling_of(r, by_key):
+    """The (name, rps) a case is measured against, or None for a ceiling itself."""
+    case, transport, backend = r["case"], r["transport"], r["backend"]
+    if transport not in ("http", "grpc") or case in ("healthz", "health check"):
+        return None
+    if case == "password":
+        return ("argon2id raw", by_key.get(("argon2id raw", "cpu", backend)))
+    if case == "refresh rotation":
+        pg = next((v for (c, _t, _b), v in by_key.items() if c == "pgbench insert"), None)
+        return ("pgbench insert", pg)
+    if case in ("code exchange", "device poll"):
+        return ("refresh rotation", by_key.get(("refresh rotation", transport, backend)))
+    if transport == "http":
+        return ("HTTP /healthz", by_key.get(("healthz", "http", backend)))
+    return ("gRPC health", by_key.get(("health check", "grpc", backend)))
+
+
+def build(results, meta):
+    by_key = {(r["case"], r["transport"], r["backend"]): r.get("rps", 0) for r in results}
+    cases = []
+    for r in results:
+        c = dict(r)
+        ceiling = ceiling_of(r, by_key)
+        if ceiling is None:
+            c["ceiling"], c["ratio"] = None, None
+        else:
+            name, rps = ceiling
+            c["ceiling"] = name
+            c["ratio"] = round(r.get("rps", 0) / rps, 3) if rps else None
+        cases.append(c)
+
+    backends = list(dict.fromkeys(c["backend"] for c in cases if c["backend"] != "-"))
+
+    def sort_key(c):
+        name = c["case"]
+        pair = backends.index(c["backend"]) if c["backend"] in backends else len(backends)
+        return (pair, ORDER.index(name) if name in ORDER else -1, c["transport"] != "http")
+
+    cases.sort(key=sort_key)
+    return {"meta": meta, "cases": cases}
+
+
+def fmt(x, digits=0):
+    if x is None or x == "":
+        return "-"
+    if isinstance(x, (int, float)):
+        if digits == 0:
+            return f"{x:,.0f}"
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def table(run):
+    meta, cases = run["meta"], run["cases"]
+    head = ("case", "transport", "backend", "conc", "rps", "p50 ms", "p99 ms", "ratio", "to", "errors")
+    rows = []
+    for c in cases:
+        note = " (pool ran out)" if c.get("pool_exhausted") or c.get("exhausted") else ""
+        rows.append((
+            c["case"] + note, c["transport"], c["backend"], fmt(c.get("concurrency")), fmt(c.get("rps")),
+            fmt(c.get("p50_ms"), 2), fmt(c.get("p99_ms"), 2), fmt(c.get("ratio"), 2), c.get("ceiling") or "ceiling",
+            fmt(c.get("errors", 0)),
+        ))
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    lines = [
+        f"Tessera benchmark: {meta.get('started', '?')}, commit {meta.get('commit', '?')}, "
+        f"{meta.get('duration_s', '?')} s a case{' (quick)' if meta.get('quick') else ''}, "
+        f"{meta.get('seconds', '?')} s in all",
+        f"machine: {meta.get('machine', '?')}",
+        "",
+    ]
+    right = {3, 4, 5, 6, 7, 9}
+    for i, row in enumerate([head] + rows):
+        cells = [str(x).rjust(w) if j in right else str(x).ljust(w) for j, (x, w) in enumerate(zip(row, widths))]
+        lines.append("  ".join(cells).rstrip())
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    lines.append("")
+    for label, rss in meta.get("rss", {}).items():
+        lines.append(f"server RSS, {label}: {rss['before_mb']} MB before its cases, {rss['after_mb']} MB after "
+                     f"(peak {rss['peak_mb']} MB)")
+    return "\n".join(lines)
+
+
+def compare(run, old):
+    """Prints each case's rps change; returns the cases that dropped more than DROP."""
+    key = lambda c: (c["case"], c["transport"], c["backend"])
+    before = {key(c): c for c in old["cases"]}
+    print(f"\ncompared with {old['meta'].get('started', '?')} (commit {old['meta'].get('commit', '?')}):")
+    dropped = []
+    for c in run["cases"]:
+        o = before.get(key(c))
+        name = f"{c['case']} / {c['transport']} / {c['backend']}"
+        if not o or not o.get("rps"):
+            print(f"  {name:<48} new")
+            continue
+        change = (c.get("rps", 0) - o["rps"]) / o["rps"]
+        flag = ""
+        if change < -DROP:
+            flag = f"   DROP over {DROP:.0%}"
+            dropped.append(name)
+        ratio = ""
+        if o.get("ratio") is not None and c.get("ratio") is not None:
+            ratio = f"   ratio {o['ratio']:.2f} -> {c['ratio']:.2f}"
+        print(f"  {name:<48} {fmt(o['rps']):>9} -> {fmt(c.get('rps')):>9}  {change:+7.1%}{ratio}{flag}")
+    return dropped
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results")
+    p.add_argument("--meta")
+    p.add_argument("--out")
+    p.add_argument("--show", help="print the table of a JSON written before")
+    p.add_argument("--compare", help="a JSON of an earlier run")
+    a = p.parse_args()
+    if a.show:
+        run = json.load(open(a.show))
+    else:
+        results = [json.loads(line) for line in open(a.results) if line.strip()]
+        run = build(results, json.load(open(a.meta)))
+    print(table(run))
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(run, f, indent=1)
+            f.write("\n")
+        print(f"\nwritten to {a.out}")
+    failed = False
+    bad = [c for c in run["cases"] if c.get("errors")]
+    for c in bad:
+        reasons = "; ".join(f"{r['count']} x {r['reason']}" for r in c.get("error_reasons", []))
+        print(f"BAD ANSWERS: {c['case']} / {c['transport']} / {c['backend']}: {c['errors']}"
+              + (f" ({reasons})" if reasons else ""))
+        failed = True
+    if a.compare:
+        dropped = compare(run, json.load(open(a.compare)))
+        if dropped:
+            print(f"{len(dropped)} case(s) dropped more than {DROP:.0%}")
+            failed = True
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
