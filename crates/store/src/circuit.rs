@@ -62,26 +62,55 @@ impl Circuit {
 }
 
 /// The store's connection: the pool, behind a [`Circuit`] on Postgres. Clones share both.
+///
+/// A SQLite file may also have a pool of readers: then a lone `SELECT` goes to them, and
+/// every write and every transaction to `conn`, which has one connection. SQLite lets one
+/// writer in at a time, and a second connection that tries waits in SQLite's busy handler,
+/// which sleeps for milliseconds; queueing for the one writer connection instead wakes the
+/// next writer as soon as the last one is done.
 #[derive(Clone)]
 pub(crate) struct Db {
     conn: DatabaseConnection,
+    readers: Option<DatabaseConnection>,
     circuit: Option<Arc<Circuit>>,
 }
 
 impl Db {
     /// A connection behind a circuit breaker.
     pub(crate) fn guarded(conn: DatabaseConnection) -> Db {
-        Db { conn, circuit: Some(Arc::default()) }
+        Db { conn, readers: None, circuit: Some(Arc::default()) }
     }
 
     /// A connection with no breaker: every call goes to the pool.
     pub(crate) fn unguarded(conn: DatabaseConnection) -> Db {
-        Db { conn, circuit: None }
+        Db { conn, readers: None, circuit: None }
     }
 
-    /// The pool itself, bypassing the breaker: for migrations and closing.
+    /// One writer connection and a pool of readers, with no breaker (a SQLite file).
+    pub(crate) fn split(writer: DatabaseConnection, readers: DatabaseConnection) -> Db {
+        Db { conn: writer, readers: Some(readers), circuit: None }
+    }
+
+    /// Where a statement outside a transaction goes: the readers take a `SELECT`.
+    fn route(&self, stmt: &Statement) -> &DatabaseConnection {
+        match &self.readers {
+            Some(readers) if is_select(&stmt.sql) => readers,
+            _ => &self.conn,
+        }
+    }
+
+    /// The pool itself (the writer, where there are readers), bypassing the breaker: for
+    /// migrations.
     pub(crate) fn pool(&self) -> &DatabaseConnection {
         &self.conn
+    }
+
+    /// Closes every pool, waiting for connections in use to be returned.
+    pub(crate) async fn close(&self) -> Result<(), DbErr> {
+        if let Some(readers) = &self.readers {
+            readers.close_by_ref().await?;
+        }
+        self.conn.close_by_ref().await
     }
 
     /// Whether calls are failing fast because the database failed recently.
@@ -142,6 +171,12 @@ fn probe(conn: DatabaseConnection, circuit: Weak<Circuit>) {
     });
 }
 
+/// A statement that only reads: a `SELECT` (an `INSERT … RETURNING`, which also comes back
+/// as rows, is a write). `WITH` is not taken: its CTE may write.
+fn is_select(sql: &str) -> bool {
+    sql.trim_start().get(..7).is_some_and(|head| head.eq_ignore_ascii_case("SELECT "))
+}
+
 #[async_trait]
 impl ConnectionTrait for Db {
     fn get_database_backend(&self) -> DbBackend {
@@ -157,11 +192,11 @@ impl ConnectionTrait for Db {
     }
 
     async fn query_one(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
-        self.guard(self.conn.query_one(stmt)).await
+        self.guard(self.route(&stmt).query_one(stmt)).await
     }
 
     async fn query_all(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
-        self.guard(self.conn.query_all(stmt)).await
+        self.guard(self.route(&stmt).query_all(stmt)).await
     }
 
     fn support_returning(&self) -> bool {
@@ -250,6 +285,16 @@ mod tests {
             assert!(!c.failed(&err), "{err} must not open the circuit");
         }
         assert!(c.admit().is_ok());
+    }
+
+    #[test]
+    fn only_a_select_goes_to_the_readers() {
+        assert!(is_select("SELECT \"digest\" FROM \"refresh_tokens\""));
+        assert!(is_select("  select 1 "));
+        assert!(!is_select("INSERT INTO t (a) VALUES (1) RETURNING a"));
+        assert!(!is_select("UPDATE t SET a = 1"));
+        assert!(!is_select("WITH x AS (UPDATE t SET a = 1 RETURNING 1) SELECT * FROM x"));
+        assert!(!is_select("SELECT"));
     }
 
     #[tokio::test]

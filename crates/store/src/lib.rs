@@ -28,14 +28,38 @@ use tessera_core::StoreError;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long SQLite waits on another writer's lock before giving up with `SQLITE_BUSY`.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-const POSTGRES_MAX_CONNECTIONS: u32 = 10;
-/// SQLite serializes writers anyway; a few connections let readers proceed under WAL.
-const SQLITE_FILE_MAX_CONNECTIONS: u32 = 4;
+/// A pooled Postgres connection idle for longer than this is pinged before it is handed out
+/// (HikariCP's rule, with its 500 ms): one used a moment ago is known to be alive, and
+/// pinging it would add a round trip to every checkout.
+pub const PING_IF_IDLE_FOR: Duration = Duration::from_millis(500);
+/// Reader connections to a SQLite file, beside its one writer (WAL lets them run at once).
+const SQLITE_FILE_READERS: u32 = 4;
+
+/// How many connections the store may hold open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolOptions {
+    /// Postgres connections in the pool, opened as needed and closed after ten idle minutes.
+    /// Every request in flight that touches the database holds one for a few statements; with
+    /// fewer connections than requests in flight, requests queue for them. Each is a server
+    /// process on Postgres: replicas × this must stay under the server's `max_connections`.
+    /// SQLite ignores it.
+    pub max_connections: u32,
+}
+
+impl PoolOptions {
+    pub const DEFAULT_MAX_CONNECTIONS: u32 = 32;
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        PoolOptions { max_connections: Self::DEFAULT_MAX_CONNECTIONS }
+    }
+}
 
 /// Every durable port on one SeaORM connection pool, Postgres or SQLite.
 ///
 /// Cheap to clone: clones share the pool. The pool reconnects by itself after the database
-/// comes back (each connection is checked before it is handed out). On Postgres a circuit
+/// comes back (a connection idle for [`PING_IF_IDLE_FOR`] is checked before it is handed out). On Postgres a circuit
 /// breaker, shared by the clones, makes calls fail at once with `Unavailable` after the first
 /// outage, until a background probe reaches the database again.
 #[derive(Clone)]
@@ -58,10 +82,15 @@ impl SqlStore {
     /// seconds, and `StoreError::Other` for a URL of another scheme or a malformed one. The
     /// URL, which may hold a password, never appears in an error.
     pub async fn connect(url: &str) -> Result<SqlStore, StoreError> {
+        SqlStore::connect_with(url, PoolOptions::default()).await
+    }
+
+    /// [`SqlStore::connect`] with the pool sized by `options`.
+    pub async fn connect_with(url: &str, options: PoolOptions) -> Result<SqlStore, StoreError> {
         let db = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            circuit::Db::guarded(connect_postgres(url).await?)
+            circuit::Db::guarded(connect_postgres(url, options.max_connections.max(1)).await?)
         } else if url.starts_with("sqlite:") {
-            circuit::Db::unguarded(connect_sqlite(url).await?)
+            connect_sqlite(url).await?
         } else {
             return Err(StoreError::Other("unsupported database URL: expected postgres:// or sqlite:".into()));
         };
@@ -78,7 +107,7 @@ impl SqlStore {
     /// Closes the pool, waiting for connections in use to be returned. Other clones of this
     /// store fail with `Unavailable` afterwards.
     pub async fn close(self) -> Result<(), StoreError> {
-        self.db.pool().close_by_ref().await.map_err(error::from_db)
+        self.db.close().await.map_err(error::from_db)
     }
 
     /// Whether the circuit breaker is open: the database failed recently, so calls fail at
@@ -123,44 +152,57 @@ fn check_postgres_parameters(url: &str) -> Result<(), StoreError> {
     }
 }
 
-async fn connect_postgres(url: &str) -> Result<DatabaseConnection, StoreError> {
+async fn connect_postgres(url: &str, max_connections: u32) -> Result<DatabaseConnection, StoreError> {
     check_postgres_parameters(url)?;
     let options: PgConnectOptions = url.parse().map_err(error::from_connect)?;
     let pool = PgPoolOptions::new()
-        .max_connections(POSTGRES_MAX_CONNECTIONS)
+        .max_connections(max_connections)
         .min_connections(0)
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .idle_timeout(Some(Duration::from_secs(600)))
         .max_lifetime(Some(Duration::from_secs(1800)))
-        // A connection that died with the server is found and replaced here, not handed to
-        // a caller.
-        .test_before_acquire(true)
+        // A connection that died with the server is found and replaced here, not handed to a
+        // caller: one that sat idle for a moment (as every connection does while the database
+        // is down and the circuit is open) answers a ping first. Under load connections are
+        // never idle that long, and a checkout costs no round trip.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                Ok(meta.idle_for < PING_IF_IDLE_FOR || sea_orm::sqlx::Connection::ping(conn).await.is_ok())
+            })
+        })
         .connect_with(options)
         .await
         .map_err(error::from_connect)?;
     Ok(SqlxPostgresConnector::from_sqlx_postgres_pool(pool))
 }
 
-async fn connect_sqlite(url: &str) -> Result<DatabaseConnection, StoreError> {
+async fn connect_sqlite(url: &str) -> Result<circuit::Db, StoreError> {
     let options: SqliteConnectOptions = url.parse().map_err(error::from_connect)?;
     let options = options
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(SQLITE_BUSY_TIMEOUT)
         .foreign_keys(true);
-    let pool = if is_sqlite_memory(url) {
+    let connect = |pool: SqlitePoolOptions| async {
+        let pool = pool.acquire_timeout(ACQUIRE_TIMEOUT).connect_with(options.clone()).await;
+        Ok::<_, StoreError>(SqlxSqliteConnector::from_sqlx_sqlite_pool(pool.map_err(error::from_connect)?))
+    };
+    if is_sqlite_memory(url) {
         // Each connection to `:memory:` would be its own database, and the database dies with
         // its last connection: exactly one connection, kept forever. It also serializes
         // writers, which is all the concurrency safety an in-memory database needs.
-        SqlitePoolOptions::new().max_connections(1).min_connections(1).idle_timeout(None).max_lifetime(None)
-    } else {
-        // WAL lets readers run beside the one writer; writers wait out each other's locks
-        // through the busy timeout. Every write transaction starts with its write, so the
-        // wait happens before it has read anything and cannot end in SQLITE_BUSY_SNAPSHOT.
-        SqlitePoolOptions::new().max_connections(SQLITE_FILE_MAX_CONNECTIONS)
-    };
-    let pool = pool.acquire_timeout(ACQUIRE_TIMEOUT).connect_with(options).await.map_err(error::from_connect)?;
-    Ok(SqlxSqliteConnector::from_sqlx_sqlite_pool(pool))
+        let one = SqlitePoolOptions::new().max_connections(1).min_connections(1).idle_timeout(None).max_lifetime(None);
+        return Ok(circuit::Db::unguarded(connect(one).await?));
+    }
+    // One writer connection, so writers queue in the pool rather than in SQLite's busy
+    // handler (which sleeps); the busy timeout still covers another process writing. WAL
+    // lets the readers run beside it. Every write transaction starts with its write, so a
+    // wait happens before it has read anything and cannot end in SQLITE_BUSY_SNAPSHOT.
+    // The writer connects first: it creates the file and puts it in WAL mode.
+    let writer = connect(SqlitePoolOptions::new().max_connections(1)).await?;
+    let readers = connect(SqlitePoolOptions::new().max_connections(SQLITE_FILE_READERS)).await?;
+    Ok(circuit::Db::split(writer, readers))
 }
 
 fn is_sqlite_memory(url: &str) -> bool {

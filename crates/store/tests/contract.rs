@@ -201,6 +201,9 @@ async fn a_postgres_store_reconnects_after_its_connections_are_killed() {
             .await
             .unwrap();
         assert!(!killed.is_empty(), "the pool had a connection to kill");
+        // A restart takes longer than this; by then every pooled connection has been idle
+        // long enough to be pinged, and a dead one replaced, before it is handed out.
+        tokio::time::sleep(tessera_store::PING_IF_IDLE_FOR + std::time::Duration::from_millis(100)).await;
         store.ping().await.unwrap();
         assert_eq!(store.list_clients().await.unwrap(), vec![cases::client("app")]);
     })

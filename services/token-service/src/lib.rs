@@ -65,7 +65,8 @@ async fn connect_durable(settings: &Settings) -> anyhow::Result<tessera_store::S
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("creating the data directory {}", settings.data_dir.display()))?;
     }
-    let store = tessera_store::SqlStore::connect(&url).await.context("connecting to the database")?;
+    let pool = tessera_store::PoolOptions { max_connections: settings.database.max_connections };
+    let store = tessera_store::SqlStore::connect_with(&url, pool).await.context("connecting to the database")?;
     store.migrate().await.context("running database migrations")?;
     Ok(store)
 }

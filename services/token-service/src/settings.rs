@@ -53,11 +53,20 @@ pub struct HttpSettings {
     pub public_url: Option<String>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseSettings {
     /// `postgres://…` or `sqlite://…`; empty means `<data_dir>/tessera.db`.
     pub url: String,
+    /// Postgres connections this node may hold open (1–1000); see
+    /// `tessera_store::PoolOptions::max_connections`.
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self { url: String::new(), max_connections: tessera_store::PoolOptions::DEFAULT_MAX_CONNECTIONS }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -332,6 +341,9 @@ impl Settings {
         let db = self.database_url();
         if !(db.starts_with("postgres://") || db.starts_with("postgresql://") || db.starts_with("sqlite:")) {
             bail!("database.url (DATABASE_URL): must start with postgres:// or sqlite:");
+        }
+        if !(1..=1000).contains(&self.database.max_connections) {
+            bail!("database.max_connections: must be between 1 and 1000");
         }
         let redis = &self.redis.url;
         const REDIS_SCHEMES: [&str; 6] =

@@ -74,6 +74,8 @@ impl TestApp {
                     Err(e) => return unreachable(e),
                 };
                 settings.database.url = pg.url();
+                // Tests run side by side on one Postgres: each node keeps few connections.
+                settings.database.max_connections = 8;
                 settings.redis.url = tessera_testkit::redis_url();
                 settings.redis.key_prefix = keys.prefix().to_owned();
                 (Some(pg), Some(keys))

@@ -4,7 +4,10 @@ use crate::error;
 use crate::SqlStore;
 use async_trait::async_trait;
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, TransactionTrait};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect,
+    Statement, TransactionTrait,
+};
 use tessera_core::ports::{RefreshRecord, RefreshState, RefreshStore, Rotation, Succession};
 use tessera_core::StoreResult;
 use tessera_crypto::succession::SuccessorSalt;
@@ -79,32 +82,14 @@ impl RefreshStore for SqlStore {
 
     async fn rotate_refresh(&self, old: Digest, succession: &Succession, new: &RefreshRecord) -> StoreResult<Rotation> {
         let old = old.to_hex();
-        let txn = self.db.begin().await.map_err(error::from_db)?;
-        // The winner is whoever's UPDATE matches the row while it is still active: Postgres
-        // makes the others wait on the row lock and re-check `state`, SQLite serializes the
-        // writers. Either way exactly one sees rows_affected = 1.
-        let flipped = Entity::update_many()
-            .col_expr(Column::State, Expr::value(ROTATED))
-            .col_expr(Column::RotatedAt, Expr::value(succession.at))
-            .col_expr(Column::SuccessorSalt, Expr::value(succession.salt.expose().to_vec()))
-            .filter(Column::Digest.eq(old.as_str()))
-            .filter(Column::State.eq(ACTIVE))
-            .exec(&txn)
-            .await
-            .map_err(error::from_db)?
-            .rows_affected;
-        if flipped == 1 {
-            Entity::insert(to_row(new, RefreshState::Active).into_active_model())
-                .exec_without_returning(&txn)
-                .await
-                .map_err(error::from_db)?;
-            txn.commit().await.map_err(error::from_db)?;
+        let rotated = match self.db.get_database_backend() {
+            DbBackend::Postgres => rotate_in_one_statement(&self.db, &old, succession, new).await?,
+            _ => rotate_in_a_transaction(&self.db, &old, succession, new).await?,
+        };
+        if rotated {
             return Ok(Rotation::Rotated);
         }
-        // Read inside the transaction: an in-memory SQLite pool has a single connection,
-        // which the transaction is holding.
-        let row = Entity::find_by_id(old).one(&txn).await.map_err(error::from_db)?;
-        txn.rollback().await.map_err(error::from_db)?;
+        let row = Entity::find_by_id(old).one(&self.db).await.map_err(error::from_db)?;
         Ok(match row {
             Some(row) if row.state == ROTATED => Rotation::Reused { family_id: row.family_id },
             _ => Rotation::Unknown,
@@ -148,4 +133,72 @@ impl RefreshStore for SqlStore {
             .await
             .map_err(error::from_db)
     }
+}
+
+/// Postgres: the rotation as one statement, committed once. The `UPDATE` in the CTE matches
+/// the old row only while it is active; concurrent rotations of the same token wait on its
+/// row lock and re-check `state` (READ COMMITTED), so exactly one sees a row, and only that
+/// one's `INSERT … SELECT` stores a successor. True when this call rotated it.
+async fn rotate_in_one_statement(
+    db: &impl ConnectionTrait,
+    old: &str,
+    succession: &Succession,
+    new: &RefreshRecord,
+) -> StoreResult<bool> {
+    const SQL: &str = "WITH old AS (\
+            UPDATE refresh_tokens SET state = $2, rotated_at = $3, successor_salt = $4 \
+            WHERE digest = $1 AND state = $5 RETURNING 1) \
+        INSERT INTO refresh_tokens (digest, family_id, client_id, user_id, scope, issued_at, expires_at, \
+            auth_time, access_jti, access_exp, state) \
+        SELECT $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $5 FROM old";
+    let values: [sea_orm::Value; 15] = [
+        old.into(),
+        ROTATED.into(),
+        succession.at.into(),
+        succession.salt.expose().to_vec().into(),
+        ACTIVE.into(),
+        new.digest.to_hex().into(),
+        new.family_id.as_str().into(),
+        new.client_id.as_str().into(),
+        new.user_id.clone().into(),
+        new.scope.as_str().into(),
+        new.issued_at.into(),
+        new.expires_at.into(),
+        new.auth_time.into(),
+        new.access_jti.as_str().into(),
+        new.access_exp.into(),
+    ];
+    let stmt = Statement::from_sql_and_values(DbBackend::Postgres, SQL, values);
+    Ok(db.execute(stmt).await.map_err(error::from_db)?.rows_affected() == 1)
+}
+
+/// SQLite, which has no `UPDATE` inside a CTE: the same two writes in one transaction.
+/// SQLite serializes writers, so exactly one of concurrent rotations flips the row.
+async fn rotate_in_a_transaction(
+    db: &(impl TransactionTrait + Sync),
+    old: &str,
+    succession: &Succession,
+    new: &RefreshRecord,
+) -> StoreResult<bool> {
+    let txn = db.begin().await.map_err(error::from_db)?;
+    let flipped = Entity::update_many()
+        .col_expr(Column::State, Expr::value(ROTATED))
+        .col_expr(Column::RotatedAt, Expr::value(succession.at))
+        .col_expr(Column::SuccessorSalt, Expr::value(succession.salt.expose().to_vec()))
+        .filter(Column::Digest.eq(old))
+        .filter(Column::State.eq(ACTIVE))
+        .exec(&txn)
+        .await
+        .map_err(error::from_db)?
+        .rows_affected;
+    if flipped != 1 {
+        txn.rollback().await.map_err(error::from_db)?;
+        return Ok(false);
+    }
+    Entity::insert(to_row(new, RefreshState::Active).into_active_model())
+        .exec_without_returning(&txn)
+        .await
+        .map_err(error::from_db)?;
+    txn.commit().await.map_err(error::from_db)?;
+    Ok(true)
 }

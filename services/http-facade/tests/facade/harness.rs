@@ -127,6 +127,8 @@ impl TestApp {
             Pair::PostgresRedis => match production_pair().await {
                 Ok((db, prefix, cleanup)) => {
                     settings.database.url = db;
+                    // Tests run side by side on one Postgres: each node keeps few connections.
+                    settings.database.max_connections = 8;
                     settings.redis.url = tessera_testkit::redis_url();
                     settings.redis.key_prefix = prefix;
                     Some(cleanup)
