@@ -53,7 +53,7 @@ local function read_lines(path)
   return lines
 end
 
-local mode, items, cursor, stack, hot, user, pass
+local mode, items, cursor, stack, hot, user, pass, verifying
 -- wrk.format uses the headers it is given instead of wrk.headers: each request names all of its own.
 local form = { ["Content-Type"] = "application/x-www-form-urlencoded" }
 local plain = {}
@@ -70,6 +70,9 @@ function init(args)
     if (i - 1) % nthreads == tid then table.insert(items, line) end
   end
   cursor = 0
+  -- wrk calls the first thread's request() once before the run, to check what it returns; that
+  -- call must not use up an item.
+  verifying = tid == 0
   if mode == "password" then
     user, pass = all[1], all[2]
   elseif mode == "introspect" then
@@ -106,6 +109,10 @@ local function out_of_items()
 end
 
 function request()
+  if verifying then
+    verifying = false
+    return filler_request()
+  end
   if first_at == 0 then first_at = now() end
   if mode == "healthz" then
     return wrk.format("GET", "/healthz", {}, nil)

@@ -2,7 +2,7 @@
 """The table and the JSON of bench/run, and the comparison of two runs.
 
     report.py --results results.jsonl --meta meta.json --out run.json [--compare old.json]
-    report.py --show run.json [--compare old.json]
+    report.py --show run.json [--compare old.json] [--markdown]
 
 Each result line names a case, its transport (http, grpc, or the ceiling's own: cpu, sql), its
 backend pair, and what its load generator measured: rps (good answers per second over the time
@@ -14,7 +14,7 @@ ceiling's, measured in the same run:
   refresh rotation             / pgbench single-row inserts at the same concurrency
   code exchange, device poll   / refresh rotation of the same backend and transport
 --compare prints each case's rps (and ratio) against the old run's and flags rps drops over 15 %.
-Exit status: 1 when a case had bad answers or dropped more than 15 %, else 0.
+Exit status: 1 when a case had bad answers (or none good) or dropped more than 15 %, else 0.
 """
 
 import argparse
@@ -112,6 +112,43 @@ def table(run):
     return "\n".join(lines)
 
 
+def markdown(run):
+    """The README's table: one row a case, one column a backend pair and transport."""
+    cases = run["cases"]
+    columns = []
+    for c in cases:
+        col = (c["backend"], c["transport"])
+        if c["transport"] in ("http", "grpc") and col not in columns:
+            columns.append(col)
+    names = {"sqlite+memory": "SQLite + memory", "postgres+redis": "Postgres + Redis"}
+    head = ["case"] + [f"{names.get(b, b)}, {'HTTP' if t == 'http' else 'gRPC'}" for b, t in columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    by = {(c["case"], c["backend"], c["transport"]): c for c in cases}
+    for name in [n for n in ORDER if any(c["case"] == n and c["transport"] in ("http", "grpc") for c in cases)]:
+        row = [name]
+        for b, t in columns:
+            c = by.get((name, b, t))
+            if not c:
+                row.append("")
+                continue
+            ratio = f" ({c['ratio']:.2f}×)" if c.get("ratio") is not None else " (ceiling)"
+            errors = f", **{c['errors']} bad**" if c.get("errors") else ""
+            row.append(f"{fmt(c.get('rps'))}/s{ratio}, {fmt(c.get('p50_ms'), 1)} / {fmt(c.get('p99_ms'), 1)} ms{errors}")
+        lines.append("| " + " | ".join(row) + " |")
+    other = [c for c in cases if c["transport"] not in ("http", "grpc")]
+    what = {"h2load": "gRPC health check from h2load", "cpu": "raw Argon2id", "sql": "pgbench single-row inserts"}
+    ceilings = ", ".join(
+        f"{what.get(c['transport'], c['case'])} ({names.get(c['backend'], c['backend'])}) {fmt(c.get('rps'))}/s"
+        for c in other
+    )
+    lines.append("")
+    lines.append(f"Other ceilings in the same run: {ceilings}.")
+    for label, rss in run["meta"].get("rss", {}).items():
+        lines.append(f"Server RSS, {names.get(label, label)}: {rss['before_mb']} MB before its cases, "
+                     f"{rss['after_mb']} MB after (peak {rss['peak_mb']} MB).")
+    return "\n".join(lines)
+
+
 def compare(run, old):
     """Prints each case's rps change; returns the cases that dropped more than DROP."""
     key = lambda c: (c["case"], c["transport"], c["backend"])
@@ -143,12 +180,16 @@ def main():
     p.add_argument("--out")
     p.add_argument("--show", help="print the table of a JSON written before")
     p.add_argument("--compare", help="a JSON of an earlier run")
+    p.add_argument("--markdown", action="store_true", help="print the table as Markdown (for the README)")
     a = p.parse_args()
     if a.show:
         run = json.load(open(a.show))
     else:
         results = [json.loads(line) for line in open(a.results) if line.strip()]
         run = build(results, json.load(open(a.meta)))
+    if a.markdown:
+        print(markdown(run))
+        return
     print(table(run))
     if a.out:
         with open(a.out, "w") as f:
@@ -157,6 +198,10 @@ def main():
         print(f"\nwritten to {a.out}")
     failed = False
     bad = [c for c in run["cases"] if c.get("errors")]
+    for c in run["cases"]:
+        if c["transport"] in ("http", "grpc") and not c.get("ok") and not c.get("errors"):
+            print(f"NO GOOD ANSWERS: {c['case']} / {c['transport']} / {c['backend']}")
+            failed = True
     for c in bad:
         reasons = "; ".join(f"{r['count']} x {r['reason']}" for r in c.get("error_reasons", []))
         print(f"BAD ANSWERS: {c['case']} / {c['transport']} / {c['backend']}: {c['errors']}"
