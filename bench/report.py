@@ -10,7 +10,8 @@ the case actually ran), p50_ms, p99_ms, ok, errors. The ratio of a case is its r
 ceiling's, measured in the same run:
   HTTP cases                   / HTTP /healthz of the same backend
   gRPC cases                   / the gRPC health check of the same backend
-  password                     / the raw Argon2id rate on every core, measured just before
+  password                     / the raw Argon2id rate on every core (the higher of the samples
+                                 taken just before and just after)
   refresh rotation             / pgbench single-row inserts at the same concurrency
   code exchange, device poll   / refresh rotation of the same backend and transport
 --compare prints each case's rps (and ratio) against the old run's and flags rps drops over 15 %.
