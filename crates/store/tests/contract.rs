@@ -142,6 +142,9 @@ contract!(
     revoking_a_family_revokes_every_row_and_returns_every_access_jti,
     rotating_a_token_of_a_revoked_family_or_an_unknown_token_is_unknown,
     rotating_the_same_refresh_token_concurrently_lets_exactly_one_win,
+    a_live_refresh_token_rotates_in_one_step_and_returns_itself_with_its_user,
+    a_refresh_token_that_is_not_live_is_left_alone_by_the_one_step_rotation,
+    rotating_a_live_token_concurrently_lets_exactly_one_win,
     granting_scopes_adds_to_what_was_granted_and_never_narrows,
     concurrent_consent_grants_keep_every_scope,
     keys_list_oldest_first_and_retiring_spares_only_the_kept_key,
@@ -239,7 +242,7 @@ mod cases {
     use tessera_core::ports::Succession;
     use tessera_core::ports::{
         AuditEvent, AuditLog, ClientStore, ConsentStore, Durable, KeyStore, RefreshRecord, RefreshState, RefreshStore,
-        Rotation, StoredKey, UserStore,
+        Rotation, StoredKey, Successor, UserStore,
     };
     use tessera_core::StoreError;
     use tessera_crypto::succession::SuccessorSalt;
@@ -423,9 +426,17 @@ mod cases {
         s.insert_refresh(&without_user).await.unwrap();
         s.insert_refresh(&rotated).await.unwrap();
         assert_eq!(s.get_refresh(with_user.digest).await.unwrap(), Some(with_user.clone()));
-        assert_eq!(s.get_refresh(without_user.digest).await.unwrap(), Some(without_user));
+        assert_eq!(s.get_refresh(without_user.digest).await.unwrap(), Some(without_user.clone()));
         assert_eq!(s.get_refresh(rotated.digest).await.unwrap(), Some(rotated), "the succession and its salt");
         assert_eq!(s.get_refresh(Digest::of(b"nope")).await.unwrap(), None);
+
+        // Read with its user in one query: the user once it exists, none without one.
+        assert_eq!(s.get_refresh_and_user(with_user.digest).await.unwrap(), Some((with_user.clone(), None)));
+        let u1 = user("u1", "alice");
+        s.create_user(&u1).await.unwrap();
+        assert_eq!(s.get_refresh_and_user(with_user.digest).await.unwrap(), Some((with_user.clone(), Some(u1))));
+        assert_eq!(s.get_refresh_and_user(without_user.digest).await.unwrap(), Some((without_user, None)));
+        assert_eq!(s.get_refresh_and_user(Digest::of(b"nope")).await.unwrap(), None);
 
         let err = s.insert_refresh(&with_user).await.unwrap_err();
         assert!(matches!(err, StoreError::Conflict(_)), "same digest twice: {err:?}");
@@ -568,6 +579,115 @@ mod cases {
             "{backend:?}: the old token records the winner's succession"
         );
         assert_eq!(s.revoke_family("f1").await.unwrap().len(), 2, "old and winner");
+    }
+
+    fn successor_of(token: &str, at: i64) -> Successor {
+        Successor {
+            digest: Digest::of(token.as_bytes()),
+            issued_at: at,
+            expires_at: at + 86_400,
+            access_jti: format!("jti-{token}"),
+            access_exp: at + 300,
+        }
+    }
+
+    pub async fn a_live_refresh_token_rotates_in_one_step_and_returns_itself_with_its_user(
+        s: Arc<SqlStore>,
+        _: Backend,
+    ) {
+        let alice = user("u1", "alice");
+        s.create_user(&alice).await.unwrap();
+        let old = refresh("t1", "f1", 1_000);
+        let userless = RefreshRecord { user_id: None, ..refresh("t9", "f9", 1_000) };
+        s.insert_refresh(&old).await.unwrap();
+        s.insert_refresh(&userless).await.unwrap();
+
+        let rotation = succession(1_500);
+        let next = successor_of("t2", 1_500);
+        let found = s.rotate_live_refresh(old.digest, "app", &rotation, &next).await.unwrap();
+        assert_eq!(found, Some((old.clone(), Some(alice))), "the token as it was, and its user");
+        assert_eq!(
+            s.get_refresh(old.digest).await.unwrap(),
+            Some(RefreshRecord { state: RefreshState::Rotated, succession: Some(rotation), ..old.clone() }),
+            "rotated, with its succession"
+        );
+        let stored = RefreshRecord {
+            digest: next.digest,
+            issued_at: 1_500,
+            expires_at: 1_500 + 86_400,
+            access_jti: "jti-t2".into(),
+            access_exp: 1_800,
+            ..old.clone()
+        };
+        assert_eq!(s.get_refresh(next.digest).await.unwrap(), Some(stored), "family, user, scope, auth_time copied");
+
+        let (rotation, next) = (succession(1_500), successor_of("t10", 1_500));
+        let found = s.rotate_live_refresh(userless.digest, "app", &rotation, &next).await.unwrap();
+        assert_eq!(found, Some((userless, None)), "a token with no user");
+    }
+
+    pub async fn a_refresh_token_that_is_not_live_is_left_alone_by_the_one_step_rotation(s: Arc<SqlStore>, _: Backend) {
+        s.create_user(&user("u1", "alice")).await.unwrap();
+        s.create_user(&User { disabled: true, ..user("u2", "bob") }).await.unwrap();
+        let live = refresh("live", "f1", 1_000);
+        let disabled = RefreshRecord { user_id: Some("u2".into()), ..refresh("disabled", "f2", 1_000) };
+        let gone = RefreshRecord { user_id: Some("u3".into()), ..refresh("gone", "f3", 1_000) };
+        let revoked = RefreshRecord { state: RefreshState::Revoked, ..refresh("revoked", "f4", 1_000) };
+        for r in [&live, &disabled, &gone, &revoked] {
+            s.insert_refresh(r).await.unwrap();
+        }
+        let at = |t: i64| (succession(t), successor_of(&format!("next-{t}"), t));
+        let cases = [
+            (live.digest, "other-app", 1_500, "another client's"),
+            (live.digest, "app", 1_000 + 86_400, "expired"),
+            (disabled.digest, "app", 1_500, "its user disabled"),
+            (gone.digest, "app", 1_500, "its user gone"),
+            (revoked.digest, "app", 1_500, "revoked"),
+            (Digest::of(b"unknown"), "app", 1_500, "unknown"),
+        ];
+        for (digest, client, t, what) in cases {
+            let (rotation, next) = at(t);
+            assert_eq!(s.rotate_live_refresh(digest, client, &rotation, &next).await.unwrap(), None, "{what}");
+            assert_eq!(s.get_refresh(next.digest).await.unwrap(), None, "{what}: nothing stored");
+        }
+        assert_eq!(s.get_refresh(live.digest).await.unwrap(), Some(live.clone()), "left as it was");
+        assert_eq!(s.get_refresh(disabled.digest).await.unwrap(), Some(disabled), "left as it was");
+
+        let (rotation, next) = at(1_500);
+        assert!(s.rotate_live_refresh(live.digest, "app", &rotation, &next).await.unwrap().is_some());
+        let (rotation, next) = at(1_600);
+        assert_eq!(s.rotate_live_refresh(live.digest, "app", &rotation, &next).await.unwrap(), None, "rotated");
+        assert_eq!(s.get_refresh(next.digest).await.unwrap(), None, "rotated: nothing stored");
+    }
+
+    pub async fn rotating_a_live_token_concurrently_lets_exactly_one_win(s: Arc<SqlStore>, backend: Backend) {
+        s.create_user(&user("u1", "alice")).await.unwrap();
+        let old = refresh("t0", "f1", 1_000);
+        s.insert_refresh(&old).await.unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..16 {
+            let s = s.clone();
+            tasks.spawn(async move {
+                let (rotation, next) = (succession(2_000 + i), successor_of(&format!("t{}", i + 1), 2_000));
+                let won = s.rotate_live_refresh(old.digest, "app", &rotation, &next).await.unwrap().is_some();
+                (won, next.digest)
+            });
+        }
+        let mut winners = vec![];
+        while let Some(joined) = tasks.join_next().await {
+            if let (true, digest) = joined.unwrap() {
+                winners.push(digest);
+            }
+        }
+        assert_eq!(winners.len(), 1, "{backend:?}: exactly one rotation wins");
+        let mut stored = vec![];
+        for i in 1..=16 {
+            let digest = Digest::of(format!("t{i}").as_bytes());
+            if s.get_refresh(digest).await.unwrap().is_some() {
+                stored.push(digest);
+            }
+        }
+        assert_eq!(stored, winners, "{backend:?}: only the winner's successor is stored");
     }
 
     pub async fn granting_scopes_adds_to_what_was_granted_and_never_narrows(s: Arc<SqlStore>, _: Backend) {

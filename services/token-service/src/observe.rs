@@ -23,7 +23,7 @@ use std::time::Instant;
 use tessera_core::model::{Client, GrantType, User};
 use tessera_core::ports::{
     AuditEvent, AuditLog, ClientStore, ConsentStore, Durable, KeyStore, LoggedRevocation, RefreshRecord, RefreshStore,
-    Revocation, RevocationLog, Rotation, StoredKey, UserStore,
+    Revocation, RevocationLog, Rotation, StoredKey, Succession, Successor, UserStore,
 };
 use tessera_core::{ErrorCode, OAuthError, StoreResult};
 use tessera_crypto::Digest;
@@ -259,6 +259,18 @@ impl RefreshStore for CountedAudit {
     }
     async fn get_refresh(&self, digest: Digest) -> StoreResult<Option<RefreshRecord>> {
         self.inner.get_refresh(digest).await
+    }
+    async fn get_refresh_and_user(&self, digest: Digest) -> StoreResult<Option<(RefreshRecord, Option<User>)>> {
+        self.inner.get_refresh_and_user(digest).await
+    }
+    async fn rotate_live_refresh(
+        &self,
+        old: Digest,
+        client_id: &str,
+        succession: &Succession,
+        successor: &Successor,
+    ) -> StoreResult<Option<(RefreshRecord, Option<User>)>> {
+        self.inner.rotate_live_refresh(old, client_id, succession, successor).await
     }
     async fn rotate_refresh(
         &self,

@@ -6,7 +6,7 @@
 use crate::engine::{required, TokenSet};
 use crate::error::OAuthError;
 use crate::model::{Client, RefreshToken, ScopeSet, User};
-use crate::ports::{RefreshRecord, RefreshState, Rotation, Succession};
+use crate::ports::{RefreshRecord, RefreshState, Rotation, Succession, Successor};
 use crate::tokens::new_jti;
 use crate::Tessera;
 use tessera_crypto::succession::{successor_token, SuccessorSalt};
@@ -20,7 +20,13 @@ pub(super) async fn run(
     required(token.expose(), "refresh_token", 512)?;
     let invalid = || OAuthError::invalid_grant("the refresh token is invalid, expired or revoked");
     let now = t.now();
-    let old = t.durable.get_refresh(token.digest()).await?.ok_or_else(invalid)?;
+    // The common case, a live token refreshed with its whole scope, is one store step.
+    if scope.trim().is_empty() {
+        if let Some(answer) = rotate_live(t, client, token, now).await? {
+            return Ok(answer);
+        }
+    }
+    let (old, user) = t.durable.get_refresh_and_user(token.digest()).await?.ok_or_else(invalid)?;
     // RFC 6749 §6: the refresh token must have been issued to the authenticated client.
     if old.client_id != client.id {
         return Err(invalid());
@@ -38,7 +44,7 @@ pub(super) async fn run(
         }
     }
     let scope = narrowed(&old.scope, scope)?;
-    let user = live_user(t, &old, now).await?;
+    let user = live_user(t, &old, user, now)?;
 
     let jti = new_jti();
     let (access_token, access_exp) = t.mint_access(client, user.as_ref(), &scope, old.auth_time, jti.clone(), now)?;
@@ -75,6 +81,51 @@ pub(super) async fn run(
         _ => None,
     };
     Ok(TokenSet { access_token, expires_in: access_exp - now, refresh_token: Some(new_token), scope, id_token })
+}
+
+/// The refresh of a token that is live (active, this client's, unexpired, its user enabled)
+/// and asks for its whole scope: rotated in one step, then checked against the cut-offs.
+/// `None` when the store found it not live, and nothing changed: the careful path reads it
+/// and decides (reuse, a retry, an expired or another client's token).
+async fn rotate_live(
+    t: &Tessera,
+    client: &Client,
+    token: &RefreshToken,
+    now: i64,
+) -> Result<Option<TokenSet>, OAuthError> {
+    let jti = new_jti();
+    let succession = Succession { at: now, salt: SuccessorSalt::generate() };
+    let new_token = RefreshToken::new(successor_token(token.expose(), &succession.salt));
+    let successor = Successor {
+        digest: new_token.digest(),
+        // Dated for the client's cut-offs; a user's cut-off later than now revokes this grant
+        // below anyway (the grant began before it).
+        issued_at: t.revocations.issue_time(None, Some(&client.id), now),
+        expires_at: now + t.refresh_ttl(client),
+        access_jti: jti.clone(),
+        access_exp: now + t.access_ttl(client),
+    };
+    let Some((old, user)) = t.durable.rotate_live_refresh(token.digest(), &client.id, &succession, &successor).await?
+    else {
+        return Ok(None);
+    };
+    // A cut-off of the user or the client revokes the whole grant, the successor just stored
+    // with it: it is never handed out, and the family is marked revoked so that presenting
+    // the old token again reads as revoked, not as reuse.
+    let origin = old.auth_time.unwrap_or(old.issued_at);
+    if t.revocations.revokes_grant(old.user_id.as_deref(), Some(&client.id), origin) {
+        t.revoke_family(&old.family_id).await?;
+        return Err(OAuthError::invalid_grant("the refresh token is invalid, expired or revoked"));
+    }
+    let scope = ScopeSet::parse(&old.scope)?;
+    let (access_token, access_exp) = t.mint_access(client, user.as_ref(), &scope, old.auth_time, jti, now)?;
+    let id_token = match (&user, scope.contains("openid")) {
+        (Some(u), true) => {
+            Some(t.mint_id_token(client, u, &scope, old.auth_time.unwrap_or(now), None, &access_token, now)?)
+        }
+        _ => None,
+    };
+    Ok(Some(TokenSet { access_token, expires_in: access_exp - now, refresh_token: Some(new_token), scope, id_token }))
 }
 
 /// RFC 6749 §6: the scope may only narrow; the new refresh token keeps the original scope.
@@ -124,7 +175,7 @@ async fn retried(
         return Ok(None);
     };
     let successor = RefreshToken::new(successor_token(token.expose(), &succession.salt));
-    let Some(next) = t.durable.get_refresh(successor.digest()).await? else {
+    let Some((next, user)) = t.durable.get_refresh_and_user(successor.digest()).await? else {
         return Ok(None);
     };
     // Rotated means the client got the first answer after all and used it; revoked, that the
@@ -133,7 +184,7 @@ async fn retried(
         return Ok(None);
     }
     let scope = narrowed(&next.scope, requested)?;
-    let user = live_user(t, &next, now).await?;
+    let user = live_user(t, &next, user, now)?;
     // Signed as of the successor's issue, so its `exp` is never past the one stored with the
     // row: a family revocation keeps the `jti` revoked until exactly then.
     let minted_at = now.min(next.access_exp - t.access_ttl(client));
@@ -170,17 +221,18 @@ async fn reused(t: &Tessera, old: &RefreshRecord) -> Result<TokenSet, OAuthError
     Err(OAuthError::invalid_grant("the refresh token is invalid, expired or revoked"))
 }
 
-/// The user an unexpired refresh token stands for, checked again: `invalid_grant` when the
-/// token expired, falls under a cut-off of its user or client (judged by the sign-in its
-/// family began with), or its user is gone or disabled.
-async fn live_user(t: &Tessera, r: &RefreshRecord, now: i64) -> Result<Option<User>, OAuthError> {
+/// The user an unexpired refresh token stands for (read with it), checked again:
+/// `invalid_grant` when the token expired, falls under a cut-off of its user or client
+/// (judged by the sign-in its family began with), or its user is gone or disabled.
+fn live_user(t: &Tessera, r: &RefreshRecord, user: Option<User>, now: i64) -> Result<Option<User>, OAuthError> {
     let invalid = || OAuthError::invalid_grant("the refresh token is invalid, expired or revoked");
     let origin = r.auth_time.unwrap_or(r.issued_at);
     if r.expires_at <= now || t.revocations.revokes_grant(r.user_id.as_deref(), Some(&r.client_id), origin) {
         return Err(invalid());
     }
-    match &r.user_id {
-        Some(id) => Ok(Some(t.durable.get_user(id).await?.filter(|u| !u.disabled).ok_or_else(invalid)?)),
-        None => Ok(None),
+    match (&r.user_id, user) {
+        (Some(id), Some(u)) if u.id == *id && !u.disabled => Ok(Some(u)),
+        (Some(_), _) => Err(invalid()),
+        (None, _) => Ok(None),
     }
 }

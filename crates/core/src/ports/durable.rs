@@ -110,6 +110,17 @@ pub enum Rotation {
     Unknown,
 }
 
+/// What a rotation stores for the successor beyond what it copies from the token it
+/// replaces (family, client, user, scope and `auth_time`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Successor {
+    pub digest: Digest,
+    pub issued_at: i64,
+    pub expires_at: i64,
+    pub access_jti: String,
+    pub access_exp: i64,
+}
+
 /// Refresh-token families with rotation and reuse detection.
 #[async_trait]
 pub trait RefreshStore: Send + Sync {
@@ -117,6 +128,9 @@ pub trait RefreshStore: Send + Sync {
     async fn insert_refresh(&self, record: &RefreshRecord) -> StoreResult<()>;
     /// Reads a token in any state.
     async fn get_refresh(&self, digest: Digest) -> StoreResult<Option<RefreshRecord>>;
+    /// Reads a token in any state together with the user it stands for (`None` when it has
+    /// no user or its user is gone): what a refresh needs, in one round trip.
+    async fn get_refresh_and_user(&self, digest: Digest) -> StoreResult<Option<(RefreshRecord, Option<User>)>>;
     /// Atomically: if `old` is `Active`, marks it `Rotated`, records `succession` on it (read
     /// back by `get_refresh`) and stores `new` (same family, `Active`), returning `Rotated`;
     /// exactly one of many concurrent calls for the same `old` can succeed (one conditional
@@ -124,6 +138,19 @@ pub trait RefreshStore: Send + Sync {
     /// is `Rotated`, returns `Reused` and changes nothing (its succession stays the first
     /// one's). Otherwise `Unknown`.
     async fn rotate_refresh(&self, old: Digest, succession: &Succession, new: &RefreshRecord) -> StoreResult<Rotation>;
+    /// The common refresh, in one step where the backend allows: if `old` is `Active`, was
+    /// issued to `client_id`, expires after `succession.at` and its user (if it has one)
+    /// exists and is not disabled, rotates it as [`RefreshStore::rotate_refresh`] does, with
+    /// a successor that copies its family, client, user, scope and `auth_time`, and returns
+    /// the token as it was before (with its user). Otherwise changes nothing and returns
+    /// `None`: the caller reads the token and decides (reuse, a retry, another client's).
+    async fn rotate_live_refresh(
+        &self,
+        old: Digest,
+        client_id: &str,
+        succession: &Succession,
+        successor: &Successor,
+    ) -> StoreResult<Option<(RefreshRecord, Option<User>)>>;
     /// Marks every token of the family `Revoked` and returns the `(access_jti, access_exp)`
     /// of every row, so the caller can revoke the access tokens that are still live.
     /// Revoking a revoked or unknown family is not an error.

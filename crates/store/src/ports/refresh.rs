@@ -8,7 +8,8 @@ use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect,
     Statement, TransactionTrait,
 };
-use tessera_core::ports::{RefreshRecord, RefreshState, RefreshStore, Rotation, Succession};
+use tessera_core::model::User;
+use tessera_core::ports::{RefreshRecord, RefreshState, RefreshStore, Rotation, Succession, Successor};
 use tessera_core::StoreResult;
 use tessera_crypto::succession::SuccessorSalt;
 use tessera_crypto::Digest;
@@ -80,6 +81,15 @@ impl RefreshStore for SqlStore {
         Entity::find_by_id(digest.to_hex()).one(&self.db).await.map_err(error::from_db)?.map(from_row).transpose()
     }
 
+    async fn get_refresh_and_user(&self, digest: Digest) -> StoreResult<Option<(RefreshRecord, Option<User>)>> {
+        let found = Entity::find_by_id(digest.to_hex())
+            .find_also_related(crate::entity::users::Entity)
+            .one(&self.db)
+            .await
+            .map_err(error::from_db)?;
+        found.map(|(row, user)| Ok((from_row(row)?, user.map(super::users::from_row)))).transpose()
+    }
+
     async fn rotate_refresh(&self, old: Digest, succession: &Succession, new: &RefreshRecord) -> StoreResult<Rotation> {
         let old = old.to_hex();
         let rotated = match self.db.get_database_backend() {
@@ -94,6 +104,48 @@ impl RefreshStore for SqlStore {
             Some(row) if row.state == ROTATED => Rotation::Reused { family_id: row.family_id },
             _ => Rotation::Unknown,
         })
+    }
+
+    async fn rotate_live_refresh(
+        &self,
+        old: Digest,
+        client_id: &str,
+        succession: &Succession,
+        successor: &Successor,
+    ) -> StoreResult<Option<(RefreshRecord, Option<User>)>> {
+        if self.db.get_database_backend() == DbBackend::Postgres {
+            return rotate_live_in_one_statement(&self.db, old, client_id, succession, successor).await;
+        }
+        // SQLite: read, check, then the conditional rotation, which still decides races.
+        let Some((record, user)) = self.get_refresh_and_user(old).await? else { return Ok(None) };
+        let user_live = match (&record.user_id, &user) {
+            (None, _) => true,
+            (Some(id), Some(u)) => u.id == *id && !u.disabled,
+            (Some(_), None) => false,
+        };
+        if record.state != RefreshState::Active
+            || record.client_id != client_id
+            || record.expires_at <= succession.at
+            || !user_live
+        {
+            return Ok(None);
+        }
+        let new = RefreshRecord {
+            digest: successor.digest,
+            family_id: record.family_id.clone(),
+            client_id: record.client_id.clone(),
+            user_id: record.user_id.clone(),
+            scope: record.scope.clone(),
+            issued_at: successor.issued_at,
+            expires_at: successor.expires_at,
+            auth_time: record.auth_time,
+            access_jti: successor.access_jti.clone(),
+            access_exp: successor.access_exp,
+            state: RefreshState::Active,
+            succession: None,
+        };
+        let rotated = rotate_in_a_transaction(&self.db, &old.to_hex(), succession, &new).await?;
+        Ok(rotated.then_some((record, user)))
     }
 
     async fn revoke_family(&self, family_id: &str) -> StoreResult<Vec<(String, i64)>> {
@@ -201,4 +253,73 @@ async fn rotate_in_a_transaction(
         .map_err(error::from_db)?;
     txn.commit().await.map_err(error::from_db)?;
     Ok(true)
+}
+
+/// Postgres: [`RefreshStore::rotate_live_refresh`] as one statement and one round trip. The
+/// `UPDATE` matches only a live token (the checks in its `WHERE`), the `INSERT` copies from
+/// what it matched, and the `SELECT` returns the old token with its user. Concurrent calls
+/// for one token wait on its row lock and re-check `state`, so exactly one rotates it.
+async fn rotate_live_in_one_statement(
+    db: &impl ConnectionTrait,
+    old: Digest,
+    client_id: &str,
+    succession: &Succession,
+    successor: &Successor,
+) -> StoreResult<Option<(RefreshRecord, Option<User>)>> {
+    const SQL: &str = "WITH old AS (\
+            UPDATE refresh_tokens r SET state = $2, rotated_at = $3, successor_salt = $4 \
+            WHERE r.digest = $1 AND r.state = $5 AND r.client_id = $6 AND r.expires_at > $3 \
+              AND (r.user_id IS NULL OR EXISTS \
+                (SELECT 1 FROM users u WHERE u.id = r.user_id AND NOT u.disabled)) \
+            RETURNING r.family_id, r.client_id, r.user_id, r.scope, r.issued_at, r.expires_at, \
+              r.auth_time, r.access_jti, r.access_exp), \
+        successor AS (\
+            INSERT INTO refresh_tokens (digest, family_id, client_id, user_id, scope, issued_at, \
+              expires_at, auth_time, access_jti, access_exp, state) \
+            SELECT $7, family_id, client_id, user_id, scope, $8, $9, auth_time, $10, $11, $5 FROM old) \
+        SELECT old.*, u.id AS u_id, u.username AS u_username, u.password_hash AS u_password_hash, \
+          u.disabled AS u_disabled, u.email AS u_email, u.name AS u_name, u.created_at AS u_created_at \
+        FROM old LEFT JOIN users u ON u.id = old.user_id";
+    let values: [sea_orm::Value; 11] = [
+        old.to_hex().into(),
+        ROTATED.into(),
+        succession.at.into(),
+        succession.salt.expose().to_vec().into(),
+        ACTIVE.into(),
+        client_id.into(),
+        successor.digest.to_hex().into(),
+        successor.issued_at.into(),
+        successor.expires_at.into(),
+        successor.access_jti.as_str().into(),
+        successor.access_exp.into(),
+    ];
+    let stmt = Statement::from_sql_and_values(DbBackend::Postgres, SQL, values);
+    let Some(row) = db.query_one(stmt).await.map_err(error::from_db)? else { return Ok(None) };
+    let record = RefreshRecord {
+        digest: old,
+        family_id: row.try_get("", "family_id").map_err(error::from_db)?,
+        client_id: row.try_get("", "client_id").map_err(error::from_db)?,
+        user_id: row.try_get("", "user_id").map_err(error::from_db)?,
+        scope: row.try_get("", "scope").map_err(error::from_db)?,
+        issued_at: row.try_get("", "issued_at").map_err(error::from_db)?,
+        expires_at: row.try_get("", "expires_at").map_err(error::from_db)?,
+        auth_time: row.try_get("", "auth_time").map_err(error::from_db)?,
+        access_jti: row.try_get("", "access_jti").map_err(error::from_db)?,
+        access_exp: row.try_get("", "access_exp").map_err(error::from_db)?,
+        state: RefreshState::Active,
+        succession: None,
+    };
+    let user = match row.try_get::<Option<String>>("", "u_id").map_err(error::from_db)? {
+        None => None,
+        Some(id) => Some(User {
+            id,
+            username: row.try_get("", "u_username").map_err(error::from_db)?,
+            password_hash: row.try_get("", "u_password_hash").map_err(error::from_db)?,
+            disabled: row.try_get("", "u_disabled").map_err(error::from_db)?,
+            email: row.try_get("", "u_email").map_err(error::from_db)?,
+            name: row.try_get("", "u_name").map_err(error::from_db)?,
+            created_at: row.try_get("", "u_created_at").map_err(error::from_db)?,
+        }),
+    };
+    Ok(Some((record, user)))
 }
