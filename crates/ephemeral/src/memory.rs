@@ -370,7 +370,12 @@ impl Ephemeral for MemoryEphemeral {
             }
         }
         entry.count = entry.count.saturating_add(1);
-        entry.next_ms = entry.next_ms.max(now_ms.saturating_add(policy.delay_after(entry.count)));
+        // Only a delay moves the next allowed time: with none, a caller whose clock read came
+        // a moment earlier than the last one's is not told to wait.
+        let delay = policy.delay_after(entry.count);
+        if delay > 0 {
+            entry.next_ms = entry.next_ms.max(now_ms.saturating_add(delay));
+        }
         entry.reset_ms = now_ms.saturating_add(policy.forget_after_ms.max(1));
         Ok(Throttled::Allowed { count: entry.count })
     }

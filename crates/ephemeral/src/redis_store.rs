@@ -271,8 +271,10 @@ local d = 0
 if c >= free then
   d = math.min(tonumber(ARGV[3]) * 2 ^ math.min(c - free, 40), tonumber(ARGV[4]))
 end
-local nxt = now + math.floor(d)
-if n > nxt then nxt = n end
+-- Only a delay moves the next allowed time: with none, a caller whose clock read came a
+-- moment earlier than the last one's is not told to wait.
+local nxt = n
+if d > 0 and now + math.floor(d) > n then nxt = now + math.floor(d) end
 redis.call('HSET', KEYS[1], 'c', c, 'n', string.format('%d', nxt), 'r', string.format('%d', now + tonumber(ARGV[6])))
 redis.call('PEXPIRE', KEYS[1], ARGV[7])
 return {0, c}

@@ -131,6 +131,7 @@ contract!(
     a_session_lives_until_it_expires_or_is_deleted,
     a_throttle_lets_the_free_attempts_through_then_delays_then_stops,
     a_throttle_is_forgotten_after_quiet_and_forgiving_takes_attempts_back,
+    a_rate_without_delays_never_makes_a_caller_wait_for_a_clock_read_a_moment_late,
     of_40_concurrent_attempts_a_throttle_lets_only_its_policy_through,
     a_revocation_made_on_another_handle_reaches_a_subscriber,
 );
@@ -454,6 +455,18 @@ async fn a_throttle_is_forgotten_after_quiet_and_forgiving_takes_attempts_back(h
     assert_eq!(forgotten, Throttled::Allowed { count: 0 }, "forgotten a minute after the last counted attempt");
     h.store.forgive("login:nobody", false).await.unwrap();
     h.store.forgive("login:nobody", true).await.unwrap();
+}
+
+async fn a_rate_without_delays_never_makes_a_caller_wait_for_a_clock_read_a_moment_late(h: &Harness) {
+    use ThrottleOp::Take;
+    // Three a minute, no delays: concurrent callers read the clock in one order and reach the
+    // store in another; only the limit refuses.
+    let rate = ThrottlePolicy { free: 3, base_delay_ms: 0, max_delay_ms: 0, stop_after: 3, forget_after_ms: 60_000 };
+    let (key, t0) = ("device-start:192.0.2.9", h.now * 1000);
+    assert_eq!(h.store.throttle(key, &rate, Take, t0 + 5).await.unwrap(), Throttled::Allowed { count: 1 });
+    assert_eq!(h.store.throttle(key, &rate, Take, t0 + 3).await.unwrap(), Throttled::Allowed { count: 2 });
+    assert_eq!(h.other.throttle(key, &rate, Take, t0).await.unwrap(), Throttled::Allowed { count: 3 });
+    assert!(matches!(h.store.throttle(key, &rate, Take, t0 + 6).await.unwrap(), Throttled::Stopped { .. }));
 }
 
 async fn of_40_concurrent_attempts_a_throttle_lets_only_its_policy_through(h: &Harness) {
