@@ -20,8 +20,8 @@ use sea_orm::{
 };
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Weak};
 use std::time::{Duration, Instant};
 
 /// The pause between two probes of an unreachable database.
@@ -34,9 +34,26 @@ const OPEN: &str = "the database failed recently; calls fail at once until a pro
 #[derive(Debug, Default)]
 pub(crate) struct Circuit {
     open: AtomicBool,
+    /// When the latest outage-class failure was seen, in nanoseconds after [`EPOCH`] (0: never).
+    last_outage: AtomicU64,
+}
+
+/// The origin of [`Circuit::last_outage`].
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+fn since_epoch(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(*EPOCH).as_nanos()).unwrap_or(u64::MAX).max(1)
 }
 
 impl Circuit {
+    /// Whether an outage was seen after a connection idle for `idle_for` was last released:
+    /// it may have died with the server, so it is pinged before it is handed out.
+    pub(crate) fn outage_since(&self, idle_for: Duration) -> bool {
+        let outage = self.last_outage.load(Ordering::Acquire);
+        let released = Instant::now().checked_sub(idle_for).unwrap_or(*EPOCH);
+        outage != 0 && outage >= since_epoch(released)
+    }
+
     /// Lets a call through while the circuit is closed.
     fn admit(&self) -> Result<(), DbErr> {
         if self.is_open() {
@@ -49,7 +66,11 @@ impl Circuit {
     /// Counts a failed call. True when this failure opened the circuit: exactly one failure
     /// per opening sees it, and that one starts the probe.
     fn failed(&self, err: &DbErr) -> bool {
-        error::is_outage(err) && self.open.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok()
+        if !error::is_outage(err) {
+            return false;
+        }
+        self.last_outage.store(since_epoch(Instant::now()), Ordering::Release);
+        self.open.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok()
     }
 
     fn close(&self) {
@@ -77,8 +98,8 @@ pub(crate) struct Db {
 
 impl Db {
     /// A connection behind a circuit breaker.
-    pub(crate) fn guarded(conn: DatabaseConnection) -> Db {
-        Db { conn, readers: None, circuit: Some(Arc::default()) }
+    pub(crate) fn guarded(conn: DatabaseConnection, circuit: Arc<Circuit>) -> Db {
+        Db { conn, readers: None, circuit: Some(circuit) }
     }
 
     /// A connection with no breaker: every call goes to the pool.
@@ -273,6 +294,19 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_last_used_before_an_outage_is_suspect_and_one_used_after_is_not() {
+        let c = Circuit::default();
+        assert!(!c.outage_since(Duration::from_secs(3600)), "no outage seen yet");
+        std::thread::sleep(Duration::from_millis(5));
+        c.failed(&timeout());
+        assert!(c.outage_since(Duration::from_millis(5)), "released before the outage");
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(!c.outage_since(Duration::from_millis(1)), "released after it");
+        c.failed(&DbErr::RecordNotInserted);
+        assert!(!c.outage_since(Duration::from_millis(1)), "a failure that is not an outage is no news");
+    }
+
+    #[test]
     fn failures_that_are_not_outages_leave_the_circuit_closed() {
         let c = Circuit::default();
         let not_outages = [
@@ -308,7 +342,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_probe_that_reaches_the_database_closes_the_circuit() {
-        let db = Db::guarded(sea_orm::Database::connect("sqlite::memory:").await.unwrap());
+        let db = Db::guarded(sea_orm::Database::connect("sqlite::memory:").await.unwrap(), Arc::default());
         db.failed(&timeout());
         assert!(db.circuit_open());
         assert!(db.ping().await.is_err(), "an open circuit refuses without asking the database");

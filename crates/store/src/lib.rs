@@ -18,7 +18,7 @@ pub use migration::Migrator;
 
 use sea_orm::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sea_orm::{ConnectionTrait as _, DatabaseConnection, SqlxPostgresConnector, SqlxSqliteConnector};
+use sea_orm::{ConnectionTrait as _, SqlxPostgresConnector, SqlxSqliteConnector};
 use sea_orm_migration::MigratorTrait as _;
 use std::time::Duration;
 use tessera_core::StoreError;
@@ -88,7 +88,7 @@ impl SqlStore {
     /// [`SqlStore::connect`] with the pool sized by `options`.
     pub async fn connect_with(url: &str, options: PoolOptions) -> Result<SqlStore, StoreError> {
         let db = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            circuit::Db::guarded(connect_postgres(url, options.max_connections.max(1)).await?)
+            connect_postgres(url, options.max_connections.max(1)).await?
         } else if url.starts_with("sqlite:") {
             connect_sqlite(url).await?
         } else {
@@ -152,9 +152,11 @@ fn check_postgres_parameters(url: &str) -> Result<(), StoreError> {
     }
 }
 
-async fn connect_postgres(url: &str, max_connections: u32) -> Result<DatabaseConnection, StoreError> {
+async fn connect_postgres(url: &str, max_connections: u32) -> Result<circuit::Db, StoreError> {
     check_postgres_parameters(url)?;
     let options: PgConnectOptions = url.parse().map_err(error::from_connect)?;
+    let circuit = std::sync::Arc::new(circuit::Circuit::default());
+    let seen = std::sync::Arc::clone(&circuit);
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         .min_connections(0)
@@ -163,18 +165,18 @@ async fn connect_postgres(url: &str, max_connections: u32) -> Result<DatabaseCon
         .max_lifetime(Some(Duration::from_secs(1800)))
         // A connection that died with the server is found and replaced here, not handed to a
         // caller: one that sat idle for a moment (as every connection does while the database
-        // is down and the circuit is open) answers a ping first. Under load connections are
-        // never idle that long, and a checkout costs no round trip.
+        // is down and the circuit is open), or that was last used before the latest outage
+        // seen, answers a ping first. Under load connections are never idle that long, and a
+        // checkout costs no round trip.
         .test_before_acquire(false)
-        .before_acquire(|conn, meta| {
-            Box::pin(async move {
-                Ok(meta.idle_for < PING_IF_IDLE_FOR || sea_orm::sqlx::Connection::ping(conn).await.is_ok())
-            })
+        .before_acquire(move |conn, meta| {
+            let suspect = meta.idle_for >= PING_IF_IDLE_FOR || seen.outage_since(meta.idle_for);
+            Box::pin(async move { Ok(!suspect || sea_orm::sqlx::Connection::ping(conn).await.is_ok()) })
         })
         .connect_with(options)
         .await
         .map_err(error::from_connect)?;
-    Ok(SqlxPostgresConnector::from_sqlx_postgres_pool(pool))
+    Ok(circuit::Db::guarded(SqlxPostgresConnector::from_sqlx_postgres_pool(pool), circuit))
 }
 
 async fn connect_sqlite(url: &str) -> Result<circuit::Db, StoreError> {
