@@ -139,8 +139,10 @@ impl Db {
         self.circuit.as_ref().is_some_and(|c| c.is_open())
     }
 
+    /// A round trip; where there are readers, through them, so that a readiness check does not
+    /// queue behind the writes.
     pub(crate) async fn ping(&self) -> Result<(), DbErr> {
-        self.guard(self.conn.ping()).await
+        self.guard(self.readers.as_ref().unwrap_or(&self.conn).ping()).await
     }
 
     fn admit(&self) -> Result<(), DbErr> {

@@ -26,7 +26,8 @@ use tessera_core::StoreError;
 /// How long a caller waits for a pooled connection, including opening a new one. Short, so
 /// a database that is down turns into `Unavailable` instead of a hung request.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long SQLite waits on another writer's lock before giving up with `SQLITE_BUSY`.
+/// How long SQLite waits on another process's write lock before giving up with `SQLITE_BUSY`
+/// (writers of this process queue for the one writer connection, within `ACQUIRE_TIMEOUT`).
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// A pooled Postgres connection idle for longer than this is pinged before it is handed out
 /// (HikariCP's rule, with its 500 ms): one used a moment ago is known to be alive, and
