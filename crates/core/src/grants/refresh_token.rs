@@ -74,13 +74,7 @@ pub(super) async fn run(
         }
         Rotation::Unknown => return Err(invalid()),
     }
-    let id_token = match (&user, scope.contains("openid")) {
-        (Some(u), true) => {
-            Some(t.mint_id_token(client, u, &scope, old.auth_time.unwrap_or(now), None, &access_token, now)?)
-        }
-        _ => None,
-    };
-    Ok(TokenSet { access_token, expires_in: access_exp - now, refresh_token: Some(new_token), scope, id_token })
+    answer(t, client, user.as_ref(), scope, old.auth_time, (access_token, access_exp), new_token, now)
 }
 
 /// The refresh of a token that is live (active, this client's, unexpired, its user enabled)
@@ -119,13 +113,7 @@ async fn rotate_live(
     }
     let scope = ScopeSet::parse(&old.scope)?;
     let (access_token, access_exp) = t.mint_access(client, user.as_ref(), &scope, old.auth_time, jti, now)?;
-    let id_token = match (&user, scope.contains("openid")) {
-        (Some(u), true) => {
-            Some(t.mint_id_token(client, u, &scope, old.auth_time.unwrap_or(now), None, &access_token, now)?)
-        }
-        _ => None,
-    };
-    Ok(Some(TokenSet { access_token, expires_in: access_exp - now, refresh_token: Some(new_token), scope, id_token }))
+    answer(t, client, user.as_ref(), scope, old.auth_time, (access_token, access_exp), new_token, now).map(Some)
 }
 
 /// RFC 6749 §6: the scope may only narrow; the new refresh token keeps the original scope.
@@ -193,12 +181,7 @@ async fn retried(
     if access_exp <= now {
         return Err(invalid());
     }
-    let id_token = match (&user, scope.contains("openid")) {
-        (Some(u), true) => {
-            Some(t.mint_id_token(client, u, &scope, next.auth_time.unwrap_or(now), None, &access_token, now)?)
-        }
-        _ => None,
-    };
+    let answer = answer(t, client, user.as_ref(), scope, next.auth_time, (access_token, access_exp), successor, now)?;
     t.audit(
         "refresh_retry",
         Some(&client.id),
@@ -206,7 +189,29 @@ async fn retried(
         "a rotated refresh token was presented again within the retry window; its unused successor was answered again",
     )
     .await;
-    Ok(Some(TokenSet { access_token, expires_in: access_exp - now, refresh_token: Some(successor), scope, id_token }))
+    Ok(Some(answer))
+}
+
+/// A refresh's answer: the access token minted for it, the refresh token that follows, and an
+/// ID token when there is a user and the scope holds `openid`.
+#[allow(clippy::too_many_arguments)]
+fn answer(
+    t: &Tessera,
+    client: &Client,
+    user: Option<&User>,
+    scope: ScopeSet,
+    auth_time: Option<i64>,
+    (access_token, access_exp): (String, i64),
+    refresh_token: RefreshToken,
+    now: i64,
+) -> Result<TokenSet, OAuthError> {
+    let id_token = match user {
+        Some(u) if scope.contains("openid") => {
+            Some(t.mint_id_token(client, u, &scope, auth_time.unwrap_or(now), None, &access_token, now)?)
+        }
+        _ => None,
+    };
+    Ok(TokenSet { access_token, expires_in: access_exp - now, refresh_token: Some(refresh_token), scope, id_token })
 }
 
 async fn reused(t: &Tessera, old: &RefreshRecord) -> Result<TokenSet, OAuthError> {

@@ -5,8 +5,8 @@ use crate::SqlStore;
 use async_trait::async_trait;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect,
-    Statement, TransactionTrait,
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, FromQueryResult, IntoActiveModel, QueryFilter, QueryOrder,
+    QuerySelect, Statement, TransactionTrait,
 };
 use tessera_core::model::User;
 use tessera_core::ports::{RefreshRecord, RefreshState, RefreshStore, Rotation, Succession, Successor};
@@ -271,8 +271,7 @@ async fn rotate_live_in_one_statement(
             WHERE r.digest = $1 AND r.state = $5 AND r.client_id = $6 AND r.expires_at > $3 \
               AND (r.user_id IS NULL OR EXISTS \
                 (SELECT 1 FROM users u WHERE u.id = r.user_id AND NOT u.disabled)) \
-            RETURNING r.family_id, r.client_id, r.user_id, r.scope, r.issued_at, r.expires_at, \
-              r.auth_time, r.access_jti, r.access_exp), \
+            RETURNING r.*), \
         successor AS (\
             INSERT INTO refresh_tokens (digest, family_id, client_id, user_id, scope, issued_at, \
               expires_at, auth_time, access_jti, access_exp, state) \
@@ -295,31 +294,14 @@ async fn rotate_live_in_one_statement(
     ];
     let stmt = Statement::from_sql_and_values(DbBackend::Postgres, SQL, values);
     let Some(row) = db.query_one(stmt).await.map_err(error::from_db)? else { return Ok(None) };
-    let record = RefreshRecord {
-        digest: old,
-        family_id: row.try_get("", "family_id").map_err(error::from_db)?,
-        client_id: row.try_get("", "client_id").map_err(error::from_db)?,
-        user_id: row.try_get("", "user_id").map_err(error::from_db)?,
-        scope: row.try_get("", "scope").map_err(error::from_db)?,
-        issued_at: row.try_get("", "issued_at").map_err(error::from_db)?,
-        expires_at: row.try_get("", "expires_at").map_err(error::from_db)?,
-        auth_time: row.try_get("", "auth_time").map_err(error::from_db)?,
-        access_jti: row.try_get("", "access_jti").map_err(error::from_db)?,
-        access_exp: row.try_get("", "access_exp").map_err(error::from_db)?,
-        state: RefreshState::Active,
-        succession: None,
-    };
+    // The row as the UPDATE left it; the caller gets it as it was.
+    let rotated = from_row(Model::from_query_result(&row, "").map_err(error::from_db)?)?;
+    let record = RefreshRecord { state: RefreshState::Active, succession: None, ..rotated };
+    // The LEFT JOIN found no user where `u_id` is NULL.
     let user = match row.try_get::<Option<String>>("", "u_id").map_err(error::from_db)? {
         None => None,
-        Some(id) => Some(User {
-            id,
-            username: row.try_get("", "u_username").map_err(error::from_db)?,
-            password_hash: row.try_get("", "u_password_hash").map_err(error::from_db)?,
-            disabled: row.try_get("", "u_disabled").map_err(error::from_db)?,
-            email: row.try_get("", "u_email").map_err(error::from_db)?,
-            name: row.try_get("", "u_name").map_err(error::from_db)?,
-            created_at: row.try_get("", "u_created_at").map_err(error::from_db)?,
-        }),
+        Some(_) => Some(crate::entity::users::Model::from_query_result(&row, "u_").map_err(error::from_db)?),
     };
+    let user = user.map(super::users::from_row);
     Ok(Some((record, user)))
 }
