@@ -144,6 +144,7 @@ contract!(
     rotating_the_same_refresh_token_concurrently_lets_exactly_one_win,
     a_live_refresh_token_rotates_in_one_step_and_returns_itself_with_its_user,
     a_refresh_token_that_is_not_live_is_left_alone_by_the_one_step_rotation,
+    a_one_step_rotation_that_fails_part_way_changes_nothing_and_the_store_goes_on,
     rotating_a_live_token_concurrently_lets_exactly_one_win,
     granting_scopes_adds_to_what_was_granted_and_never_narrows,
     concurrent_consent_grants_keep_every_scope,
@@ -658,6 +659,30 @@ mod cases {
         let (rotation, next) = at(1_600);
         assert_eq!(s.rotate_live_refresh(live.digest, "app", &rotation, &next).await.unwrap(), None, "rotated");
         assert_eq!(s.get_refresh(next.digest).await.unwrap(), None, "rotated: nothing stored");
+    }
+
+    pub async fn a_one_step_rotation_that_fails_part_way_changes_nothing_and_the_store_goes_on(
+        s: Arc<SqlStore>,
+        backend: Backend,
+    ) {
+        s.create_user(&user("u1", "alice")).await.unwrap();
+        let old = refresh("t1", "f1", 1_000);
+        let taken = refresh("taken", "f2", 1_000);
+        s.insert_refresh(&old).await.unwrap();
+        s.insert_refresh(&taken).await.unwrap();
+        // The successor's digest is already stored: the rotation's write of the old row has
+        // happened when its insert fails.
+        let clash = Successor { digest: taken.digest, ..successor_of("t2", 1_500) };
+        let failed = s.rotate_live_refresh(old.digest, "app", &succession(1_500), &clash).await;
+        assert!(matches!(failed, Err(StoreError::Conflict(_))), "{backend:?}: {failed:?}");
+        assert_eq!(s.get_refresh(old.digest).await.unwrap(), Some(old.clone()), "{backend:?}: rolled back");
+        assert_eq!(s.get_refresh(taken.digest).await.unwrap(), Some(taken), "{backend:?}: untouched");
+        // No transaction was left open on a connection: the next writes commit, and are seen.
+        let next = successor_of("t3", 1_600);
+        assert!(s.rotate_live_refresh(old.digest, "app", &succession(1_600), &next).await.unwrap().is_some());
+        s.insert_refresh(&refresh("t4", "f4", 1_000)).await.unwrap();
+        assert!(s.get_refresh(next.digest).await.unwrap().is_some(), "{backend:?}");
+        assert!(s.get_refresh(Digest::of(b"t4")).await.unwrap().is_some(), "{backend:?}");
     }
 
     pub async fn rotating_a_live_token_concurrently_lets_exactly_one_win(s: Arc<SqlStore>, backend: Backend) {
