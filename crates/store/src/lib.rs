@@ -13,6 +13,7 @@ pub mod entity;
 mod error;
 mod migration;
 mod ports;
+mod rotations;
 
 pub use migration::Migrator;
 
@@ -66,6 +67,8 @@ impl Default for PoolOptions {
 #[derive(Clone)]
 pub struct SqlStore {
     db: circuit::Db,
+    /// SQLite's group commit of refresh rotations (None on Postgres).
+    rotations: Option<rotations::Rotations>,
 }
 
 // Hand-written so nothing about the connection (its URL above all) is ever printed.
@@ -88,14 +91,16 @@ impl SqlStore {
 
     /// [`SqlStore::connect`] with the pool sized by `options`.
     pub async fn connect_with(url: &str, options: PoolOptions) -> Result<SqlStore, StoreError> {
-        let db = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            connect_postgres(url, options.max_connections.max(1)).await?
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let db = connect_postgres(url, options.max_connections.max(1)).await?;
+            Ok(SqlStore { db, rotations: None })
         } else if url.starts_with("sqlite:") {
-            connect_sqlite(url).await?
+            let db = connect_sqlite(url).await?;
+            let rotations = rotations::Rotations::start(db.pool().get_sqlite_connection_pool().clone());
+            Ok(SqlStore { db, rotations: Some(rotations) })
         } else {
-            return Err(StoreError::Other("unsupported database URL: expected postgres:// or sqlite:".into()));
-        };
-        Ok(SqlStore { db })
+            Err(StoreError::Other("unsupported database URL: expected postgres:// or sqlite:".into()))
+        }
     }
 
     /// Applies every migration not yet applied. Running it again is a no-op.

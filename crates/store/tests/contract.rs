@@ -145,6 +145,7 @@ contract!(
     a_live_refresh_token_rotates_in_one_step_and_returns_itself_with_its_user,
     a_refresh_token_that_is_not_live_is_left_alone_by_the_one_step_rotation,
     a_one_step_rotation_that_fails_part_way_changes_nothing_and_the_store_goes_on,
+    many_tokens_rotated_at_once_each_get_their_own_answer,
     rotating_a_live_token_concurrently_lets_exactly_one_win,
     granting_scopes_adds_to_what_was_granted_and_never_narrows,
     concurrent_consent_grants_keep_every_scope,
@@ -683,6 +684,43 @@ mod cases {
         s.insert_refresh(&refresh("t4", "f4", 1_000)).await.unwrap();
         assert!(s.get_refresh(next.digest).await.unwrap().is_some(), "{backend:?}");
         assert!(s.get_refresh(Digest::of(b"t4")).await.unwrap().is_some(), "{backend:?}");
+    }
+
+    pub async fn many_tokens_rotated_at_once_each_get_their_own_answer(s: Arc<SqlStore>, backend: Backend) {
+        s.create_user(&user("u1", "alice")).await.unwrap();
+        s.create_user(&User { disabled: true, ..user("u2", "bob") }).await.unwrap();
+        // Every third token's user is disabled: those are not live, the others are.
+        let tokens: Vec<RefreshRecord> = (0..60)
+            .map(|i| {
+                let owner = if i % 3 == 0 { "u2" } else { "u1" };
+                RefreshRecord { user_id: Some(owner.into()), ..refresh(&format!("m{i}"), &format!("fam{i}"), 1_000) }
+            })
+            .collect();
+        for t in &tokens {
+            s.insert_refresh(t).await.unwrap();
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, t) in tokens.iter().cloned().enumerate() {
+            let s = s.clone();
+            tasks.spawn(async move {
+                let next = successor_of(&format!("m{i}-next"), 1_500);
+                let found = s.rotate_live_refresh(t.digest, "app", &succession(1_500), &next).await.unwrap();
+                (i, t, found, next.digest)
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            let (i, t, found, next) = joined.unwrap();
+            let stored = s.get_refresh(next).await.unwrap();
+            if i % 3 == 0 {
+                assert_eq!(found, None, "{backend:?}: token {i}'s user is disabled");
+                assert_eq!(stored, None, "{backend:?}: nothing stored for token {i}");
+            } else {
+                let (old, owner) = found.unwrap_or_else(|| panic!("{backend:?}: token {i} is live"));
+                assert_eq!(old, t, "{backend:?}: token {i} gets itself back");
+                assert_eq!(owner.map(|u| u.id).as_deref(), Some("u1"));
+                assert_eq!(stored.map(|r| r.family_id), Some(format!("fam{i}")), "{backend:?}: its own family");
+            }
+        }
     }
 
     pub async fn rotating_a_live_token_concurrently_lets_exactly_one_win(s: Arc<SqlStore>, backend: Backend) {

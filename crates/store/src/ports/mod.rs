@@ -5,9 +5,9 @@ mod audit;
 mod clients;
 mod consents;
 mod keys;
-mod refresh;
+pub(crate) mod refresh;
 mod revocations;
-mod users;
+pub(crate) mod users;
 
 use crate::error;
 use crate::SqlStore;

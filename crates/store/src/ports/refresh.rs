@@ -5,8 +5,8 @@ use crate::SqlStore;
 use async_trait::async_trait;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, FromQueryResult, IntoActiveModel, QueryFilter, QueryOrder,
-    QuerySelect, Statement, TransactionTrait,
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect,
+    Statement, TransactionTrait,
 };
 use tessera_core::model::User;
 use tessera_core::ports::{RefreshRecord, RefreshState, RefreshStore, Rotation, Succession, Successor};
@@ -40,7 +40,7 @@ fn to_row(record: &RefreshRecord, state: RefreshState) -> Model {
     }
 }
 
-fn from_row(row: Model) -> StoreResult<RefreshRecord> {
+pub(crate) fn from_row(row: Model) -> StoreResult<RefreshRecord> {
     let succession = match (row.rotated_at, &row.successor_salt) {
         (Some(at), Some(salt)) => Some(Succession {
             at,
@@ -116,8 +116,18 @@ impl RefreshStore for SqlStore {
         if self.db.get_database_backend() == DbBackend::Postgres {
             return rotate_live_in_one_statement(&self.db, old, client_id, succession, successor).await;
         }
-        let pool = self.db.pool().get_sqlite_connection_pool().clone();
-        rotate_live_in_one_batch(pool, old, client_id, succession, successor).await
+        // SQLite: the same one step, written together with the rotations asked for at the
+        // same moment (rotations.rs).
+        let Some(rotations) = &self.rotations else {
+            return Err(tessera_core::StoreError::Other("no rotation queue for this database".to_owned()));
+        };
+        let rotation = crate::rotations::LiveRotation {
+            old,
+            client_id: client_id.to_owned(),
+            succession: succession.clone(),
+            successor: successor.clone(),
+        };
+        rotations.rotate(rotation).await
     }
 
     async fn revoke_family(&self, family_id: &str) -> StoreResult<Vec<(String, i64)>> {
@@ -266,81 +276,5 @@ async fn rotate_live_in_one_statement(
     ];
     let stmt = Statement::from_sql_and_values(DbBackend::Postgres, SQL, values);
     let Some(row) = db.query_one(stmt).await.map_err(error::from_db)? else { return Ok(None) };
-    live_and_user(&row).map(Some)
-}
-
-/// SQLite, which has no `UPDATE` inside a CTE: [`RefreshStore::rotate_live_refresh`] as one
-/// batch of statements that the writer connection runs in one go, inside one transaction:
-/// the same guarded `UPDATE`, then the `INSERT` and the `SELECT`, which find the row this
-/// call rotated by the random salt it wrote. Each call into sqlx's SQLite connection is a
-/// hand-off to its worker thread and back, and the writer is one connection, so one call
-/// instead of five (`BEGIN`, `UPDATE`, `INSERT`, `COMMIT`, and a read first) is what lets
-/// more rotations through it.
-///
-/// The batch runs on a task of its own, so a caller that goes away cannot stop it between
-/// `BEGIN` and `COMMIT`; one that fails part-way is rolled back before the connection goes
-/// back to the pool, or the connection is closed.
-async fn rotate_live_in_one_batch(
-    pool: sea_orm::sqlx::SqlitePool,
-    old: Digest,
-    client_id: &str,
-    succession: &Succession,
-    successor: &Successor,
-) -> StoreResult<Option<(RefreshRecord, Option<User>)>> {
-    use sea_orm::sqlx;
-    const SQL: &str = "BEGIN IMMEDIATE; \
-        UPDATE refresh_tokens SET state = $2, rotated_at = $3, successor_salt = $4 \
-        WHERE digest = $1 AND state = $5 AND client_id = $6 AND expires_at > $3 \
-          AND (user_id IS NULL OR EXISTS \
-            (SELECT 1 FROM users u WHERE u.id = refresh_tokens.user_id AND NOT u.disabled)); \
-        INSERT INTO refresh_tokens (digest, family_id, client_id, user_id, scope, issued_at, \
-          expires_at, auth_time, access_jti, access_exp, state) \
-        SELECT $7, family_id, client_id, user_id, scope, $8, $9, auth_time, $10, $11, $5 \
-        FROM refresh_tokens WHERE digest = $1 AND successor_salt = $4; \
-        SELECT r.*, u.id AS u_id, u.username AS u_username, u.password_hash AS u_password_hash, \
-          u.disabled AS u_disabled, u.email AS u_email, u.name AS u_name, u.created_at AS u_created_at \
-        FROM refresh_tokens r LEFT JOIN users u ON u.id = r.user_id \
-        WHERE r.digest = $1 AND r.successor_salt = $4; \
-        COMMIT";
-    let query = sqlx::query(SQL)
-        .bind(old.to_hex())
-        .bind(ROTATED)
-        .bind(succession.at)
-        .bind(succession.salt.expose().to_vec())
-        .bind(ACTIVE)
-        .bind(client_id.to_owned())
-        .bind(successor.digest.to_hex())
-        .bind(successor.issued_at)
-        .bind(successor.expires_at)
-        .bind(successor.access_jti.clone())
-        .bind(successor.access_exp);
-    let batch = tokio::spawn(async move {
-        let mut conn = pool.acquire().await?;
-        let rows = query.fetch_all(&mut *conn).await;
-        if rows.is_err() && sqlx::query("ROLLBACK").execute(&mut *conn).await.is_err() {
-            // Failed before BEGIN took effect, or the connection is broken: either way it
-            // must not go back to the pool with a transaction that might still be open.
-            conn.close_on_drop();
-        }
-        rows
-    });
-    let rows = batch
-        .await
-        .map_err(|e| tessera_core::StoreError::Other(format!("the rotation's task ended early: {e}")))?
-        .map_err(|e| error::from_db(sea_orm::DbErr::Query(sea_orm::RuntimeErr::SqlxError(e))))?;
-    let Some(row) = rows.into_iter().next() else { return Ok(None) };
-    live_and_user(&sea_orm::QueryResult::from(row)).map(Some)
-}
-
-/// The row of a one-step rotation (the old token as the rotation left it, with its user's
-/// columns prefixed `u_`), as the caller wants it: the token as it was before.
-fn live_and_user(row: &sea_orm::QueryResult) -> StoreResult<(RefreshRecord, Option<User>)> {
-    let rotated = from_row(Model::from_query_result(row, "").map_err(error::from_db)?)?;
-    let record = RefreshRecord { state: RefreshState::Active, succession: None, ..rotated };
-    // The LEFT JOIN found no user where `u_id` is NULL.
-    let user = match row.try_get::<Option<String>>("", "u_id").map_err(error::from_db)? {
-        None => None,
-        Some(_) => Some(crate::entity::users::Model::from_query_result(&row, "u_").map_err(error::from_db)?),
-    };
-    Ok((record, user.map(super::users::from_row)))
+    crate::rotations::live_and_user(&row).map(Some)
 }

@@ -8,7 +8,7 @@ use tessera_core::model::User;
 use tessera_core::ports::UserStore;
 use tessera_core::StoreResult;
 
-pub(super) fn from_row(row: Model) -> User {
+pub(crate) fn from_row(row: Model) -> User {
     User {
         id: row.id,
         username: row.username,
