@@ -157,7 +157,9 @@ impl Db {
         }
     }
 
-    async fn guard<T>(&self, call: impl Future<Output = Result<T, DbErr>>) -> Result<T, DbErr> {
+    /// `call` behind the breaker: refused at once while it is open, and counted if it fails.
+    /// Every statement through SeaORM goes through here; so does a call on the pool directly.
+    pub(crate) async fn guard<T>(&self, call: impl Future<Output = Result<T, DbErr>>) -> Result<T, DbErr> {
         self.admit()?;
         let result = call.await;
         if let Err(e) = &result {

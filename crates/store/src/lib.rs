@@ -67,8 +67,8 @@ impl Default for PoolOptions {
 #[derive(Clone)]
 pub struct SqlStore {
     db: circuit::Db,
-    /// SQLite's group commit of refresh rotations (None on Postgres).
-    rotations: Option<rotations::Rotations>,
+    /// The group commit of one-step refresh rotations.
+    rotations: rotations::Rotations,
 }
 
 // Hand-written so nothing about the connection (its URL above all) is ever printed.
@@ -93,11 +93,12 @@ impl SqlStore {
     pub async fn connect_with(url: &str, options: PoolOptions) -> Result<SqlStore, StoreError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let db = connect_postgres(url, options.max_connections.max(1)).await?;
-            Ok(SqlStore { db, rotations: None })
+            let rotations = rotations::Rotations::start(rotations::Writer::Postgres(db.clone()));
+            Ok(SqlStore { db, rotations })
         } else if url.starts_with("sqlite:") {
             let db = connect_sqlite(url).await?;
-            let rotations = rotations::Rotations::start(db.pool().get_sqlite_connection_pool().clone());
-            Ok(SqlStore { db, rotations: Some(rotations) })
+            let writer = rotations::Writer::Sqlite(db.pool().get_sqlite_connection_pool().clone());
+            Ok(SqlStore { db, rotations: rotations::Rotations::start(writer) })
         } else {
             Err(StoreError::Other("unsupported database URL: expected postgres:// or sqlite:".into()))
         }

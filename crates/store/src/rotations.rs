@@ -1,21 +1,27 @@
-//! Group commit for the one-step refresh rotation on SQLite
-//! ([`tessera_core::ports::RefreshStore::rotate_live_refresh`]).
+//! Group commit for the one-step refresh rotation
+//! ([`tessera_core::ports::RefreshStore::rotate_live_refresh`]): rotations asked for at the
+//! same moment are written together, in one transaction committed once.
 //!
-//! SQLite takes one writer at a time, and each call into sqlx's SQLite connection is a hand-off
-//! to its worker thread and back: rotations done one by one queue for the writer, which spends
-//! most of its time waking threads rather than writing. Here rotations asked for at the same
-//! moment are written together, as one batch of statements in one transaction, committed once.
+//! - **SQLite** takes one writer at a time, and each call into sqlx's SQLite connection is a
+//!   hand-off to its worker thread and back: rotations done one by one queue for the writer,
+//!   which spends most of its time waking threads rather than writing. A batch is one string of
+//!   statements, run by the writer in one go.
+//! - **Postgres** spends most of a lone rotation on what every statement and every commit
+//!   costs (the round trip, the executor's start, the commit's WAL flush), not on the rows. A
+//!   batch is one statement over arrays of the rotations' values.
+//!
 //! A caller waits for its batch as it would for its own statement; a batch that fails is
 //! rolled back and each of its rotations is then tried alone, so one rotation's failure is
-//! never another's.
+//! never another's. A lone rotation is a batch of one: the same statements either way.
 //!
 //! Bounded (DESIGN.md rule 8): at most [`MAX_BATCH`] rotations a batch and [`QUEUE`] waiting;
 //! a caller finding the queue full waits for room.
 
+use crate::circuit::Db;
 use crate::entity::refresh_tokens::Model;
 use crate::error;
-use sea_orm::sqlx::{self, sqlite::SqliteRow, SqlitePool};
-use sea_orm::{FromQueryResult, QueryResult};
+use sea_orm::sqlx::{self, SqlitePool};
+use sea_orm::{DbErr, FromQueryResult, QueryResult, RuntimeErr};
 use std::fmt::Write as _;
 use tessera_core::model::User;
 use tessera_core::ports::{RefreshRecord, RefreshState, Succession, Successor};
@@ -23,10 +29,22 @@ use tessera_core::{StoreError, StoreResult};
 use tessera_crypto::Digest;
 use tokio::sync::{mpsc, oneshot};
 
-/// Rotations written in one transaction at most (each binds 11 values).
+/// Rotations written in one transaction at most.
 const MAX_BATCH: usize = 32;
 /// Rotations that may wait for the writer.
 const QUEUE: usize = 1024;
+/// How long a Postgres batch may take. (A SQLite batch is not cut short: dropped part-way, it
+/// would leave its transaction open on the writer; a local file does not stop answering.)
+const POSTGRES_BATCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Where the batches go.
+#[derive(Clone)]
+pub(crate) enum Writer {
+    /// SQLite's one writer connection.
+    Sqlite(SqlitePool),
+    /// The Postgres pool, behind its circuit breaker.
+    Postgres(Db),
+}
 
 /// What one rotation found: the old token as it was and its user, or `None` when it was not
 /// live and nothing changed.
@@ -53,10 +71,10 @@ pub(crate) struct Rotations {
 }
 
 impl Rotations {
-    /// Starts the task that writes batches to `pool` (SQLite's writer connection).
-    pub(crate) fn start(pool: SqlitePool) -> Rotations {
+    /// Starts the task that writes batches to `writer`.
+    pub(crate) fn start(writer: Writer) -> Rotations {
         let (queue, jobs) = mpsc::channel(QUEUE);
-        tokio::spawn(write_batches(pool, jobs));
+        tokio::spawn(write_batches(writer, jobs));
         Rotations { queue }
     }
 
@@ -70,35 +88,42 @@ impl Rotations {
 }
 
 /// Takes whatever has queued up (one rotation at least, [`MAX_BATCH`] at most), writes it as
-/// one batch, answers each caller, and goes on until every sender is gone.
-async fn write_batches(pool: SqlitePool, mut jobs: mpsc::Receiver<Job>) {
+/// one batch, answers each caller, and goes on until every sender is gone. One batch at a
+/// time: while it is written the next one gathers, so the busier the node, the larger the
+/// batches (more in flight at once made smaller batches and fewer rotations a second on
+/// Postgres: see the Performance section of the README).
+async fn write_batches(writer: Writer, mut jobs: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let rotations: Vec<&LiveRotation> = batch.iter().map(|job| &job.rotation).collect();
-        match rotate_together(&pool, &rotations).await {
-            Ok(found) => {
-                for (job, found) in batch.drain(..).zip(found) {
-                    // A caller that went away: its rotation is committed all the same, and
-                    // a retry of its refresh finds the successor (the retry window).
-                    let _ = job.reply.send(Ok(found));
-                }
+        write_batch(&writer, &mut batch).await;
+    }
+}
+
+async fn write_batch(writer: &Writer, batch: &mut Vec<Job>) {
+    let rotations: Vec<&LiveRotation> = batch.iter().map(|job| &job.rotation).collect();
+    match rotate_together(writer, &rotations).await {
+        Ok(found) => {
+            for (job, found) in batch.drain(..).zip(found) {
+                // A caller that went away: its rotation is committed all the same, and a
+                // retry of its refresh finds the successor (the retry window).
+                let _ = job.reply.send(Ok(found));
             }
-            Err(_) if batch.len() > 1 => {
-                for job in batch.drain(..) {
-                    let alone = rotate_together(&pool, &[&job.rotation]).await;
-                    let _ = job.reply.send(alone.map(|mut found| found.pop().flatten()));
-                }
+        }
+        Err(_) if batch.len() > 1 => {
+            for job in batch.drain(..) {
+                let alone = rotate_together(writer, &[&job.rotation]).await;
+                let _ = job.reply.send(alone.map(|mut found| found.pop().flatten()));
             }
-            Err(e) => {
-                for job in batch.drain(..) {
-                    let _ = job.reply.send(Err(e.clone()));
-                }
+        }
+        Err(e) => {
+            for job in batch.drain(..) {
+                let _ = job.reply.send(Err(e.clone()));
             }
         }
     }
 }
 
-/// Bound values per rotation in [`batch_sql`].
+/// Bound values per rotation in [`sqlite_batch`].
 const VALUES: usize = 11;
 
 /// The batch for `n` rotations: `BEGIN IMMEDIATE`, then for each the `UPDATE` guarded by the
@@ -106,7 +131,7 @@ const VALUES: usize = 11;
 /// (found by the random salt it wrote), and the `SELECT` of that row with its user, tagged with
 /// the rotation's slot; then `COMMIT`. Two rotations of the same token in one batch: the
 /// first `UPDATE` flips it, the second finds it rotated, so exactly one wins, as apart.
-fn batch_sql(n: usize) -> String {
+fn sqlite_batch(n: usize) -> String {
     let mut sql = String::from("BEGIN IMMEDIATE; ");
     for slot in 0..n {
         let v = |i: usize| slot * VALUES + i;
@@ -143,11 +168,84 @@ fn batch_sql(n: usize) -> String {
     sql
 }
 
+/// Postgres: the batch as one statement over arrays, one element a rotation. The `UPDATE`
+/// joins the rotations to their rows and matches only live ones (the same checks as SQLite's),
+/// returning each with its rotation's slot and successor values; the `INSERT` copies from what
+/// it matched; the `SELECT` adds the users. Two rotations of one token in a batch join the
+/// same row, which Postgres updates once, for one of them: exactly one wins. Concurrent
+/// batches rotating the same token wait on its row lock and re-check `state`, as lone
+/// statements do (rotations on other nodes).
+const POSTGRES_BATCH: &str = "WITH input AS (\
+        SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bytea[], $5::text[], $6::text[], \
+          $7::bigint[], $8::bigint[], $9::text[], $10::bigint[]) \
+        AS i(slot, old_digest, at, salt, client, next_digest, next_issued_at, next_expires_at, next_jti, next_exp)), \
+    old AS (\
+        UPDATE refresh_tokens r SET state = $11, rotated_at = i.at, successor_salt = i.salt \
+        FROM input i \
+        WHERE r.digest = i.old_digest AND r.state = $12 AND r.client_id = i.client AND r.expires_at > i.at \
+          AND (r.user_id IS NULL OR EXISTS \
+            (SELECT 1 FROM users u WHERE u.id = r.user_id AND NOT u.disabled)) \
+        RETURNING i.slot, i.next_digest, i.next_issued_at, i.next_expires_at, i.next_jti, i.next_exp, r.*), \
+    successor AS (\
+        INSERT INTO refresh_tokens (digest, family_id, client_id, user_id, scope, issued_at, \
+          expires_at, auth_time, access_jti, access_exp, state) \
+        SELECT next_digest, family_id, client_id, user_id, scope, next_issued_at, next_expires_at, \
+          auth_time, next_jti, next_exp, $12 FROM old) \
+    SELECT old.*, u.id AS u_id, u.username AS u_username, u.password_hash AS u_password_hash, \
+      u.disabled AS u_disabled, u.email AS u_email, u.name AS u_name, u.created_at AS u_created_at \
+    FROM old LEFT JOIN users u ON u.id = old.user_id";
+
 /// Writes `rotations` in one transaction: what each found, in their order. A batch that fails
-/// part-way is rolled back before its connection goes back to the pool (or the connection is
-/// closed), and changes nothing.
-async fn rotate_together(pool: &SqlitePool, rotations: &[&LiveRotation]) -> StoreResult<Vec<Rotated>> {
-    let sql = batch_sql(rotations.len());
+/// changes nothing.
+async fn rotate_together(writer: &Writer, rotations: &[&LiveRotation]) -> StoreResult<Vec<Rotated>> {
+    let sqlx_err = |e| error::from_db(DbErr::Query(RuntimeErr::SqlxError(e)));
+    let rows: Vec<QueryResult> = match writer {
+        Writer::Sqlite(pool) => rotate_on_sqlite(pool, rotations).await.map_err(sqlx_err)?,
+        Writer::Postgres(db) => {
+            let pool = db.pool().get_postgres_connection_pool();
+            let column = |f: &dyn Fn(&LiveRotation) -> i64| rotations.iter().map(|r| f(r)).collect::<Vec<i64>>();
+            let query = sqlx::query(POSTGRES_BATCH)
+                .bind((0..rotations.len()).map(|slot| slot as i64).collect::<Vec<i64>>())
+                .bind(rotations.iter().map(|r| r.old.to_hex()).collect::<Vec<String>>())
+                .bind(column(&|r| r.succession.at))
+                .bind(rotations.iter().map(|r| r.succession.salt.expose().to_vec()).collect::<Vec<Vec<u8>>>())
+                .bind(rotations.iter().map(|r| r.client_id.clone()).collect::<Vec<String>>())
+                .bind(rotations.iter().map(|r| r.successor.digest.to_hex()).collect::<Vec<String>>())
+                .bind(column(&|r| r.successor.issued_at))
+                .bind(column(&|r| r.successor.expires_at))
+                .bind(rotations.iter().map(|r| r.successor.access_jti.clone()).collect::<Vec<String>>())
+                .bind(column(&|r| r.successor.access_exp))
+                .bind(RefreshState::Rotated.as_str())
+                .bind(RefreshState::Active.as_str());
+            // Every rotation of this node waits on the batch: a database that stops answering
+            // (a dead peer the kernel has not noticed yet) fails it as an outage, which opens
+            // the circuit, instead of holding them all.
+            let fetched = db.guard(async {
+                match tokio::time::timeout(POSTGRES_BATCH_TIMEOUT, query.fetch_all(pool)).await {
+                    Ok(rows) => rows.map_err(|e| DbErr::Query(RuntimeErr::SqlxError(e))),
+                    Err(_) => Err(DbErr::Conn(RuntimeErr::Internal(format!(
+                        "the database did not answer a batch of refresh rotations within {} s",
+                        POSTGRES_BATCH_TIMEOUT.as_secs()
+                    )))),
+                }
+            });
+            fetched.await.map_err(error::from_db)?.into_iter().map(QueryResult::from).collect()
+        }
+    };
+    let mut found: Vec<Rotated> = (0..rotations.len()).map(|_| None).collect();
+    for row in rows {
+        let (slot, rotated) = slot_and_rotated(&row)?;
+        if let Some(entry) = found.get_mut(slot) {
+            *entry = Some(rotated);
+        }
+    }
+    Ok(found)
+}
+
+/// SQLite: the batch on the writer connection. One that fails part-way is rolled back before
+/// the connection goes back to the pool, or the connection is closed.
+async fn rotate_on_sqlite(pool: &SqlitePool, rotations: &[&LiveRotation]) -> Result<Vec<QueryResult>, sqlx::Error> {
+    let sql = sqlite_batch(rotations.len());
     let mut query = sqlx::query(&sql);
     for r in rotations {
         query = query
@@ -163,28 +261,19 @@ async fn rotate_together(pool: &SqlitePool, rotations: &[&LiveRotation]) -> Stor
             .bind(r.successor.access_jti.clone())
             .bind(r.successor.access_exp);
     }
-    let sqlx_err = |e| error::from_db(sea_orm::DbErr::Query(sea_orm::RuntimeErr::SqlxError(e)));
-    let mut conn = pool.acquire().await.map_err(sqlx_err)?;
+    let mut conn = pool.acquire().await?;
     let rows = query.fetch_all(&mut *conn).await;
     if rows.is_err() && sqlx::query("ROLLBACK").execute(&mut *conn).await.is_err() {
         // Failed before BEGIN took effect, or the connection is broken: either way it must
         // not go back to the pool with a transaction that might still be open.
         conn.close_on_drop();
     }
-    let mut found: Vec<Rotated> = (0..rotations.len()).map(|_| None).collect();
-    for row in rows.map_err(sqlx_err)? {
-        let (slot, rotated) = slot_and_rotated(row)?;
-        if let Some(entry) = found.get_mut(slot) {
-            *entry = Some(rotated);
-        }
-    }
-    Ok(found)
+    Ok(rows?.into_iter().map(QueryResult::from).collect())
 }
 
-fn slot_and_rotated(row: SqliteRow) -> StoreResult<(usize, (RefreshRecord, Option<User>))> {
-    let row = QueryResult::from(row);
+fn slot_and_rotated(row: &QueryResult) -> StoreResult<(usize, (RefreshRecord, Option<User>))> {
     let slot: i64 = row.try_get("", "slot").map_err(error::from_db)?;
-    Ok((usize::try_from(slot).unwrap_or(usize::MAX), live_and_user(&row)?))
+    Ok((usize::try_from(slot).unwrap_or(usize::MAX), live_and_user(row)?))
 }
 
 /// The row of a one-step rotation (the old token as the rotation left it, with its user's
@@ -206,7 +295,7 @@ mod tests {
 
     #[test]
     fn each_rotation_in_a_batch_binds_its_own_values_and_the_batch_commits_once() {
-        let sql = batch_sql(3);
+        let sql = sqlite_batch(3);
         assert!(sql.starts_with("BEGIN IMMEDIATE; ") && sql.ends_with("COMMIT"));
         assert_eq!(sql.matches("COMMIT").count(), 1);
         assert_eq!(sql.matches("UPDATE refresh_tokens").count(), 3);

@@ -113,21 +113,14 @@ impl RefreshStore for SqlStore {
         succession: &Succession,
         successor: &Successor,
     ) -> StoreResult<Option<(RefreshRecord, Option<User>)>> {
-        if self.db.get_database_backend() == DbBackend::Postgres {
-            return rotate_live_in_one_statement(&self.db, old, client_id, succession, successor).await;
-        }
-        // SQLite: the same one step, written together with the rotations asked for at the
-        // same moment (rotations.rs).
-        let Some(rotations) = &self.rotations else {
-            return Err(tessera_core::StoreError::Other("no rotation queue for this database".to_owned()));
-        };
+        // Written together with the rotations asked for at the same moment (rotations.rs).
         let rotation = crate::rotations::LiveRotation {
             old,
             client_id: client_id.to_owned(),
             succession: succession.clone(),
             successor: successor.clone(),
         };
-        rotations.rotate(rotation).await
+        self.rotations.rotate(rotation).await
     }
 
     async fn revoke_family(&self, family_id: &str) -> StoreResult<Vec<(String, i64)>> {
@@ -235,46 +228,4 @@ async fn rotate_in_a_transaction(
         .map_err(error::from_db)?;
     txn.commit().await.map_err(error::from_db)?;
     Ok(true)
-}
-
-/// Postgres: [`RefreshStore::rotate_live_refresh`] as one statement and one round trip. The
-/// `UPDATE` matches only a live token (the checks in its `WHERE`), the `INSERT` copies from
-/// what it matched, and the `SELECT` returns the old token with its user. Concurrent calls
-/// for one token wait on its row lock and re-check `state`, so exactly one rotates it.
-async fn rotate_live_in_one_statement(
-    db: &impl ConnectionTrait,
-    old: Digest,
-    client_id: &str,
-    succession: &Succession,
-    successor: &Successor,
-) -> StoreResult<Option<(RefreshRecord, Option<User>)>> {
-    const SQL: &str = "WITH old AS (\
-            UPDATE refresh_tokens r SET state = $2, rotated_at = $3, successor_salt = $4 \
-            WHERE r.digest = $1 AND r.state = $5 AND r.client_id = $6 AND r.expires_at > $3 \
-              AND (r.user_id IS NULL OR EXISTS \
-                (SELECT 1 FROM users u WHERE u.id = r.user_id AND NOT u.disabled)) \
-            RETURNING r.*), \
-        successor AS (\
-            INSERT INTO refresh_tokens (digest, family_id, client_id, user_id, scope, issued_at, \
-              expires_at, auth_time, access_jti, access_exp, state) \
-            SELECT $7, family_id, client_id, user_id, scope, $8, $9, auth_time, $10, $11, $5 FROM old) \
-        SELECT old.*, u.id AS u_id, u.username AS u_username, u.password_hash AS u_password_hash, \
-          u.disabled AS u_disabled, u.email AS u_email, u.name AS u_name, u.created_at AS u_created_at \
-        FROM old LEFT JOIN users u ON u.id = old.user_id";
-    let values: [sea_orm::Value; 11] = [
-        old.to_hex().into(),
-        ROTATED.into(),
-        succession.at.into(),
-        succession.salt.expose().to_vec().into(),
-        ACTIVE.into(),
-        client_id.into(),
-        successor.digest.to_hex().into(),
-        successor.issued_at.into(),
-        successor.expires_at.into(),
-        successor.access_jti.as_str().into(),
-        successor.access_exp.into(),
-    ];
-    let stmt = Statement::from_sql_and_values(DbBackend::Postgres, SQL, values);
-    let Some(row) = db.query_one(stmt).await.map_err(error::from_db)? else { return Ok(None) };
-    crate::rotations::live_and_user(&row).map(Some)
 }
