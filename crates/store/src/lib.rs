@@ -13,7 +13,7 @@ pub mod entity;
 mod error;
 mod migration;
 mod ports;
-mod rotations;
+mod refresh_batch;
 
 pub use migration::Migrator;
 
@@ -67,8 +67,8 @@ impl Default for PoolOptions {
 #[derive(Clone)]
 pub struct SqlStore {
     db: circuit::Db,
-    /// The group commit of one-step refresh rotations.
-    rotations: rotations::Rotations,
+    /// The group commit of refresh-token writes.
+    refresh_writes: refresh_batch::RefreshBatches,
 }
 
 // Hand-written so nothing about the connection (its URL above all) is ever printed.
@@ -93,12 +93,12 @@ impl SqlStore {
     pub async fn connect_with(url: &str, options: PoolOptions) -> Result<SqlStore, StoreError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let db = connect_postgres(url, options.max_connections.max(1)).await?;
-            let rotations = rotations::Rotations::start(rotations::Writer::Postgres(db.clone()));
-            Ok(SqlStore { db, rotations })
+            let refresh_writes = refresh_batch::RefreshBatches::start(refresh_batch::Writer::Postgres(db.clone()));
+            Ok(SqlStore { db, refresh_writes })
         } else if url.starts_with("sqlite:") {
             let db = connect_sqlite(url).await?;
-            let writer = rotations::Writer::Sqlite(db.pool().get_sqlite_connection_pool().clone());
-            Ok(SqlStore { db, rotations: rotations::Rotations::start(writer) })
+            let writer = refresh_batch::Writer::Sqlite(db.pool().get_sqlite_connection_pool().clone());
+            Ok(SqlStore { db, refresh_writes: refresh_batch::RefreshBatches::start(writer) })
         } else {
             Err(StoreError::Other("unsupported database URL: expected postgres:// or sqlite:".into()))
         }

@@ -146,6 +146,7 @@ contract!(
     a_refresh_token_that_is_not_live_is_left_alone_by_the_one_step_rotation,
     a_one_step_rotation_that_fails_part_way_changes_nothing_and_the_store_goes_on,
     many_tokens_rotated_at_once_each_get_their_own_answer,
+    new_families_stored_beside_rotations_at_once_are_stored_as_given_and_a_clash_fails_alone,
     rotating_a_live_token_concurrently_lets_exactly_one_win,
     granting_scopes_adds_to_what_was_granted_and_never_narrows,
     concurrent_consent_grants_keep_every_scope,
@@ -721,6 +722,52 @@ mod cases {
                 assert_eq!(stored.map(|r| r.family_id), Some(format!("fam{i}")), "{backend:?}: its own family");
             }
         }
+    }
+
+    pub async fn new_families_stored_beside_rotations_at_once_are_stored_as_given_and_a_clash_fails_alone(
+        s: Arc<SqlStore>,
+        backend: Backend,
+    ) {
+        s.create_user(&user("u1", "alice")).await.unwrap();
+        let live: Vec<RefreshRecord> = (0..20).map(|i| refresh(&format!("r{i}"), &format!("rf{i}"), 1_000)).collect();
+        for t in &live {
+            s.insert_refresh(t).await.unwrap();
+        }
+        // New families as the grants store them, one of them userless and one already rotated
+        // (with its succession), and one whose digest is already stored.
+        let mut fresh: Vec<RefreshRecord> =
+            (0..20).map(|i| refresh(&format!("n{i}"), &format!("nf{i}"), 1_200 + i)).collect();
+        fresh[3].user_id = None;
+        fresh[4] =
+            RefreshRecord { state: RefreshState::Rotated, succession: Some(succession(1_300)), ..fresh[4].clone() };
+        let clash = RefreshRecord { family_id: "clash".into(), ..live[0].clone() };
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, t) in live.iter().cloned().enumerate() {
+            let s = s.clone();
+            tasks.spawn(async move {
+                let next = successor_of(&format!("r{i}-next"), 1_500);
+                let found = s.rotate_live_refresh(t.digest, "app", &succession(1_500), &next).await.unwrap();
+                assert_eq!(found.map(|(old, _)| old), Some(t), "{backend:?}: rotation {i}");
+                Ok(())
+            });
+        }
+        for record in fresh.iter().cloned().chain([clash]) {
+            let s = s.clone();
+            tasks.spawn(async move { s.insert_refresh(&record).await });
+        }
+        let mut conflicts = 0;
+        while let Some(joined) = tasks.join_next().await {
+            match joined.unwrap() {
+                Ok(()) => {}
+                Err(StoreError::Conflict(_)) => conflicts += 1,
+                Err(e) => panic!("{backend:?}: {e}"),
+            }
+        }
+        assert_eq!(conflicts, 1, "{backend:?}: only the clash fails");
+        for record in &fresh {
+            assert_eq!(s.get_refresh(record.digest).await.unwrap().as_ref(), Some(record), "{backend:?}: as given");
+        }
+        assert_eq!(s.get_refresh(live[0].digest).await.unwrap().map(|r| r.family_id).as_deref(), Some("rf0"));
     }
 
     pub async fn rotating_a_live_token_concurrently_lets_exactly_one_win(s: Arc<SqlStore>, backend: Backend) {

@@ -22,7 +22,7 @@ const REVOKED: &str = RefreshState::Revoked.as_str();
 /// Enough sweeps to outlast any rotation that was in flight when the revocation began.
 const MAX_REVOKE_SWEEPS: usize = 8;
 
-fn to_row(record: &RefreshRecord, state: RefreshState) -> Model {
+pub(crate) fn to_row(record: &RefreshRecord, state: RefreshState) -> Model {
     Model {
         digest: record.digest.to_hex(),
         family_id: record.family_id.clone(),
@@ -70,11 +70,8 @@ pub(crate) fn from_row(row: Model) -> StoreResult<RefreshRecord> {
 #[async_trait]
 impl RefreshStore for SqlStore {
     async fn insert_refresh(&self, record: &RefreshRecord) -> StoreResult<()> {
-        Entity::insert(to_row(record, record.state).into_active_model())
-            .exec_without_returning(&self.db)
-            .await
-            .map_err(error::from_db)?;
-        Ok(())
+        // Written together with the other refresh-token writes of the moment (refresh_batch.rs).
+        self.refresh_writes.insert(record.clone()).await
     }
 
     async fn get_refresh(&self, digest: Digest) -> StoreResult<Option<RefreshRecord>> {
@@ -113,14 +110,14 @@ impl RefreshStore for SqlStore {
         succession: &Succession,
         successor: &Successor,
     ) -> StoreResult<Option<(RefreshRecord, Option<User>)>> {
-        // Written together with the rotations asked for at the same moment (rotations.rs).
-        let rotation = crate::rotations::LiveRotation {
+        // Written together with the rotations asked for at the same moment (refresh_batch.rs).
+        let rotation = crate::refresh_batch::LiveRotation {
             old,
             client_id: client_id.to_owned(),
             succession: succession.clone(),
             successor: successor.clone(),
         };
-        self.rotations.rotate(rotation).await
+        self.refresh_writes.rotate(rotation).await
     }
 
     async fn revoke_family(&self, family_id: &str) -> StoreResult<Vec<(String, i64)>> {

@@ -1,21 +1,24 @@
-//! Group commit for the one-step refresh rotation
-//! ([`tessera_core::ports::RefreshStore::rotate_live_refresh`]): rotations asked for at the
-//! same moment are written together, in one transaction committed once.
+//! Group commit of refresh-token writes: the one-step rotation
+//! ([`tessera_core::ports::RefreshStore::rotate_live_refresh`]) and the first token of a new
+//! family ([`tessera_core::ports::RefreshStore::insert_refresh`], after a code exchange, a
+//! device grant or a password grant). Writes asked for at the same moment are written
+//! together, in one transaction committed once.
 //!
 //! - **SQLite** takes one writer at a time, and each call into sqlx's SQLite connection is a
-//!   hand-off to its worker thread and back: rotations done one by one queue for the writer,
+//!   hand-off to its worker thread and back: writes done one by one queue for the writer,
 //!   which spends most of its time waking threads rather than writing. A batch is one string of
 //!   statements, run by the writer in one go.
-//! - **Postgres** spends most of a lone rotation on what every statement and every commit
-//!   costs (the round trip, the executor's start, the commit's WAL flush), not on the rows. A
-//!   batch is one statement over arrays of the rotations' values.
+//! - **Postgres** spends most of a lone write on what every statement and every commit costs
+//!   (the round trip, the executor's start, the commit's WAL flush), not on the rows. A batch is
+//!   one statement over arrays of the writes' values.
 //!
 //! A caller waits for its batch as it would for its own statement; a batch that fails is
-//! rolled back and each of its rotations is then tried alone, so one rotation's failure is
-//! never another's. A lone rotation is a batch of one: the same statements either way.
+//! rolled back and each of its writes is then tried alone, so one write's failure (a digest
+//! already stored, say) is never another's. A lone write is a batch of one: the same
+//! statements either way.
 //!
-//! Bounded (DESIGN.md rule 8): at most [`MAX_BATCH`] rotations a batch and [`QUEUE`] waiting;
-//! a caller finding the queue full waits for room.
+//! Bounded (DESIGN.md rule 8): at most [`MAX_BATCH`] writes a batch and [`QUEUE`] waiting; a
+//! caller finding the queue full waits for room.
 
 use crate::circuit::Db;
 use crate::entity::refresh_tokens::Model;
@@ -29,9 +32,9 @@ use tessera_core::{StoreError, StoreResult};
 use tessera_crypto::Digest;
 use tokio::sync::{mpsc, oneshot};
 
-/// Rotations written in one transaction at most.
+/// Writes in one transaction at most.
 const MAX_BATCH: usize = 32;
-/// Rotations that may wait for the writer.
+/// Writes that may wait for the writer.
 const QUEUE: usize = 1024;
 /// How long a Postgres batch may take. (A SQLite batch is not cut short: dropped part-way, it
 /// would leave its transaction open on the writer; a local file does not stop answering.)
@@ -58,31 +61,48 @@ pub(crate) struct LiveRotation {
     pub successor: Successor,
 }
 
+/// One write asked for.
+enum Write {
+    Rotate(LiveRotation),
+    /// The first token of a new family, stored as it is.
+    Insert(RefreshRecord),
+}
+
 struct Job {
-    rotation: LiveRotation,
+    write: Write,
+    /// What a rotation found; `None` for an insert.
     reply: oneshot::Sender<StoreResult<Rotated>>,
 }
 
 /// The queue in front of the writer. Clones share it; the task writing the batches ends when
 /// the last clone is gone.
 #[derive(Clone)]
-pub(crate) struct Rotations {
+pub(crate) struct RefreshBatches {
     queue: mpsc::Sender<Job>,
 }
 
-impl Rotations {
+impl RefreshBatches {
     /// Starts the task that writes batches to `writer`.
-    pub(crate) fn start(writer: Writer) -> Rotations {
+    pub(crate) fn start(writer: Writer) -> RefreshBatches {
         let (queue, jobs) = mpsc::channel(QUEUE);
         tokio::spawn(write_batches(writer, jobs));
-        Rotations { queue }
+        RefreshBatches { queue }
     }
 
     /// Rotates one token, in whatever batch it joins.
     pub(crate) async fn rotate(&self, rotation: LiveRotation) -> StoreResult<Rotated> {
-        let gone = || StoreError::Other("the refresh rotation queue has stopped".to_owned());
+        self.write(Write::Rotate(rotation)).await
+    }
+
+    /// Stores the first token of a new family, in whatever batch it joins.
+    pub(crate) async fn insert(&self, record: RefreshRecord) -> StoreResult<()> {
+        self.write(Write::Insert(record)).await.map(|_| ())
+    }
+
+    async fn write(&self, write: Write) -> StoreResult<Rotated> {
+        let gone = || StoreError::Other("the refresh-token write queue has stopped".to_owned());
         let (reply, answer) = oneshot::channel();
-        self.queue.send(Job { rotation, reply }).await.map_err(|_| gone())?;
+        self.queue.send(Job { write, reply }).await.map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }
 }
@@ -100,8 +120,8 @@ async fn write_batches(writer: Writer, mut jobs: mpsc::Receiver<Job>) {
 }
 
 async fn write_batch(writer: &Writer, batch: &mut Vec<Job>) {
-    let rotations: Vec<&LiveRotation> = batch.iter().map(|job| &job.rotation).collect();
-    match rotate_together(writer, &rotations).await {
+    let writes: Vec<&Write> = batch.iter().map(|job| &job.write).collect();
+    match write_together(writer, &writes).await {
         Ok(found) => {
             for (job, found) in batch.drain(..).zip(found) {
                 // A caller that went away: its rotation is committed all the same, and a
@@ -111,7 +131,7 @@ async fn write_batch(writer: &Writer, batch: &mut Vec<Job>) {
         }
         Err(_) if batch.len() > 1 => {
             for job in batch.drain(..) {
-                let alone = rotate_together(writer, &[&job.rotation]).await;
+                let alone = write_together(writer, &[&job.write]).await;
                 let _ = job.reply.send(alone.map(|mut found| found.pop().flatten()));
             }
         }
@@ -123,18 +143,24 @@ async fn write_batch(writer: &Writer, batch: &mut Vec<Job>) {
     }
 }
 
-/// Bound values per rotation in [`sqlite_batch`].
-const VALUES: usize = 11;
+/// Bound values per rotation and per insert in [`sqlite_batch`].
+const ROTATION_VALUES: usize = 11;
+const INSERT_VALUES: usize = 13;
 
-/// The batch for `n` rotations: `BEGIN IMMEDIATE`, then for each the `UPDATE` guarded by the
-/// live checks, the `INSERT` of the successor copied from the row this rotation updated
-/// (found by the random salt it wrote), and the `SELECT` of that row with its user, tagged with
-/// the rotation's slot; then `COMMIT`. Two rotations of the same token in one batch: the
-/// first `UPDATE` flips it, the second finds it rotated, so exactly one wins, as apart.
-fn sqlite_batch(n: usize) -> String {
+/// The columns an insert writes, in the order its values are bound.
+const COLUMNS: &str = "digest, family_id, client_id, user_id, scope, issued_at, expires_at, auth_time, \
+    access_jti, access_exp, state, rotated_at, successor_salt";
+
+/// The SQLite batch for `slots.len()` rotations (each tagged with its slot) and then `inserts`
+/// inserts: `BEGIN IMMEDIATE`, then for each rotation the `UPDATE` guarded by the live checks,
+/// the `INSERT` of the successor copied from the row this rotation updated (found by the random
+/// salt it wrote), and the `SELECT` of that row with its user; then each insert; then `COMMIT`.
+/// Two rotations of the same token in one batch: the first `UPDATE` flips it, the second
+/// finds it rotated, so exactly one wins, as apart.
+fn sqlite_batch(slots: &[usize], inserts: usize) -> String {
     let mut sql = String::from("BEGIN IMMEDIATE; ");
-    for slot in 0..n {
-        let v = |i: usize| slot * VALUES + i;
+    for (i, slot) in slots.iter().enumerate() {
+        let v = |k: usize| i * ROTATION_VALUES + k;
         let _ = write!(
             sql,
             "UPDATE refresh_tokens SET state = ${rotated}, rotated_at = ${at}, successor_salt = ${salt} \
@@ -164,17 +190,22 @@ fn sqlite_batch(n: usize) -> String {
             exp = v(11),
         );
     }
+    let base = slots.len() * ROTATION_VALUES;
+    for i in 0..inserts {
+        let values: Vec<String> = (1..=INSERT_VALUES).map(|k| format!("${}", base + i * INSERT_VALUES + k)).collect();
+        let _ = write!(sql, "INSERT INTO refresh_tokens ({COLUMNS}) VALUES ({}); ", values.join(", "));
+    }
     sql.push_str("COMMIT");
     sql
 }
 
-/// Postgres: the batch as one statement over arrays, one element a rotation. The `UPDATE`
-/// joins the rotations to their rows and matches only live ones (the same checks as SQLite's),
-/// returning each with its rotation's slot and successor values; the `INSERT` copies from what
-/// it matched; the `SELECT` adds the users. Two rotations of one token in a batch join the
-/// same row, which Postgres updates once, for one of them: exactly one wins. Concurrent
-/// batches rotating the same token wait on its row lock and re-check `state`, as lone
-/// statements do (rotations on other nodes).
+/// Postgres: the batch as one statement over arrays, one element a write. The `UPDATE` joins
+/// the rotations to their rows and matches only live ones (the same checks as SQLite's),
+/// returning each with its rotation's slot and successor values; the first `INSERT` copies
+/// from what it matched; the second stores the new families' tokens; the `SELECT` adds the
+/// users. Two rotations of one token in a batch join the same row, which Postgres updates
+/// once, for one of them: exactly one wins. Concurrent batches rotating the same token wait
+/// on its row lock and re-check `state`, as lone statements do (rotations on other nodes).
 const POSTGRES_BATCH: &str = "WITH input AS (\
         SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bytea[], $5::text[], $6::text[], \
           $7::bigint[], $8::bigint[], $9::text[], $10::bigint[]) \
@@ -190,41 +221,68 @@ const POSTGRES_BATCH: &str = "WITH input AS (\
         INSERT INTO refresh_tokens (digest, family_id, client_id, user_id, scope, issued_at, \
           expires_at, auth_time, access_jti, access_exp, state) \
         SELECT next_digest, family_id, client_id, user_id, scope, next_issued_at, next_expires_at, \
-          auth_time, next_jti, next_exp, $12 FROM old) \
+          auth_time, next_jti, next_exp, $12 FROM old), \
+    fresh AS (\
+        INSERT INTO refresh_tokens (digest, family_id, client_id, user_id, scope, issued_at, expires_at, \
+          auth_time, access_jti, access_exp, state, rotated_at, successor_salt) \
+        SELECT * FROM unnest($13::text[], $14::text[], $15::text[], $16::text[], $17::text[], $18::bigint[], \
+          $19::bigint[], $20::bigint[], $21::text[], $22::bigint[], $23::text[], $24::bigint[], $25::bytea[])) \
     SELECT old.*, u.id AS u_id, u.username AS u_username, u.password_hash AS u_password_hash, \
       u.disabled AS u_disabled, u.email AS u_email, u.name AS u_name, u.created_at AS u_created_at \
     FROM old LEFT JOIN users u ON u.id = old.user_id";
 
-/// Writes `rotations` in one transaction: what each found, in their order. A batch that fails
-/// changes nothing.
-async fn rotate_together(writer: &Writer, rotations: &[&LiveRotation]) -> StoreResult<Vec<Rotated>> {
+/// Writes `writes` in one transaction: what each rotation found, by position (`None` for an
+/// insert). A batch that fails changes nothing.
+async fn write_together(writer: &Writer, writes: &[&Write]) -> StoreResult<Vec<Rotated>> {
+    let mut rotations = Vec::new();
+    let mut inserts = Vec::new();
+    for (slot, write) in writes.iter().enumerate() {
+        match write {
+            Write::Rotate(r) => rotations.push((slot, r)),
+            Write::Insert(record) => inserts.push(crate::ports::refresh::to_row(record, record.state)),
+        }
+    }
     let sqlx_err = |e| error::from_db(DbErr::Query(RuntimeErr::SqlxError(e)));
     let rows: Vec<QueryResult> = match writer {
-        Writer::Sqlite(pool) => rotate_on_sqlite(pool, rotations).await.map_err(sqlx_err)?,
+        Writer::Sqlite(pool) => write_on_sqlite(pool, &rotations, &inserts).await.map_err(sqlx_err)?,
         Writer::Postgres(db) => {
             let pool = db.pool().get_postgres_connection_pool();
-            let column = |f: &dyn Fn(&LiveRotation) -> i64| rotations.iter().map(|r| f(r)).collect::<Vec<i64>>();
+            let ints = |f: &dyn Fn(&LiveRotation) -> i64| rotations.iter().map(|(_, r)| f(r)).collect::<Vec<i64>>();
+            let texts = |f: &dyn Fn(&LiveRotation) -> String| rotations.iter().map(|(_, r)| f(r)).collect::<Vec<_>>();
             let query = sqlx::query(POSTGRES_BATCH)
-                .bind((0..rotations.len()).map(|slot| slot as i64).collect::<Vec<i64>>())
-                .bind(rotations.iter().map(|r| r.old.to_hex()).collect::<Vec<String>>())
-                .bind(column(&|r| r.succession.at))
-                .bind(rotations.iter().map(|r| r.succession.salt.expose().to_vec()).collect::<Vec<Vec<u8>>>())
-                .bind(rotations.iter().map(|r| r.client_id.clone()).collect::<Vec<String>>())
-                .bind(rotations.iter().map(|r| r.successor.digest.to_hex()).collect::<Vec<String>>())
-                .bind(column(&|r| r.successor.issued_at))
-                .bind(column(&|r| r.successor.expires_at))
-                .bind(rotations.iter().map(|r| r.successor.access_jti.clone()).collect::<Vec<String>>())
-                .bind(column(&|r| r.successor.access_exp))
+                .bind(rotations.iter().map(|(slot, _)| *slot as i64).collect::<Vec<i64>>())
+                .bind(texts(&|r| r.old.to_hex()))
+                .bind(ints(&|r| r.succession.at))
+                .bind(rotations.iter().map(|(_, r)| r.succession.salt.expose().to_vec()).collect::<Vec<Vec<u8>>>())
+                .bind(texts(&|r| r.client_id.clone()))
+                .bind(texts(&|r| r.successor.digest.to_hex()))
+                .bind(ints(&|r| r.successor.issued_at))
+                .bind(ints(&|r| r.successor.expires_at))
+                .bind(texts(&|r| r.successor.access_jti.clone()))
+                .bind(ints(&|r| r.successor.access_exp))
                 .bind(RefreshState::Rotated.as_str())
-                .bind(RefreshState::Active.as_str());
-            // Every rotation of this node waits on the batch: a database that stops answering
-            // (a dead peer the kernel has not noticed yet) fails it as an outage, which opens
-            // the circuit, instead of holding them all.
+                .bind(RefreshState::Active.as_str())
+                .bind(inserts.iter().map(|m| m.digest.clone()).collect::<Vec<_>>())
+                .bind(inserts.iter().map(|m| m.family_id.clone()).collect::<Vec<_>>())
+                .bind(inserts.iter().map(|m| m.client_id.clone()).collect::<Vec<_>>())
+                .bind(inserts.iter().map(|m| m.user_id.clone()).collect::<Vec<_>>())
+                .bind(inserts.iter().map(|m| m.scope.clone()).collect::<Vec<_>>())
+                .bind(inserts.iter().map(|m| m.issued_at).collect::<Vec<_>>())
+                .bind(inserts.iter().map(|m| m.expires_at).collect::<Vec<_>>())
+                .bind(inserts.iter().map(|m| m.auth_time).collect::<Vec<_>>())
+                .bind(inserts.iter().map(|m| m.access_jti.clone()).collect::<Vec<_>>())
+                .bind(inserts.iter().map(|m| m.access_exp).collect::<Vec<_>>())
+                .bind(inserts.iter().map(|m| m.state.clone()).collect::<Vec<_>>())
+                .bind(inserts.iter().map(|m| m.rotated_at).collect::<Vec<_>>())
+                .bind(inserts.iter().map(|m| m.successor_salt.as_ref().map(|s| s.0.clone())).collect::<Vec<_>>());
+            // Every write of this node waits on the batch: a database that stops answering (a
+            // dead peer the kernel has not noticed yet) fails it as an outage, which opens the
+            // circuit, instead of holding them all.
             let fetched = db.guard(async {
                 match tokio::time::timeout(POSTGRES_BATCH_TIMEOUT, query.fetch_all(pool)).await {
                     Ok(rows) => rows.map_err(|e| DbErr::Query(RuntimeErr::SqlxError(e))),
                     Err(_) => Err(DbErr::Conn(RuntimeErr::Internal(format!(
-                        "the database did not answer a batch of refresh rotations within {} s",
+                        "the database did not answer a batch of refresh-token writes within {} s",
                         POSTGRES_BATCH_TIMEOUT.as_secs()
                     )))),
                 }
@@ -232,7 +290,7 @@ async fn rotate_together(writer: &Writer, rotations: &[&LiveRotation]) -> StoreR
             fetched.await.map_err(error::from_db)?.into_iter().map(QueryResult::from).collect()
         }
     };
-    let mut found: Vec<Rotated> = (0..rotations.len()).map(|_| None).collect();
+    let mut found: Vec<Rotated> = (0..writes.len()).map(|_| None).collect();
     for row in rows {
         let (slot, rotated) = slot_and_rotated(&row)?;
         if let Some(entry) = found.get_mut(slot) {
@@ -244,10 +302,15 @@ async fn rotate_together(writer: &Writer, rotations: &[&LiveRotation]) -> StoreR
 
 /// SQLite: the batch on the writer connection. One that fails part-way is rolled back before
 /// the connection goes back to the pool, or the connection is closed.
-async fn rotate_on_sqlite(pool: &SqlitePool, rotations: &[&LiveRotation]) -> Result<Vec<QueryResult>, sqlx::Error> {
-    let sql = sqlite_batch(rotations.len());
+async fn write_on_sqlite(
+    pool: &SqlitePool,
+    rotations: &[(usize, &LiveRotation)],
+    inserts: &[Model],
+) -> Result<Vec<QueryResult>, sqlx::Error> {
+    let slots: Vec<usize> = rotations.iter().map(|(slot, _)| *slot).collect();
+    let sql = sqlite_batch(&slots, inserts.len());
     let mut query = sqlx::query(&sql);
-    for r in rotations {
+    for (_, r) in rotations {
         query = query
             .bind(r.old.to_hex())
             .bind(RefreshState::Rotated.as_str())
@@ -260,6 +323,22 @@ async fn rotate_on_sqlite(pool: &SqlitePool, rotations: &[&LiveRotation]) -> Res
             .bind(r.successor.expires_at)
             .bind(r.successor.access_jti.clone())
             .bind(r.successor.access_exp);
+    }
+    for m in inserts {
+        query = query
+            .bind(m.digest.clone())
+            .bind(m.family_id.clone())
+            .bind(m.client_id.clone())
+            .bind(m.user_id.clone())
+            .bind(m.scope.clone())
+            .bind(m.issued_at)
+            .bind(m.expires_at)
+            .bind(m.auth_time)
+            .bind(m.access_jti.clone())
+            .bind(m.access_exp)
+            .bind(m.state.clone())
+            .bind(m.rotated_at)
+            .bind(m.successor_salt.as_ref().map(|s| s.0.clone()));
     }
     let mut conn = pool.acquire().await?;
     let rows = query.fetch_all(&mut *conn).await;
@@ -294,12 +373,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn each_rotation_in_a_batch_binds_its_own_values_and_the_batch_commits_once() {
-        let sql = sqlite_batch(3);
+    fn each_write_in_a_batch_binds_its_own_values_and_the_batch_commits_once() {
+        let sql = sqlite_batch(&[0, 2, 3], 2);
         assert!(sql.starts_with("BEGIN IMMEDIATE; ") && sql.ends_with("COMMIT"));
         assert_eq!(sql.matches("COMMIT").count(), 1);
         assert_eq!(sql.matches("UPDATE refresh_tokens").count(), 3);
-        assert!(sql.contains("SELECT 2 AS slot") && sql.contains("$33") && !sql.contains("$34"));
+        assert!(sql.contains("SELECT 3 AS slot") && !sql.contains("SELECT 1 AS slot"), "slots are the writes' own");
         assert!(sql.contains("WHERE digest = $12 AND state = $16 AND client_id = $17"), "{sql}");
+        assert!(sql.contains("VALUES ($34, ") && sql.contains(", $59)") && !sql.contains("$60"), "{sql}");
     }
 }
