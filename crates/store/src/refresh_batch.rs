@@ -107,11 +107,11 @@ impl RefreshBatches {
     }
 }
 
-/// Takes whatever has queued up (one rotation at least, [`MAX_BATCH`] at most), writes it as
-/// one batch, answers each caller, and goes on until every sender is gone. One batch at a
-/// time: while it is written the next one gathers, so the busier the node, the larger the
-/// batches (more in flight at once made smaller batches and fewer rotations a second on
-/// Postgres: see the Performance section of the README).
+/// Takes whatever has queued up (one write at least, [`MAX_BATCH`] at most), writes it as one
+/// batch, answers each caller, and goes on until every sender is gone. One batch at a time:
+/// while it is written the next one gathers, so the busier the node, the larger the batches.
+/// (Letting two or four batches run at once made them smaller and let fewer refreshes through
+/// on Postgres: see the Performance section of the README.)
 async fn write_batches(writer: Writer, mut jobs: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
@@ -124,8 +124,9 @@ async fn write_batch(writer: &Writer, batch: &mut Vec<Job>) {
     match write_together(writer, &writes).await {
         Ok(found) => {
             for (job, found) in batch.drain(..).zip(found) {
-                // A caller that went away: its rotation is committed all the same, and a
-                // retry of its refresh finds the successor (the retry window).
+                // A caller that went away: its write is committed all the same. A retry of
+                // its refresh finds the successor (the retry window); a new family nobody
+                // received just expires.
                 let _ = job.reply.send(Ok(found));
             }
         }
