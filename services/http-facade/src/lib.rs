@@ -50,7 +50,7 @@ pub const ALIASES: &[(&str, &str)] = &[
     ("/.well-known/jwks.json", paths::JWKS),
 ];
 
-/// A standard path and its aliases.
+/// A path and its aliases (none, for a path that is not a standard one).
 fn with_aliases(canonical: &'static str) -> Vec<&'static str> {
     std::iter::once(canonical).chain(ALIASES.iter().filter(|(_, c)| *c == canonical).map(|(alias, _)| *alias)).collect()
 }
@@ -96,61 +96,73 @@ fn json_errors<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandlerResp
     Ok(ErrorHandlerResponse::Response(ServiceResponse::new(req, body).map_into_right_body()))
 }
 
-/// Every route of the facade.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    let json_405 = || web::to(method_not_allowed);
-    cfg
-        // JSON endpoints.
-        .service(
-            web::resource(with_aliases(paths::TOKEN)).route(web::post().to(oauth::token)).default_service(json_405()),
-        )
-        .service(
-            web::resource(with_aliases(paths::DEVICE_AUTHORIZATION))
-                .route(web::post().to(oauth::device_authorization))
-                .default_service(json_405()),
-        )
-        .service(web::resource(paths::INTROSPECT).route(web::post().to(oauth::introspect)).default_service(json_405()))
-        .service(web::resource(paths::REVOKE).route(web::post().to(oauth::revoke)).default_service(json_405()))
-        .service(
-            web::resource(paths::OAUTH_METADATA)
-                .route(web::get().to(discovery::oauth_metadata))
-                .default_service(json_405()),
-        )
-        .service(
-            web::resource(paths::OPENID_METADATA)
-                .route(web::get().to(discovery::openid_metadata))
-                .default_service(json_405()),
-        )
-        .service(
-            web::resource(with_aliases(paths::JWKS)).route(web::get().to(discovery::jwks)).default_service(json_405()),
-        )
-        .service(
-            web::resource(paths::USERINFO)
-                .route(web::get().to(userinfo::userinfo_get))
-                .route(web::post().to(userinfo::userinfo_post))
-                .default_service(json_405()),
-        )
-        .service(web::resource("/healthz").route(web::get().to(health::healthz)).default_service(json_405()))
-        .service(web::resource("/readyz").route(web::get().to(health::readyz)).default_service(json_405()))
-        .service(web::resource("/openapi.json").route(web::get().to(openapi::openapi_json)).default_service(json_405()))
-        .service(web::resource("/metrics").route(web::get().to(observe::metrics)).default_service(json_405()))
-        // Pages.
-        .service(
-            web::resource(with_aliases(paths::AUTHORIZE))
-                .route(web::get().to(pages::authorize::authorize))
-                .route(web::post().to(pages::authorize::authorize_post))
-                .default_service(json_405()),
-        )
-        .service(web::resource("/login").route(web::post().to(pages::authorize::login)).default_service(json_405()))
-        .service(web::resource("/consent").route(web::post().to(pages::authorize::consent)).default_service(json_405()))
-        .service(web::resource("/logout").route(web::post().to(pages::authorize::logout)).default_service(json_405()))
-        .service(
-            web::resource(paths::DEVICE_VERIFICATION)
-                .route(web::get().to(pages::device::device_get))
-                .route(web::post().to(pages::device::device_post))
-                .default_service(json_405()),
-        )
-        .service(web::resource("/static/tessera.css").route(web::get().to(stylesheet)).default_service(json_405()));
+/// What a route answers with. JSON routes are the ones the OpenAPI document describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answers {
+    /// OAuth and operations endpoints: JSON, errors included.
+    Json,
+    /// The pages a person uses: HTML.
+    Page,
+    /// Anything else: the Prometheus text format, the stylesheet.
+    Other,
+}
+
+/// One resource of the router: its paths (a standard path with its [`ALIASES`]), the methods
+/// it routes (lowercase) and what it answers with. Any other method answers 405.
+#[derive(Clone, Debug)]
+pub struct Route {
+    pub paths: Vec<&'static str>,
+    pub methods: Vec<&'static str>,
+    pub answers: Answers,
+}
+
+/// Declares the router once: [`routes`] registers it, and [`route_table`] lists it, so what is
+/// documented can be checked against what is routed.
+macro_rules! router {
+    ($( $answers:ident $path:expr => { $($method:ident: $handler:expr),+ $(,)? } )+) => {
+        /// Every route of the facade.
+        pub fn routes(cfg: &mut web::ServiceConfig) {
+            $(
+                cfg.service(
+                    web::resource(with_aliases($path))
+                        $(.route(web::$method().to($handler)))+
+                        .default_service(web::to(method_not_allowed)),
+                );
+            )+
+        }
+
+        /// What [`routes`] registers, in its order.
+        pub fn route_table() -> Vec<Route> {
+            vec![$(
+                Route {
+                    paths: with_aliases($path),
+                    methods: vec![$(stringify!($method)),+],
+                    answers: Answers::$answers,
+                },
+            )+]
+        }
+    };
+}
+
+router! {
+    Json paths::TOKEN => { post: oauth::token }
+    Json paths::DEVICE_AUTHORIZATION => { post: oauth::device_authorization }
+    Json paths::INTROSPECT => { post: oauth::introspect }
+    Json paths::REVOKE => { post: oauth::revoke }
+    Json paths::OAUTH_METADATA => { get: discovery::oauth_metadata }
+    Json paths::OPENID_METADATA => { get: discovery::openid_metadata }
+    Json paths::JWKS => { get: discovery::jwks }
+    Json paths::USERINFO => { get: userinfo::userinfo_get, post: userinfo::userinfo_post }
+    Json "/healthz" => { get: health::healthz }
+    Json "/readyz" => { get: health::readyz }
+    Json "/openapi.json" => { get: openapi::openapi_json }
+    Other "/metrics" => { get: observe::metrics }
+    Page paths::AUTHORIZE => { get: pages::authorize::authorize, post: pages::authorize::authorize_post }
+    Page "/login" => { post: pages::login::login }
+    Page "/consent" => { post: pages::authorize::consent }
+    Page "/logout" => { post: pages::login::logout }
+    Page paths::DEVICE_VERIFICATION => { get: pages::device::device_get, post: pages::device::device_post }
+    Other "/static/tessera.css" => { get: stylesheet }
 }
 
 /// A running HTTP facade.

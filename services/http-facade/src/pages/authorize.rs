@@ -1,11 +1,11 @@
 //! The authorization endpoint (RFC 6749 §3.1, §4.1.1, §4.2.1; OIDC Core §3.1.2) and its
-//! login and consent pages. Every step is one `Authorize` call whose answer is a redirect, a
+//! consent page (the login form it shows is answered by `login.rs`). Every step is one `Authorize` call whose answer is a redirect, a
 //! login page or a consent page. An `Authorize` error means the client or its redirect URI
 //! cannot be trusted: an error page, never a redirect (RFC 6749 §4.1.2.1).
 
 use super::{
-    checked_form, error_page, login_error_message, redirect, render, session, session_cookie, ConsentPage, Csrf,
-    Hidden, LoginPage, MessagePage, PageConfig, ScopeLine, SESSION_COOKIE,
+    checked_form, error_page, redirect, render, session, ConsentPage, Csrf, Hidden, LoginPage, LoginRetry, PageConfig,
+    ScopeLine,
 };
 use crate::backend::Backend;
 use crate::error::{oauth_error, ApiError};
@@ -14,7 +14,7 @@ use actix_web::cookie::Cookie;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
-use tessera_core::{ErrorCode, OAuthError};
+use tessera_core::OAuthError;
 use tessera_proto::token::v1 as pb;
 use tessera_proto::token::v1::authorize_response::Outcome;
 use tracing::field::Empty;
@@ -81,35 +81,9 @@ impl AuthorizeParams {
     }
 }
 
-/// What the login page shows again after a failed attempt.
-#[derive(Default)]
-pub struct LoginRetry {
-    pub username: String,
-    pub error: String,
-    /// Set when the sign-in was throttled (or the password queue was full): the form comes
-    /// back as a 503 with this `Retry-After`, not as a wrong password.
-    pub retry_after: Option<u32>,
-}
-
-impl LoginRetry {
-    /// The status and `Retry-After` of the login form shown again after this retry.
-    pub fn answer(&self, page: HttpResponse) -> HttpResponse {
-        let mut page = page;
-        match self.retry_after {
-            Some(seconds) => {
-                *page.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-                page.headers_mut().insert(actix_web::http::header::RETRY_AFTER, seconds.max(1).into());
-            }
-            None if !self.error.is_empty() => *page.status_mut() = StatusCode::UNAUTHORIZED,
-            None => {}
-        }
-        page
-    }
-}
-
 /// One `Authorize` call and the page or redirect that answers it.
 #[allow(clippy::too_many_arguments)]
-async fn decide(
+pub(super) async fn decide(
     req: &HttpRequest,
     backend: &Backend,
     config: &PageConfig,
@@ -205,57 +179,6 @@ async fn start_authorization(
     decide(req, backend, config, params, session, pb::ConsentDecision::Unspecified, vec![], LoginRetry::default()).await
 }
 
-/// `POST /login`: username and password to `Authenticate`, the session handle into a cookie,
-/// then on with the flow the login interrupted.
-#[tracing::instrument(name = "login", skip_all, fields(client_id = Empty))]
-pub async fn login(
-    req: HttpRequest,
-    backend: web::Data<Backend>,
-    config: web::Data<PageConfig>,
-    params: Result<Params, ApiError>,
-) -> HttpResponse {
-    let params = match checked_form(&req, params) {
-        Ok(p) => p,
-        Err(page) => return *page,
-    };
-    let username = params.get("username").unwrap_or_default().to_owned();
-    let device_flow = params.get("flow") == Some("device");
-    let answer = backend
-        .token
-        .clone()
-        .authenticate(pb::AuthenticateRequest {
-            username: username.clone(),
-            password: params.get("password").unwrap_or_default().to_owned(),
-        })
-        .await;
-    let (session, cookies, retry) = match answer {
-        Ok(a) => {
-            let a = a.into_inner();
-            let cookie = session_cookie(a.session.clone(), a.expires_in, &config);
-            (a.session, vec![cookie], LoginRetry::default())
-        }
-        Err(s) => {
-            let e = oauth_error(&s);
-            let Some(message) = login_error_message(&e) else {
-                return error_page(&e, vec![]);
-            };
-            // Back to the login page through the same call that showed it.
-            let retry_after = matches!(e.code, ErrorCode::TemporarilyUnavailable | ErrorCode::SlowDown)
-                .then_some(e.retry_after.unwrap_or(5));
-            (String::new(), vec![], LoginRetry { username, error: message, retry_after })
-        }
-    };
-    if device_flow {
-        let user_code = params.get("user_code").unwrap_or_default();
-        return super::device::show(&req, &backend, &config, user_code, &session, cookies, retry).await;
-    }
-    let auth = match params.parse::<AuthorizeParams>() {
-        Ok(p) => p,
-        Err(e) => return error_page(&e, cookies),
-    };
-    decide(&req, &backend, &config, auth, session, pb::ConsentDecision::Unspecified, cookies, retry).await
-}
-
 /// `POST /consent`: the person's answer, to `Authorize` with `consent`.
 #[tracing::instrument(name = "consent", skip_all, fields(client_id = Empty))]
 pub async fn consent(
@@ -279,37 +202,4 @@ pub async fn consent(
     };
     let session = session(&req);
     decide(&req, &backend, &config, auth, session, decision, vec![], LoginRetry::default()).await
-}
-
-/// `POST /logout`: ends the login session in the token service and forgets the cookie.
-#[tracing::instrument(name = "logout", skip_all)]
-pub async fn logout(
-    req: HttpRequest,
-    backend: web::Data<Backend>,
-    config: web::Data<PageConfig>,
-    params: Result<Params, ApiError>,
-) -> HttpResponse {
-    if let Err(page) = checked_form(&req, params) {
-        return *page;
-    }
-    let handle = session(&req);
-    if !handle.is_empty() {
-        if let Err(s) = backend.token.clone().end_session(pb::EndSessionRequest { session: handle }).await {
-            return error_page(&oauth_error(&s), vec![]);
-        }
-    }
-    let mut gone = session_cookie(String::new(), 0, &config);
-    gone.make_removal();
-    debug_assert_eq!(gone.name(), SESSION_COOKIE);
-    render(
-        StatusCode::OK,
-        &MessagePage {
-            title: "Signed out".into(),
-            message: "You are signed out.".into(),
-            is_error: false,
-            link_href: String::new(),
-            link_text: String::new(),
-        },
-        vec![gone],
-    )
 }

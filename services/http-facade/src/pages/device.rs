@@ -2,10 +2,9 @@
 //! `verification_uri_complete`), see which client asks for what, sign in if needed, then
 //! approve or deny. The token service normalizes and checks the code.
 
-use super::authorize::LoginRetry;
 use super::{
-    checked_form, error_page, render, session, Csrf, DeviceCodePage, DeviceConfirmPage, Hidden, LoginPage, MessagePage,
-    PageConfig, ScopeLine,
+    checked_form, error_page, render, session, Csrf, DeviceCodePage, DeviceConfirmPage, Hidden, LoginPage, LoginRetry,
+    MessagePage, PageConfig, ScopeLine,
 };
 use crate::backend::Backend;
 use crate::error::{oauth_error, ApiError};

@@ -8,6 +8,7 @@
 
 pub mod authorize;
 pub mod device;
+pub mod login;
 
 use crate::error::ApiError;
 use crate::params::Params;
@@ -115,6 +116,32 @@ impl MessagePage {
 }
 
 /// The headers of every page.
+/// What the login page shows again after a failed attempt.
+#[derive(Default)]
+pub struct LoginRetry {
+    pub username: String,
+    pub error: String,
+    /// Set when the sign-in was throttled (or the password queue was full): the form comes
+    /// back as a 503 with this `Retry-After`, not as a wrong password.
+    pub retry_after: Option<u32>,
+}
+
+impl LoginRetry {
+    /// The status and `Retry-After` of the login form shown again after this retry.
+    pub fn answer(&self, page: HttpResponse) -> HttpResponse {
+        let mut page = page;
+        match self.retry_after {
+            Some(seconds) => {
+                *page.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                page.headers_mut().insert(actix_web::http::header::RETRY_AFTER, seconds.max(1).into());
+            }
+            None if !self.error.is_empty() => *page.status_mut() = StatusCode::UNAUTHORIZED,
+            None => {}
+        }
+        page
+    }
+}
+
 fn page_builder(status: StatusCode) -> HttpResponseBuilder {
     let mut b = HttpResponse::build(status);
     b.content_type("text/html; charset=utf-8")
