@@ -84,6 +84,17 @@ pub enum GrantType {
 }
 
 impl GrantType {
+    /// The bounded label of a wire `grant_type`, for metrics and traces: clients send anything,
+    /// and a label must not grow with what they send.
+    pub fn label(wire: &str) -> &'static str {
+        match GrantType::parse(wire) {
+            Some(GrantType::DeviceCode) => "device_code",
+            Some(g) => g.as_str(),
+            None if wire.is_empty() => "none",
+            None => "other",
+        }
+    }
+
     pub const ALL: [GrantType; 6] = [
         GrantType::AuthorizationCode,
         GrantType::ClientCredentials,
@@ -237,6 +248,14 @@ impl fmt::Debug for User {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grant_labels_are_bounded_whatever_the_client_sends() {
+        assert_eq!(GrantType::label("client_credentials"), "client_credentials");
+        assert_eq!(GrantType::label("urn:ietf:params:oauth:grant-type:device_code"), "device_code");
+        assert_eq!(GrantType::label(""), "none");
+        assert_eq!(GrantType::label("urn:x:my-own-grant-with-a-long-name"), "other");
+    }
 
     #[test]
     fn scope_parsing_sorts_dedups_and_rejects_bad_characters() {

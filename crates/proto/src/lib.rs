@@ -5,6 +5,8 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::todo))]
 
 pub mod codec;
+pub mod networks;
+pub mod paths;
 
 pub mod token {
     pub mod v1 {

@@ -33,7 +33,7 @@ use futures::FutureExt as _;
 use observe::{Exchange, FacadeMetrics};
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
-use tessera_token_service::metadata::paths;
+use tessera_proto::paths;
 use tessera_token_service::settings::Settings;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;

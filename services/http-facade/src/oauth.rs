@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 use tessera_core::model::GrantType;
 use tessera_core::printable;
 use tessera_proto::token::v1 as pb;
-use tessera_token_service::observe::grant_label;
 use utoipa::ToSchema;
 
 /// A token request (RFC 6749 §4.1.3, §4.3.2, §4.4.2, §6; RFC 8628 §3.4), as a form or a JSON
@@ -102,7 +101,7 @@ pub fn json_no_store(body: &impl Serialize) -> HttpResponse {
 #[tracing::instrument(name = "token", skip_all)]
 pub async fn token(req: HttpRequest, backend: web::Data<Backend>, params: Params) -> Result<HttpResponse, ApiError> {
     let r: TokenRequest = params.parse()?;
-    let client = caller(&req, &r.client_id, &r.client_secret, grant_label(&r.grant_type))?;
+    let client = caller(&req, &r.client_id, &r.client_secret, tessera_core::model::GrantType::label(&r.grant_type))?;
     let mut rpc = backend.token.clone();
     let answer = match GrantType::parse(&r.grant_type) {
         Some(GrantType::AuthorizationCode) => {

@@ -50,7 +50,7 @@ impl FacadeMetrics {
 /// endpoint puts it in the request's extensions.
 #[derive(Clone, Debug)]
 pub struct Observed {
-    /// A bounded label (see `tessera_token_service::observe::grant_label`).
+    /// A bounded label (see `tessera_core::model::GrantType::label`).
     pub grant_type: &'static str,
     pub client_id: String,
 }

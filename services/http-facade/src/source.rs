@@ -9,7 +9,7 @@
 //! the last address a trusted proxy vouched for.
 
 use std::net::{IpAddr, SocketAddr};
-use tessera_token_service::source::TrustedNetworks;
+use tessera_proto::networks::TrustedNetworks;
 
 /// The client's address, from the TCP peer and the request's `X-Forwarded-For` header lines
 /// (in the order they arrived). `None` when the transport knows no peer.

@@ -3,7 +3,7 @@
 //! it (grant type, client id, OAuth error code; never a credential) and is counted by
 //! [`Metrics::observe`].
 
-use crate::observe::{grant_label, Metrics};
+use crate::observe::Metrics;
 use crate::source::TrustedNetworks;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -56,14 +56,14 @@ fn scopes(v: Vec<(String, String)>) -> Vec<pb::ScopeDescription> {
 
 #[tonic::async_trait]
 impl pb::token_service_server::TokenService for TokenApi {
-    #[tracing::instrument(name = "IssueToken", skip_all, fields(otel.kind = "server", grant_type = grant_label(&request.get_ref().grant_type), client_id = %printable(&request.get_ref().client_id), client_addr = Empty, error_code = Empty))]
+    #[tracing::instrument(name = "IssueToken", skip_all, fields(otel.kind = "server", grant_type = GrantType::label(&request.get_ref().grant_type), client_id = %printable(&request.get_ref().client_id), client_addr = Empty, error_code = Empty))]
     async fn issue_token(
         &self,
         request: Request<pb::IssueTokenRequest>,
     ) -> Result<Response<pb::TokenResponse>, Status> {
         let source = self.client_source(&request);
         let r = request.into_inner();
-        let label = grant_label(&r.grant_type);
+        let label = GrantType::label(&r.grant_type);
         self.metrics
             .observe("IssueToken", label, async move {
                 let grant = match GrantType::parse(&r.grant_type) {

@@ -6,19 +6,7 @@ use crate::settings::Settings;
 use serde_json::json;
 use tessera_core::model::GrantType;
 
-/// The standard paths of the HTTP surface (aliases live in the facade).
-pub mod paths {
-    pub const AUTHORIZE: &str = "/oauth2/authorize";
-    pub const TOKEN: &str = "/oauth2/token";
-    pub const DEVICE_AUTHORIZATION: &str = "/oauth2/device_authorization";
-    pub const DEVICE_VERIFICATION: &str = "/device";
-    pub const INTROSPECT: &str = "/oauth2/introspect";
-    pub const REVOKE: &str = "/oauth2/revoke";
-    pub const JWKS: &str = "/oauth2/jwks";
-    pub const USERINFO: &str = "/userinfo";
-    pub const OAUTH_METADATA: &str = "/.well-known/oauth-authorization-server";
-    pub const OPENID_METADATA: &str = "/.well-known/openid-configuration";
-}
+pub use tessera_proto::paths;
 
 /// Scopes every deployment understands; clients may be registered with others.
 pub const STANDARD_SCOPES: [&str; 4] = ["openid", "profile", "email", "offline_access"];

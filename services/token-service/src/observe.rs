@@ -20,7 +20,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
-use tessera_core::model::{Client, GrantType, User};
+use tessera_core::model::{Client, User};
 use tessera_core::ports::{
     AuditEvent, AuditLog, ClientStore, ConsentStore, Durable, KeyStore, LoggedRevocation, RefreshRecord, RefreshStore,
     Revocation, RevocationLog, Rotation, StoredKey, Succession, Successor, UserStore,
@@ -32,17 +32,6 @@ use tessera_telemetry::metrics::{counter, counter_vec, latency_vec, render};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tonic::Status;
-
-/// The bounded label value of a wire `grant_type` (clients send anything; labels must not
-/// grow with what they send).
-pub fn grant_label(wire: &str) -> &'static str {
-    match GrantType::parse(wire) {
-        Some(GrantType::DeviceCode) => "device_code",
-        Some(g) => g.as_str(),
-        None if wire.is_empty() => "none",
-        None => "other",
-    }
-}
 
 /// Audit event kinds with a label of their own; anything else counts as `other`.
 const AUDIT_KINDS: &[&str] = &[
@@ -169,7 +158,7 @@ impl Metrics {
         result.map(tonic::Response::new).map_err(errors::status)
     }
 
-    /// Counts an access token issued with this grant (a label from [`grant_label`]).
+    /// Counts an access token issued with this grant (a label from [`tessera_core::model::GrantType::label`]).
     pub fn token_issued(&self, grant_type: &'static str) {
         self.tokens_issued.with_label_values(&[grant_type]).inc();
     }
@@ -393,14 +382,6 @@ pub async fn bind_metrics(listen: &str) -> anyhow::Result<Option<(TcpListener, S
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn grant_labels_are_bounded_whatever_the_client_sends() {
-        assert_eq!(grant_label("client_credentials"), "client_credentials");
-        assert_eq!(grant_label("urn:ietf:params:oauth:grant-type:device_code"), "device_code");
-        assert_eq!(grant_label(""), "none");
-        assert_eq!(grant_label("urn:x:my-own-grant-with-a-long-name"), "other");
-    }
 
     #[test]
     fn an_unavailable_store_is_named_by_what_the_core_says() {
