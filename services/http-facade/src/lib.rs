@@ -2,8 +2,9 @@
 //! person uses (login, consent, device verification), served by actix-web. Each request
 //! becomes one gRPC call to the token service and its answer is mapped back to the RFC's
 //! HTTP status and body; the facade decides nothing about clients, grants, scopes or tokens
-//! (DESIGN.md rule 1). It depends on the token service only as a gRPC client (its settings
-//! type aside) and holds no state of its own, so any replica serves any request.
+//! (DESIGN.md rule 1). It depends on the token service only as a gRPC client (CI checks that
+//! no crate of the token service, its stores or their drivers is in its dependency tree) and
+//! holds no state of its own, so any replica serves any request.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::todo))]
 
 pub mod backend;
@@ -33,8 +34,8 @@ use futures::FutureExt as _;
 use observe::{Exchange, FacadeMetrics};
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
+use tessera_proto::networks::TrustedNetworks;
 use tessera_proto::paths;
-use tessera_token_service::settings::Settings;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tracing::Instrument as _;
@@ -165,6 +166,35 @@ router! {
     Other "/static/tessera.css" => { get: stylesheet }
 }
 
+/// What the facade needs to serve. The `tessera` command makes it from the settings
+/// (`http.listen`, `http.public_url`, `facade.trusted_proxies`, `shutdown.grace_period`); the
+/// facade reads nothing else, so nothing else of the settings reaches it.
+#[derive(Clone, Debug)]
+pub struct FacadeConfig {
+    /// The listening address (port 0 picks a free port).
+    pub listen: String,
+    /// The URL browsers and clients use to reach the facade; `https://` makes its cookies
+    /// `Secure`.
+    pub public_url: String,
+    /// HTTP proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: TrustedNetworks,
+    /// Seconds in-flight requests get to finish when the facade stops.
+    pub grace_period: u64,
+}
+
+impl Default for FacadeConfig {
+    /// The settings' defaults: `127.0.0.1:8080`, served as `http://127.0.0.1:8080`, no proxy
+    /// believed, 20 s to finish.
+    fn default() -> Self {
+        FacadeConfig {
+            listen: "127.0.0.1:8080".into(),
+            public_url: "http://127.0.0.1:8080".into(),
+            trusted_proxies: TrustedNetworks::none(),
+            grace_period: 20,
+        }
+    }
+}
+
 /// A running HTTP facade.
 pub struct FacadeApplication {
     addr: SocketAddr,
@@ -173,30 +203,30 @@ pub struct FacadeApplication {
 }
 
 impl FacadeApplication {
-    /// Binds `http.listen` (port 0 picks a free port) and serves, calling the token service
-    /// at `grpc_endpoint` (e.g. `http://127.0.0.1:50051`).
-    pub async fn build(settings: Settings, grpc_endpoint: &str) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(&settings.http.listen)
-            .with_context(|| format!("binding the HTTP listener on {}", settings.http.listen))?;
-        Self::build_with_listener(settings, grpc_endpoint, listener).await
+    /// Binds `config.listen` and serves, calling the token service at `grpc_endpoint` (e.g.
+    /// `http://127.0.0.1:50051`).
+    pub async fn build(config: FacadeConfig, grpc_endpoint: &str) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(&config.listen)
+            .with_context(|| format!("binding the HTTP listener on {}", config.listen))?;
+        Self::build_with_listener(config, grpc_endpoint, listener).await
     }
 
     /// Serves on a listener the caller bound, so its address can be known (and written into
     /// the public URL) before the token service starts.
     pub async fn build_with_listener(
-        settings: Settings,
+        config: FacadeConfig,
         grpc_endpoint: &str,
         listener: TcpListener,
     ) -> anyhow::Result<Self> {
         let backend = BackendConfig::new(grpc_endpoint)?;
         // actix takes the grace period in whole seconds, as u64.
-        let grace = settings.shutdown.grace_period;
-        let page_config = pages::PageConfig { secure_cookies: settings.public_url().starts_with("https://") };
+        let grace = config.grace_period;
+        let page_config = pages::PageConfig { secure_cookies: config.public_url.starts_with("https://") };
         let openapi = web::Data::new(openapi::OpenApiJson(openapi::document_json()?));
         let metrics = web::Data::new(FacadeMetrics::new()?);
         let addr = listener.local_addr().context("reading the HTTP listener's address")?;
         listener.set_nonblocking(true).context("configuring the HTTP listener")?;
-        let trusted_proxies = settings.facade.trusted_proxies.clone();
+        let trusted_proxies = config.trusted_proxies.clone();
         // actix-server and actix-http directly rather than actix-web's `HttpServer`, whose
         // `listen` takes the TCP stream as it is: each connection is wrapped so that the
         // parser's own refusals are answered as JSON (see malformed.rs). Everything else is

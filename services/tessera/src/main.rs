@@ -8,7 +8,7 @@ mod admin;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
-use tessera_http_facade::FacadeApplication;
+use tessera_http_facade::{FacadeApplication, FacadeConfig};
 use tessera_token_service::settings::{ProcessEnv, Settings};
 use tessera_token_service::Application;
 
@@ -191,10 +191,20 @@ async fn serve_token_service(settings: Settings) -> anyhow::Result<()> {
     app.run_until(shutdown_signal()).await.context("serving")
 }
 
+/// The four values of the settings the facade reads.
+fn facade_config(settings: &Settings) -> FacadeConfig {
+    FacadeConfig {
+        listen: settings.http.listen.clone(),
+        public_url: settings.public_url(),
+        trusted_proxies: settings.facade.trusted_proxies.clone(),
+        grace_period: settings.shutdown.grace_period,
+    }
+}
+
 /// The HTTP facade alone, in front of a token service at `facade.token_service_url`.
 async fn serve_facade(settings: Settings) -> anyhow::Result<()> {
     let upstream = settings.token_service_url();
-    let facade = FacadeApplication::build(settings.clone(), &upstream).await?;
+    let facade = FacadeApplication::build(facade_config(&settings), &upstream).await?;
     let public = settings.public_url();
     println!();
     println!("Tessera's HTTP facade is running.");
@@ -222,7 +232,8 @@ async fn serve_both(mut settings: Settings) -> anyhow::Result<()> {
         grpc_addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
     let facade =
-        FacadeApplication::build_with_listener(settings.clone(), &format!("http://{grpc_addr}"), listener).await?;
+        FacadeApplication::build_with_listener(facade_config(&settings), &format!("http://{grpc_addr}"), listener)
+            .await?;
     let public = settings.public_url();
     println!();
     println!("Tessera is running.");

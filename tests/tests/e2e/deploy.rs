@@ -1725,9 +1725,12 @@ async fn deploy_health_checks_probes_and_the_seed_work_against_running_services(
     let app = TestApp::spawn_with(Backend::SqliteMemory, |s| s.admin.token = Some(admin_token.clone().into()))
         .await
         .expect("the SQLite + memory pair always starts");
-    let mut facade_settings = app.settings.clone();
-    facade_settings.http.listen = "127.0.0.1:0".into();
-    let facade = tessera_http_facade::FacadeApplication::build(facade_settings, &format!("http://{}", app.addr))
+    let facade_config = tessera_http_facade::FacadeConfig {
+        listen: "127.0.0.1:0".into(),
+        public_url: app.settings.public_url(),
+        ..Default::default()
+    };
+    let facade = tessera_http_facade::FacadeApplication::build(facade_config, &format!("http://{}", app.addr))
         .await
         .expect("the facade starts");
     let bin = token.await.expect("building tessera").to_path_buf();

@@ -8,7 +8,7 @@ use secrecy::SecretString;
 use serde_json::Value;
 use sha2::Digest as _;
 use std::net::TcpListener;
-use tessera_http_facade::FacadeApplication;
+use tessera_http_facade::{FacadeApplication, FacadeConfig};
 use tessera_proto::admin::v1 as admin;
 use tessera_proto::admin::v1::admin_service_client::AdminServiceClient;
 use tessera_token_service::settings::Settings;
@@ -143,10 +143,13 @@ impl TestApp {
         let token_service = Application::build(settings.clone()).await.expect("the token service starts");
         let grpc_url = format!("http://{}", token_service.grpc_addr());
         let relay = relay(token_service.grpc_addr()).await;
-        let facade =
-            FacadeApplication::build_with_listener(settings.clone(), &format!("http://{}", relay.addr()), listener)
-                .await
-                .expect("the facade starts");
+        let facade = FacadeApplication::build_with_listener(
+            facade_config(&settings),
+            &format!("http://{}", relay.addr()),
+            listener,
+        )
+        .await
+        .expect("the facade starts");
         let channel = tonic::transport::Endpoint::from_shared(grpc_url.clone()).unwrap().connect().await.unwrap();
         let app = Self {
             base,
@@ -445,4 +448,14 @@ pub fn jwt_claims(jwt: &str) -> Value {
 
 pub fn encode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// What the facade reads of the settings (as the `tessera` command makes it).
+pub fn facade_config(settings: &Settings) -> FacadeConfig {
+    FacadeConfig {
+        listen: settings.http.listen.clone(),
+        public_url: settings.public_url(),
+        trusted_proxies: settings.facade.trusted_proxies.clone(),
+        grace_period: settings.shutdown.grace_period,
+    }
 }
