@@ -162,13 +162,6 @@ fn check_postgres_parameters(url: &str) -> Result<(), StoreError> {
 async fn connect_postgres(url: &str, max_connections: u32) -> Result<circuit::Db, StoreError> {
     check_postgres_parameters(url)?;
     let options: PgConnectOptions = url.parse().map_err(error::from_connect)?;
-    // Every statement here is prepared once per connection and looks rows up by key, so the
-    // plan made for its parameters' types serves every execution. Postgres's default re-plans
-    // each of the first five executions and any statement whose generic plan it estimates no
-    // cheaper (a batch of refresh rotations over arrays, whose length it cannot know). Planning
-    // showed among Postgres's top functions in a refresh run; without it, about a tenth more
-    // refreshes a second went through.
-    let options = options.options([("plan_cache_mode", "force_generic_plan")]);
     let circuit = std::sync::Arc::new(circuit::Circuit::default());
     let seen = std::sync::Arc::clone(&circuit);
     let pool = PgPoolOptions::new()

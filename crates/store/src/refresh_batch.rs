@@ -36,9 +36,6 @@ use tokio::sync::{mpsc, oneshot};
 const MAX_BATCH: usize = 32;
 /// Writes that may wait for the writer.
 const QUEUE: usize = 1024;
-/// How long a Postgres batch may take. (A SQLite batch is not cut short: dropped part-way, it
-/// would leave its transaction open on the writer; a local file does not stop answering.)
-const POSTGRES_BATCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Where the batches go.
 #[derive(Clone)]
@@ -115,7 +112,13 @@ impl RefreshBatches {
 async fn write_batches(writer: Writer, mut jobs: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        write_batch(&writer, &mut batch).await;
+        // A caller that has gone (its request cancelled or timed out) gets no answer: its
+        // write is not made. A refresh retried later would otherwise find its token rotated
+        // by a write nobody saw.
+        batch.retain(|job| !job.reply.is_closed());
+        if !batch.is_empty() {
+            write_batch(&writer, &mut batch).await;
+        }
     }
 }
 
@@ -124,43 +127,71 @@ async fn write_batch(writer: &Writer, batch: &mut Vec<Job>) {
     match write_together(writer, &writes).await {
         Ok(found) => {
             for (job, found) in batch.drain(..).zip(found) {
-                // A caller that went away: its write is committed all the same. A retry of
-                // its refresh finds the successor (the retry window); a new family nobody
-                // received just expires.
+                // A caller that went away while its batch was written: its write is committed
+                // all the same. A retry of its refresh finds the successor (the retry window);
+                // a new family nobody received just expires.
                 let _ = job.reply.send(Ok(found));
             }
         }
-        Err(_) if batch.len() > 1 => {
+        // One write's fault (a digest already stored; on Postgres, a deadlock with a batch on
+        // another node): each write alone, so that only the faulty one fails.
+        Err(Failed { error: _, one_writes_fault: true }) if batch.len() > 1 => {
             for job in batch.drain(..) {
                 let alone = write_together(writer, &[&job.write]).await;
-                let _ = job.reply.send(alone.map(|mut found| found.pop().flatten()));
+                let _ = job.reply.send(alone.map(|mut found| found.pop().flatten()).map_err(|f| f.error));
             }
         }
-        Err(e) => {
+        // The database's (unreachable, busy, full): every write of the batch fails with it.
+        Err(Failed { error, .. }) => {
             for job in batch.drain(..) {
-                let _ = job.reply.send(Err(e.clone()));
+                let _ = job.reply.send(Err(error.clone()));
             }
         }
     }
 }
 
+/// A batch that failed and changed nothing.
+struct Failed {
+    error: StoreError,
+    /// Whether one write can be to blame, so that the others may go through alone.
+    one_writes_fault: bool,
+}
+
+impl Failed {
+    fn from_db(e: DbErr) -> Failed {
+        // A unique violation (`Conflict`, on either backend) or a Postgres deadlock (40P01).
+        let deadlock = match &e {
+            DbErr::Query(RuntimeErr::SqlxError(sqlx::Error::Database(db))) => db.code().as_deref() == Some("40P01"),
+            _ => false,
+        };
+        let error = error::from_db(e);
+        let one_writes_fault = deadlock || matches!(error, StoreError::Conflict(_));
+        Failed { error, one_writes_fault }
+    }
+
+    fn from_store(error: StoreError) -> Failed {
+        Failed { error, one_writes_fault: false }
+    }
+}
+
 /// Bound values per rotation and per insert in [`sqlite_batch`].
-const ROTATION_VALUES: usize = 11;
+const ROTATION_VALUES: usize = 12;
 const INSERT_VALUES: usize = 13;
 
 /// The columns an insert writes, in the order its values are bound.
 const COLUMNS: &str = "digest, family_id, client_id, user_id, scope, issued_at, expires_at, auth_time, \
     access_jti, access_exp, state, rotated_at, successor_salt";
 
-/// The SQLite batch for `slots.len()` rotations (each tagged with its slot) and then `inserts`
-/// inserts: `BEGIN IMMEDIATE`, then for each rotation the `UPDATE` guarded by the live checks,
+/// The SQLite batch for `rotations` rotations (each tagged with its slot, a bound value, so
+/// that the text depends only on the two counts and sqlx's statement cache keeps it) and then
+/// `inserts` inserts: `BEGIN IMMEDIATE`, then for each rotation the `UPDATE` guarded by the live checks,
 /// the `INSERT` of the successor copied from the row this rotation updated (found by the random
 /// salt it wrote), and the `SELECT` of that row with its user; then each insert; then `COMMIT`.
 /// Two rotations of the same token in one batch: the first `UPDATE` flips it, the second
 /// finds it rotated, so exactly one wins, as apart.
-fn sqlite_batch(slots: &[usize], inserts: usize) -> String {
+fn sqlite_batch(rotations: usize, inserts: usize) -> String {
     let mut sql = String::from("BEGIN IMMEDIATE; ");
-    for (i, slot) in slots.iter().enumerate() {
+    for i in 0..rotations {
         let v = |k: usize| i * ROTATION_VALUES + k;
         let _ = write!(
             sql,
@@ -173,7 +204,7 @@ fn sqlite_batch(slots: &[usize], inserts: usize) -> String {
              SELECT ${next}, family_id, client_id, user_id, scope, ${issued}, ${expires}, auth_time, ${jti}, \
                ${exp}, ${active} \
              FROM refresh_tokens WHERE digest = ${old} AND successor_salt = ${salt}; \
-             SELECT {slot} AS slot, r.*, u.id AS u_id, u.username AS u_username, \
+             SELECT ${slot} AS slot, r.*, u.id AS u_id, u.username AS u_username, \
                u.password_hash AS u_password_hash, u.disabled AS u_disabled, u.email AS u_email, \
                u.name AS u_name, u.created_at AS u_created_at \
              FROM refresh_tokens r LEFT JOIN users u ON u.id = r.user_id \
@@ -189,9 +220,10 @@ fn sqlite_batch(slots: &[usize], inserts: usize) -> String {
             expires = v(9),
             jti = v(10),
             exp = v(11),
+            slot = v(12),
         );
     }
-    let base = slots.len() * ROTATION_VALUES;
+    let base = rotations * ROTATION_VALUES;
     for i in 0..inserts {
         let values: Vec<String> = (1..=INSERT_VALUES).map(|k| format!("${}", base + i * INSERT_VALUES + k)).collect();
         let _ = write!(sql, "INSERT INTO refresh_tokens ({COLUMNS}) VALUES ({}); ", values.join(", "));
@@ -234,7 +266,7 @@ const POSTGRES_BATCH: &str = "WITH input AS (\
 
 /// Writes `writes` in one transaction: what each rotation found, by position (`None` for an
 /// insert). A batch that fails changes nothing.
-async fn write_together(writer: &Writer, writes: &[&Write]) -> StoreResult<Vec<Rotated>> {
+async fn write_together(writer: &Writer, writes: &[&Write]) -> Result<Vec<Rotated>, Failed> {
     let mut rotations = Vec::new();
     let mut inserts = Vec::new();
     for (slot, write) in writes.iter().enumerate() {
@@ -243,7 +275,7 @@ async fn write_together(writer: &Writer, writes: &[&Write]) -> StoreResult<Vec<R
             Write::Insert(record) => inserts.push(crate::ports::refresh::to_row(record, record.state)),
         }
     }
-    let sqlx_err = |e| error::from_db(DbErr::Query(RuntimeErr::SqlxError(e)));
+    let sqlx_err = |e| Failed::from_db(DbErr::Query(RuntimeErr::SqlxError(e)));
     let rows: Vec<QueryResult> = match writer {
         Writer::Sqlite(pool) => write_on_sqlite(pool, &rotations, &inserts).await.map_err(sqlx_err)?,
         Writer::Postgres(db) => {
@@ -276,24 +308,16 @@ async fn write_together(writer: &Writer, writes: &[&Write]) -> StoreResult<Vec<R
                 .bind(inserts.iter().map(|m| m.state.clone()).collect::<Vec<_>>())
                 .bind(inserts.iter().map(|m| m.rotated_at).collect::<Vec<_>>())
                 .bind(inserts.iter().map(|m| m.successor_salt.as_ref().map(|s| s.0.clone())).collect::<Vec<_>>());
-            // Every write of this node waits on the batch: a database that stops answering (a
-            // dead peer the kernel has not noticed yet) fails it as an outage, which opens the
-            // circuit, instead of holding them all.
-            let fetched = db.guard(async {
-                match tokio::time::timeout(POSTGRES_BATCH_TIMEOUT, query.fetch_all(pool)).await {
-                    Ok(rows) => rows.map_err(|e| DbErr::Query(RuntimeErr::SqlxError(e))),
-                    Err(_) => Err(DbErr::Conn(RuntimeErr::Internal(format!(
-                        "the database did not answer a batch of refresh-token writes within {} s",
-                        POSTGRES_BATCH_TIMEOUT.as_secs()
-                    )))),
-                }
-            });
-            fetched.await.map_err(error::from_db)?.into_iter().map(QueryResult::from).collect()
+            // No timeout of its own, as for every statement of this store: a batch cut short on
+            // the client would still run, and could commit, on the server.
+            let fetched =
+                db.guard(async { query.fetch_all(pool).await.map_err(|e| DbErr::Query(RuntimeErr::SqlxError(e))) });
+            fetched.await.map_err(Failed::from_db)?.into_iter().map(QueryResult::from).collect()
         }
     };
     let mut found: Vec<Rotated> = (0..writes.len()).map(|_| None).collect();
     for row in rows {
-        let (slot, rotated) = slot_and_rotated(&row)?;
+        let (slot, rotated) = slot_and_rotated(&row).map_err(Failed::from_store)?;
         if let Some(entry) = found.get_mut(slot) {
             *entry = Some(rotated);
         }
@@ -308,10 +332,9 @@ async fn write_on_sqlite(
     rotations: &[(usize, &LiveRotation)],
     inserts: &[Model],
 ) -> Result<Vec<QueryResult>, sqlx::Error> {
-    let slots: Vec<usize> = rotations.iter().map(|(slot, _)| *slot).collect();
-    let sql = sqlite_batch(&slots, inserts.len());
+    let sql = sqlite_batch(rotations.len(), inserts.len());
     let mut query = sqlx::query(&sql);
-    for (_, r) in rotations {
+    for (slot, r) in rotations {
         query = query
             .bind(r.old.to_hex())
             .bind(RefreshState::Rotated.as_str())
@@ -323,7 +346,8 @@ async fn write_on_sqlite(
             .bind(r.successor.issued_at)
             .bind(r.successor.expires_at)
             .bind(r.successor.access_jti.clone())
-            .bind(r.successor.access_exp);
+            .bind(r.successor.access_exp)
+            .bind(*slot as i64);
     }
     for m in inserts {
         query = query
@@ -375,12 +399,12 @@ mod tests {
 
     #[test]
     fn each_write_in_a_batch_binds_its_own_values_and_the_batch_commits_once() {
-        let sql = sqlite_batch(&[0, 2, 3], 2);
+        let sql = sqlite_batch(3, 2);
         assert!(sql.starts_with("BEGIN IMMEDIATE; ") && sql.ends_with("COMMIT"));
         assert_eq!(sql.matches("COMMIT").count(), 1);
         assert_eq!(sql.matches("UPDATE refresh_tokens").count(), 3);
-        assert!(sql.contains("SELECT 3 AS slot") && !sql.contains("SELECT 1 AS slot"), "slots are the writes' own");
-        assert!(sql.contains("WHERE digest = $12 AND state = $16 AND client_id = $17"), "{sql}");
-        assert!(sql.contains("VALUES ($34, ") && sql.contains(", $59)") && !sql.contains("$60"), "{sql}");
+        assert!(sql.contains("SELECT $36 AS slot") && sql.contains("SELECT $12 AS slot"), "{sql}");
+        assert!(sql.contains("WHERE digest = $13 AND state = $17 AND client_id = $18"), "{sql}");
+        assert!(sql.contains("VALUES ($37, ") && sql.contains(", $62)") && !sql.contains("$63"), "{sql}");
     }
 }

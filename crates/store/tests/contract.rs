@@ -741,7 +741,13 @@ mod cases {
         fresh[4] =
             RefreshRecord { state: RefreshState::Rotated, succession: Some(succession(1_300)), ..fresh[4].clone() };
         let clash = RefreshRecord { family_id: "clash".into(), ..live[0].clone() };
+        // Inserts first, then rotations: a rotation's place in a batch is not its place among
+        // the rotations.
         let mut tasks = tokio::task::JoinSet::new();
+        for record in fresh.iter().cloned().chain([clash]) {
+            let s = s.clone();
+            tasks.spawn(async move { s.insert_refresh(&record).await });
+        }
         for (i, t) in live.iter().cloned().enumerate() {
             let s = s.clone();
             tasks.spawn(async move {
@@ -750,10 +756,6 @@ mod cases {
                 assert_eq!(found.map(|(old, _)| old), Some(t), "{backend:?}: rotation {i}");
                 Ok(())
             });
-        }
-        for record in fresh.iter().cloned().chain([clash]) {
-            let s = s.clone();
-            tasks.spawn(async move { s.insert_refresh(&record).await });
         }
         let mut conflicts = 0;
         while let Some(joined) = tasks.join_next().await {

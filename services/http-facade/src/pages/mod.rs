@@ -115,7 +115,6 @@ impl MessagePage {
     }
 }
 
-/// The headers of every page.
 /// What the login page shows again after a failed attempt.
 #[derive(Default)]
 pub struct LoginRetry {
@@ -142,6 +141,7 @@ impl LoginRetry {
     }
 }
 
+/// The headers of every page.
 fn page_builder(status: StatusCode) -> HttpResponseBuilder {
     let mut b = HttpResponse::build(status);
     b.content_type("text/html; charset=utf-8")
