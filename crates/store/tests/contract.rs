@@ -25,6 +25,8 @@ enum Backend {
 /// A freshly migrated database of one backend, and what it takes to remove it.
 struct TestDb {
     store: Arc<SqlStore>,
+    /// Where a second node would connect.
+    url: String,
     teardown: Teardown,
 }
 
@@ -64,7 +66,7 @@ impl TestDb {
         };
         let store = SqlStore::connect(&url).await.unwrap();
         store.migrate().await.unwrap();
-        Some(TestDb { store: Arc::new(store), teardown })
+        Some(TestDb { store: Arc::new(store), url, teardown })
     }
 
     async fn destroy(self) {
@@ -772,6 +774,57 @@ mod cases {
         assert_eq!(s.get_refresh(live[0].digest).await.unwrap().map(|r| r.family_id).as_deref(), Some("rf0"));
     }
 
+    /// Two nodes on one database (two stores, each with its own pool and batch queue): the
+    /// same token rotated on both at once has exactly one winner, and distinct tokens rotated
+    /// across both each get their own answer.
+    pub async fn two_nodes_writing_batches_at_once_keep_one_winner_per_token(
+        a: Arc<SqlStore>,
+        b: Arc<SqlStore>,
+        backend: Backend,
+    ) {
+        a.create_user(&user("u1", "alice")).await.unwrap();
+        let contested = refresh("c0", "fc", 1_000);
+        let others: Vec<RefreshRecord> = (0..30).map(|i| refresh(&format!("o{i}"), &format!("fo{i}"), 1_000)).collect();
+        for t in std::iter::once(&contested).chain(&others) {
+            a.insert_refresh(t).await.unwrap();
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..16 {
+            let node = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let old = contested.digest;
+            tasks.spawn(async move {
+                let next = successor_of(&format!("c{}", i + 1), 2_000);
+                let won = node.rotate_live_refresh(old, "app", &succession(2_000 + i), &next).await.unwrap();
+                (None, won.is_some().then_some(next.digest))
+            });
+        }
+        for (i, t) in others.iter().cloned().enumerate() {
+            let node = if i % 2 == 0 { b.clone() } else { a.clone() };
+            tasks.spawn(async move {
+                let next = successor_of(&format!("o{i}-next"), 2_000);
+                let found = node.rotate_live_refresh(t.digest, "app", &succession(2_000), &next).await.unwrap();
+                (Some((t, found.map(|(old, _)| old))), None)
+            });
+        }
+        let mut winners = vec![];
+        while let Some(joined) = tasks.join_next().await {
+            match joined.unwrap() {
+                (Some((t, found)), _) => assert_eq!(found, Some(t), "{backend:?}: its own token back"),
+                (None, Some(winner)) => winners.push(winner),
+                (None, None) => {}
+            }
+        }
+        assert_eq!(winners.len(), 1, "{backend:?}: exactly one of two nodes' rotations of one token wins");
+        for i in 1..=16 {
+            let d = Digest::of(format!("c{i}").as_bytes());
+            assert_eq!(
+                b.get_refresh(d).await.unwrap().is_some(),
+                winners.contains(&d),
+                "{backend:?}: c{i}: only the winner's successor is stored"
+            );
+        }
+    }
+
     pub async fn rotating_a_live_token_concurrently_lets_exactly_one_win(s: Arc<SqlStore>, backend: Backend) {
         s.create_user(&user("u1", "alice")).await.unwrap();
         let old = refresh("t0", "f1", 1_000);
@@ -954,4 +1007,30 @@ async fn connecting_to_a_missing_database_is_a_mistake_to_fix_not_an_outage() {
         Err(StoreError::Other(reason)) => assert!(reason.contains("does not exist"), "{reason}"),
         other => panic!("a missing database must not look like an outage: {other:?}"),
     }
+}
+
+/// Two stores on one database, as two nodes are: on Postgres, and on a SQLite file (where the
+/// second writer waits in SQLite's busy handler). An in-memory SQLite database is one node's.
+async fn run_on_two_nodes(backend: Backend) {
+    let Some(db) = TestDb::create(backend).await else { return };
+    let second = Arc::new(SqlStore::connect(&db.url).await.unwrap());
+    let outcome = tokio::spawn(cases::two_nodes_writing_batches_at_once_keep_one_winner_per_token(
+        db.store.clone(),
+        second.clone(),
+        backend,
+    ))
+    .await;
+    let _ = (*second).clone().close().await;
+    drop(second);
+    finish(db, outcome).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_nodes_on_postgres_keep_one_winner_per_token() {
+    run_on_two_nodes(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_nodes_on_a_sqlite_file_keep_one_winner_per_token() {
+    run_on_two_nodes(Backend::SqliteFile).await;
 }
