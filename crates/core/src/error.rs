@@ -92,11 +92,14 @@ pub struct OAuthError {
     /// For `temporarily_unavailable` and `slow_down` from a throttle or a full queue: how many
     /// seconds the caller should wait before trying again (HTTP `Retry-After`, RFC 9110 §10.2.3).
     pub retry_after: Option<u32>,
+    /// For `temporarily_unavailable` from a store outage: which store (the `store` of
+    /// [`StoreError::Unavailable`]), for metrics. Never sent to a client.
+    pub unavailable_store: Option<&'static str>,
 }
 
 impl OAuthError {
     pub fn new(code: ErrorCode, description: impl Into<String>) -> Self {
-        Self { code, description: description.into(), detail: None, retry_after: None }
+        Self { code, description: description.into(), detail: None, retry_after: None, unavailable_store: None }
     }
 
     pub fn with_retry_after(mut self, seconds: u32) -> Self {
@@ -163,10 +166,11 @@ pub enum StoreError {
 impl From<StoreError> for OAuthError {
     fn from(e: StoreError) -> Self {
         match &e {
-            StoreError::Unavailable { store, .. } => {
-                OAuthError::new(ErrorCode::TemporarilyUnavailable, format!("the {store} is unavailable; retry later"))
+            StoreError::Unavailable { store, .. } => OAuthError {
+                unavailable_store: Some(store),
+                ..OAuthError::new(ErrorCode::TemporarilyUnavailable, format!("the {store} is unavailable; retry later"))
                     .with_detail(e.to_string())
-            }
+            },
             StoreError::Conflict(_) | StoreError::Other(_) => OAuthError::server_error(e.to_string()),
         }
     }

@@ -48,17 +48,13 @@ const AUDIT_KINDS: &[&str] = &[
     "signing_key_rotated",
 ];
 
-/// Which store a `temporarily_unavailable` error is about: the core words it
-/// "<store> is unavailable: …" (detail) and "the <store> is unavailable; …" (description).
+/// The label of the store a `temporarily_unavailable` error is about, as the store named itself
+/// ([`OAuthError::unavailable_store`]).
 fn store_label(e: &OAuthError) -> &'static str {
-    let text = e.detail.as_deref().unwrap_or(&e.description);
-    let text = text.strip_prefix("the ").unwrap_or(text);
-    if text.starts_with("database") {
-        "database"
-    } else if text.starts_with("ephemeral store") {
-        "ephemeral"
-    } else {
-        "unknown"
+    match e.unavailable_store {
+        Some("database") => "database",
+        Some("ephemeral store") => "ephemeral",
+        _ => "unknown",
     }
 }
 
