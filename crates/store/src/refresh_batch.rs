@@ -278,42 +278,7 @@ async fn write_together(writer: &Writer, writes: &[&Write]) -> Result<Vec<Rotate
     let sqlx_err = |e| Failed::from_db(DbErr::Query(RuntimeErr::SqlxError(e)));
     let rows: Vec<QueryResult> = match writer {
         Writer::Sqlite(pool) => write_on_sqlite(pool, &rotations, &inserts).await.map_err(sqlx_err)?,
-        Writer::Postgres(db) => {
-            let pool = db.pool().get_postgres_connection_pool();
-            let ints = |f: &dyn Fn(&LiveRotation) -> i64| rotations.iter().map(|(_, r)| f(r)).collect::<Vec<i64>>();
-            let texts = |f: &dyn Fn(&LiveRotation) -> String| rotations.iter().map(|(_, r)| f(r)).collect::<Vec<_>>();
-            let query = sqlx::query(POSTGRES_BATCH)
-                .bind(rotations.iter().map(|(slot, _)| *slot as i64).collect::<Vec<i64>>())
-                .bind(texts(&|r| r.old.to_hex()))
-                .bind(ints(&|r| r.succession.at))
-                .bind(rotations.iter().map(|(_, r)| r.succession.salt.expose().to_vec()).collect::<Vec<Vec<u8>>>())
-                .bind(texts(&|r| r.client_id.clone()))
-                .bind(texts(&|r| r.successor.digest.to_hex()))
-                .bind(ints(&|r| r.successor.issued_at))
-                .bind(ints(&|r| r.successor.expires_at))
-                .bind(texts(&|r| r.successor.access_jti.clone()))
-                .bind(ints(&|r| r.successor.access_exp))
-                .bind(RefreshState::Rotated.as_str())
-                .bind(RefreshState::Active.as_str())
-                .bind(inserts.iter().map(|m| m.digest.clone()).collect::<Vec<_>>())
-                .bind(inserts.iter().map(|m| m.family_id.clone()).collect::<Vec<_>>())
-                .bind(inserts.iter().map(|m| m.client_id.clone()).collect::<Vec<_>>())
-                .bind(inserts.iter().map(|m| m.user_id.clone()).collect::<Vec<_>>())
-                .bind(inserts.iter().map(|m| m.scope.clone()).collect::<Vec<_>>())
-                .bind(inserts.iter().map(|m| m.issued_at).collect::<Vec<_>>())
-                .bind(inserts.iter().map(|m| m.expires_at).collect::<Vec<_>>())
-                .bind(inserts.iter().map(|m| m.auth_time).collect::<Vec<_>>())
-                .bind(inserts.iter().map(|m| m.access_jti.clone()).collect::<Vec<_>>())
-                .bind(inserts.iter().map(|m| m.access_exp).collect::<Vec<_>>())
-                .bind(inserts.iter().map(|m| m.state.clone()).collect::<Vec<_>>())
-                .bind(inserts.iter().map(|m| m.rotated_at).collect::<Vec<_>>())
-                .bind(inserts.iter().map(|m| m.successor_salt.as_ref().map(|s| s.0.clone())).collect::<Vec<_>>());
-            // No timeout of its own, as for every statement of this store: a batch cut short on
-            // the client would still run, and could commit, on the server.
-            let fetched =
-                db.guard(async { query.fetch_all(pool).await.map_err(|e| DbErr::Query(RuntimeErr::SqlxError(e))) });
-            fetched.await.map_err(Failed::from_db)?.into_iter().map(QueryResult::from).collect()
-        }
+        Writer::Postgres(db) => write_on_postgres(db, &rotations, &inserts).await.map_err(Failed::from_db)?,
     };
     let mut found: Vec<Rotated> = (0..writes.len()).map(|_| None).collect();
     for row in rows {
@@ -323,6 +288,47 @@ async fn write_together(writer: &Writer, writes: &[&Write]) -> Result<Vec<Rotate
         }
     }
     Ok(found)
+}
+
+/// Postgres: the batch as [`POSTGRES_BATCH`], behind the circuit breaker.
+async fn write_on_postgres(
+    db: &Db,
+    rotations: &[(usize, &LiveRotation)],
+    inserts: &[Model],
+) -> Result<Vec<QueryResult>, DbErr> {
+    let pool = db.pool().get_postgres_connection_pool();
+    let ints = |f: &dyn Fn(&LiveRotation) -> i64| rotations.iter().map(|(_, r)| f(r)).collect::<Vec<i64>>();
+    let texts = |f: &dyn Fn(&LiveRotation) -> String| rotations.iter().map(|(_, r)| f(r)).collect::<Vec<_>>();
+    let query = sqlx::query(POSTGRES_BATCH)
+        .bind(rotations.iter().map(|(slot, _)| *slot as i64).collect::<Vec<i64>>())
+        .bind(texts(&|r| r.old.to_hex()))
+        .bind(ints(&|r| r.succession.at))
+        .bind(rotations.iter().map(|(_, r)| r.succession.salt.expose().to_vec()).collect::<Vec<Vec<u8>>>())
+        .bind(texts(&|r| r.client_id.clone()))
+        .bind(texts(&|r| r.successor.digest.to_hex()))
+        .bind(ints(&|r| r.successor.issued_at))
+        .bind(ints(&|r| r.successor.expires_at))
+        .bind(texts(&|r| r.successor.access_jti.clone()))
+        .bind(ints(&|r| r.successor.access_exp))
+        .bind(RefreshState::Rotated.as_str())
+        .bind(RefreshState::Active.as_str())
+        .bind(inserts.iter().map(|m| m.digest.clone()).collect::<Vec<_>>())
+        .bind(inserts.iter().map(|m| m.family_id.clone()).collect::<Vec<_>>())
+        .bind(inserts.iter().map(|m| m.client_id.clone()).collect::<Vec<_>>())
+        .bind(inserts.iter().map(|m| m.user_id.clone()).collect::<Vec<_>>())
+        .bind(inserts.iter().map(|m| m.scope.clone()).collect::<Vec<_>>())
+        .bind(inserts.iter().map(|m| m.issued_at).collect::<Vec<_>>())
+        .bind(inserts.iter().map(|m| m.expires_at).collect::<Vec<_>>())
+        .bind(inserts.iter().map(|m| m.auth_time).collect::<Vec<_>>())
+        .bind(inserts.iter().map(|m| m.access_jti.clone()).collect::<Vec<_>>())
+        .bind(inserts.iter().map(|m| m.access_exp).collect::<Vec<_>>())
+        .bind(inserts.iter().map(|m| m.state.clone()).collect::<Vec<_>>())
+        .bind(inserts.iter().map(|m| m.rotated_at).collect::<Vec<_>>())
+        .bind(inserts.iter().map(|m| m.successor_salt.as_ref().map(|s| s.0.clone())).collect::<Vec<_>>());
+    // No timeout of its own, as for every statement of this store: a batch cut short on
+    // the client would still run, and could commit, on the server.
+    let fetched = db.guard(async { query.fetch_all(pool).await.map_err(|e| DbErr::Query(RuntimeErr::SqlxError(e))) });
+    Ok(fetched.await?.into_iter().map(QueryResult::from).collect())
 }
 
 /// SQLite: the batch on the writer connection. One that fails part-way is rolled back before
