@@ -58,7 +58,7 @@ const FRESH_LOGIN_SECS: i64 = 600;
 impl Tessera {
     /// Checks a username and password (behind the throttles, by `source` and by account) and
     /// opens a login session.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn authenticate(
         &self,
         username: &str,
@@ -104,7 +104,7 @@ impl Tessera {
     /// Decides an authorization request. `Err` means the client or redirect URI cannot be
     /// trusted: show an error page and never redirect (RFC 6749 §4.1.2.1). Every other
     /// error is a redirect back to the client.
-    #[tracing::instrument(skip_all, fields(client_id = %crate::printable(&req.client_id), response_type = %crate::printable(&req.response_type)))]
+    #[tracing::instrument(level = "debug", skip_all, fields(client_id = %crate::printable(&req.client_id), response_type = %crate::printable(&req.response_type)))]
     pub async fn authorize(
         &self,
         req: &AuthorizeRequest,

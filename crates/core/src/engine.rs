@@ -319,49 +319,53 @@ impl Tessera {
 
     /// Issues tokens for a user after a grant succeeded: an access token, a refresh token in
     /// a new family when the client may refresh, and an ID token for scope `openid`.
-    /// `jti` and `family_id` may be chosen in advance (a code's tombstone names them).
+    /// `jti` and `family_id` may be chosen in advance (a code's tombstone names them). The
+    /// user is read (or read again) as the family starts, in the same store step, and must
+    /// still exist and be enabled; else `gone` is the answer.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn issue_for_user(
         &self,
         client: &Client,
-        user: &User,
+        user_id: &str,
         scope: ScopeSet,
         auth_time: i64,
         nonce: Option<&str>,
-        jti: String,
-        family_id: String,
+        (jti, family_id): (String, String),
+        gone: impl Fn() -> OAuthError,
     ) -> Result<TokenSet, OAuthError> {
         let now = self.now();
         // A code or a device approval rests on a sign-in: one from before a cut-off of the
         // user or the client (a new password, a disabled user, a rotated secret) is revoked.
-        if self.revocations.revokes_grant(Some(&user.id), Some(&client.id), auth_time) {
+        if self.revocations.revokes_grant(Some(user_id), Some(&client.id), auth_time) {
             return Err(OAuthError::invalid_grant("the sign-in this grant rests on was revoked"));
         }
-        let (access_token, access_exp) =
-            self.mint_access(client, Some(user), &scope, Some(auth_time), jti.clone(), now)?;
-        let refresh_token = if client.allows_grant(GrantType::RefreshToken) {
+        let access_exp = now + self.access_ttl(client);
+        let (user, refresh_token) = if client.allows_grant(GrantType::RefreshToken) {
             let token = RefreshToken::new(tessera_crypto::random_secret(32));
             let record = RefreshRecord {
                 digest: token.digest(),
                 family_id,
                 client_id: client.id.clone(),
-                user_id: Some(user.id.clone()),
+                user_id: Some(user_id.to_owned()),
                 scope: scope.to_string(),
-                issued_at: self.revocations.issue_time(Some(&user.id), Some(&client.id), now),
+                issued_at: self.revocations.issue_time(Some(user_id), Some(&client.id), now),
                 expires_at: now + self.refresh_ttl(client),
                 auth_time: Some(auth_time),
-                access_jti: jti,
+                access_jti: jti.clone(),
                 access_exp,
                 state: RefreshState::Active,
                 succession: None,
             };
-            self.durable.insert_refresh(&record).await?;
-            Some(token)
+            let user = self.durable.start_family(&record).await?.ok_or_else(&gone)?;
+            (user, Some(token))
         } else {
-            None
+            let user = self.durable.get_user(user_id).await?.filter(|u| !u.disabled).ok_or_else(&gone)?;
+            (user, None)
         };
+        let (access_token, minted_exp) = self.mint_access(client, Some(&user), &scope, Some(auth_time), jti, now)?;
+        debug_assert_eq!(minted_exp, access_exp, "the family records the access token's expiry");
         let id_token = if scope.contains("openid") {
-            Some(self.mint_id_token(client, user, &scope, auth_time, nonce, &access_token, now)?)
+            Some(self.mint_id_token(client, &user, &scope, auth_time, nonce, &access_token, now)?)
         } else {
             None
         };

@@ -68,7 +68,7 @@ impl Tessera {
 
     /// RFC 7662: the caller must be an authenticated (confidential) client. Anything that is
     /// not an active token gives `Inactive` and nothing else.
-    #[tracing::instrument(skip_all, fields(client_id = %crate::printable(&auth.client_id)))]
+    #[tracing::instrument(level = "debug", skip_all, fields(client_id = %crate::printable(&auth.client_id)))]
     pub async fn introspect(&self, auth: &ClientAuth, token: &PresentedToken) -> Result<Introspection, OAuthError> {
         let caller = self.authenticate_client(auth).await?;
         if !caller.confidential {
@@ -136,7 +136,7 @@ impl Tessera {
     /// verifies the token was issued to the requesting client and refuses otherwise), and
     /// nothing is revoked. Revoking a refresh token revokes its whole family and the access
     /// tokens it issued.
-    #[tracing::instrument(skip_all, fields(client_id = %crate::printable(&auth.client_id)))]
+    #[tracing::instrument(level = "debug", skip_all, fields(client_id = %crate::printable(&auth.client_id)))]
     pub async fn revoke(&self, auth: &ClientAuth, token: &PresentedToken, hint: &str) -> Result<(), OAuthError> {
         let caller = self.authenticate_client(auth).await?;
         required(token.expose(), "token", 8192)?;

@@ -1,9 +1,11 @@
 //! Compact JWS (RFC 7515) for JWTs (RFC 7519): encoding with a cached [`SigningKey`] and
 //! verification against a set of [`VerifyingKey`]s chosen by `kid`.
 
+use crate::b64url_decode;
 use crate::keys::{SigningKey, VerifyingKey};
-use crate::{b64url, b64url_decode};
-use serde_json::{json, Value};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use serde_json::Value;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum JwtError {
@@ -19,13 +21,15 @@ pub enum JwtError {
 
 /// Signs `claims` as a compact JWS with header `{alg, typ, kid}`.
 pub fn encode(key: &SigningKey, typ: &str, claims: &impl serde::Serialize) -> Result<String, JwtError> {
-    let header = json!({"alg": key.alg().as_str(), "typ": typ, "kid": key.kid()});
-    let mut out = b64url(header.to_string().as_bytes());
+    let claims = serde_json::to_vec(claims).map_err(|_| JwtError::Sign)?;
+    let header = key.header(typ);
+    let mut out = String::with_capacity(header.len() + 2 + claims.len().div_ceil(3) * 4 + 90);
+    out.push_str(&header);
     out.push('.');
-    out.push_str(&b64url(&serde_json::to_vec(claims).map_err(|_| JwtError::Sign)?));
+    URL_SAFE_NO_PAD.encode_string(&claims, &mut out);
     let sig = key.sign(out.as_bytes()).map_err(|_| JwtError::Sign)?;
     out.push('.');
-    out.push_str(&b64url(&sig));
+    URL_SAFE_NO_PAD.encode_string(&sig, &mut out);
     Ok(out)
 }
 
@@ -67,7 +71,9 @@ pub fn verify<'a>(token: &str, find: impl Fn(&str) -> Option<&'a VerifyingKey>) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::b64url;
     use crate::keys::{generate_pkcs8, Algorithm};
+    use serde_json::json;
 
     fn key() -> SigningKey {
         SigningKey::from_pkcs8(Algorithm::Es256, &generate_pkcs8(Algorithm::Es256).unwrap()).unwrap()
@@ -91,5 +97,18 @@ mod tests {
         let other = key().verifying_key();
         assert_eq!(verify(&t, |_| Some(&other)).unwrap_err(), JwtError::BadSignature);
         assert_eq!(verify(&t, |_| None).unwrap_err(), JwtError::UnknownKey);
+    }
+
+    #[test]
+    fn every_type_gets_a_header_naming_it_whether_kept_encoded_or_not() {
+        for alg in [Algorithm::Es256, Algorithm::EdDsa] {
+            let k = SigningKey::from_pkcs8(alg, &generate_pkcs8(alg).unwrap()).unwrap();
+            let vk = k.verifying_key();
+            for typ in ["at+jwt", "JWT", "logout+jwt"] {
+                let t = encode(&k, typ, &json!({"sub": "alice"})).unwrap();
+                let v = verify(&t, |kid| (kid == vk.kid).then_some(&vk)).unwrap();
+                assert_eq!(v.header, json!({"alg": alg.as_str(), "typ": typ, "kid": vk.kid}), "{typ}");
+            }
+        }
     }
 }

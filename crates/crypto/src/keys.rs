@@ -61,7 +61,13 @@ pub struct SigningKey {
     alg: Algorithm,
     pair: Pair,
     rng: SystemRandom,
+    /// The encoded JWS headers of the token types signed on every request, made once.
+    headers: Vec<(&'static str, String)>,
 }
+
+/// The `typ` values whose headers a [`SigningKey`] keeps encoded: access tokens (RFC 9068)
+/// and ID tokens.
+const COMMON_TYPES: [&str; 2] = ["at+jwt", "JWT"];
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -106,8 +112,9 @@ impl SigningKey {
                 Pair::Rs256 { pair, n: parsed.n().to_bytes_be(), e: parsed.e().to_bytes_be() }
             }
         };
-        let mut key = Self { kid: String::new(), alg, pair, rng };
+        let mut key = Self { kid: String::new(), alg, pair, rng, headers: Vec::new() };
         key.kid = key.verifying_key().thumbprint();
+        key.headers = COMMON_TYPES.iter().map(|typ| (*typ, key.encode_header(typ))).collect();
         Ok(key)
     }
 
@@ -117,6 +124,18 @@ impl SigningKey {
 
     pub fn alg(&self) -> Algorithm {
         self.alg
+    }
+
+    /// The base64url JWS header `{alg, typ, kid}` of a token of type `typ` signed by this key.
+    pub fn header(&self, typ: &str) -> std::borrow::Cow<'_, str> {
+        match self.headers.iter().find(|(t, _)| *t == typ) {
+            Some((_, encoded)) => std::borrow::Cow::Borrowed(encoded),
+            None => std::borrow::Cow::Owned(self.encode_header(typ)),
+        }
+    }
+
+    fn encode_header(&self, typ: &str) -> String {
+        b64url(json!({"alg": self.alg.as_str(), "typ": typ, "kid": self.kid}).to_string().as_bytes())
     }
 
     /// Signs `message` (the JWS signing input).

@@ -1,8 +1,9 @@
 //! Group commit of refresh-token writes: the one-step rotation
 //! ([`tessera_core::ports::RefreshStore::rotate_live_refresh`]) and the first token of a new
-//! family ([`tessera_core::ports::RefreshStore::insert_refresh`], after a code exchange, a
-//! device grant or a password grant). Writes asked for at the same moment are written
-//! together, in one transaction committed once.
+//! family ([`tessera_core::ports::RefreshStore::start_family`] after a code exchange, a device
+//! grant or a password grant, its user checked and read by the same statements;
+//! [`tessera_core::ports::RefreshStore::insert_refresh`] as it is). Writes asked for at the
+//! same moment are written together, in one transaction committed once.
 //!
 //! - **SQLite** takes one writer at a time, and each call into sqlx's SQLite connection is a
 //!   hand-off to its worker thread and back: writes done one by one queue for the writer,
@@ -47,7 +48,8 @@ pub(crate) enum Writer {
 }
 
 /// What one rotation found: the old token as it was and its user, or `None` when it was not
-/// live and nothing changed.
+/// live and nothing changed. What a family's start found: its first token and its user, or
+/// `None` when the user was not live and nothing was stored.
 pub(crate) type Rotated = Option<(RefreshRecord, Option<User>)>;
 
 /// One rotation asked for.
@@ -63,11 +65,13 @@ enum Write {
     Rotate(LiveRotation),
     /// The first token of a new family, stored as it is.
     Insert(RefreshRecord),
+    /// The first token of a new family, stored only while its user is live.
+    Start(RefreshRecord),
 }
 
 struct Job {
     write: Write,
-    /// What a rotation found; `None` for an insert.
+    /// What a rotation or a start found; `None` for an insert.
     reply: oneshot::Sender<StoreResult<Rotated>>,
 }
 
@@ -94,6 +98,12 @@ impl RefreshBatches {
     /// Stores the first token of a new family, in whatever batch it joins.
     pub(crate) async fn insert(&self, record: RefreshRecord) -> StoreResult<()> {
         self.write(Write::Insert(record)).await.map(|_| ())
+    }
+
+    /// Starts a family for its user, in whatever batch it joins: the user as stored, or
+    /// `None` when the user is not live and nothing was stored.
+    pub(crate) async fn start_family(&self, record: RefreshRecord) -> StoreResult<Option<User>> {
+        Ok(self.write(Write::Start(record)).await?.and_then(|(_, user)| user))
     }
 
     async fn write(&self, write: Write) -> StoreResult<Rotated> {
@@ -150,6 +160,14 @@ async fn write_batch(writer: &Writer, batch: &mut Vec<Job>) {
     }
 }
 
+/// A first token of a family, as the batch writes it.
+struct Insert {
+    slot: usize,
+    row: Model,
+    /// Stored only while its user is live, and answered with the user.
+    for_user: bool,
+}
+
 /// A batch that failed and changed nothing.
 struct Failed {
     error: StoreError,
@@ -176,7 +194,7 @@ impl Failed {
 
 /// Bound values per rotation and per insert in [`sqlite_batch`].
 const ROTATION_VALUES: usize = 12;
-const INSERT_VALUES: usize = 13;
+const INSERT_VALUES: usize = 15;
 
 /// The columns an insert writes, in the order its values are bound.
 const COLUMNS: &str = "digest, family_id, client_id, user_id, scope, issued_at, expires_at, auth_time, \
@@ -186,7 +204,9 @@ const COLUMNS: &str = "digest, family_id, client_id, user_id, scope, issued_at, 
 /// that the text depends only on the two counts and sqlx's statement cache keeps it) and then
 /// `inserts` inserts: `BEGIN IMMEDIATE`, then for each rotation the `UPDATE` guarded by the live checks,
 /// the `INSERT` of the successor copied from the row this rotation updated (found by the random
-/// salt it wrote), and the `SELECT` of that row with its user; then each insert; then `COMMIT`.
+/// salt it wrote), and the `SELECT` of that row with its user; then each insert (a family's
+/// start only while its user is live) and, for a start that stored its row, the `SELECT` of
+/// that row with its user; then `COMMIT`.
 /// Two rotations of the same token in one batch: the first `UPDATE` flips it, the second
 /// finds it rotated, so exactly one wins, as apart.
 fn sqlite_batch(rotations: usize, inserts: usize) -> String {
@@ -225,8 +245,23 @@ fn sqlite_batch(rotations: usize, inserts: usize) -> String {
     }
     let base = rotations * ROTATION_VALUES;
     for i in 0..inserts {
-        let values: Vec<String> = (1..=INSERT_VALUES).map(|k| format!("${}", base + i * INSERT_VALUES + k)).collect();
-        let _ = write!(sql, "INSERT INTO refresh_tokens ({COLUMNS}) VALUES ({}); ", values.join(", "));
+        let v = |k: usize| base + i * INSERT_VALUES + k;
+        let values: Vec<String> = (1..=13).map(|k| format!("${}", v(k))).collect();
+        let _ = write!(
+            sql,
+            "INSERT INTO refresh_tokens ({COLUMNS}) SELECT {values} \
+             WHERE NOT ${for_user} OR EXISTS (SELECT 1 FROM users u WHERE u.id = ${user} AND NOT u.disabled); \
+             SELECT ${slot} AS slot, r.*, u.id AS u_id, u.username AS u_username, \
+               u.password_hash AS u_password_hash, u.disabled AS u_disabled, u.email AS u_email, \
+               u.name AS u_name, u.created_at AS u_created_at \
+             FROM refresh_tokens r LEFT JOIN users u ON u.id = r.user_id \
+             WHERE ${for_user} AND changes() = 1 AND r.digest = ${digest}; ",
+            values = values.join(", "),
+            digest = v(1),
+            user = v(4),
+            slot = v(14),
+            for_user = v(15),
+        );
     }
     sql.push_str("COMMIT");
     sql
@@ -235,8 +270,9 @@ fn sqlite_batch(rotations: usize, inserts: usize) -> String {
 /// Postgres: the batch as one statement over arrays, one element a write. The `UPDATE` joins
 /// the rotations to their rows and matches only live ones (the same checks as SQLite's),
 /// returning each with its rotation's slot and successor values; the first `INSERT` copies
-/// from what it matched; the second stores the new families' tokens; the `SELECT` adds the
-/// users. Two rotations of one token in a batch join the same row, which Postgres updates
+/// from what it matched; the second stores the new families' tokens (a family's start only
+/// while its user is live); the `SELECT` answers each rotation and each start that stored its
+/// row, with its user. Two rotations of one token in a batch join the same row, which Postgres updates
 /// once, for one of them: exactly one wins. Concurrent batches rotating the same token wait
 /// on its row lock and re-check `state`, as lone statements do (rotations on other nodes).
 const POSTGRES_BATCH: &str = "WITH input AS (\
@@ -258,11 +294,28 @@ const POSTGRES_BATCH: &str = "WITH input AS (\
     fresh AS (\
         INSERT INTO refresh_tokens (digest, family_id, client_id, user_id, scope, issued_at, expires_at, \
           auth_time, access_jti, access_exp, state, rotated_at, successor_salt) \
-        SELECT * FROM unnest($13::text[], $14::text[], $15::text[], $16::text[], $17::text[], $18::bigint[], \
-          $19::bigint[], $20::bigint[], $21::text[], $22::bigint[], $23::text[], $24::bigint[], $25::bytea[])) \
-    SELECT old.*, u.id AS u_id, u.username AS u_username, u.password_hash AS u_password_hash, \
+        SELECT digest, family_id, client_id, user_id, scope, issued_at, expires_at, auth_time, access_jti, \
+          access_exp, state, rotated_at, successor_salt \
+        FROM unnest($13::text[], $14::text[], $15::text[], $16::text[], $17::text[], $18::bigint[], \
+          $19::bigint[], $20::bigint[], $21::text[], $22::bigint[], $23::text[], $24::bigint[], $25::bytea[], \
+          $27::boolean[]) \
+          AS f(digest, family_id, client_id, user_id, scope, issued_at, expires_at, auth_time, access_jti, \
+            access_exp, state, rotated_at, successor_salt, for_user) \
+        WHERE NOT f.for_user OR EXISTS (SELECT 1 FROM users u WHERE u.id = f.user_id AND NOT u.disabled) \
+        RETURNING *) \
+    SELECT old.slot, old.digest, old.family_id, old.client_id, old.user_id, old.scope, old.issued_at, \
+      old.expires_at, old.auth_time, old.access_jti, old.access_exp, old.state, old.rotated_at, \
+      old.successor_salt, u.id AS u_id, u.username AS u_username, u.password_hash AS u_password_hash, \
       u.disabled AS u_disabled, u.email AS u_email, u.name AS u_name, u.created_at AS u_created_at \
-    FROM old LEFT JOIN users u ON u.id = old.user_id";
+    FROM old LEFT JOIN users u ON u.id = old.user_id \
+    UNION ALL \
+    SELECT s.slot, fresh.digest, fresh.family_id, fresh.client_id, fresh.user_id, fresh.scope, \
+      fresh.issued_at, fresh.expires_at, fresh.auth_time, fresh.access_jti, fresh.access_exp, fresh.state, \
+      fresh.rotated_at, fresh.successor_salt, u.id, u.username, u.password_hash, u.disabled, u.email, \
+      u.name, u.created_at \
+    FROM fresh JOIN unnest($13::text[], $26::bigint[], $27::boolean[]) AS s(digest, slot, for_user) \
+      ON s.digest = fresh.digest AND s.for_user \
+    LEFT JOIN users u ON u.id = fresh.user_id";
 
 /// Writes `writes` in one transaction: what each rotation found, by position (`None` for an
 /// insert). A batch that fails changes nothing.
@@ -270,9 +323,11 @@ async fn write_together(writer: &Writer, writes: &[&Write]) -> Result<Vec<Rotate
     let mut rotations = Vec::new();
     let mut inserts = Vec::new();
     for (slot, write) in writes.iter().enumerate() {
+        let row = |record: &RefreshRecord| crate::ports::refresh::to_row(record, record.state);
         match write {
             Write::Rotate(r) => rotations.push((slot, r)),
-            Write::Insert(record) => inserts.push(crate::ports::refresh::to_row(record, record.state)),
+            Write::Insert(record) => inserts.push(Insert { slot, row: row(record), for_user: false }),
+            Write::Start(record) => inserts.push(Insert { slot, row: row(record), for_user: true }),
         }
     }
     let sqlx_err = |e| Failed::from_db(DbErr::Query(RuntimeErr::SqlxError(e)));
@@ -294,11 +349,12 @@ async fn write_together(writer: &Writer, writes: &[&Write]) -> Result<Vec<Rotate
 async fn write_on_postgres(
     db: &Db,
     rotations: &[(usize, &LiveRotation)],
-    inserts: &[Model],
+    inserts: &[Insert],
 ) -> Result<Vec<QueryResult>, DbErr> {
     let pool = db.pool().get_postgres_connection_pool();
     let ints = |f: &dyn Fn(&LiveRotation) -> i64| rotations.iter().map(|(_, r)| f(r)).collect::<Vec<i64>>();
     let texts = |f: &dyn Fn(&LiveRotation) -> String| rotations.iter().map(|(_, r)| f(r)).collect::<Vec<_>>();
+    let rows: Vec<&Model> = inserts.iter().map(|i| &i.row).collect();
     let query = sqlx::query(POSTGRES_BATCH)
         .bind(rotations.iter().map(|(slot, _)| *slot as i64).collect::<Vec<i64>>())
         .bind(texts(&|r| r.old.to_hex()))
@@ -312,19 +368,21 @@ async fn write_on_postgres(
         .bind(ints(&|r| r.successor.access_exp))
         .bind(RefreshState::Rotated.as_str())
         .bind(RefreshState::Active.as_str())
-        .bind(inserts.iter().map(|m| m.digest.clone()).collect::<Vec<_>>())
-        .bind(inserts.iter().map(|m| m.family_id.clone()).collect::<Vec<_>>())
-        .bind(inserts.iter().map(|m| m.client_id.clone()).collect::<Vec<_>>())
-        .bind(inserts.iter().map(|m| m.user_id.clone()).collect::<Vec<_>>())
-        .bind(inserts.iter().map(|m| m.scope.clone()).collect::<Vec<_>>())
-        .bind(inserts.iter().map(|m| m.issued_at).collect::<Vec<_>>())
-        .bind(inserts.iter().map(|m| m.expires_at).collect::<Vec<_>>())
-        .bind(inserts.iter().map(|m| m.auth_time).collect::<Vec<_>>())
-        .bind(inserts.iter().map(|m| m.access_jti.clone()).collect::<Vec<_>>())
-        .bind(inserts.iter().map(|m| m.access_exp).collect::<Vec<_>>())
-        .bind(inserts.iter().map(|m| m.state.clone()).collect::<Vec<_>>())
-        .bind(inserts.iter().map(|m| m.rotated_at).collect::<Vec<_>>())
-        .bind(inserts.iter().map(|m| m.successor_salt.as_ref().map(|s| s.0.clone())).collect::<Vec<_>>());
+        .bind(rows.iter().map(|m| m.digest.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|m| m.family_id.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|m| m.client_id.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|m| m.user_id.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|m| m.scope.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|m| m.issued_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|m| m.expires_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|m| m.auth_time).collect::<Vec<_>>())
+        .bind(rows.iter().map(|m| m.access_jti.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|m| m.access_exp).collect::<Vec<_>>())
+        .bind(rows.iter().map(|m| m.state.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|m| m.rotated_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|m| m.successor_salt.as_ref().map(|s| s.0.clone())).collect::<Vec<_>>())
+        .bind(inserts.iter().map(|i| i.slot as i64).collect::<Vec<i64>>())
+        .bind(inserts.iter().map(|i| i.for_user).collect::<Vec<bool>>());
     // No timeout of its own, as for every statement of this store: a batch cut short on
     // the client would still run, and could commit, on the server.
     let fetched = db.guard(async { query.fetch_all(pool).await.map_err(|e| DbErr::Query(RuntimeErr::SqlxError(e))) });
@@ -336,7 +394,7 @@ async fn write_on_postgres(
 async fn write_on_sqlite(
     pool: &SqlitePool,
     rotations: &[(usize, &LiveRotation)],
-    inserts: &[Model],
+    inserts: &[Insert],
 ) -> Result<Vec<QueryResult>, sqlx::Error> {
     let sql = sqlite_batch(rotations.len(), inserts.len());
     let mut query = sqlx::query(&sql);
@@ -355,7 +413,7 @@ async fn write_on_sqlite(
             .bind(r.successor.access_exp)
             .bind(*slot as i64);
     }
-    for m in inserts {
+    for Insert { slot, row: m, for_user } in inserts {
         query = query
             .bind(m.digest.clone())
             .bind(m.family_id.clone())
@@ -369,7 +427,9 @@ async fn write_on_sqlite(
             .bind(m.access_exp)
             .bind(m.state.clone())
             .bind(m.rotated_at)
-            .bind(m.successor_salt.as_ref().map(|s| s.0.clone()));
+            .bind(m.successor_salt.as_ref().map(|s| s.0.clone()))
+            .bind(*slot as i64)
+            .bind(*for_user);
     }
     let mut conn = pool.acquire().await?;
     let rows = query.fetch_all(&mut *conn).await;
@@ -411,6 +471,9 @@ mod tests {
         assert_eq!(sql.matches("UPDATE refresh_tokens").count(), 3);
         assert!(sql.contains("SELECT $36 AS slot") && sql.contains("SELECT $12 AS slot"), "{sql}");
         assert!(sql.contains("WHERE digest = $13 AND state = $17 AND client_id = $18"), "{sql}");
-        assert!(sql.contains("VALUES ($37, ") && sql.contains(", $62)") && !sql.contains("$63"), "{sql}");
+        assert!(sql.contains("SELECT $37, ") && sql.contains("$49 WHERE NOT $51 OR EXISTS"), "{sql}");
+        assert!(sql.contains("u.id = $40 AND NOT u.disabled") && sql.contains("SELECT $50 AS slot"), "{sql}");
+        assert!(sql.contains("WHERE $66 AND changes() = 1 AND r.digest = $52; "), "{sql}");
+        assert!(!sql.contains("$67"), "{sql}");
     }
 }

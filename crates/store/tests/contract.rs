@@ -149,6 +149,8 @@ contract!(
     a_one_step_rotation_that_fails_part_way_changes_nothing_and_the_store_goes_on,
     many_tokens_rotated_at_once_each_get_their_own_answer,
     new_families_stored_beside_rotations_at_once_are_stored_as_given_and_a_clash_fails_alone,
+    a_family_starts_only_for_a_live_user_and_answers_with_the_user_as_stored,
+    families_started_at_once_beside_rotations_each_get_their_own_user,
     rotating_a_live_token_concurrently_lets_exactly_one_win,
     granting_scopes_adds_to_what_was_granted_and_never_narrows,
     concurrent_consent_grants_keep_every_scope,
@@ -772,6 +774,91 @@ mod cases {
             assert_eq!(s.get_refresh(record.digest).await.unwrap().as_ref(), Some(record), "{backend:?}: as given");
         }
         assert_eq!(s.get_refresh(live[0].digest).await.unwrap().map(|r| r.family_id).as_deref(), Some("rf0"));
+    }
+
+    pub async fn a_family_starts_only_for_a_live_user_and_answers_with_the_user_as_stored(
+        s: Arc<SqlStore>,
+        backend: Backend,
+    ) {
+        let alice = user("u1", "alice");
+        s.create_user(&alice).await.unwrap();
+        s.create_user(&user("u2", "bob")).await.unwrap();
+        s.set_user_disabled("bob", true).await.unwrap();
+
+        let started = refresh("s1", "sf1", 1_000);
+        assert_eq!(s.start_family(&started).await.unwrap(), Some(alice.clone()), "{backend:?}: the user as stored");
+        assert_eq!(s.get_refresh(started.digest).await.unwrap(), Some(started.clone()), "{backend:?}: stored as given");
+
+        let refused = [
+            ("a disabled user", RefreshRecord { user_id: Some("u2".into()), ..refresh("s2", "sf2", 1_000) }),
+            ("an unknown user", RefreshRecord { user_id: Some("u9".into()), ..refresh("s3", "sf3", 1_000) }),
+            ("no user", RefreshRecord { user_id: None, ..refresh("s4", "sf4", 1_000) }),
+        ];
+        for (what, record) in &refused {
+            assert_eq!(s.start_family(record).await.unwrap(), None, "{backend:?}: {what}");
+            assert_eq!(s.get_refresh(record.digest).await.unwrap(), None, "{backend:?}: nothing stored for {what}");
+        }
+
+        // Enabled again, the user gets a family; its digest taken, a start is a conflict.
+        s.set_user_disabled("bob", false).await.unwrap();
+        assert_eq!(s.start_family(&refused[0].1).await.unwrap().map(|u| u.username).as_deref(), Some("bob"));
+        let err = s.start_family(&started).await.unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)), "{backend:?}: same digest twice: {err:?}");
+    }
+
+    /// Starts, plain inserts and rotations written in the same batches: each start answers
+    /// with its own user, or `None` for the disabled one, and stores nothing then.
+    pub async fn families_started_at_once_beside_rotations_each_get_their_own_user(s: Arc<SqlStore>, backend: Backend) {
+        for i in 0..6 {
+            s.create_user(&user(&format!("u{i}"), &format!("user{i}"))).await.unwrap();
+        }
+        s.set_user_disabled("user5", true).await.unwrap();
+        let live: Vec<RefreshRecord> = (0..10).map(|i| refresh(&format!("r{i}"), &format!("rf{i}"), 1_000)).collect();
+        for t in &live {
+            s.insert_refresh(t).await.unwrap();
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..30 {
+            let s = s.clone();
+            let owner = format!("u{}", i % 6);
+            tasks.spawn(async move {
+                let record = RefreshRecord {
+                    user_id: Some(owner.clone()),
+                    ..refresh(&format!("n{i}"), &format!("nf{i}"), 1_200)
+                };
+                let found = s.start_family(&record).await.unwrap();
+                let stored = s.get_refresh(record.digest).await.unwrap();
+                if owner == "u5" {
+                    assert_eq!(found, None, "{backend:?}: start {i}, a disabled user");
+                    assert_eq!(stored, None, "{backend:?}: start {i} stored nothing");
+                } else {
+                    assert_eq!(found.map(|u| u.id), Some(owner), "{backend:?}: start {i} gets its own user");
+                    assert_eq!(stored, Some(record), "{backend:?}: start {i} stored as given");
+                }
+            });
+        }
+        for i in 0..10 {
+            let s = s.clone();
+            let record = refresh(&format!("p{i}"), &format!("pf{i}"), 1_300);
+            tasks.spawn(async move {
+                s.insert_refresh(&record).await.unwrap();
+            });
+        }
+        for (i, t) in live.iter().cloned().enumerate() {
+            let s = s.clone();
+            tasks.spawn(async move {
+                let next = successor_of(&format!("r{i}-next"), 1_500);
+                let found = s.rotate_live_refresh(t.digest, "app", &succession(1_500), &next).await.unwrap();
+                assert_eq!(
+                    found.map(|(old, u)| (old, u.map(|u| u.id))),
+                    Some((t, Some("u1".into()))),
+                    "{backend:?}: rotation {i}"
+                );
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            joined.unwrap();
+        }
     }
 
     /// Two nodes on one database (two stores, each with its own pool and batch queue): the

@@ -11,6 +11,7 @@ mod otel;
 pub mod propagation;
 
 pub use otel::{ExportSettings, Telemetry};
+use std::io::IsTerminal as _;
 use tracing_subscriber::layer::{Layered, SubscriberExt as _};
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{fmt, EnvFilter, Layer, Registry};
@@ -48,7 +49,9 @@ pub fn init(config: Config) -> anyhow::Result<Telemetry> {
         None => Telemetry::disabled(),
     };
     let logs: LogLayer = match config.format {
-        Format::Text => fmt::layer().with_target(true).boxed(),
+        // Colours only for a person at a terminal: in a file or a collector they are noise,
+        // and painting every span's fields costs each request a little.
+        Format::Text => fmt::layer().with_target(true).with_ansi(std::io::stdout().is_terminal()).boxed(),
         Format::Json => fmt::layer()
             .fmt_fields(fmt::format::JsonFields::new())
             .event_format(json::WithTraceIds(fmt::format().json().flatten_event(true).with_target(true)))

@@ -242,6 +242,9 @@ impl RefreshStore for CountedAudit {
     async fn insert_refresh(&self, record: &RefreshRecord) -> StoreResult<()> {
         self.inner.insert_refresh(record).await
     }
+    async fn start_family(&self, record: &RefreshRecord) -> StoreResult<Option<User>> {
+        self.inner.start_family(record).await
+    }
     async fn get_refresh(&self, digest: Digest) -> StoreResult<Option<RefreshRecord>> {
         self.inner.get_refresh(digest).await
     }

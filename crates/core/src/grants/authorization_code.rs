@@ -48,10 +48,10 @@ pub(super) async fn run(
     // The code is immutable, so this repeats the checks above on what was actually taken.
     check(client, &grant, redirect_uri, code_verifier)?;
 
-    let user = t.durable.get_user(&grant.user_id).await?.filter(|u| !u.disabled).ok_or_else(invalid)?;
     let scope = ScopeSet::parse(&grant.scope)?;
+    let nonce = grant.nonce.as_deref();
     let tokens =
-        t.issue_for_user(client, &user, scope, grant.auth_time, grant.nonce.as_deref(), jti, family_id).await?;
+        t.issue_for_user(client, &grant.user_id, scope, grant.auth_time, nonce, (jti, family_id), invalid).await?;
 
     // A replay that raced this exchange found the tombstone before our tokens existed, so
     // its revocation may have missed them: revoke them now. This exchange still answered

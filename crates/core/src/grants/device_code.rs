@@ -69,7 +69,7 @@ pub fn normalize_user_code(input: &str) -> Option<String> {
 
 impl Tessera {
     /// The device authorization endpoint (RFC 8628 §3.1).
-    #[tracing::instrument(skip_all, fields(client_id = %crate::printable(&auth.client_id)))]
+    #[tracing::instrument(level = "debug", skip_all, fields(client_id = %crate::printable(&auth.client_id)))]
     pub async fn start_device_authorization(
         &self,
         auth: &ClientAuth,
@@ -216,9 +216,9 @@ pub(super) async fn poll(t: &Tessera, client: &Client, device_code: &DeviceCode)
             if grant.client_id != client.id {
                 return Err(invalid());
             }
-            let user = t.durable.get_user(&user_id).await?.filter(|u| !u.disabled).ok_or_else(invalid)?;
             let scope = ScopeSet::parse(&grant.scope)?;
-            t.issue_for_user(client, &user, scope, auth_time, None, new_jti(), uuid::Uuid::new_v4().to_string()).await
+            let ids = (new_jti(), uuid::Uuid::new_v4().to_string());
+            t.issue_for_user(client, &user_id, scope, auth_time, None, ids, invalid).await
         }
     }
 }

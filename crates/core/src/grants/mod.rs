@@ -57,7 +57,7 @@ impl Grant {
 impl Tessera {
     /// The token endpoint (RFC 6749 §3.2): authenticates the client, checks it may use the
     /// grant, and runs it.
-    #[tracing::instrument(skip_all, fields(grant_type = grant.grant_type().as_str(), client_id = %crate::printable(&auth.client_id)))]
+    #[tracing::instrument(level = "debug", skip_all, fields(grant_type = grant.grant_type().as_str(), client_id = %crate::printable(&auth.client_id)))]
     pub async fn token(&self, auth: &ClientAuth, grant: Grant) -> Result<TokenSet, OAuthError> {
         let client = self.authenticate_client(auth).await?;
         self.require_grant(&client, grant.grant_type())?;

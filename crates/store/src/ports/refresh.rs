@@ -74,6 +74,12 @@ impl RefreshStore for SqlStore {
         self.refresh_writes.insert(record.clone()).await
     }
 
+    async fn start_family(&self, record: &RefreshRecord) -> StoreResult<Option<User>> {
+        // Written together with the other refresh-token writes of the moment, the user read
+        // and checked by the same statements (refresh_batch.rs).
+        self.refresh_writes.start_family(record.clone()).await
+    }
+
     async fn get_refresh(&self, digest: Digest) -> StoreResult<Option<RefreshRecord>> {
         Entity::find_by_id(digest.to_hex()).one(&self.db).await.map_err(error::from_db)?.map(from_row).transpose()
     }
