@@ -14,6 +14,8 @@ ceiling's, measured in the same run:
                                  taken just before and just after)
   refresh rotation             / pgbench single-row inserts at the same concurrency
   code exchange, device poll   / refresh rotation of the same backend and transport
+HTTP and gRPC cases also carry server_cpu_us and machine_cpu_us: the server's CPU time per good
+answer, and that of every process on the machine (load generator and databases included).
 --compare prints each case's rps (and ratio) against the old run's and flags rps drops over 15 %.
 Exit status: 1 when a case had bad answers (or none good) or dropped more than 15 %, else 0.
 """
@@ -83,7 +85,7 @@ def fmt(x, digits=0):
 
 def table(run):
     meta, cases = run["meta"], run["cases"]
-    head = ("case", "transport", "backend", "conc", "rps", "p50 ms", "p99 ms", "ratio", "to", "errors")
+    head = ("case", "transport", "backend", "conc", "rps", "p50 ms", "p99 ms", "ratio", "to", "errors", "cpu µs srv/all")
     rows = []
     for c in cases:
         note = " (pool ran out)" if c.get("pool_exhausted") or c.get("exhausted") else ""
@@ -91,6 +93,7 @@ def table(run):
             c["case"] + note, c["transport"], c["backend"], fmt(c.get("concurrency")), fmt(c.get("rps")),
             fmt(c.get("p50_ms"), 2), fmt(c.get("p99_ms"), 2), fmt(c.get("ratio"), 2), c.get("ceiling") or "ceiling",
             fmt(c.get("errors", 0)),
+            f"{fmt(c.get('server_cpu_us'))}/{fmt(c.get('machine_cpu_us'))}" if c.get("server_cpu_us") is not None else "",
         ))
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     lines = [
@@ -100,7 +103,7 @@ def table(run):
         f"machine: {meta.get('machine', '?')}",
         "",
     ]
-    right = {3, 4, 5, 6, 7, 9}
+    right = {3, 4, 5, 6, 7, 9, 10}
     for i, row in enumerate([head] + rows):
         cells = [str(x).rjust(w) if j in right else str(x).ljust(w) for j, (x, w) in enumerate(zip(row, widths))]
         lines.append("  ".join(cells).rstrip())
@@ -144,10 +147,32 @@ def markdown(run):
     )
     lines.append("")
     lines.append(f"Other ceilings in the same run: {ceilings}.")
+    lines += cpu_markdown(cases, columns, names)
     for label, rss in run["meta"].get("rss", {}).items():
         lines.append(f"Server RSS, {names.get(label, label)}: {rss['before_mb']} MB before its cases, "
                      f"{rss['after_mb']} MB after (peak {rss['peak_mb']} MB).")
     return "\n".join(lines)
+
+
+def cpu_markdown(cases, columns, names):
+    """CPU time per good answer, the server's and the whole machine's (load generator and
+    databases included), in µs: where a case's cost goes, next to its rate."""
+    by = {(c["case"], c["backend"], c["transport"]): c for c in cases}
+    rows = []
+    for name in [n for n in ORDER if any(c["case"] == n and c["transport"] in ("http", "grpc") for c in cases)]:
+        cells = []
+        for b, t in columns:
+            c = by.get((name, b, t))
+            has = c and c.get("server_cpu_us") is not None
+            cells.append(f"{c['server_cpu_us']:.0f} / {c['machine_cpu_us']:.0f}" if has else "")
+        if any(cells):
+            rows.append("| " + " | ".join([name] + cells) + " |")
+    if not rows:
+        return []
+    head = ["CPU µs per answer: server / machine"] + [
+        f"{names.get(b, b)}, {'HTTP' if t == 'http' else 'gRPC'}" for b, t in columns
+    ]
+    return ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + rows
 
 
 def compare(run, old):
