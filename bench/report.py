@@ -4,7 +4,7 @@
     report.py --results results.jsonl --meta meta.json --out run.json [--compare old.json]
     report.py --show run.json [--compare old.json] [--markdown]
 
-Each result line names a case, its transport (http, grpc, or the ceiling's own: cpu, sql), its
+Each result line names a case, its transport (http, grpc, or the ceiling's own: cpu, sign, sql), its
 backend pair, and what its load generator measured: rps (good answers per second over the time
 the case actually ran), p50_ms, p99_ms, ok, errors. The ratio of a case is its rps over its
 ceiling's, measured in the same run:
@@ -26,7 +26,7 @@ import sys
 
 DROP = 0.15
 ORDER = [
-    "pgbench insert", "healthz", "health check", "argon2id raw", "client_credentials", "introspect hot", "introspect 10k", "userinfo",
+    "pgbench insert", "healthz", "health check", "argon2id raw", "es256 raw", "client_credentials", "introspect hot", "introspect 10k", "userinfo",
     "password", "refresh rotation", "code exchange", "device poll", "revocation",
 ]
 
@@ -140,9 +140,12 @@ def markdown(run):
             row.append(f"{fmt(c.get('rps'))}/s{ratio}, {fmt(c.get('p50_ms'), 1)} / {fmt(c.get('p99_ms'), 1)} ms{errors}")
         lines.append("| " + " | ".join(row) + " |")
     other = [c for c in cases if c["transport"] not in ("http", "grpc")]
-    what = {"h2load": "gRPC health check from h2load", "cpu": "raw Argon2id", "sql": "pgbench single-row inserts"}
+    what = {"h2load": "gRPC health check from h2load", "cpu": "raw Argon2id", "sql": "pgbench single-row inserts",
+            "sign": "raw ES256 access-token signing on every core"}
+    per_token = lambda c: f" ({c['us_per_token']:.0f} µs of one core a token)" if c.get("us_per_token") else ""
     ceilings = ", ".join(
         f"{what.get(c['transport'], c['case'])} ({names.get(c['backend'], c['backend'])}) {fmt(c.get('rps'))}/s"
+        + per_token(c)
         for c in other
     )
     lines.append("")
