@@ -148,7 +148,7 @@ fuzz_target!(|input: &[u8]| {
     let session_flag = session.map(|(flag, _, _)| *flag);
     let (client, redirect_uri, to) = match (client, redirect_uri, outcome) {
         (Some(c), Some(r), Ok(outcome)) => match outcome {
-            AuthorizeOutcome::Redirect(to) => (c, r, to),
+            AuthorizeOutcome::Redirect { to, .. } => (c, r, to),
             AuthorizeOutcome::LoginRequired { client_name } => {
                 assert_eq!(client_name, c.name);
                 let stale = max_age.is_some() || (session_flag == Some(b'O') && req.prompt.contains("login"));

@@ -4,7 +4,7 @@
 use crate::engine::normalize_username;
 use crate::error::{OAuthError, StoreError};
 use crate::model::{Client, ClientSecret, GrantType, Password, ScopeSet, User};
-use crate::ports::Revocation;
+use crate::ports::{AuditKind, Revocation};
 use crate::Tessera;
 use tessera_crypto::password_pool::PasswordPool;
 use url::Url;
@@ -136,7 +136,7 @@ impl Tessera {
             return Err(bad("a client with this id existed and was deleted; its id cannot be registered again"));
         }
         self.durable.create_client(&client).await.map_err(|e| conflict_or(e, "a client with this id"))?;
-        self.audit("client_created", Some(&client.id), None, "client registered").await;
+        self.audit(AuditKind::ClientCreated, Some(&client.id), None, "client registered").await;
         Ok(CreatedClient { client, secret })
     }
 
@@ -159,7 +159,7 @@ impl Tessera {
         if !self.durable.delete_client(id).await? {
             return Err(bad("no such client"));
         }
-        self.audit("client_deleted", Some(id), None, "client deleted").await;
+        self.audit(AuditKind::ClientDeleted, Some(id), None, "client deleted").await;
         Ok(())
     }
 
@@ -178,7 +178,7 @@ impl Tessera {
         // client, so it is read again with the new secret. The cut-off is taken after the
         // change: nothing the old secret obtains can be dated after it.
         self.record_revocations(vec![Revocation::Client { id: id.to_owned(), before: self.cut_off() }]).await?;
-        self.audit("client_secret_rotated", Some(id), None, "client secret replaced").await;
+        self.audit(AuditKind::ClientSecretRotated, Some(id), None, "client secret replaced").await;
         Ok(secret)
     }
 
@@ -196,7 +196,7 @@ impl Tessera {
             created_at: self.now(),
         };
         self.durable.create_user(&user).await.map_err(|e| conflict_or(e, "a user with this username"))?;
-        self.audit("user_created", None, Some(&user.id), "user created").await;
+        self.audit(AuditKind::UserCreated, None, Some(&user.id), "user created").await;
         Ok(user)
     }
 
@@ -213,7 +213,7 @@ impl Tessera {
             self.revoke_user_tokens(&user).await?;
         }
         let what = if disabled { "user disabled" } else { "user enabled" };
-        self.audit("user_disabled", None, Some(&user.id), what).await;
+        self.audit(AuditKind::UserDisabled, None, Some(&user.id), what).await;
         Ok(user)
     }
 
@@ -223,7 +223,7 @@ impl Tessera {
         let hash = hash_password(&self.passwords, password).await?;
         let user = self.durable.set_user_password(&username, &hash).await?.ok_or_else(|| bad("no such user"))?;
         self.revoke_user_tokens(&user).await?;
-        self.audit("user_password_set", None, Some(&user.id), "password replaced").await;
+        self.audit(AuditKind::UserPasswordSet, None, Some(&user.id), "password replaced").await;
         Ok(user)
     }
 
@@ -246,7 +246,7 @@ impl Tessera {
         let now = self.now();
         let kid = crate::keys::rotate(self.durable.as_ref(), self.cfg.signing_alg, self.keys.kek(), now).await?;
         self.refresh_keys().await?;
-        self.audit("signing_key_rotated", None, None, &format!("new signing key {kid}")).await;
+        self.audit(AuditKind::SigningKeyRotated, None, None, &format!("new signing key {kid}")).await;
         Ok(kid)
     }
 }

@@ -36,8 +36,9 @@ pub enum Consent {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AuthorizeOutcome {
-    /// Send the browser to this URL (the client's redirect URI with a code, a token, or an error).
-    Redirect(String),
+    /// Send the browser to `to`: the client's redirect URI with a code, an error, or (the
+    /// implicit grant, RFC 6749 §4.2.2) an access token, and then `issued` says so.
+    Redirect { to: String, issued: Option<GrantType> },
     /// Show the login page.
     LoginRequired { client_name: String },
     /// Show the consent page.
@@ -141,9 +142,9 @@ impl Tessera {
         // RFC 6749 §4.1.2.1: from here on, errors go back to the client (including
         // server_error and temporarily_unavailable).
         let outcome = match self.decide_authorization(req, &client, &redirect_uri, session, consent).await {
-            Ok(AuthorizeOutcome::Redirect(params)) => AuthorizeOutcome::Redirect(back.join(&params)),
+            Ok(AuthorizeOutcome::Redirect { to, issued }) => AuthorizeOutcome::Redirect { to: back.join(&to), issued },
             Ok(other) => other,
-            Err(e) => AuthorizeOutcome::Redirect(back.join(&back.error(&e))),
+            Err(e) => AuthorizeOutcome::Redirect { to: back.join(&back.error(&e)), issued: None },
         };
         Ok(outcome)
     }
@@ -251,7 +252,7 @@ impl Tessera {
                 ("expires_in", &(exp - now).to_string()),
                 ("scope", &scope.to_string()),
             ]);
-            return Ok(AuthorizeOutcome::Redirect(format!("#{params}")));
+            return Ok(AuthorizeOutcome::Redirect { to: format!("#{params}"), issued: Some(GrantType::Implicit) });
         }
 
         let code = AuthorizationCode::new(tessera_crypto::random_secret(32));
@@ -267,7 +268,7 @@ impl Tessera {
             expires_at: now + self.cfg.code_ttl,
         };
         self.ephemeral.put_code(code.digest(), &grant).await?;
-        Ok(AuthorizeOutcome::Redirect(format!("?{}", encode(&[("code", code.expose())]))))
+        Ok(AuthorizeOutcome::Redirect { to: format!("?{}", encode(&[("code", code.expose())])), issued: None })
     }
 }
 

@@ -6,7 +6,7 @@ use crate::config::CoreConfig;
 use crate::error::{ErrorCode, OAuthError};
 use crate::keys::KeyRing;
 use crate::model::{Client, ClientSecret, GrantType, Password, RefreshToken, ScopeSet, User};
-use crate::ports::{AuditEvent, Durable, Ephemeral, RefreshRecord, RefreshState, ThrottleOp};
+use crate::ports::{AuditEvent, AuditKind, AuditLog, Durable, Ephemeral, RefreshRecord, RefreshState, ThrottleOp};
 use crate::revocation::{LogCursor, Revocations};
 use crate::throttle;
 use crate::tokens::{self, AccessClaims, VerifiedCache};
@@ -61,6 +61,8 @@ impl fmt::Debug for TokenSet {
 pub struct Tessera {
     pub(crate) cfg: CoreConfig,
     pub(crate) durable: Arc<dyn Durable>,
+    /// Where security events go: the durable store's audit log unless another was given.
+    pub(crate) audit_log: Arc<dyn AuditLog>,
     pub(crate) ephemeral: Arc<dyn Ephemeral>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) keys: KeyRing,
@@ -117,6 +119,19 @@ impl Tessera {
         ephemeral: Arc<dyn Ephemeral>,
         clock: Arc<dyn Clock>,
     ) -> Result<Started, OAuthError> {
+        let audit_log: Arc<dyn AuditLog> = durable.clone();
+        Self::start_with_audit(cfg, durable, audit_log, ephemeral, clock).await
+    }
+
+    /// As [`Tessera::start`], with security events written to `audit_log` (the durable store's
+    /// log behind something that also counts them, say) instead of the durable store itself.
+    pub async fn start_with_audit(
+        cfg: CoreConfig,
+        durable: Arc<dyn Durable>,
+        audit_log: Arc<dyn AuditLog>,
+        ephemeral: Arc<dyn Ephemeral>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Started, OAuthError> {
         let now = clock.now();
         let loaded =
             KeyRing::load(durable.as_ref(), cfg.signing_alg, cfg.key_encryption_key.clone(), now, key_retention(&cfg))
@@ -127,6 +142,7 @@ impl Tessera {
             passwords,
             cfg,
             durable,
+            audit_log,
             ephemeral,
             clock,
             keys: loaded.ring,
@@ -373,17 +389,17 @@ impl Tessera {
     }
 
     /// Writes a security event to the `tessera::audit` target and the audit log.
-    pub(crate) async fn audit(&self, kind: &str, client_id: Option<&str>, user_id: Option<&str>, detail: &str) {
-        tracing::warn!(target: "tessera::audit", kind, client_id, user_id, detail);
+    pub(crate) async fn audit(&self, kind: AuditKind, client_id: Option<&str>, user_id: Option<&str>, detail: &str) {
+        tracing::warn!(target: "tessera::audit", kind = kind.as_str(), client_id, user_id, detail);
         let event = AuditEvent {
             at: self.now(),
-            kind: kind.to_owned(),
+            kind,
             client_id: client_id.map(str::to_owned),
             user_id: user_id.map(str::to_owned),
             detail: detail.to_owned(),
         };
-        if let Err(e) = self.durable.record_event(&event).await {
-            tracing::error!(target: "tessera::audit", error = %e, kind, "could not store an audit event");
+        if let Err(e) = self.audit_log.record_event(&event).await {
+            tracing::error!(target: "tessera::audit", error = %e, kind = kind.as_str(), "could not store an audit event");
         }
     }
 
@@ -448,7 +464,7 @@ impl Tessera {
                 if count == policy.free {
                     let uid = user.as_ref().map(|u| u.id.as_str());
                     self.audit(
-                        "lockout",
+                        AuditKind::Lockout,
                         None,
                         uid,
                         "repeated password failures: attempts on this account are now delayed",

@@ -248,8 +248,8 @@ mod cases {
     use tessera_core::model::{Client, GrantType, User};
     use tessera_core::ports::Succession;
     use tessera_core::ports::{
-        AuditEvent, AuditLog, ClientStore, ConsentStore, Durable, KeyStore, RefreshRecord, RefreshState, RefreshStore,
-        Rotation, StoredKey, Successor, UserStore,
+        AuditEvent, AuditKind, AuditLog, ClientStore, ConsentStore, Durable, KeyStore, RefreshRecord, RefreshState,
+        RefreshStore, Rotation, StoredKey, Successor, UserStore,
     };
     use tessera_core::StoreError;
     use tessera_crypto::succession::SuccessorSalt;
@@ -333,13 +333,13 @@ mod cases {
         }
     }
 
-    fn event(at: i64, kind: &str) -> AuditEvent {
+    fn event(at: i64, kind: AuditKind) -> AuditEvent {
         AuditEvent {
             at,
-            kind: kind.to_owned(),
+            kind,
             client_id: Some("app".to_owned()),
             user_id: None,
-            detail: format!("{kind} at {at}"),
+            detail: format!("{} at {at}", kind.as_str()),
         }
     }
 
@@ -1008,10 +1008,10 @@ mod cases {
 
     pub async fn audit_events_come_back_newest_first(s: Arc<SqlStore>, _: Backend) {
         let events = [
-            event(100, "client_created"),
-            event(300, "refresh_reuse"),
-            event(200, "lockout"),
-            AuditEvent { client_id: None, user_id: Some("u1".to_owned()), ..event(300, "code_replay") },
+            event(100, AuditKind::ClientCreated),
+            event(300, AuditKind::RefreshReuse),
+            event(200, AuditKind::Lockout),
+            AuditEvent { client_id: None, user_id: Some("u1".to_owned()), ..event(300, AuditKind::CodeReplay) },
         ];
         for e in &events {
             s.record_event(e).await.unwrap();

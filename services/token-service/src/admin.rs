@@ -4,6 +4,7 @@ use crate::observe::Metrics;
 use std::sync::Arc;
 use tessera_core::admin::{NewClient, NewUser};
 use tessera_core::model::{Client, GrantType, Password, User};
+use tessera_core::ports::AuditKind;
 use tessera_core::Tessera;
 use tessera_crypto::Digest;
 use tessera_proto::admin::v1 as pb;
@@ -33,8 +34,8 @@ impl tonic::service::Interceptor for AdminGuard {
         match presented {
             Some(d) if d.ct_eq(&self.token_digest) => Ok(request),
             _ => {
-                tracing::warn!(target: "tessera::audit", kind = "admin_denied", "admin call without a valid credential");
-                self.metrics.audit_event("admin_denied");
+                tracing::warn!(target: "tessera::audit", kind = AuditKind::AdminDenied.as_str(), "admin call without a valid credential");
+                self.metrics.audit_event(AuditKind::AdminDenied);
                 Err(Status::unauthenticated("a valid admin credential is required"))
             }
         }

@@ -271,10 +271,9 @@ impl pb::token_service_server::TokenService for TokenApi {
                 let outcome = self.tessera.authorize(&req, &SessionHandle::new(r.session), consent).await?;
                 use pb::authorize_response::Outcome;
                 let outcome = match outcome {
-                    AuthorizeOutcome::Redirect(to) => {
-                        // The implicit grant (RFC 6749 §4.2.2) answers with the token in the fragment.
-                        if to.split_once('#').is_some_and(|(_, fragment)| fragment.contains("access_token=")) {
-                            self.metrics.token_issued(GrantType::Implicit.as_str());
+                    AuthorizeOutcome::Redirect { to, issued } => {
+                        if let Some(grant) = issued {
+                            self.metrics.token_issued(grant.as_str());
                         }
                         Outcome::RedirectTo(to)
                     }

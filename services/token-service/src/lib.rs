@@ -23,7 +23,7 @@ use std::time::Duration;
 use tessera_core::admin::{NewClient, NewUser};
 use tessera_core::clock::{Clock, SystemClock};
 use tessera_core::model::{ClientSecret, Password};
-use tessera_core::ports::{Durable, Ephemeral};
+use tessera_core::ports::{AuditLog, Durable, Ephemeral};
 use tessera_core::Tessera;
 use tessera_proto::admin::v1::admin_service_server::AdminServiceServer;
 use tessera_proto::token::v1::token_service_server::TokenServiceServer;
@@ -105,10 +105,10 @@ impl Application {
         let metrics = Arc::new(Metrics::new().context("registering the metrics")?);
         // Bound before anything starts, so a taken port stops the start-up naming the key.
         let metrics_listener = observe::bind_metrics(&settings.metrics.listen).await?;
-        let durable: Arc<dyn Durable> = Arc::new(observe::CountedAudit::new(durable, Arc::clone(&metrics)));
+        let audit: Arc<dyn AuditLog> = Arc::new(observe::CountedAudit::new(durable.clone(), Arc::clone(&metrics)));
         // Settings built in code (not through `Settings::load`) are checked here too.
         settings.validate()?;
-        let started = Tessera::start(settings.core_config()?, durable, ephemeral, clock)
+        let started = Tessera::start_with_audit(settings.core_config()?, durable, audit, ephemeral, clock)
             .await
             // At start-up the operator is the audience: show the cause, not the client-safe text.
             .map_err(|e| {

@@ -6,10 +6,10 @@
 //! with prior knowledge), while Prometheus scrapes over HTTP/1.1; and a port of its own lets
 //! a network policy open metrics to the scraper without opening the token RPCs.
 //!
-//! Security events are counted where the core records them: every audit event the core
-//! writes passes through [`CountedAudit`], a decorator of the durable port, so the counts
-//! belong to this service's registry and need no global subscriber (and `tessera-core`
-//! stays free of metrics types).
+//! Security events are counted where the core records them: the core's audit port is
+//! [`CountedAudit`], which counts each event and hands it on to the durable store's audit log,
+//! so the counts belong to this service's registry and need no global subscriber (and
+//! `tessera-core` stays free of metrics types).
 
 use crate::errors;
 use async_trait::async_trait;
@@ -20,33 +20,13 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
-use tessera_core::model::{Client, User};
-use tessera_core::ports::{
-    AuditEvent, AuditLog, ClientStore, ConsentStore, Durable, KeyStore, LoggedRevocation, RefreshRecord, RefreshStore,
-    Revocation, RevocationLog, Rotation, StoredKey, Succession, Successor, UserStore,
-};
+use tessera_core::ports::{AuditEvent, AuditKind, AuditLog};
 use tessera_core::{ErrorCode, OAuthError, StoreResult};
-use tessera_crypto::Digest;
 use tessera_telemetry::metrics::prometheus::{HistogramVec, IntCounter, IntCounterVec, Registry};
 use tessera_telemetry::metrics::{counter, counter_vec, latency_vec, render};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tonic::Status;
-
-/// Audit event kinds with a label of their own; anything else counts as `other`.
-const AUDIT_KINDS: &[&str] = &[
-    "refresh_reuse",
-    "code_replay",
-    "lockout",
-    "admin_denied",
-    "client_created",
-    "client_deleted",
-    "client_secret_rotated",
-    "user_created",
-    "user_disabled",
-    "user_password_set",
-    "signing_key_rotated",
-];
 
 /// The label of the store a `temporarily_unavailable` error is about, as the store named itself
 /// ([`OAuthError::unavailable_store`]).
@@ -160,26 +140,25 @@ impl Metrics {
     }
 
     /// Counts one audit event.
-    pub fn audit_event(&self, kind: &str) {
+    pub fn audit_event(&self, kind: AuditKind) {
         match kind {
-            "refresh_reuse" => self.refresh_reuse.inc(),
-            "code_replay" => self.code_replays.inc(),
-            "lockout" => self.lockouts.inc(),
+            AuditKind::RefreshReuse => self.refresh_reuse.inc(),
+            AuditKind::CodeReplay => self.code_replays.inc(),
+            AuditKind::Lockout => self.lockouts.inc(),
             _ => {}
         }
-        let label = AUDIT_KINDS.iter().find(|k| **k == kind).copied().unwrap_or("other");
-        self.audit_events.with_label_values(&[label]).inc();
+        self.audit_events.with_label_values(&[kind.as_str()]).inc();
     }
 }
 
-/// The durable port with every audit event counted on its way to the audit log.
+/// An audit log that counts every event on its way to `inner`.
 pub struct CountedAudit {
-    inner: Arc<dyn Durable>,
+    inner: Arc<dyn AuditLog>,
     metrics: Arc<Metrics>,
 }
 
 impl CountedAudit {
-    pub fn new(inner: Arc<dyn Durable>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(inner: Arc<dyn AuditLog>, metrics: Arc<Metrics>) -> Self {
         Self { inner, metrics }
     }
 }
@@ -188,134 +167,11 @@ impl CountedAudit {
 impl AuditLog for CountedAudit {
     async fn record_event(&self, event: &AuditEvent) -> StoreResult<()> {
         // Counted even when the audit log cannot be written: the event happened.
-        self.metrics.audit_event(&event.kind);
+        self.metrics.audit_event(event.kind);
         self.inner.record_event(event).await
     }
     async fn recent_events(&self, limit: u64) -> StoreResult<Vec<AuditEvent>> {
         self.inner.recent_events(limit).await
-    }
-}
-
-#[async_trait]
-impl ClientStore for CountedAudit {
-    async fn create_client(&self, client: &Client) -> StoreResult<()> {
-        self.inner.create_client(client).await
-    }
-    async fn get_client(&self, id: &str) -> StoreResult<Option<Client>> {
-        self.inner.get_client(id).await
-    }
-    async fn list_clients(&self) -> StoreResult<Vec<Client>> {
-        self.inner.list_clients().await
-    }
-    async fn delete_client(&self, id: &str) -> StoreResult<bool> {
-        self.inner.delete_client(id).await
-    }
-    async fn set_client_secret(&self, id: &str, digest: Digest) -> StoreResult<bool> {
-        self.inner.set_client_secret(id, digest).await
-    }
-}
-
-#[async_trait]
-impl UserStore for CountedAudit {
-    async fn create_user(&self, user: &User) -> StoreResult<()> {
-        self.inner.create_user(user).await
-    }
-    async fn find_user_by_username(&self, username: &str) -> StoreResult<Option<User>> {
-        self.inner.find_user_by_username(username).await
-    }
-    async fn get_user(&self, id: &str) -> StoreResult<Option<User>> {
-        self.inner.get_user(id).await
-    }
-    async fn list_users(&self) -> StoreResult<Vec<User>> {
-        self.inner.list_users().await
-    }
-    async fn set_user_disabled(&self, username: &str, disabled: bool) -> StoreResult<Option<User>> {
-        self.inner.set_user_disabled(username, disabled).await
-    }
-    async fn set_user_password(&self, username: &str, password_hash: &str) -> StoreResult<Option<User>> {
-        self.inner.set_user_password(username, password_hash).await
-    }
-}
-
-#[async_trait]
-impl RefreshStore for CountedAudit {
-    async fn insert_refresh(&self, record: &RefreshRecord) -> StoreResult<()> {
-        self.inner.insert_refresh(record).await
-    }
-    async fn start_family(&self, record: &RefreshRecord) -> StoreResult<Option<User>> {
-        self.inner.start_family(record).await
-    }
-    async fn get_refresh(&self, digest: Digest) -> StoreResult<Option<RefreshRecord>> {
-        self.inner.get_refresh(digest).await
-    }
-    async fn get_refresh_and_user(&self, digest: Digest) -> StoreResult<Option<(RefreshRecord, Option<User>)>> {
-        self.inner.get_refresh_and_user(digest).await
-    }
-    async fn rotate_live_refresh(
-        &self,
-        old: Digest,
-        client_id: &str,
-        succession: &Succession,
-        successor: &Successor,
-    ) -> StoreResult<Option<(RefreshRecord, Option<User>)>> {
-        self.inner.rotate_live_refresh(old, client_id, succession, successor).await
-    }
-    async fn rotate_refresh(
-        &self,
-        old: Digest,
-        succession: &tessera_core::ports::Succession,
-        new: &RefreshRecord,
-    ) -> StoreResult<Rotation> {
-        self.inner.rotate_refresh(old, succession, new).await
-    }
-    async fn revoke_family(&self, family_id: &str) -> StoreResult<Vec<(String, i64)>> {
-        self.inner.revoke_family(family_id).await
-    }
-}
-
-#[async_trait]
-impl ConsentStore for CountedAudit {
-    async fn granted_scopes(&self, user_id: &str, client_id: &str) -> StoreResult<Vec<String>> {
-        self.inner.granted_scopes(user_id, client_id).await
-    }
-    async fn grant_scopes(&self, user_id: &str, client_id: &str, scopes: &[String]) -> StoreResult<()> {
-        self.inner.grant_scopes(user_id, client_id, scopes).await
-    }
-}
-
-#[async_trait]
-impl KeyStore for CountedAudit {
-    async fn list_keys(&self) -> StoreResult<Vec<StoredKey>> {
-        self.inner.list_keys().await
-    }
-    async fn insert_key(&self, key: &StoredKey) -> StoreResult<()> {
-        self.inner.insert_key(key).await
-    }
-    async fn retire_keys_except(&self, keep_kid: &str, at: i64) -> StoreResult<()> {
-        self.inner.retire_keys_except(keep_kid, at).await
-    }
-}
-
-#[async_trait]
-impl RevocationLog for CountedAudit {
-    async fn append_revocations(&self, revocations: &[Revocation], at: i64) -> StoreResult<()> {
-        self.inner.append_revocations(revocations, at).await
-    }
-    async fn revocations_after(&self, after: i64, now: i64, limit: u64) -> StoreResult<Vec<LoggedRevocation>> {
-        self.inner.revocations_after(after, now, limit).await
-    }
-    async fn purge_revocations(&self, now: i64) -> StoreResult<u64> {
-        self.inner.purge_revocations(now).await
-    }
-    async fn client_id_retired(&self, client_id: &str) -> StoreResult<bool> {
-        self.inner.client_id_retired(client_id).await
-    }
-}
-
-#[async_trait]
-impl Durable for CountedAudit {
-    async fn ping(&self) -> StoreResult<()> {
-        self.inner.ping().await
     }
 }
 
@@ -404,8 +260,8 @@ mod tests {
             })
             .await;
         assert_eq!(refused.unwrap_err().code(), tonic::Code::Unauthenticated);
-        m.audit_event("refresh_reuse");
-        m.audit_event("something_new");
+        m.audit_event(AuditKind::RefreshReuse);
+        m.audit_event(AuditKind::UserCreated);
         let text = m.render();
         for line in [
             r#"tessera_grpc_requests_total{grant_type="client_credentials",outcome="ok",rpc="IssueToken"} 1"#,
@@ -413,7 +269,8 @@ mod tests {
             r#"tessera_grpc_request_duration_seconds_count{grant_type="client_credentials",outcome="ok",rpc="IssueToken"} 1"#,
             "tessera_refresh_reuse_detected_total 1",
             "tessera_code_replays_total 0",
-            r#"tessera_audit_events_total{kind="other"} 1"#,
+            r#"tessera_audit_events_total{kind="refresh_reuse"} 1"#,
+            r#"tessera_audit_events_total{kind="user_created"} 1"#,
             r#"tessera_store_errors_total{store="database"} 0"#,
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");

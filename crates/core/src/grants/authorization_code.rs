@@ -4,7 +4,7 @@
 use crate::engine::{required, TokenSet};
 use crate::error::OAuthError;
 use crate::model::{AuthorizationCode, Client, ScopeSet};
-use crate::ports::{CodeGrant, CodeTake, Issued};
+use crate::ports::{AuditKind, CodeGrant, CodeTake, Issued};
 use crate::tokens::new_jti;
 use crate::Tessera;
 
@@ -35,7 +35,7 @@ pub(super) async fn run(
         CodeTake::Replayed(first) => {
             revoke_issued(t, &first).await?;
             t.audit(
-                "code_replay",
+                AuditKind::CodeReplay,
                 Some(&client.id),
                 None,
                 "an authorization code was used twice; what its first use issued is revoked",

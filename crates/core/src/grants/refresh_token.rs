@@ -6,7 +6,7 @@
 use crate::engine::{required, TokenSet};
 use crate::error::OAuthError;
 use crate::model::{Client, RefreshToken, ScopeSet, User};
-use crate::ports::{RefreshRecord, RefreshState, Rotation, Succession, Successor};
+use crate::ports::{AuditKind, RefreshRecord, RefreshState, Rotation, Succession, Successor};
 use crate::tokens::new_jti;
 use crate::Tessera;
 use tessera_crypto::succession::{successor_token, SuccessorSalt};
@@ -183,7 +183,7 @@ async fn retried(
     }
     let answer = answer(t, client, user.as_ref(), scope, next.auth_time, (access_token, access_exp), successor, now)?;
     t.audit(
-        "refresh_retry",
+        AuditKind::RefreshRetry,
         Some(&client.id),
         next.user_id.as_deref(),
         "a rotated refresh token was presented again within the retry window; its unused successor was answered again",
@@ -217,7 +217,7 @@ fn answer(
 async fn reused(t: &Tessera, old: &RefreshRecord) -> Result<TokenSet, OAuthError> {
     t.revoke_family(&old.family_id).await?;
     t.audit(
-        "refresh_reuse",
+        AuditKind::RefreshReuse,
         Some(&old.client_id),
         old.user_id.as_deref(),
         "a rotated refresh token was presented again; its family is revoked",

@@ -201,12 +201,72 @@ pub trait KeyStore: Send + Sync {
     async fn retire_keys_except(&self, keep_kid: &str, at: i64) -> StoreResult<()>;
 }
 
+/// What a security event is about. Stored, logged and counted as [`AuditKind::as_str`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AuditKind {
+    /// A rotated refresh token presented again: its family is revoked.
+    RefreshReuse,
+    /// A rotated refresh token presented again within the retry window: its successor again.
+    RefreshRetry,
+    /// An authorization code used twice: what its first use issued is revoked.
+    CodeReplay,
+    /// Repeated password failures: attempts on an account are now delayed.
+    Lockout,
+    /// An admin call without a valid credential (logged and counted, not stored).
+    AdminDenied,
+    ClientCreated,
+    ClientDeleted,
+    ClientSecretRotated,
+    UserCreated,
+    /// A user disabled or enabled again (the detail says which).
+    UserDisabled,
+    UserPasswordSet,
+    SigningKeyRotated,
+}
+
+impl AuditKind {
+    pub const ALL: [AuditKind; 12] = [
+        AuditKind::RefreshReuse,
+        AuditKind::RefreshRetry,
+        AuditKind::CodeReplay,
+        AuditKind::Lockout,
+        AuditKind::AdminDenied,
+        AuditKind::ClientCreated,
+        AuditKind::ClientDeleted,
+        AuditKind::ClientSecretRotated,
+        AuditKind::UserCreated,
+        AuditKind::UserDisabled,
+        AuditKind::UserPasswordSet,
+        AuditKind::SigningKeyRotated,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditKind::RefreshReuse => "refresh_reuse",
+            AuditKind::RefreshRetry => "refresh_retry",
+            AuditKind::CodeReplay => "code_replay",
+            AuditKind::Lockout => "lockout",
+            AuditKind::AdminDenied => "admin_denied",
+            AuditKind::ClientCreated => "client_created",
+            AuditKind::ClientDeleted => "client_deleted",
+            AuditKind::ClientSecretRotated => "client_secret_rotated",
+            AuditKind::UserCreated => "user_created",
+            AuditKind::UserDisabled => "user_disabled",
+            AuditKind::UserPasswordSet => "user_password_set",
+            AuditKind::SigningKeyRotated => "signing_key_rotated",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AuditKind> {
+        AuditKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
 /// A security event: code replay, family revocation, lockout, admin change.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuditEvent {
     pub at: i64,
-    /// e.g. "code_replay", "refresh_reuse", "lockout", "client_created".
-    pub kind: String,
+    pub kind: AuditKind,
     pub client_id: Option<String>,
     pub user_id: Option<String>,
     /// Free text; never a secret.

@@ -3,11 +3,13 @@ use crate::error;
 use crate::SqlStore;
 use async_trait::async_trait;
 use sea_orm::{ActiveValue, EntityTrait, QueryOrder, QuerySelect};
-use tessera_core::ports::{AuditEvent, AuditLog};
-use tessera_core::StoreResult;
+use tessera_core::ports::{AuditEvent, AuditKind, AuditLog};
+use tessera_core::{StoreError, StoreResult};
 
-fn from_row(row: Model) -> AuditEvent {
-    AuditEvent { at: row.at, kind: row.kind, client_id: row.client_id, user_id: row.user_id, detail: row.detail }
+fn from_row(row: Model) -> StoreResult<AuditEvent> {
+    let kind = AuditKind::parse(&row.kind)
+        .ok_or_else(|| StoreError::Other(format!("audit_events: unknown kind {:?}", row.kind)))?;
+    Ok(AuditEvent { at: row.at, kind, client_id: row.client_id, user_id: row.user_id, detail: row.detail })
 }
 
 #[async_trait]
@@ -16,7 +18,7 @@ impl AuditLog for SqlStore {
         let row = ActiveModel {
             id: ActiveValue::NotSet,
             at: ActiveValue::Set(event.at),
-            kind: ActiveValue::Set(event.kind.clone()),
+            kind: ActiveValue::Set(event.kind.as_str().to_owned()),
             client_id: ActiveValue::Set(event.client_id.clone()),
             user_id: ActiveValue::Set(event.user_id.clone()),
             detail: ActiveValue::Set(event.detail.clone()),
@@ -35,6 +37,6 @@ impl AuditLog for SqlStore {
             .all(&self.db)
             .await
             .map_err(error::from_db)?;
-        Ok(rows.into_iter().map(from_row).collect())
+        rows.into_iter().map(from_row).collect()
     }
 }
