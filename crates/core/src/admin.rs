@@ -1,7 +1,7 @@
 //! Administration of clients and users: validation and secrets are decided here; the admin
 //! transport only checks the admin credential.
 
-use crate::engine::normalize_username;
+use crate::accounts::normalize_username;
 use crate::error::{OAuthError, StoreError};
 use crate::model::{Client, ClientSecret, GrantType, Password, ScopeSet, User};
 use crate::ports::{AuditKind, Revocation};

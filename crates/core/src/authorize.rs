@@ -2,8 +2,9 @@
 //! sessions the pages use. The token service decides everything, including the redirect the
 //! browser gets; the facade only renders pages and follows the outcome.
 
-use crate::engine::{describe_scope, normalize_username};
+use crate::accounts::normalize_username;
 use crate::error::{ErrorCode, OAuthError};
+use crate::model::describe_scope;
 use crate::model::{AuthorizationCode, Client, GrantType, Password, ScopeSet, SessionHandle, User};
 use crate::pkce;
 use crate::ports::{CodeGrant, LoginSession};

@@ -2,8 +2,10 @@
 //! Access tokens are checked in process (DESIGN.md rule 6); only refresh tokens, which are
 //! opaque, need the durable store.
 
-use crate::engine::{add_profile_claims, key_retention, required, ClientAuth};
+use crate::clients::ClientAuth;
+use crate::engine::{key_retention, required};
 use crate::error::{ErrorCode, OAuthError};
+use crate::issuing::add_profile_claims;
 use crate::model::PresentedToken;
 use crate::ports::RefreshState;
 use crate::tokens::{verify_access, AccessClaims, Inactive};

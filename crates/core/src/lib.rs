@@ -5,14 +5,18 @@
 //! adapters that live in their own crates. CI checks that with `cargo tree`.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::todo))]
 
+mod accounts;
 pub mod admin;
+mod audit;
 pub mod authorize;
+pub mod clients;
 pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod grants;
 pub mod introspect;
+pub mod issuing;
 pub mod keys;
 pub mod model;
 mod passwords;

@@ -245,6 +245,17 @@ impl fmt::Debug for User {
     }
 }
 
+/// A human description of a scope, for the consent and device pages.
+pub fn describe_scope(scope: &str) -> String {
+    match scope {
+        "openid" => "Sign you in with your account".to_owned(),
+        "profile" => "See your name and username".to_owned(),
+        "email" => "See your email address".to_owned(),
+        "offline_access" => "Stay connected when you are not using it".to_owned(),
+        other => format!("Access “{other}”"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,8 +1,9 @@
 //! `authorization_code` (RFC 6749 §4.1.3) with PKCE (RFC 7636). A code is single use: the
 //! first use leaves a tombstone naming what it issued, and a second use revokes all of it.
 
-use crate::engine::{required, TokenSet};
+use crate::engine::required;
 use crate::error::OAuthError;
+use crate::issuing::TokenSet;
 use crate::model::{AuthorizationCode, Client, ScopeSet};
 use crate::ports::{AuditKind, CodeGrant, CodeTake, Issued};
 use crate::tokens::new_jti;
@@ -51,7 +52,7 @@ pub(super) async fn run(
     let scope = ScopeSet::parse(&grant.scope)?;
     let nonce = grant.nonce.as_deref();
     let tokens =
-        t.issue_for_user(client, &grant.user_id, scope, grant.auth_time, nonce, (jti, family_id), invalid).await?;
+        t.issue_for_user(client, &grant.user_id, scope, grant.auth_time, nonce, (jti, family_id), now, invalid).await?;
 
     // A replay that raced this exchange found the tombstone before our tokens existed, so
     // its revocation may have missed them: revoke them now. This exchange still answered

@@ -1,8 +1,8 @@
 //! `client_credentials` (RFC 6749 §4.4): confidential clients only, no refresh token, and no
 //! store write on the way.
 
-use crate::engine::TokenSet;
 use crate::error::OAuthError;
+use crate::issuing::TokenSet;
 use crate::model::Client;
 use crate::tokens::new_jti;
 use crate::Tessera;

@@ -2,8 +2,11 @@
 //! decision, and the device's polls with `authorization_pending` / `slow_down` /
 //! `access_denied` / `expired_token`.
 
-use crate::engine::{describe_scope, required, ClientAuth, TokenSet};
+use crate::clients::ClientAuth;
+use crate::engine::required;
 use crate::error::{ErrorCode, OAuthError, StoreError};
+use crate::issuing::TokenSet;
+use crate::model::describe_scope;
 use crate::model::{Client, DeviceCode, GrantType, ScopeSet, SessionHandle};
 use crate::ports::{DecideOutcome, DeviceDecision, DeviceGrant, DevicePoll, ThrottleOp};
 use crate::throttle;
@@ -218,7 +221,7 @@ pub(super) async fn poll(t: &Tessera, client: &Client, device_code: &DeviceCode)
             }
             let scope = ScopeSet::parse(&grant.scope)?;
             let ids = (new_jti(), uuid::Uuid::new_v4().to_string());
-            t.issue_for_user(client, &user_id, scope, auth_time, None, ids, invalid).await
+            t.issue_for_user(client, &user_id, scope, auth_time, None, ids, t.now(), invalid).await
         }
     }
 }

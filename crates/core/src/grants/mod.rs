@@ -8,8 +8,9 @@ mod device_code;
 mod password;
 mod refresh_token;
 
-use crate::engine::{ClientAuth, TokenSet};
+use crate::clients::ClientAuth;
 use crate::error::OAuthError;
+use crate::issuing::TokenSet;
 use crate::model::{AuthorizationCode, DeviceCode, GrantType, Password, RefreshToken};
 use crate::Tessera;
 

@@ -1,7 +1,7 @@
 //! `password` (RFC 6749 §4.3): only for clients allowed to use it; Argon2id behind the throttles of [`crate::throttle`].
 
-use crate::engine::TokenSet;
 use crate::error::OAuthError;
+use crate::issuing::TokenSet;
 use crate::model::{Client, Password};
 use crate::tokens::new_jti;
 use crate::Tessera;
@@ -26,5 +26,5 @@ pub(super) async fn run(
     let ids = (new_jti(), uuid::Uuid::new_v4().to_string());
     // Disabled between its password check and now: as if the password had not matched.
     let gone = || OAuthError::invalid_grant("invalid username or password");
-    t.issue_for_user(client, &user.id, scope, auth_time, None, ids, gone).await
+    t.issue_for_user(client, &user.id, scope, auth_time, None, ids, t.now(), gone).await
 }

@@ -3,8 +3,9 @@
 //! same client retrying within `refresh_retry_window` a refresh whose answer it lost, while the
 //! successor is still unused: then it gets that same successor again.
 
-use crate::engine::{required, TokenSet};
+use crate::engine::required;
 use crate::error::OAuthError;
+use crate::issuing::TokenSet;
 use crate::model::{Client, RefreshToken, ScopeSet, User};
 use crate::ports::{AuditKind, RefreshRecord, RefreshState, Rotation, Succession, Successor};
 use crate::tokens::new_jti;
