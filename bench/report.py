@@ -175,7 +175,7 @@ def cpu_markdown(cases, columns, names):
     head = ["CPU µs per answer: server / machine"] + [
         f"{names.get(b, b)}, {'HTTP' if t == 'http' else 'gRPC'}" for b, t in columns
     ]
-    return ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + rows
+    return ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + rows + [""]
 
 
 def compare(run, old):

@@ -134,6 +134,11 @@ async fn write_batches(writer: Writer, mut jobs: mpsc::Receiver<Job>) {
 
 async fn write_batch(writer: &Writer, batch: &mut Vec<Job>) {
     let writes: Vec<&Write> = batch.iter().map(|job| &job.write).collect();
+    // The Postgres statement answers a new family by its digest: two writes storing the same
+    // digest (one of them bound to fail) go alone, so each gets its own answer.
+    if batch.len() > 1 && repeats_a_digest(&writes) {
+        return write_each_alone(writer, batch).await;
+    }
     match write_together(writer, &writes).await {
         Ok(found) => {
             for (job, found) in batch.drain(..).zip(found) {
@@ -145,12 +150,7 @@ async fn write_batch(writer: &Writer, batch: &mut Vec<Job>) {
         }
         // One write's fault (a digest already stored; on Postgres, a deadlock with a batch on
         // another node): each write alone, so that only the faulty one fails.
-        Err(Failed { error: _, one_writes_fault: true }) if batch.len() > 1 => {
-            for job in batch.drain(..) {
-                let alone = write_together(writer, &[&job.write]).await;
-                let _ = job.reply.send(alone.map(|mut found| found.pop().flatten()).map_err(|f| f.error));
-            }
-        }
+        Err(Failed { error: _, one_writes_fault: true }) if batch.len() > 1 => write_each_alone(writer, batch).await,
         // The database's (unreachable, busy, full): every write of the batch fails with it.
         Err(Failed { error, .. }) => {
             for job in batch.drain(..) {
@@ -166,6 +166,26 @@ struct Insert {
     row: Model,
     /// Stored only while its user is live, and answered with the user.
     for_user: bool,
+}
+
+/// Each write of `batch` as a batch of its own, each caller answered with its own outcome.
+async fn write_each_alone(writer: &Writer, batch: &mut Vec<Job>) {
+    for job in batch.drain(..) {
+        let alone = write_together(writer, &[&job.write]).await;
+        let _ = job.reply.send(alone.map(|mut found| found.pop().flatten()).map_err(|f| f.error));
+    }
+}
+
+/// Whether two writes of a batch would store the same digest.
+fn repeats_a_digest(writes: &[&Write]) -> bool {
+    let mut stored = std::collections::HashSet::new();
+    writes.iter().any(|w| {
+        let digest = match w {
+            Write::Rotate(r) => r.successor.digest,
+            Write::Insert(record) | Write::Start(record) => record.digest,
+        };
+        !stored.insert(digest)
+    })
 }
 
 /// A batch that failed and changed nothing.

@@ -151,6 +151,7 @@ contract!(
     new_families_stored_beside_rotations_at_once_are_stored_as_given_and_a_clash_fails_alone,
     a_family_starts_only_for_a_live_user_and_answers_with_the_user_as_stored,
     families_started_at_once_beside_rotations_each_get_their_own_user,
+    starts_sharing_a_digest_in_one_batch_each_get_their_own_answer,
     rotating_a_live_token_concurrently_lets_exactly_one_win,
     granting_scopes_adds_to_what_was_granted_and_never_narrows,
     concurrent_consent_grants_keep_every_scope,
@@ -858,6 +859,24 @@ mod cases {
         }
         while let Some(joined) = tasks.join_next().await {
             joined.unwrap();
+        }
+    }
+
+    /// Writes storing the same digest asked for at once (one of them bound to fail, or to find
+    /// its user disabled): each caller hears about its own write, never the other's.
+    pub async fn starts_sharing_a_digest_in_one_batch_each_get_their_own_answer(s: Arc<SqlStore>, backend: Backend) {
+        s.create_user(&user("u1", "alice")).await.unwrap();
+        s.create_user(&user("u2", "bob")).await.unwrap();
+        s.set_user_disabled("bob", true).await.unwrap();
+        for round in 0..10 {
+            let live = refresh(&format!("same{round}"), &format!("live{round}"), 1_000);
+            let for_bob =
+                RefreshRecord { user_id: Some("u2".into()), family_id: format!("bob{round}"), ..live.clone() };
+            let (a, b) = tokio::join!(s.start_family(&live), s.start_family(&for_bob));
+            assert_eq!(a.unwrap().map(|u| u.id).as_deref(), Some("u1"), "{backend:?}: round {round}, alice's start");
+            assert_eq!(b.unwrap(), None, "{backend:?}: round {round}, bob is disabled");
+            let stored = s.get_refresh(live.digest).await.unwrap();
+            assert_eq!(stored.map(|r| r.family_id), Some(format!("live{round}")), "{backend:?}: round {round}");
         }
     }
 

@@ -154,6 +154,10 @@ struct Args {
     /// Also print one JSON summary line on standard output (the text line goes to stderr).
     #[arg(long)]
     json: bool,
+    /// A file created when the inputs are minted and the timed phase begins, for a caller that
+    /// measures that phase only (bench/run's CPU figures).
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
 }
 
 /// Everything a request needs to act as the run's client and user.
@@ -654,6 +658,9 @@ async fn run(ctx: &Ctx, args: &Args, scenario: Scenario, duration: Duration) -> 
         eprintln!("prepared {scenario:?} in {:.1}s", prepared.elapsed().as_secs_f64());
     }
 
+    if let Some(path) = &args.ready_file {
+        std::fs::write(path, b"").with_context(|| format!("creating {}", path.display()))?;
+    }
     let started = Instant::now();
     let deadline = started + duration;
     let mut tasks = Vec::new();
