@@ -220,6 +220,12 @@ const INSERT_VALUES: usize = 15;
 const COLUMNS: &str = "digest, family_id, client_id, user_id, scope, issued_at, expires_at, auth_time, \
     access_jti, access_exp, state, rotated_at, successor_salt";
 
+/// A stored token `r` with its user's columns prefixed `u_` (none when it has no user), as
+/// [`live_and_user`] reads them; the caller adds the slot and the `WHERE`.
+const ROW_AND_USER: &str = "r.*, u.id AS u_id, u.username AS u_username, u.password_hash AS u_password_hash, \
+    u.disabled AS u_disabled, u.email AS u_email, u.name AS u_name, u.created_at AS u_created_at \
+    FROM refresh_tokens r LEFT JOIN users u ON u.id = r.user_id";
+
 /// The SQLite batch for `rotations` rotations (each tagged with its slot, a bound value, so
 /// that the text depends only on the two counts and sqlx's statement cache keeps it) and then
 /// `inserts` inserts: `BEGIN IMMEDIATE`, then for each rotation the `UPDATE` guarded by the live checks,
@@ -244,11 +250,7 @@ fn sqlite_batch(rotations: usize, inserts: usize) -> String {
              SELECT ${next}, family_id, client_id, user_id, scope, ${issued}, ${expires}, auth_time, ${jti}, \
                ${exp}, ${active} \
              FROM refresh_tokens WHERE digest = ${old} AND successor_salt = ${salt}; \
-             SELECT ${slot} AS slot, r.*, u.id AS u_id, u.username AS u_username, \
-               u.password_hash AS u_password_hash, u.disabled AS u_disabled, u.email AS u_email, \
-               u.name AS u_name, u.created_at AS u_created_at \
-             FROM refresh_tokens r LEFT JOIN users u ON u.id = r.user_id \
-             WHERE r.digest = ${old} AND r.successor_salt = ${salt}; ",
+             SELECT ${slot} AS slot, {ROW_AND_USER} WHERE r.digest = ${old} AND r.successor_salt = ${salt}; ",
             old = v(1),
             rotated = v(2),
             at = v(3),
@@ -271,11 +273,7 @@ fn sqlite_batch(rotations: usize, inserts: usize) -> String {
             sql,
             "INSERT INTO refresh_tokens ({COLUMNS}) SELECT {values} \
              WHERE NOT ${for_user} OR EXISTS (SELECT 1 FROM users u WHERE u.id = ${user} AND NOT u.disabled); \
-             SELECT ${slot} AS slot, r.*, u.id AS u_id, u.username AS u_username, \
-               u.password_hash AS u_password_hash, u.disabled AS u_disabled, u.email AS u_email, \
-               u.name AS u_name, u.created_at AS u_created_at \
-             FROM refresh_tokens r LEFT JOIN users u ON u.id = r.user_id \
-             WHERE ${for_user} AND changes() = 1 AND r.digest = ${digest}; ",
+             SELECT ${slot} AS slot, {ROW_AND_USER} WHERE ${for_user} AND changes() = 1 AND r.digest = ${digest}; ",
             values = values.join(", "),
             digest = v(1),
             user = v(4),
