@@ -1,9 +1,8 @@
 //! Group commit of refresh-token writes: the one-step rotation
 //! ([`tessera_core::ports::RefreshStore::rotate_live_refresh`]) and the first token of a new
-//! family ([`tessera_core::ports::RefreshStore::start_family`] after a code exchange, a device
-//! grant or a password grant, its user checked and read by the same statements;
-//! [`tessera_core::ports::RefreshStore::insert_refresh`] as it is). Writes asked for at the
-//! same moment are written together, in one transaction committed once.
+//! family ([`tessera_core::ports::RefreshStore::start_family`], after a code exchange, a device
+//! grant or a password grant, its user checked and read by the same statements). Writes asked
+//! for at the same moment are written together, in one transaction committed once.
 //!
 //! - **SQLite** takes one writer at a time, and each call into sqlx's SQLite connection is a
 //!   hand-off to its worker thread and back: writes done one by one queue for the writer,
@@ -63,15 +62,13 @@ pub(crate) struct LiveRotation {
 /// One write asked for.
 enum Write {
     Rotate(LiveRotation),
-    /// The first token of a new family, stored as it is.
-    Insert(RefreshRecord),
     /// The first token of a new family, stored only while its user is live.
     Start(RefreshRecord),
 }
 
 struct Job {
     write: Write,
-    /// What a rotation or a start found; `None` for an insert.
+    /// What the rotation or the start found.
     reply: oneshot::Sender<StoreResult<Rotated>>,
 }
 
@@ -93,11 +90,6 @@ impl RefreshBatches {
     /// Rotates one token, in whatever batch it joins.
     pub(crate) async fn rotate(&self, rotation: LiveRotation) -> StoreResult<Rotated> {
         self.write(Write::Rotate(rotation)).await
-    }
-
-    /// Stores the first token of a new family, in whatever batch it joins.
-    pub(crate) async fn insert(&self, record: RefreshRecord) -> StoreResult<()> {
-        self.write(Write::Insert(record)).await.map(|_| ())
     }
 
     /// Starts a family for its user, in whatever batch it joins: the user as stored, or
@@ -160,12 +152,10 @@ async fn write_batch(writer: &Writer, batch: &mut Vec<Job>) {
     }
 }
 
-/// A first token of a family, as the batch writes it.
-struct Insert {
+/// A family's first token, as the batch writes it.
+struct Start {
     slot: usize,
     row: Model,
-    /// Stored only while its user is live, and answered with the user.
-    for_user: bool,
 }
 
 /// Each write of `batch` as a batch of its own, each caller answered with its own outcome.
@@ -182,7 +172,7 @@ fn repeats_a_digest(writes: &[&Write]) -> bool {
     writes.iter().any(|w| {
         let digest = match w {
             Write::Rotate(r) => r.successor.digest,
-            Write::Insert(record) | Write::Start(record) => record.digest,
+            Write::Start(record) => record.digest,
         };
         !stored.insert(digest)
     })
@@ -212,11 +202,11 @@ impl Failed {
     }
 }
 
-/// Bound values per rotation and per insert in [`sqlite_batch`].
+/// Bound values per rotation and per start in [`sqlite_batch`].
 const ROTATION_VALUES: usize = 12;
-const INSERT_VALUES: usize = 15;
+const START_VALUES: usize = 14;
 
-/// The columns an insert writes, in the order its values are bound.
+/// The columns a start writes, in the order its values are bound.
 const COLUMNS: &str = "digest, family_id, client_id, user_id, scope, issued_at, expires_at, auth_time, \
     access_jti, access_exp, state, rotated_at, successor_salt";
 
@@ -226,16 +216,16 @@ const ROW_AND_USER: &str = "r.*, u.id AS u_id, u.username AS u_username, u.passw
     u.disabled AS u_disabled, u.email AS u_email, u.name AS u_name, u.created_at AS u_created_at \
     FROM refresh_tokens r LEFT JOIN users u ON u.id = r.user_id";
 
-/// The SQLite batch for `rotations` rotations (each tagged with its slot, a bound value, so
-/// that the text depends only on the two counts and sqlx's statement cache keeps it) and then
-/// `inserts` inserts: `BEGIN IMMEDIATE`, then for each rotation the `UPDATE` guarded by the live checks,
-/// the `INSERT` of the successor copied from the row this rotation updated (found by the random
-/// salt it wrote), and the `SELECT` of that row with its user; then each insert (a family's
-/// start only while its user is live) and, for a start that stored its row, the `SELECT` of
-/// that row with its user; then `COMMIT`.
+/// The SQLite batch for `rotations` rotations and then `starts` family starts (each tagged
+/// with its slot, a bound value, so that the text depends only on the two counts and sqlx's
+/// statement cache keeps it): `BEGIN IMMEDIATE`, then for each rotation the `UPDATE` guarded by
+/// the live checks, the `INSERT` of the successor copied from the row this rotation updated
+/// (found by the random salt it wrote), and the `SELECT` of that row with its user; then for
+/// each start the `INSERT` guarded by its user being live and, when it stored its row, the
+/// `SELECT` of that row with its user; then `COMMIT`.
 /// Two rotations of the same token in one batch: the first `UPDATE` flips it, the second
 /// finds it rotated, so exactly one wins, as apart.
-fn sqlite_batch(rotations: usize, inserts: usize) -> String {
+fn sqlite_batch(rotations: usize, starts: usize) -> String {
     let mut sql = String::from("BEGIN IMMEDIATE; ");
     for i in 0..rotations {
         let v = |k: usize| i * ROTATION_VALUES + k;
@@ -266,19 +256,18 @@ fn sqlite_batch(rotations: usize, inserts: usize) -> String {
         );
     }
     let base = rotations * ROTATION_VALUES;
-    for i in 0..inserts {
-        let v = |k: usize| base + i * INSERT_VALUES + k;
+    for i in 0..starts {
+        let v = |k: usize| base + i * START_VALUES + k;
         let values: Vec<String> = (1..=13).map(|k| format!("${}", v(k))).collect();
         let _ = write!(
             sql,
             "INSERT INTO refresh_tokens ({COLUMNS}) SELECT {values} \
-             WHERE NOT ${for_user} OR EXISTS (SELECT 1 FROM users u WHERE u.id = ${user} AND NOT u.disabled); \
-             SELECT ${slot} AS slot, {ROW_AND_USER} WHERE ${for_user} AND changes() = 1 AND r.digest = ${digest}; ",
+             WHERE EXISTS (SELECT 1 FROM users u WHERE u.id = ${user} AND NOT u.disabled); \
+             SELECT ${slot} AS slot, {ROW_AND_USER} WHERE changes() = 1 AND r.digest = ${digest}; ",
             values = values.join(", "),
             digest = v(1),
             user = v(4),
             slot = v(14),
-            for_user = v(15),
         );
     }
     sql.push_str("COMMIT");
@@ -288,9 +277,8 @@ fn sqlite_batch(rotations: usize, inserts: usize) -> String {
 /// Postgres: the batch as one statement over arrays, one element a write. The `UPDATE` joins
 /// the rotations to their rows and matches only live ones (the same checks as SQLite's),
 /// returning each with its rotation's slot and successor values; the first `INSERT` copies
-/// from what it matched; the second stores the new families' tokens (a family's start only
-/// while its user is live); the `SELECT` answers each rotation and each start that stored its
-/// row, with its user. Two rotations of one token in a batch join the same row, which Postgres updates
+/// from what it matched; the second stores the new families' first tokens whose users are
+/// live; the `SELECT` answers each rotation and each start that stored its row, with its user. Two rotations of one token in a batch join the same row, which Postgres updates
 /// once, for one of them: exactly one wins. Concurrent batches rotating the same token wait
 /// on its row lock and re-check `state`, as lone statements do (rotations on other nodes).
 const POSTGRES_BATCH: &str = "WITH input AS (\
@@ -315,11 +303,10 @@ const POSTGRES_BATCH: &str = "WITH input AS (\
         SELECT digest, family_id, client_id, user_id, scope, issued_at, expires_at, auth_time, access_jti, \
           access_exp, state, rotated_at, successor_salt \
         FROM unnest($13::text[], $14::text[], $15::text[], $16::text[], $17::text[], $18::bigint[], \
-          $19::bigint[], $20::bigint[], $21::text[], $22::bigint[], $23::text[], $24::bigint[], $25::bytea[], \
-          $27::boolean[]) \
+          $19::bigint[], $20::bigint[], $21::text[], $22::bigint[], $23::text[], $24::bigint[], $25::bytea[]) \
           AS f(digest, family_id, client_id, user_id, scope, issued_at, expires_at, auth_time, access_jti, \
-            access_exp, state, rotated_at, successor_salt, for_user) \
-        WHERE NOT f.for_user OR EXISTS (SELECT 1 FROM users u WHERE u.id = f.user_id AND NOT u.disabled) \
+            access_exp, state, rotated_at, successor_salt) \
+        WHERE EXISTS (SELECT 1 FROM users u WHERE u.id = f.user_id AND NOT u.disabled) \
         RETURNING *) \
     SELECT old.slot, old.digest, old.family_id, old.client_id, old.user_id, old.scope, old.issued_at, \
       old.expires_at, old.auth_time, old.access_jti, old.access_exp, old.state, old.rotated_at, \
@@ -331,27 +318,25 @@ const POSTGRES_BATCH: &str = "WITH input AS (\
       fresh.issued_at, fresh.expires_at, fresh.auth_time, fresh.access_jti, fresh.access_exp, fresh.state, \
       fresh.rotated_at, fresh.successor_salt, u.id, u.username, u.password_hash, u.disabled, u.email, \
       u.name, u.created_at \
-    FROM fresh JOIN unnest($13::text[], $26::bigint[], $27::boolean[]) AS s(digest, slot, for_user) \
-      ON s.digest = fresh.digest AND s.for_user \
+    FROM fresh JOIN unnest($13::text[], $26::bigint[]) AS s(digest, slot) ON s.digest = fresh.digest \
     LEFT JOIN users u ON u.id = fresh.user_id";
 
-/// Writes `writes` in one transaction: what each rotation found, by position (`None` for an
-/// insert). A batch that fails changes nothing.
+/// Writes `writes` in one transaction: what each found, by position. A batch that fails
+/// changes nothing.
 async fn write_together(writer: &Writer, writes: &[&Write]) -> Result<Vec<Rotated>, Failed> {
     let mut rotations = Vec::new();
-    let mut inserts = Vec::new();
+    let mut starts = Vec::new();
     for (slot, write) in writes.iter().enumerate() {
         let row = |record: &RefreshRecord| crate::ports::refresh::to_row(record, record.state);
         match write {
             Write::Rotate(r) => rotations.push((slot, r)),
-            Write::Insert(record) => inserts.push(Insert { slot, row: row(record), for_user: false }),
-            Write::Start(record) => inserts.push(Insert { slot, row: row(record), for_user: true }),
+            Write::Start(record) => starts.push(Start { slot, row: row(record) }),
         }
     }
     let sqlx_err = |e| Failed::from_db(DbErr::Query(RuntimeErr::SqlxError(e)));
     let rows: Vec<QueryResult> = match writer {
-        Writer::Sqlite(pool) => write_on_sqlite(pool, &rotations, &inserts).await.map_err(sqlx_err)?,
-        Writer::Postgres(db) => write_on_postgres(db, &rotations, &inserts).await.map_err(Failed::from_db)?,
+        Writer::Sqlite(pool) => write_on_sqlite(pool, &rotations, &starts).await.map_err(sqlx_err)?,
+        Writer::Postgres(db) => write_on_postgres(db, &rotations, &starts).await.map_err(Failed::from_db)?,
     };
     let mut found: Vec<Rotated> = (0..writes.len()).map(|_| None).collect();
     for row in rows {
@@ -367,12 +352,12 @@ async fn write_together(writer: &Writer, writes: &[&Write]) -> Result<Vec<Rotate
 async fn write_on_postgres(
     db: &Db,
     rotations: &[(usize, &LiveRotation)],
-    inserts: &[Insert],
+    starts: &[Start],
 ) -> Result<Vec<QueryResult>, DbErr> {
     let pool = db.pool().get_postgres_connection_pool();
     let ints = |f: &dyn Fn(&LiveRotation) -> i64| rotations.iter().map(|(_, r)| f(r)).collect::<Vec<i64>>();
     let texts = |f: &dyn Fn(&LiveRotation) -> String| rotations.iter().map(|(_, r)| f(r)).collect::<Vec<_>>();
-    let rows: Vec<&Model> = inserts.iter().map(|i| &i.row).collect();
+    let rows: Vec<&Model> = starts.iter().map(|start| &start.row).collect();
     let query = sqlx::query(POSTGRES_BATCH)
         .bind(rotations.iter().map(|(slot, _)| *slot as i64).collect::<Vec<i64>>())
         .bind(texts(&|r| r.old.to_hex()))
@@ -399,8 +384,7 @@ async fn write_on_postgres(
         .bind(rows.iter().map(|m| m.state.clone()).collect::<Vec<_>>())
         .bind(rows.iter().map(|m| m.rotated_at).collect::<Vec<_>>())
         .bind(rows.iter().map(|m| m.successor_salt.as_ref().map(|s| s.0.clone())).collect::<Vec<_>>())
-        .bind(inserts.iter().map(|i| i.slot as i64).collect::<Vec<i64>>())
-        .bind(inserts.iter().map(|i| i.for_user).collect::<Vec<bool>>());
+        .bind(starts.iter().map(|start| start.slot as i64).collect::<Vec<i64>>());
     // No timeout of its own, as for every statement of this store: a batch cut short on
     // the client would still run, and could commit, on the server.
     let fetched = db.guard(async { query.fetch_all(pool).await.map_err(|e| DbErr::Query(RuntimeErr::SqlxError(e))) });
@@ -412,9 +396,9 @@ async fn write_on_postgres(
 async fn write_on_sqlite(
     pool: &SqlitePool,
     rotations: &[(usize, &LiveRotation)],
-    inserts: &[Insert],
+    starts: &[Start],
 ) -> Result<Vec<QueryResult>, sqlx::Error> {
-    let sql = sqlite_batch(rotations.len(), inserts.len());
+    let sql = sqlite_batch(rotations.len(), starts.len());
     let mut query = sqlx::query(&sql);
     for (slot, r) in rotations {
         query = query
@@ -431,7 +415,7 @@ async fn write_on_sqlite(
             .bind(r.successor.access_exp)
             .bind(*slot as i64);
     }
-    for Insert { slot, row: m, for_user } in inserts {
+    for Start { slot, row: m } in starts {
         query = query
             .bind(m.digest.clone())
             .bind(m.family_id.clone())
@@ -446,8 +430,7 @@ async fn write_on_sqlite(
             .bind(m.state.clone())
             .bind(m.rotated_at)
             .bind(m.successor_salt.as_ref().map(|s| s.0.clone()))
-            .bind(*slot as i64)
-            .bind(*for_user);
+            .bind(*slot as i64);
     }
     let mut conn = pool.acquire().await?;
     let rows = query.fetch_all(&mut *conn).await;
@@ -489,9 +472,9 @@ mod tests {
         assert_eq!(sql.matches("UPDATE refresh_tokens").count(), 3);
         assert!(sql.contains("SELECT $36 AS slot") && sql.contains("SELECT $12 AS slot"), "{sql}");
         assert!(sql.contains("WHERE digest = $13 AND state = $17 AND client_id = $18"), "{sql}");
-        assert!(sql.contains("SELECT $37, ") && sql.contains("$49 WHERE NOT $51 OR EXISTS"), "{sql}");
+        assert!(sql.contains("SELECT $37, ") && sql.contains("$49 WHERE EXISTS"), "{sql}");
         assert!(sql.contains("u.id = $40 AND NOT u.disabled") && sql.contains("SELECT $50 AS slot"), "{sql}");
-        assert!(sql.contains("WHERE $66 AND changes() = 1 AND r.digest = $52; "), "{sql}");
-        assert!(!sql.contains("$67"), "{sql}");
+        assert!(sql.contains("SELECT $64 AS slot") && sql.contains("changes() = 1 AND r.digest = $51; "), "{sql}");
+        assert!(!sql.contains("$65"), "{sql}");
     }
 }

@@ -738,16 +738,14 @@ mod cases {
         for t in &live {
             s.insert_refresh(t).await.unwrap();
         }
-        // New families as the grants store them, one of them userless and one already rotated
-        // (with its succession), and one whose digest is already stored.
+        // Rows stored as given while rotations are batched: one of them userless, one already
+        // rotated (with its succession), and one whose digest is already stored.
         let mut fresh: Vec<RefreshRecord> =
             (0..20).map(|i| refresh(&format!("n{i}"), &format!("nf{i}"), 1_200 + i)).collect();
         fresh[3].user_id = None;
         fresh[4] =
             RefreshRecord { state: RefreshState::Rotated, succession: Some(succession(1_300)), ..fresh[4].clone() };
         let clash = RefreshRecord { family_id: "clash".into(), ..live[0].clone() };
-        // Inserts first, then rotations: a rotation's place in a batch is not its place among
-        // the rotations.
         let mut tasks = tokio::task::JoinSet::new();
         for record in fresh.iter().cloned().chain([clash]) {
             let s = s.clone();

@@ -124,8 +124,6 @@ pub struct Successor {
 /// Refresh-token families with rotation and reuse detection.
 #[async_trait]
 pub trait RefreshStore: Send + Sync {
-    /// Stores the first token of a new family, as it is.
-    async fn insert_refresh(&self, record: &RefreshRecord) -> StoreResult<()>;
     /// Starts a family for the user `record.user_id` names, after a sign-in (a code exchange,
     /// a device approval, a password): stores its first token only while that user exists
     /// and is not disabled, and returns the user as stored, in the same step. `None` (and
