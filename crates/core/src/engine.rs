@@ -1,6 +1,5 @@
 //! [`Tessera`]: the token service's decisions, wired to its ports. Transports turn requests
 //! into the typed commands here; everything that can be refused is refused here.
-
 //!
 //! What it decides is split by responsibility: [`crate::clients`] (client authentication and
 //! policy), [`crate::issuing`] (minting tokens), [`crate::accounts`] (passwords and lockout),
@@ -16,9 +15,6 @@ use crate::revocation::{LogCursor, Revocations};
 use crate::tokens::VerifiedCache;
 use std::sync::Arc;
 use std::time::Duration;
-
-pub use crate::clients::ClientAuth;
-pub use crate::issuing::TokenSet;
 
 /// The token service core.
 pub struct Tessera {

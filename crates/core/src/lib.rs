@@ -26,9 +26,11 @@ pub mod revocation;
 pub mod throttle;
 pub mod tokens;
 
+pub use clients::ClientAuth;
 pub use config::CoreConfig;
-pub use engine::{ClientAuth, Started, Tessera, TokenSet};
+pub use engine::{Started, Tessera};
 pub use error::{ErrorCode, OAuthError, StoreError, StoreResult};
+pub use issuing::TokenSet;
 
 /// A client-supplied value fit for a log field or an error message: at most 128 characters,
 /// none of them control characters, so a request can neither flood nor forge log lines.

@@ -23,7 +23,9 @@ pub enum JwtError {
 pub fn encode(key: &SigningKey, typ: &str, claims: &impl serde::Serialize) -> Result<String, JwtError> {
     let claims = serde_json::to_vec(claims).map_err(|_| JwtError::Sign)?;
     let header = key.header(typ);
-    let mut out = String::with_capacity(header.len() + 2 + claims.len().div_ceil(3) * 4 + 90);
+    // Room for the signature too: 86 characters for the 64 bytes of ES256 and EdDSA (RS256's
+    // longer one grows the string once).
+    let mut out = String::with_capacity(header.len() + 2 + claims.len().div_ceil(3) * 4 + 86);
     out.push_str(&header);
     out.push('.');
     URL_SAFE_NO_PAD.encode_string(&claims, &mut out);

@@ -286,3 +286,18 @@ pub trait Durable:
     /// A cheap round trip, for readiness.
     async fn ping(&self) -> StoreResult<()>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::AuditKind;
+
+    #[test]
+    fn every_audit_kind_parses_back_from_its_string_and_names_are_distinct() {
+        for kind in AuditKind::ALL {
+            assert_eq!(AuditKind::parse(kind.as_str()), Some(kind));
+        }
+        let names: std::collections::HashSet<_> = AuditKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), AuditKind::ALL.len());
+        assert_eq!(AuditKind::parse("other"), None);
+    }
+}
