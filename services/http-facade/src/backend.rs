@@ -1,12 +1,18 @@
-//! The facade's only collaborator: gRPC clients of the token service, one lazily connected
-//! channel per worker thread. Every call carries the current span's W3C trace context, so a
-//! request and the RPC it causes are one trace, and the HTTP client's address
-//! ([`tessera_proto::CLIENT_ADDR_METADATA`]) that the token service throttles anonymous input by.
+//! The facade's only collaborator: gRPC clients of the token service. Over the network, one
+//! lazily connected channel per worker thread; in the token service's own process (`tessera
+//! serve`), a [`LocalChannel`] that skips the socket. Every call carries the current span's W3C
+//! trace context, so a request and the RPC it causes are one trace, and the HTTP client's
+//! address ([`tessera_proto::CLIENT_ADDR_METADATA`]) that the token service throttles
+//! anonymous input by.
 
 use std::future::Future;
 use std::net::IpAddr;
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tessera_proto::local::{LocalChannel, LocalError, LocalFuture};
 use tessera_proto::token::v1::token_service_client::TokenServiceClient;
+use tonic::body::BoxBody;
+use tonic::codegen::{http, Service};
 use tonic::metadata::{MetadataKey, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
@@ -15,14 +21,18 @@ use tonic_health::pb::health_client::HealthClient;
 /// The largest gRPC answer accepted.
 const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
-/// Where the token service is and how long to wait for it.
-#[derive(Clone)]
-pub struct BackendConfig {
-    endpoint: Endpoint,
+/// Where the token service is.
+#[derive(Clone, Debug)]
+pub enum Upstream {
+    /// A token service at a gRPC URL (e.g. `http://127.0.0.1:50051`).
+    Grpc(Box<Endpoint>),
+    /// The token service of this process.
+    Local(LocalChannel),
 }
 
-impl BackendConfig {
-    pub fn new(url: &str) -> anyhow::Result<Self> {
+impl Upstream {
+    /// A token service at `url`, waited for at most 2 s to connect and 15 s to answer.
+    pub fn grpc(url: &str) -> anyhow::Result<Self> {
         let endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(|e| anyhow::anyhow!("the token service URL {url:?} is invalid: {e}"))?
             .connect_timeout(Duration::from_secs(2))
@@ -30,17 +40,60 @@ impl BackendConfig {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true);
-        Ok(Self { endpoint })
+        Ok(Upstream::Grpc(Box::new(endpoint)))
     }
 
-    /// Clients over a channel that connects on first use and reconnects on its own, so the
-    /// facade starts (and answers 503) while the token service is down.
+    /// Clients for one worker thread. A network channel connects on first use and reconnects
+    /// on its own, so the facade starts (and answers 503) while the token service is down; its
+    /// tasks live on the worker's runtime.
     pub fn connect_lazy(&self) -> Backend {
-        let channel = self.endpoint.connect_lazy();
+        let transport = match self {
+            Upstream::Grpc(endpoint) => Transport::Grpc(endpoint.connect_lazy()),
+            Upstream::Local(channel) => Transport::Local(channel.clone()),
+        };
         Backend {
-            token: TokenServiceClient::with_interceptor(channel.clone(), CallContext)
+            token: TokenServiceClient::with_interceptor(transport.clone(), CallContext)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            health: HealthClient::new(channel),
+            health: HealthClient::new(transport),
+        }
+    }
+}
+
+impl std::fmt::Display for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Upstream::Grpc(endpoint) => write!(f, "{}", endpoint.uri()),
+            Upstream::Local(_) => f.write_str("this process (local channel)"),
+        }
+    }
+}
+
+/// A network channel or a local one, as one `tower::Service` the generated clients take.
+#[derive(Clone, Debug)]
+pub enum Transport {
+    Grpc(Channel),
+    Local(LocalChannel),
+}
+
+impl Service<http::Request<BoxBody>> for Transport {
+    type Response = http::Response<BoxBody>;
+    type Error = LocalError;
+    type Future = LocalFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        match self {
+            Transport::Grpc(channel) => channel.poll_ready(cx).map_err(Into::into),
+            Transport::Local(channel) => channel.poll_ready(cx),
+        }
+    }
+
+    fn call(&mut self, request: http::Request<BoxBody>) -> Self::Future {
+        match self {
+            Transport::Grpc(channel) => {
+                let answer = channel.call(request);
+                Box::pin(async move { answer.await.map_err(Into::into) })
+            }
+            Transport::Local(channel) => channel.call(request),
         }
     }
 }
@@ -78,11 +131,11 @@ impl tonic::service::Interceptor for CallContext {
 }
 
 /// A TokenService client that propagates the trace context and the client's address.
-pub type TokenClient = TokenServiceClient<InterceptedService<Channel, CallContext>>;
+pub type TokenClient = TokenServiceClient<InterceptedService<Transport, CallContext>>;
 
 /// The token service, as the handlers see it.
 #[derive(Clone)]
 pub struct Backend {
     pub token: TokenClient,
-    pub health: HealthClient<Channel>,
+    pub health: HealthClient<Transport>,
 }

@@ -28,7 +28,7 @@ use actix_web::http::{header, StatusCode};
 use actix_web::middleware::{DefaultHeaders, ErrorHandlerResponse, ErrorHandlers};
 use actix_web::{web, App, HttpRequest, HttpResponse, ResponseError as _};
 use anyhow::Context as _;
-use backend::BackendConfig;
+pub use backend::Upstream;
 use error::ApiError;
 use futures::FutureExt as _;
 use observe::{Exchange, FacadeMetrics};
@@ -208,17 +208,17 @@ impl FacadeApplication {
     pub async fn build(config: FacadeConfig, grpc_endpoint: &str) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(&config.listen)
             .with_context(|| format!("binding the HTTP listener on {}", config.listen))?;
-        Self::build_with_listener(config, grpc_endpoint, listener).await
+        Self::build_with_listener(config, Upstream::grpc(grpc_endpoint)?, listener).await
     }
 
     /// Serves on a listener the caller bound, so its address can be known (and written into
-    /// the public URL) before the token service starts.
+    /// the public URL) before the token service starts, calling the token service at
+    /// `upstream`.
     pub async fn build_with_listener(
         config: FacadeConfig,
-        grpc_endpoint: &str,
+        upstream: Upstream,
         listener: TcpListener,
     ) -> anyhow::Result<Self> {
-        let backend = BackendConfig::new(grpc_endpoint)?;
         // actix takes the grace period in whole seconds, as u64.
         let grace = config.grace_period;
         let page_config = pages::PageConfig { secure_cookies: config.public_url.starts_with("https://") };
@@ -236,11 +236,10 @@ impl FacadeApplication {
         // request's peer address (read by source.rs).
         let builder = actix_server::Server::build().disable_signals().shutdown_timeout(grace);
         let shutdown = builder.graceful_shutdown_signal();
+        let upstream_shown = upstream.to_string();
         let serve = move || {
-            // One lazily connected channel per worker thread: its tasks live on that
-            // worker's runtime.
             let app = App::new()
-                .app_data(web::Data::new(backend.connect_lazy()))
+                .app_data(web::Data::new(upstream.connect_lazy()))
                 .app_data(web::Data::new(page_config.clone()))
                 .app_data(openapi.clone())
                 .app_data(metrics.clone())
@@ -298,7 +297,7 @@ impl FacadeApplication {
         let server = builder.listen("tessera-http-facade", listener, serve).context("starting the HTTP server")?.run();
         let handle = server.handle();
         let server = tokio::spawn(server);
-        tracing::info!(%addr, token_service = %grpc_endpoint, "HTTP facade listening");
+        tracing::info!(%addr, token_service = %upstream_shown, "HTTP facade listening");
         Ok(Self { addr, handle, server: Some(server) })
     }
 

@@ -3,59 +3,13 @@
 //! checks configuration (`config check`), and administers clients and users over gRPC
 //! (`admin …`).
 
-mod admin;
-
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
-use std::path::PathBuf;
-use tessera_http_facade::{FacadeApplication, FacadeConfig};
+use clap::Parser as _;
+use tessera::admin;
+use tessera::cli::{Cli, Command, ConfigCommand, Only};
+use tessera_http_facade::{FacadeApplication, FacadeConfig, Upstream};
 use tessera_token_service::settings::{ProcessEnv, Settings};
 use tessera_token_service::Application;
-
-#[derive(Parser)]
-#[command(name = "tessera", version, about = "Tessera: an OAuth 2.0 / OpenID Connect token service")]
-struct Cli {
-    /// A TOML configuration file (environment variables TESSERA_SECTION__KEY override it).
-    #[arg(long, short, global = true, env = "TESSERA_CONFIG")]
-    config: Option<PathBuf>,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the token service and the HTTP facade (the default).
-    Serve(ServeArgs),
-    /// Run the database migrations and exit.
-    Migrate,
-    /// Configuration commands.
-    Config {
-        #[command(subcommand)]
-        command: ConfigCommand,
-    },
-    /// Administer clients and users through the AdminService.
-    Admin(Box<admin::AdminArgs>),
-}
-
-#[derive(clap::Args, Default)]
-struct ServeArgs {
-    /// Run only one service: the gRPC token service, or the HTTP facade (which then reaches
-    /// the token service at facade.token_service_url, env TESSERA_FACADE__TOKEN_SERVICE_URL).
-    #[arg(long, value_enum)]
-    only: Option<Only>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum Only {
-    TokenService,
-    HttpFacade,
-}
-
-#[derive(Subcommand)]
-enum ConfigCommand {
-    /// Load and validate the configuration, print it (secrets hidden), and exit.
-    Check,
-}
 
 fn load(cli: &Cli) -> anyhow::Result<Settings> {
     Settings::load(cli.config.as_deref(), &ProcessEnv)
@@ -216,7 +170,8 @@ async fn serve_facade(settings: Settings) -> anyhow::Result<()> {
     facade.run_until(shutdown_signal()).await.context("serving")
 }
 
-/// Both services in one process: the facade calls the token service's real gRPC address.
+/// Both services in one process: the facade calls the token service over a local channel (the
+/// same services as its gRPC port, without the socket).
 async fn serve_both(mut settings: Settings) -> anyhow::Result<()> {
     // Bound first, so that a port picked by the system is the one the token service puts in
     // its issuer and verification URI.
@@ -227,13 +182,8 @@ async fn serve_both(mut settings: Settings) -> anyhow::Result<()> {
         settings.http.public_url = Some(format!("http://{http_addr}"));
     }
     let app = Application::build(settings.clone()).await?;
-    let mut grpc_addr = app.grpc_addr();
-    if grpc_addr.ip().is_unspecified() {
-        grpc_addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    let facade =
-        FacadeApplication::build_with_listener(facade_config(&settings), &format!("http://{grpc_addr}"), listener)
-            .await?;
+    let upstream = Upstream::Local(app.local_channel());
+    let facade = FacadeApplication::build_with_listener(facade_config(&settings), upstream, listener).await?;
     let public = settings.public_url();
     println!();
     println!("Tessera is running.");
@@ -285,17 +235,6 @@ async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn serve_runs_both_services_unless_told_which_one() {
-        let cli = Cli::try_parse_from(["tessera", "serve", "--only", "http-facade"]).unwrap();
-        assert!(matches!(cli.command, Some(Command::Serve(ServeArgs { only: Some(Only::HttpFacade) }))));
-        let cli = Cli::try_parse_from(["tessera", "serve", "--only", "token-service"]).unwrap();
-        assert!(matches!(cli.command, Some(Command::Serve(ServeArgs { only: Some(Only::TokenService) }))));
-        let cli = Cli::try_parse_from(["tessera", "serve"]).unwrap();
-        assert!(matches!(cli.command, Some(Command::Serve(ServeArgs { only: None }))));
-        assert!(Cli::try_parse_from(["tessera", "serve", "--only", "nope"]).is_err());
-    }
 
     #[test]
     fn urls_lose_their_password_when_printed() {

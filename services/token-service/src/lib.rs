@@ -18,6 +18,7 @@ use observe::Metrics;
 use settings::Settings;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_core::admin::{NewClient, NewUser};
@@ -26,6 +27,7 @@ use tessera_core::model::{ClientSecret, Password};
 use tessera_core::ports::{AuditLog, Durable, Ephemeral};
 use tessera_core::Tessera;
 use tessera_proto::admin::v1::admin_service_server::AdminServiceServer;
+use tessera_proto::local::LocalChannel;
 use tessera_proto::token::v1::token_service_server::TokenServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -76,12 +78,55 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
     connect_durable(settings).await.map(|_| ())
 }
 
+/// The local channel over `routes`, with the server's own layer: each call is a task of the
+/// current runtime, as a call over the network is a task of the server's, and is cancelled
+/// when its caller gives up on it, as a reset HTTP/2 stream is. Once `open` is false (the
+/// service is shutting down) calls fail as UNAVAILABLE, as a closed port would.
+fn local_channel(routes: tonic::service::Routes, open: Arc<AtomicBool>) -> LocalChannel {
+    use tower_layer::Layer as _;
+    use tower_service::Service as _;
+    let runtime = tokio::runtime::Handle::current();
+    let service = tessera_telemetry::propagation::TraceContextLayer.layer(routes.prepare());
+    LocalChannel::new(move |request| {
+        if !open.load(Ordering::Acquire) {
+            let stopped = tonic::Status::unavailable("the token service has stopped");
+            return Box::pin(std::future::ready(Err(stopped.into())));
+        }
+        let task = AbortOnDrop(runtime.spawn(service.clone().call(request)));
+        Box::pin(async move {
+            match task.await {
+                Ok(answer) => answer,
+                Err(e) => Err(e.into()),
+            }
+        })
+    })
+}
+
+/// A task that is aborted when its handle is dropped before it finished.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> std::future::Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A running token service.
 pub struct Application {
     grpc_addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
     tessera: Arc<Tessera>,
     demo: Option<DemoCredentials>,
+    local: LocalChannel,
+    local_open: Arc<AtomicBool>,
     shutdown: Option<oneshot::Sender<()>>,
     grace: Duration,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
@@ -151,6 +196,11 @@ impl Application {
             guard,
         );
 
+        let routes =
+            tonic::service::Routes::new(health_service).add_service(reflection).add_service(token).add_service(admin);
+        let local_open = Arc::new(AtomicBool::new(true));
+        let local = local_channel(routes.clone(), Arc::clone(&local_open));
+
         let (tx, rx) = oneshot::channel::<()>();
         // TCP_NODELAY: without it every unary answer waits out the peer's delayed ACK (~40 ms).
         let incoming = tonic::transport::server::TcpIncoming::from_listener(listener, true, None)
@@ -159,10 +209,7 @@ impl Application {
             tonic::transport::Server::builder()
                 // A caller's `traceparent` becomes the parent of the RPC's span.
                 .layer(tessera_telemetry::propagation::TraceContextLayer)
-                .add_service(health_service)
-                .add_service(reflection)
-                .add_service(token)
-                .add_service(admin)
+                .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = rx.await;
                 }),
@@ -182,11 +229,29 @@ impl Application {
             None => tracing::info!(%grpc_addr, "token service listening (metrics listener off)"),
         }
         let grace = Duration::from_secs(settings.shutdown.grace_period);
-        Ok(Self { grpc_addr, metrics_addr, tessera, demo, shutdown: Some(tx), grace, server, background })
+        Ok(Self {
+            grpc_addr,
+            metrics_addr,
+            local,
+            local_open,
+            tessera,
+            demo,
+            shutdown: Some(tx),
+            grace,
+            server,
+            background,
+        })
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc_addr
+    }
+
+    /// The same services as [`Self::grpc_addr`] serves, for a facade in this process: no
+    /// socket, no HTTP/2 framing. Calls run on this runtime (the one that built the
+    /// application), whatever thread makes them, and keep working until it is dropped.
+    pub fn local_channel(&self) -> LocalChannel {
+        self.local.clone()
     }
 
     /// Where `GET /metrics` answers; `None` when `metrics.listen` is empty.
@@ -206,6 +271,7 @@ impl Application {
     /// Stops accepting, lets in-flight calls finish (for at most the grace period), and
     /// returns when the server has stopped.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.local_open.store(false, Ordering::Release);
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -239,6 +305,7 @@ impl Application {
 
 impl Drop for Application {
     fn drop(&mut self) {
+        self.local_open.store(false, Ordering::Release);
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }

@@ -8,18 +8,24 @@
 //! public internet: a deployment that exposes the gRPC port to untrusted hosts on a private
 //! network narrows it to the facades' addresses.
 //!
+//! A facade in this same process (`tessera serve`, over a
+//! [`tessera_proto::local::LocalChannel`]) is a trusted relay whatever the networks say, and
+//! on its own behalf it is loopback.
+//!
 //! The networks are a [`TrustedNetworks`] (in `tessera-proto`, which the facade shares for its
 //! `facade.trusted_proxies`).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
+use tessera_proto::local::LocalCaller;
 pub use tessera_proto::networks::TrustedNetworks;
 
 /// The address a request comes from: the relayed client address when the gRPC peer is a
 /// trusted relay and sent one, else the peer's own address. `None` only when the transport
 /// knows no peer (not a TCP connection).
 pub fn client_source<T>(req: &tonic::Request<T>, trusted_relays: &TrustedNetworks) -> Option<IpAddr> {
-    let peer = req.remote_addr()?.ip().to_canonical();
-    if !trusted_relays.contains(peer) {
+    let local = req.extensions().get::<LocalCaller>().is_some();
+    let peer = if local { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { req.remote_addr()?.ip().to_canonical() };
+    if !local && !trusted_relays.contains(peer) {
         return Some(peer);
     }
     let Some(relayed) = req.metadata().get(tessera_proto::CLIENT_ADDR_METADATA) else {
@@ -75,6 +81,23 @@ mod tests {
     fn with_no_trusted_relay_the_source_is_always_the_peer() {
         let got = client_source(&request("127.0.0.1:5000", Some("203.0.113.7")), &TrustedNetworks::none());
         assert_eq!(got, Some("127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn the_facade_of_this_process_is_a_trusted_relay_whatever_the_networks() {
+        let local = |relayed: Option<&str>| {
+            let mut r = tonic::Request::new(());
+            r.extensions_mut().insert(LocalCaller);
+            if let Some(v) = relayed {
+                r.metadata_mut().insert(tessera_proto::CLIENT_ADDR_METADATA, v.parse().unwrap());
+            }
+            r
+        };
+        for relays in [TrustedNetworks::none(), TrustedNetworks::loopback_and_private()] {
+            assert_eq!(client_source(&local(Some("203.0.113.7")), &relays), Some("203.0.113.7".parse().unwrap()));
+            assert_eq!(client_source(&local(None), &relays), Some("127.0.0.1".parse().unwrap()), "on its own behalf");
+            assert_eq!(client_source(&local(Some("garbage")), &relays), Some("127.0.0.1".parse().unwrap()));
+        }
     }
 
     #[test]

@@ -132,8 +132,8 @@ impl CutProxy {
 }
 
 impl Relay for CutProxy {
-    fn addr(&self) -> std::net::SocketAddr {
-        self.addr
+    fn upstream(&self, _: &TokenServiceApp) -> Upstream {
+        Upstream::grpc(&format!("http://{}", self.addr)).unwrap()
     }
 }
 

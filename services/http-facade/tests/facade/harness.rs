@@ -8,16 +8,20 @@ use secrecy::SecretString;
 use serde_json::Value;
 use sha2::Digest as _;
 use std::net::TcpListener;
+pub use tessera_http_facade::Upstream;
 use tessera_http_facade::{FacadeApplication, FacadeConfig};
 use tessera_proto::admin::v1 as admin;
 use tessera_proto::admin::v1::admin_service_client::AdminServiceClient;
 use tessera_token_service::settings::Settings;
+pub use tessera_token_service::Application as TokenServiceApp;
 use tessera_token_service::Application;
 use tonic::transport::Channel;
 
 pub const ADMIN_TOKEN: &str = "facade-tests-admin-token-0123456789";
 
-/// The two backend pairs every flow runs against (DESIGN.md rule 3).
+/// The two backend pairs every flow runs against (DESIGN.md rule 3), each as it is deployed:
+/// the embedded default behind a facade in the token service's process (`tessera serve`, a
+/// local channel), Postgres + Redis behind a facade that calls the token service's gRPC port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pair {
     SqliteMemory,
@@ -78,13 +82,23 @@ pub use tessera_testkit::skip_or_fail;
 
 /// What stands between the facade and the token service in [`TestApp::spawn_behind`].
 pub trait Relay {
-    fn addr(&self) -> std::net::SocketAddr;
+    fn upstream(&self, token_service: &Application) -> Upstream;
 }
 
-/// Nothing: the facade calls the token service directly.
+/// Nothing: the facade calls the token service's gRPC port directly.
 impl Relay for std::net::SocketAddr {
-    fn addr(&self) -> std::net::SocketAddr {
-        *self
+    fn upstream(&self, _: &Application) -> Upstream {
+        Upstream::grpc(&format!("http://{self}")).unwrap()
+    }
+}
+
+/// Not even a socket: the facade calls the token service over its local channel, as in
+/// `tessera serve`.
+pub struct Local;
+
+impl Relay for Local {
+    fn upstream(&self, token_service: &Application) -> Upstream {
+        Upstream::Local(token_service.local_channel())
     }
 }
 
@@ -96,7 +110,12 @@ impl TestApp {
     }
 
     pub async fn spawn_with(pair: Pair, tweak: impl FnOnce(&mut Settings)) -> Option<Self> {
-        Self::spawn_behind(pair, tweak, |addr| async move { addr }).await.map(|(app, _)| app)
+        match pair {
+            Pair::SqliteMemory => Self::spawn_behind(pair, tweak, |_| async { Local }).await.map(|(app, _)| app),
+            Pair::PostgresRedis => {
+                Self::spawn_behind(pair, tweak, |addr| async move { addr }).await.map(|(app, _)| app)
+            }
+        }
     }
 
     /// Starts both services with something between them: `relay` gets the token service's
@@ -143,13 +162,10 @@ impl TestApp {
         let token_service = Application::build(settings.clone()).await.expect("the token service starts");
         let grpc_url = format!("http://{}", token_service.grpc_addr());
         let relay = relay(token_service.grpc_addr()).await;
-        let facade = FacadeApplication::build_with_listener(
-            facade_config(&settings),
-            &format!("http://{}", relay.addr()),
-            listener,
-        )
-        .await
-        .expect("the facade starts");
+        let facade =
+            FacadeApplication::build_with_listener(facade_config(&settings), relay.upstream(&token_service), listener)
+                .await
+                .expect("the facade starts");
         let channel = tonic::transport::Endpoint::from_shared(grpc_url.clone()).unwrap().connect().await.unwrap();
         let app = Self {
             base,
