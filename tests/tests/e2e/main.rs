@@ -5,7 +5,6 @@
 // tonic's Status is the error type of every client call; boxing it in tests buys nothing.
 #![allow(clippy::result_large_err)]
 
-mod deploy;
 mod flows;
 mod harness;
 mod leaks;

