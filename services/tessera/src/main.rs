@@ -8,7 +8,7 @@ use clap::Parser as _;
 use tessera::admin;
 use tessera::cli::{Cli, Command, ConfigCommand, Only};
 use tessera_http_facade::{FacadeApplication, FacadeConfig, Upstream};
-use tessera_token_service::settings::{ProcessEnv, Settings};
+use tessera_token_service::settings::{redact_url, HttpUrl, LogFormat, ProcessEnv, SecretUrl, Settings};
 use tessera_token_service::Application;
 
 fn load(cli: &Cli) -> anyhow::Result<Settings> {
@@ -45,11 +45,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("  http.listen     = {}", s.http.listen);
             println!("  issuer          = {}", s.issuer());
             println!("  database.url    = {}", redact_url(&s.database_url()));
-            let redis = if s.redis.url.is_empty() { "(in-memory)".to_owned() } else { redact_url(&s.redis.url) };
+            let redis = s.redis.url.as_ref().map_or_else(|| "(in-memory)".to_owned(), SecretUrl::redacted);
             println!("  redis.url       = {redis}");
-            let metrics = if s.metrics.listen.is_empty() { "(off)" } else { s.metrics.listen.as_str() };
+            let metrics = s.metrics.listen.map_or_else(|| "(off)".to_owned(), |a| a.to_string());
             println!("  metrics.listen  = {metrics}");
-            let otlp = if s.otel.endpoint.is_empty() { "(unset)" } else { s.otel.endpoint.as_str() };
+            let otlp = s.otel.endpoint.as_ref().map_or("(unset)", HttpUrl::as_str);
             println!("  otel.endpoint   = {otlp}");
             println!("  data_dir        = {}", s.data_dir.display());
             println!(
@@ -65,33 +65,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// Logs, and for a server (`service_name` set) traces: exported over OTLP when
 /// `otel.endpoint` or `OTEL_EXPORTER_OTLP_ENDPOINT` names a collector.
 fn init_logs(settings: &Settings, service_name: Option<&str>) -> anyhow::Result<tessera_telemetry::Telemetry> {
-    let format =
-        if settings.log.format == "json" { tessera_telemetry::Format::Json } else { tessera_telemetry::Format::Text };
+    let format = match settings.log.format {
+        LogFormat::Json => tessera_telemetry::Format::Json,
+        LogFormat::Text => tessera_telemetry::Format::Text,
+    };
     let export = service_name.map(|name| tessera_telemetry::ExportSettings {
-        endpoint: Some(settings.otel.endpoint.clone()).filter(|e| !e.is_empty()),
+        endpoint: settings.otel.endpoint.as_ref().map(HttpUrl::to_string),
         service_name: name.to_owned(),
     });
     tessera_telemetry::init(tessera_telemetry::Config { format, level: settings.log.level.clone(), export })
-}
-
-/// A connection URL without its password.
-fn redact_url(url: &str) -> String {
-    // The query may carry a password too (`?password=…`): it is not shown at all.
-    let (url, query) = match url.split_once('?') {
-        Some((base, _)) => (base, "?…"),
-        None => (url, ""),
-    };
-    let shown = match url.split_once("://") {
-        Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((userinfo, host)) => match userinfo.split_once(':') {
-                Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
-                None => url.to_owned(),
-            },
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    };
-    format!("{shown}{query}")
 }
 
 async fn serve(settings: Settings, only: Option<Only>) -> anyhow::Result<()> {
@@ -123,7 +105,7 @@ fn print_metrics(app: &Application) {
 /// The banner lines about the stores, and the demo a first start created.
 fn print_stores(settings: &Settings, app: &Application) {
     println!("  database: {}", redact_url(&settings.database_url()));
-    let redis = if settings.redis.url.is_empty() { "in-memory".to_owned() } else { redact_url(&settings.redis.url) };
+    let redis = settings.redis.url.as_ref().map_or_else(|| "in-memory".to_owned(), SecretUrl::redacted);
     println!("  ephemeral store: {redis}");
     if app.demo().is_some() {
         let dir = settings.data_dir.display();
@@ -148,7 +130,7 @@ async fn serve_token_service(settings: Settings) -> anyhow::Result<()> {
 /// The four values of the settings the facade reads.
 fn facade_config(settings: &Settings) -> FacadeConfig {
     FacadeConfig {
-        listen: settings.http.listen.clone(),
+        listen: settings.http.listen.to_string(),
         public_url: settings.public_url(),
         trusted_proxies: settings.facade.trusted_proxies.clone(),
         grace_period: settings.shutdown.grace_period,
@@ -175,11 +157,11 @@ async fn serve_facade(settings: Settings) -> anyhow::Result<()> {
 async fn serve_both(mut settings: Settings) -> anyhow::Result<()> {
     // Bound first, so that a port picked by the system is the one the token service puts in
     // its issuer and verification URI.
-    let listener = std::net::TcpListener::bind(&settings.http.listen)
+    let listener = std::net::TcpListener::bind(settings.http.listen)
         .with_context(|| format!("binding the HTTP listener on {}", settings.http.listen))?;
     let http_addr = listener.local_addr().context("reading the HTTP listener's address")?;
     if settings.http.public_url.is_none() {
-        settings.http.public_url = Some(format!("http://{http_addr}"));
+        settings.http.public_url = Some(format!("http://{http_addr}").parse().map_err(anyhow::Error::msg)?);
     }
     let app = Application::build(settings.clone()).await?;
     let upstream = Upstream::Local(app.local_channel());
@@ -229,20 +211,5 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_lose_their_password_when_printed() {
-        assert_eq!(redact_url("postgres://app:s3cret@db:5432/x"), "postgres://app:***@db:5432/x");
-        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
-        assert_eq!(redact_url("postgres://postgres@db/x"), "postgres://postgres@db/x");
-        assert_eq!(redact_url("redis://:pw@cache:6379"), "redis://:***@cache:6379");
-        assert_eq!(redact_url("postgres://h/db?password=s3cret&sslmode=require"), "postgres://h/db?…");
-        assert_eq!(redact_url("sqlite://data/tessera.db?mode=rwc"), "sqlite://data/tessera.db?…");
     }
 }

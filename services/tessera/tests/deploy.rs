@@ -803,11 +803,10 @@ fn deploy_dockerfile_builds_the_tessera_binary_into_a_small_non_root_image() {
             e.args.split_whitespace().map(|p| p.split('/').next().unwrap_or(p).parse::<u16>().expect("a port"))
         })
         .collect();
-    assert_eq!(exposed, BTreeSet::from([port_of(&defaults.grpc.listen), port_of(&defaults.http.listen)]));
-    for listen in [&settings.grpc.listen, &settings.http.listen] {
-        let addr: SocketAddr = listen.parse().expect("an address");
-        assert!(addr.ip().is_unspecified(), "a container listens on all interfaces, not {listen}");
-        assert!(exposed.contains(&addr.port()), "{listen} is EXPOSEd");
+    assert_eq!(exposed, BTreeSet::from([defaults.grpc.listen.port(), defaults.http.listen.port()]));
+    for addr in [settings.grpc.listen, settings.http.listen] {
+        assert!(addr.ip().is_unspecified(), "a container listens on all interfaces, not {addr}");
+        assert!(exposed.contains(&addr.port()), "{addr} is EXPOSEd");
     }
     assert_env_names_are_known(&env, None, DOCKERFILE);
 
@@ -956,7 +955,7 @@ fn deploy_compose_names_only_real_commands_settings_ports_and_services() {
     let grpc_services: BTreeMap<&str, u16> = tessera
         .iter()
         .filter(|t| t.argv.first().map(String::as_str) == Some("tessera") && roles(&t.argv[1..]).0)
-        .map(|t| (t.name.as_str(), port_of(&load_settings(&t.env, &t.name).grpc.listen)))
+        .map(|t| (t.name.as_str(), load_settings(&t.env, &t.name).grpc.listen.port()))
         .collect();
     assert_eq!(grpc_services.len(), 1, "one token service: {grpc_services:?}");
     let points_at_token_service = |url: &str, what: &str| {
@@ -995,30 +994,26 @@ fn deploy_compose_names_only_real_commands_settings_ports_and_services() {
         let published: BTreeSet<u16> = compose_ports(services[t.name.as_str()]).iter().map(|p| p.1).collect();
         let mut listening = BTreeSet::new();
         if grpc {
-            listening.insert(port_of(&settings.grpc.listen));
+            listening.insert(settings.grpc.listen.port());
             // The token service's Prometheus endpoint must be reachable from outside the container.
-            let metrics: SocketAddr = settings.metrics.listen.parse().expect("metrics.listen");
+            let metrics = settings.metrics.listen.unwrap_or_else(|| panic!("{what}: metrics.listen is off"));
             assert!(metrics.ip().is_unspecified(), "{what}: metrics.listen on all interfaces, not {metrics}");
             listening.insert(metrics.port());
             assert!(settings.admin.token.is_some(), "{what}: replicas need admin.token, not a generated one");
             assert!(settings.key_encryption_key().expect("a valid KEK").is_some(), "{what}: signing keys sealed");
-            assert!(!settings.redis.url.is_empty(), "{what}: the shared store is Redis");
+            assert!(settings.redis.url.is_some(), "{what}: the shared store is Redis");
         }
         if http {
-            listening.insert(port_of(&settings.http.listen));
+            listening.insert(settings.http.listen.port());
             points_at_token_service(&settings.token_service_url(), &what);
             let public = url::Url::parse(&settings.public_url()).expect("public URL");
             let host_port =
-                compose_ports(services[t.name.as_str()]).into_iter().find(|p| p.1 == port_of(&settings.http.listen));
+                compose_ports(services[t.name.as_str()]).into_iter().find(|p| p.1 == settings.http.listen.port());
             assert_eq!(public.port(), host_port.map(|p| p.0), "{what}: the public URL is the published port");
         }
         assert_eq!(published, listening, "{what}: the published ports are the ones it listens on");
-        for listen in [(grpc, &settings.grpc.listen), (http, &settings.http.listen)].iter().filter(|l| l.0).map(|l| l.1)
-        {
-            assert!(
-                listen.parse::<SocketAddr>().expect("an address").ip().is_unspecified(),
-                "{what}: listens on {listen}"
-            );
+        for listen in [(grpc, settings.grpc.listen), (http, settings.http.listen)].iter().filter(|l| l.0).map(|l| l.1) {
+            assert!(listen.ip().is_unspecified(), "{what}: listens on {listen}");
         }
         // The stores are the compose services, with the credentials Postgres was given.
         if t.env.contains_key("DATABASE_URL") {
@@ -1029,8 +1024,8 @@ fn deploy_compose_names_only_real_commands_settings_ports_and_services() {
             assert_eq!(db.password(), pg_env.get("POSTGRES_PASSWORD").map(String::as_str), "{what}: password");
             assert_eq!(Some(db.path().trim_start_matches('/')), pg_env.get("POSTGRES_DB").map(String::as_str));
         }
-        if !settings.redis.url.is_empty() {
-            let r = url::Url::parse(&settings.redis.url).expect("REDIS_URL");
+        if let Some(redis) = &settings.redis.url {
+            let r = url::Url::parse(redis.expose()).expect("REDIS_URL");
             assert!(services.contains_key(r.host_str().unwrap_or_default()), "{what}: REDIS_URL names no service");
         }
         if let Some(otlp) = t.env.get("OTEL_EXPORTER_OTLP_ENDPOINT") {
@@ -1178,7 +1173,7 @@ fn check_cluster(cluster: &Cluster, df: &Dockerfile, strict: bool, name: &str) {
             if let Some(s) = &settings {
                 assert!(s.admin.token.is_some(), "{what}: replicas share one admin.token");
                 assert!(s.key_encryption_key().expect("KEK").is_some(), "{what}: signing keys are sealed");
-                assert!(!s.redis.url.is_empty(), "{what}: replicas share Redis");
+                assert!(s.redis.url.is_some(), "{what}: replicas share Redis");
                 assert!(s.database_url().starts_with("postgres"), "{what}: replicas share Postgres");
                 assert!(!s.demo.enabled, "{what}: no demo client in a shared database");
             }
@@ -1372,8 +1367,8 @@ async fn deploy_health_checks_probes_and_the_seed_work_against_running_services(
     // in front of it over gRPC, as compose runs them.
     let dir = tempfile::tempdir().expect("a temporary directory");
     let mut settings = Settings { data_dir: dir.path().join("token-service"), ..Settings::default() };
-    settings.grpc.listen = "127.0.0.1:0".into();
-    settings.metrics.listen = String::new();
+    settings.grpc.listen = "127.0.0.1:0".parse().unwrap();
+    settings.metrics.listen = None;
     settings.demo.enabled = false;
     settings.admin.token = Some(admin_token.clone().into());
     let app = tessera_token_service::Application::build(settings.clone()).await.expect("the token service starts");

@@ -48,14 +48,13 @@ pub struct DemoCredentials {
 /// Connects the stores the settings name and runs the durable store's migrations.
 pub async fn connect_stores(settings: &Settings) -> anyhow::Result<(Arc<dyn Durable>, Arc<dyn Ephemeral>)> {
     let store = connect_durable(settings).await?;
-    let ephemeral: Arc<dyn Ephemeral> = if settings.redis.url.is_empty() {
-        Arc::new(tessera_ephemeral::MemoryEphemeral::new())
-    } else {
-        Arc::new(
-            tessera_ephemeral::RedisEphemeral::connect(&settings.redis.url, &settings.redis.key_prefix)
+    let ephemeral: Arc<dyn Ephemeral> = match &settings.redis.url {
+        None => Arc::new(tessera_ephemeral::MemoryEphemeral::new()),
+        Some(url) => Arc::new(
+            tessera_ephemeral::RedisEphemeral::connect(url.expose(), &settings.redis.key_prefix)
                 .await
                 .context("connecting to Redis")?,
-        )
+        ),
     };
     Ok((Arc::new(store), ephemeral))
 }
@@ -149,7 +148,7 @@ impl Application {
     ) -> anyhow::Result<Self> {
         let metrics = Arc::new(Metrics::new().context("registering the metrics")?);
         // Bound before anything starts, so a taken port stops the start-up naming the key.
-        let metrics_listener = observe::bind_metrics(&settings.metrics.listen).await?;
+        let metrics_listener = observe::bind_metrics(settings.metrics.listen).await?;
         let audit: Arc<dyn AuditLog> = Arc::new(observe::CountedAudit::new(durable.clone(), Arc::clone(&metrics)));
         // Settings built in code (not through `Settings::load`) are checked here too.
         settings.validate()?;
@@ -167,7 +166,7 @@ impl Application {
         };
         let admin_token = admin_token(&settings)?;
 
-        let listener = TcpListener::bind(&settings.grpc.listen)
+        let listener = TcpListener::bind(settings.grpc.listen)
             .await
             .with_context(|| format!("binding the gRPC listener on {}", settings.grpc.listen))?;
         let grpc_addr = listener.local_addr()?;

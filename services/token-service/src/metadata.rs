@@ -36,7 +36,7 @@ pub fn server_metadata(settings: &Settings) -> serde_json::Value {
         // plain is accepted only from clients registered to allow it.
         "code_challenge_methods_supported": ["S256", "plain"],
         "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": [settings.tokens.signing_alg],
+        "id_token_signing_alg_values_supported": [settings.tokens.signing_alg.as_str()],
         "prompt_values_supported": ["none", "login", "consent", "select_account"],
         "claims_supported": [
             "sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "at_hash",
@@ -57,7 +57,7 @@ mod tests {
     #[test]
     fn metadata_names_every_endpoint_under_the_public_url() {
         let mut s = Settings::default();
-        s.http.public_url = Some("https://id.example.com/".into());
+        s.http.public_url = Some("https://id.example.com/".parse().unwrap());
         let m = server_metadata(&s);
         assert_eq!(m["issuer"], "https://id.example.com");
         assert_eq!(m["token_endpoint"], "https://id.example.com/oauth2/token");

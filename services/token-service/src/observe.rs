@@ -223,10 +223,8 @@ pub fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) -> JoinHandle
 }
 
 /// Binds `metrics.listen`; `None` when it is empty (metrics off).
-pub async fn bind_metrics(listen: &str) -> anyhow::Result<Option<(TcpListener, SocketAddr)>> {
-    if listen.is_empty() {
-        return Ok(None);
-    }
+pub async fn bind_metrics(listen: Option<SocketAddr>) -> anyhow::Result<Option<(TcpListener, SocketAddr)>> {
+    let Some(listen) = listen else { return Ok(None) };
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("metrics.listen: cannot bind {listen}: {e} (empty turns the listener off)"))?;

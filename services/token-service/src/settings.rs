@@ -4,13 +4,14 @@
 //! the key.
 
 use crate::source::TrustedNetworks;
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 use figment::providers::{Format as _, Toml};
 use figment::Figment;
 use secrecy::SecretString;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use tessera_crypto::keys::Algorithm;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -19,7 +20,7 @@ pub struct Settings {
     /// token, the demo credentials.
     pub data_dir: PathBuf,
     /// `iss` of every token. Defaults to the facade's public URL.
-    pub issuer: Option<String>,
+    pub issuer: Option<HttpUrl>,
     pub grpc: GrpcSettings,
     pub http: HttpSettings,
     pub database: DatabaseSettings,
@@ -39,7 +40,7 @@ pub struct Settings {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GrpcSettings {
-    pub listen: String,
+    pub listen: SocketAddr,
     /// Peers whose relayed client address (`x-tessera-client-addr`) is believed: the facades.
     /// Defaults to loopback and the private ranges (see `source.rs`); `[]` trusts no one.
     pub trusted_relays: TrustedNetworks,
@@ -48,16 +49,17 @@ pub struct GrpcSettings {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpSettings {
-    pub listen: String,
+    pub listen: SocketAddr,
     /// The URL browsers and clients use to reach the facade.
-    pub public_url: Option<String>,
+    pub public_url: Option<HttpUrl>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseSettings {
-    /// `postgres://…` or `sqlite://…`; empty means `<data_dir>/tessera.db`.
-    pub url: String,
+    /// `postgres://…` or `sqlite://…`; unset (or empty) means `<data_dir>/tessera.db`.
+    #[serde(deserialize_with = "database_url")]
+    pub url: Option<SecretUrl>,
     /// Postgres connections this node may hold open (1–1000); see
     /// `tessera_store::PoolOptions::max_connections`.
     pub max_connections: u32,
@@ -65,15 +67,16 @@ pub struct DatabaseSettings {
 
 impl Default for DatabaseSettings {
     fn default() -> Self {
-        Self { url: String::new(), max_connections: tessera_store::PoolOptions::DEFAULT_MAX_CONNECTIONS }
+        Self { url: None, max_connections: tessera_store::PoolOptions::DEFAULT_MAX_CONNECTIONS }
     }
 }
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisSettings {
-    /// `redis://…`; empty means the in-memory store (one process only).
-    pub url: String,
+    /// `redis://…`; unset (or empty) means the in-memory store (one process only).
+    #[serde(deserialize_with = "redis_url")]
+    pub url: Option<SecretUrl>,
     pub key_prefix: String,
 }
 
@@ -93,11 +96,12 @@ pub struct TokenSettings {
     pub lockout_threshold: u32,
     pub lockout_window: i64,
     /// "ES256" (default), "EdDSA" or "RS256".
-    pub signing_alg: String,
+    #[serde(deserialize_with = "signing_alg")]
+    pub signing_alg: Algorithm,
     /// `aud` of access tokens; defaults to the issuer.
     pub audience: Option<String>,
     /// Seconds a node trusts a client it read from the database (0: no cache).
-    pub client_cache_ttl: i64,
+    pub client_cache_ttl: u32,
     /// Seconds after a refresh in which the same client presenting the same (now rotated)
     /// refresh token again, its successor unused, gets that successor back instead of having
     /// the family revoked (0: every second presentation is reuse).
@@ -145,7 +149,7 @@ pub struct DemoSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct LogSettings {
     /// "text" or "json".
-    pub format: String,
+    pub format: LogFormat,
     pub level: String,
 }
 
@@ -155,12 +159,13 @@ pub struct MetricsSettings {
     /// Where the token service answers `GET /metrics` (Prometheus text format) on a small
     /// HTTP/1.1 listener of its own; empty turns it off. The facade serves its own
     /// `/metrics` on its HTTP port.
-    pub listen: String,
+    #[serde(deserialize_with = "empty_is_none")]
+    pub listen: Option<SocketAddr>,
 }
 
 impl Default for MetricsSettings {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:9464".into() }
+        Self { listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))) }
     }
 }
 
@@ -170,7 +175,8 @@ pub struct OtelSettings {
     /// An OTLP/gRPC collector (e.g. `http://jaeger:4317`) to export traces to. The standard
     /// `OTEL_EXPORTER_OTLP_ENDPOINT` variable also turns export on, and wins over this key.
     /// Neither set: no traces are exported.
-    pub endpoint: String,
+    #[serde(deserialize_with = "empty_is_none")]
+    pub endpoint: Option<HttpUrl>,
 }
 
 #[derive(Clone, Debug, Deserialize, Default)]
@@ -178,7 +184,8 @@ pub struct OtelSettings {
 pub struct FacadeSettings {
     /// The token service's gRPC URL for an HTTP facade running on its own; empty means
     /// `http://` + `grpc.listen` (a wildcard address becomes 127.0.0.1).
-    pub token_service_url: String,
+    #[serde(deserialize_with = "empty_is_none")]
+    pub token_service_url: Option<HttpUrl>,
     /// HTTP proxies (IPs or CIDRs) in front of the facade whose `X-Forwarded-For` is believed;
     /// empty (the default): the client is the TCP peer.
     pub trusted_proxies: TrustedNetworks,
@@ -220,19 +227,22 @@ impl Default for Settings {
 
 impl Default for GrpcSettings {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:50051".into(), trusted_relays: TrustedNetworks::loopback_and_private() }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            trusted_relays: TrustedNetworks::loopback_and_private(),
+        }
     }
 }
 
 impl Default for HttpSettings {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:8080".into(), public_url: None }
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8080)), public_url: None }
     }
 }
 
 impl Default for RedisSettings {
     fn default() -> Self {
-        Self { url: String::new(), key_prefix: "tessera:".into() }
+        Self { url: None, key_prefix: "tessera:".into() }
     }
 }
 
@@ -251,8 +261,8 @@ impl Default for TokenSettings {
             session_ttl: core.session_ttl,
             lockout_threshold: core.lockout_threshold,
             lockout_window: core.lockout_window,
-            signing_alg: core.signing_alg.as_str().into(),
-            client_cache_ttl: core.client_cache_ttl,
+            signing_alg: core.signing_alg,
+            client_cache_ttl: u32::try_from(core.client_cache_ttl).unwrap_or(0),
             refresh_retry_window: core.refresh_retry_window,
             default_client_id: String::new(),
             audience: None,
@@ -268,7 +278,7 @@ impl Default for DemoSettings {
 
 impl Default for LogSettings {
     fn default() -> Self {
-        Self { format: "text".into(), level: "info".into() }
+        Self { format: LogFormat::Text, level: "info".into() }
     }
 }
 
@@ -328,28 +338,11 @@ impl Settings {
         Ok(settings)
     }
 
-    /// Checks every value that can be checked before binding anything.
+    /// Checks the ranges of the numbers (every other value was parsed into its type as it
+    /// loaded) and that the key-encryption key opens.
     pub fn validate(&self) -> anyhow::Result<()> {
-        self.grpc
-            .listen
-            .parse::<SocketAddr>()
-            .with_context(|| format!("grpc.listen: {:?} is not an address", self.grpc.listen))?;
-        self.http
-            .listen
-            .parse::<SocketAddr>()
-            .with_context(|| format!("http.listen: {:?} is not an address", self.http.listen))?;
-        let db = self.database_url();
-        if !(db.starts_with("postgres://") || db.starts_with("postgresql://") || db.starts_with("sqlite:")) {
-            bail!("database.url (DATABASE_URL): must start with postgres:// or sqlite:");
-        }
         if !(1..=1000).contains(&self.database.max_connections) {
             bail!("database.max_connections: must be between 1 and 1000");
-        }
-        let redis = &self.redis.url;
-        const REDIS_SCHEMES: [&str; 6] =
-            ["redis://", "rediss://", "redis+unix://", "unix://", "redis+sentinel://", "redis+cluster://"];
-        if !(redis.is_empty() || REDIS_SCHEMES.iter().any(|scheme| redis.starts_with(scheme))) {
-            bail!("redis.url (REDIS_URL): must start with one of {}", REDIS_SCHEMES.join(", "));
         }
         let t = &self.tokens;
         for (name, v) in [
@@ -375,67 +368,42 @@ impl Settings {
         if !(0..=60).contains(&t.refresh_retry_window) {
             bail!("tokens.refresh_retry_window: must be 0 (off) to 60 seconds, got {}", t.refresh_retry_window);
         }
-        if tessera_crypto::keys::Algorithm::parse(&t.signing_alg).is_none() {
-            bail!("tokens.signing_alg: must be ES256, EdDSA or RS256, got {:?}", t.signing_alg);
-        }
         self.key_encryption_key()?;
         if self.shutdown.grace_period > 3600 {
             bail!("shutdown.grace_period: at most 3600 seconds, got {}", self.shutdown.grace_period);
-        }
-        if !matches!(self.log.format.as_str(), "text" | "json") {
-            bail!("log.format: must be text or json, got {:?}", self.log.format);
-        }
-        let facade_url = &self.facade.token_service_url;
-        let facade_url_ok =
-            facade_url.is_empty() || facade_url.starts_with("http://") || facade_url.starts_with("https://");
-        if !facade_url_ok {
-            bail!("facade.token_service_url: must be an http(s) URL, got {facade_url:?}");
-        }
-        if !self.metrics.listen.is_empty() {
-            self.metrics.listen.parse::<SocketAddr>().with_context(|| {
-                format!("metrics.listen: {:?} is not an address (empty turns it off)", self.metrics.listen)
-            })?;
-        }
-        let otlp = &self.otel.endpoint;
-        if !(otlp.is_empty() || otlp.starts_with("http://") || otlp.starts_with("https://")) {
-            bail!("otel.endpoint: must be an http(s) URL such as http://jaeger:4317, got {otlp:?}");
         }
         let passwords = self.core_passwords();
         if passwords.workers > 256 || passwords.queue > 65_536 {
             bail!("passwords.workers: at most 256 and passwords.queue: at most 65536 (each worker holds 19 MiB)");
         }
-        for (name, url) in [("issuer", &self.issuer), ("http.public_url", &self.http.public_url)] {
-            if let Some(u) = url {
-                if !(u.starts_with("http://") || u.starts_with("https://")) {
-                    bail!("{name}: must be an http(s) URL, got {u:?}");
-                }
-            }
-        }
         Ok(())
     }
 
+    /// The database's URL for the driver (it may hold a password: never log it; see
+    /// [`SecretUrl::redacted`]).
     pub fn database_url(&self) -> String {
-        if self.database.url.is_empty() {
-            format!("sqlite://{}?mode=rwc", self.data_dir.join("tessera.db").display())
-        } else {
-            self.database.url.clone()
+        match &self.database.url {
+            Some(url) => url.expose().to_owned(),
+            None => format!("sqlite://{}?mode=rwc", self.data_dir.join("tessera.db").display()),
         }
     }
 
     pub fn public_url(&self) -> String {
         match &self.http.public_url {
-            Some(u) => u.trim_end_matches('/').to_owned(),
+            Some(u) => u.as_str().trim_end_matches('/').to_owned(),
             None => format!("http://{}", self.http.listen),
         }
     }
 
     /// Where a facade reaches the token service's gRPC listener.
     pub fn token_service_url(&self) -> String {
-        if !self.facade.token_service_url.is_empty() {
-            return self.facade.token_service_url.clone();
+        if let Some(url) = &self.facade.token_service_url {
+            return url.to_string();
         }
-        let listen = self.grpc.listen.replace("0.0.0.0:", "127.0.0.1:");
-        let listen = listen.replace("[::]:", "[::1]:");
+        let mut listen = self.grpc.listen;
+        if listen.ip().is_unspecified() {
+            listen.set_ip(if listen.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
+        }
         format!("http://{listen}")
     }
 
@@ -459,7 +427,7 @@ impl Settings {
     }
 
     pub fn issuer(&self) -> String {
-        self.issuer.clone().unwrap_or_else(|| self.public_url())
+        self.issuer.as_ref().map_or_else(|| self.public_url(), HttpUrl::to_string)
     }
 
     /// The parsed key-encryption key, if one is configured.
@@ -497,7 +465,7 @@ impl Settings {
         c.session_ttl = t.session_ttl;
         c.lockout_threshold = t.lockout_threshold;
         c.lockout_window = t.lockout_window;
-        c.client_cache_ttl = t.client_cache_ttl.max(0);
+        c.client_cache_ttl = i64::from(t.client_cache_ttl);
         c.refresh_retry_window = t.refresh_retry_window;
         c.default_client_id = Some(t.default_client_id.clone()).filter(|id| !id.is_empty());
         c.key_encryption_key = self.key_encryption_key()?;
@@ -506,9 +474,7 @@ impl Settings {
         if let Some(a) = &t.audience {
             c.audience = a.clone();
         }
-        if let Some(alg) = tessera_crypto::keys::Algorithm::parse(&t.signing_alg) {
-            c.signing_alg = alg;
-        }
+        c.signing_alg = t.signing_alg;
         Ok(c)
     }
 }
@@ -560,8 +526,11 @@ fn describe_errors(errors: figment::Error) -> anyhow::Error {
             // the wrong place, and a type error would quote it. Errors about names are safe.
             let names_only =
                 matches!(e.kind, Kind::UnknownField(..) | Kind::MissingField(..) | Kind::DuplicateField(..));
+            // What SecretUrl says of a bad URL quotes nothing of it.
+            let ours = matches!(&e.kind, Kind::Message(m) if m == SecretUrl::DATABASE || m == SecretUrl::REDIS);
             if SECRET_KEYS.iter().any(|s| *s == key || s.strip_prefix(key.as_str()).is_some_and(|r| r.starts_with('.')))
                 && !names_only
+                && !ours
             {
                 format!("{key}: invalid value (not shown: it may hold a secret)")
             } else if key.is_empty() {
@@ -585,6 +554,143 @@ fn without_excerpt(message: &str) -> String {
     kept.join(": ")
 }
 
+// ---------------------------------------------------------------------------------------------
+// Typed values: each parses once, when the settings load, so a `Settings` holds no value that
+// a later step could find invalid.
+
+/// An `http://` or `https://` URL, kept as written: the issuer is compared byte for byte by
+/// relying parties, so a parsed-and-reprinted form (a trailing `/` added) would break them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpUrl(String);
+
+impl HttpUrl {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for HttpUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let wrong = || format!("must be an http(s) URL such as http://host:port, got {s:?}");
+        let parsed = url::Url::parse(s).map_err(|e| format!("{} ({e})", wrong()))?;
+        if !matches!(parsed.scheme(), "http" | "https") || !parsed.has_host() {
+            return Err(wrong());
+        }
+        Ok(HttpUrl(s.to_owned()))
+    }
+}
+
+impl std::fmt::Display for HttpUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for HttpUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A store's URL, which may carry a password: `Debug` and [`SecretUrl::redacted`] hide it, and
+/// what is wrong with one is said without quoting it. [`SecretUrl::expose`] is for the driver.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    /// What a database URL must look like (said in errors instead of the value).
+    pub const DATABASE: &'static str = "must start with postgres://, postgresql:// or sqlite:";
+    /// What a Redis URL must look like.
+    pub const REDIS: &'static str = "must start with redis://, rediss://, redis+unix://, unix://, \
+         redis+sentinel:// or redis+cluster://";
+
+    /// A Postgres or SQLite URL.
+    pub fn database(url: &str) -> Result<Self, &'static str> {
+        let ok = ["postgres://", "postgresql://", "sqlite:"].iter().any(|s| url.starts_with(s));
+        ok.then(|| SecretUrl(url.to_owned())).ok_or(Self::DATABASE)
+    }
+
+    /// A Redis URL, of any topology the Redis adapter understands.
+    pub fn redis(url: &str) -> Result<Self, &'static str> {
+        let schemes = ["redis://", "rediss://", "redis+unix://", "unix://", "redis+sentinel://", "redis+cluster://"];
+        schemes.iter().any(|s| url.starts_with(s)).then(|| SecretUrl(url.to_owned())).ok_or(Self::REDIS)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with its password (and any query, which may hold one) replaced, for banners.
+    pub fn redacted(&self) -> String {
+        redact_url(&self.0)
+    }
+}
+
+impl std::fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretUrl({})", self.redacted())
+    }
+}
+
+/// `scheme://user:***@host/path?…`: the password hidden, and the query, which may carry one
+/// too (`?password=…`).
+pub fn redact_url(url: &str) -> String {
+    let (url, query) = match url.split_once('?') {
+        Some((base, _)) => (base, "?…"),
+        None => (url, ""),
+    };
+    let shown = match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((userinfo, host)) => match userinfo.split_once(':') {
+                Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+                None => url.to_owned(),
+            },
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    };
+    format!("{shown}{query}")
+}
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `""` is `None`; anything else parses as `T`.
+fn empty_is_none<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    let s = String::deserialize(d)?;
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.parse().map(Some).map_err(|e| serde::de::Error::custom(format!("{e} (empty turns it off)")))
+}
+
+fn database_url<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SecretUrl>, D::Error> {
+    let s = String::deserialize(d)?;
+    (!s.is_empty()).then(|| SecretUrl::database(&s)).transpose().map_err(serde::de::Error::custom)
+}
+
+fn redis_url<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SecretUrl>, D::Error> {
+    let s = String::deserialize(d)?;
+    (!s.is_empty()).then(|| SecretUrl::redis(&s)).transpose().map_err(serde::de::Error::custom)
+}
+
+fn signing_alg<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Algorithm, D::Error> {
+    let s = String::deserialize(d)?;
+    Algorithm::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("must be ES256, EdDSA or RS256, got {s:?}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -596,10 +702,11 @@ mod tests {
     #[test]
     fn defaults_are_the_embedded_pair_on_the_documented_ports() {
         let s = Settings::load(None, &env(&[])).unwrap();
-        assert_eq!(s.grpc.listen, "127.0.0.1:50051");
-        assert_eq!(s.http.listen, "127.0.0.1:8080");
+        assert_eq!(s.grpc.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(s.http.listen.to_string(), "127.0.0.1:8080");
         assert!(s.database_url().starts_with("sqlite://"));
-        assert!(s.redis.url.is_empty());
+        assert!(s.redis.url.is_none());
+        assert_eq!((s.log.format, s.tokens.signing_alg), (LogFormat::Text, Algorithm::Es256));
         assert_eq!(s.tokens.access_token_ttl, 3600);
         assert_eq!(s.tokens.code_ttl, 60);
     }
@@ -616,10 +723,10 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(s.grpc.listen, "0.0.0.0:6000");
+        assert_eq!(s.grpc.listen.to_string(), "0.0.0.0:6000");
         assert_eq!(s.tokens.access_token_ttl, 60);
         assert_eq!(s.database_url(), "postgres://u@h/db");
-        assert_eq!(s.redis.url, "redis://127.0.0.1:6379");
+        assert_eq!(s.redis.url.as_ref().map(SecretUrl::expose), Some("redis://127.0.0.1:6379"));
 
         let e = Settings::load(None, &env(&[("TESSERA_TOKENS__ACCESS_TOKEN_TTL", "-5")])).unwrap_err();
         assert!(e.to_string().contains("tokens.access_token_ttl"), "{e}");
@@ -633,10 +740,19 @@ mod tests {
         assert!(!format!("{e:#}").contains("c2hvcnQ="), "the bad key itself is not echoed: {e:#}");
         for url in ["redis+sentinel://s1:26379,s2:26379/mymaster", "redis+cluster://n1:7000,n2:7001"] {
             let s = Settings::load(None, &env(&[("REDIS_URL", url)])).unwrap();
-            assert_eq!(s.redis.url, url, "Sentinel and Cluster URLs are settings the Redis adapter understands");
+            let got = s.redis.url.as_ref().map(SecretUrl::expose);
+            assert_eq!(got, Some(url), "Sentinel and Cluster URLs are settings the Redis adapter understands");
         }
-        let e = Settings::load(None, &env(&[("REDIS_URL", "memcached://x")])).unwrap_err();
-        assert!(format!("{e:#}").contains("redis.url"), "{e:#}");
+        let e = Settings::load(None, &env(&[("REDIS_URL", "memcached://u:hunter2@x")])).unwrap_err();
+        assert!(format!("{e:#}").contains(&format!("redis.url: {}", SecretUrl::REDIS)), "what is wrong is said: {e:#}");
+        assert!(!format!("{e:#}").contains("hunter2"), "{e:#}");
+        let e = Settings::load(None, &env(&[("DATABASE_URL", "mysql://u:hunter2@x/db")])).unwrap_err();
+        assert!(format!("{e:#}").contains(&format!("database.url: {}", SecretUrl::DATABASE)), "{e:#}");
+        assert!(!format!("{e:#}").contains("hunter2"), "{e:#}");
+        // Debug of the settings (a panic message, a trace) hides the passwords too.
+        let s = Settings::load(None, &env(&[("DATABASE_URL", "postgres://u:hunter2@h/db?password=p2")])).unwrap();
+        let shown = format!("{s:?}");
+        assert!(shown.contains("postgres://u:***@h/db?…") && !shown.contains("hunter2") && !shown.contains("p2"));
         // A secret never shows in an error, whatever is wrong with it.
         let e =
             Settings::load(None, &env(&[("TESSERA_ADMIN__TOKEN", "1234567890123456"), ("TESSERA_ADMIN__NOPE", "1")]))
@@ -706,19 +822,61 @@ mod tests {
     #[test]
     fn metrics_listen_on_their_own_port_and_traces_go_nowhere_by_default() {
         let s = Settings::load(None, &env(&[])).unwrap();
-        assert_eq!(s.metrics.listen, "127.0.0.1:9464");
-        assert!(s.otel.endpoint.is_empty());
+        assert_eq!(s.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
+        assert!(s.otel.endpoint.is_none());
         let s = Settings::load(
             None,
             &env(&[("TESSERA_METRICS__LISTEN", ""), ("TESSERA_OTEL__ENDPOINT", "http://jaeger:4317")]),
         )
         .unwrap();
-        assert!(s.metrics.listen.is_empty(), "empty turns the listener off");
-        assert_eq!(s.otel.endpoint, "http://jaeger:4317");
+        assert!(s.metrics.listen.is_none(), "empty turns the listener off");
+        assert_eq!(s.otel.endpoint.as_ref().map(HttpUrl::as_str), Some("http://jaeger:4317"));
         let e = Settings::load(None, &env(&[("TESSERA_METRICS__LISTEN", "9464")])).unwrap_err();
         assert!(format!("{e:#}").contains("metrics.listen"), "{e:#}");
         let e = Settings::load(None, &env(&[("TESSERA_OTEL__ENDPOINT", "jaeger:4317")])).unwrap_err();
         assert!(format!("{e:#}").contains("otel.endpoint"), "{e:#}");
+    }
+
+    #[test]
+    fn values_with_a_type_are_parsed_once_and_refused_with_the_key_when_they_are_not_one() {
+        for (key, value, says) in [
+            ("TESSERA_HTTP__LISTEN", "localhost:8080", "http.listen"),
+            ("TESSERA_LOG__FORMAT", "yaml", "log.format"),
+            ("TESSERA_TOKENS__SIGNING_ALG", "HS256", "tokens.signing_alg: must be ES256, EdDSA or RS256"),
+            ("TESSERA_TOKENS__CLIENT_CACHE_TTL", "-1", "tokens.client_cache_ttl"),
+            ("TESSERA_ISSUER", "id.example.com", "issuer: must be an http(s) URL"),
+            ("TESSERA_HTTP__PUBLIC_URL", "ftp://id.example.com", "http.public_url: must be an http(s) URL"),
+        ] {
+            let e = Settings::load(None, &env(&[(key, value)])).unwrap_err();
+            assert!(format!("{e:#}").contains(says), "{key}={value}: {e:#}");
+        }
+        let s = Settings::load(
+            None,
+            &env(&[
+                ("TESSERA_TOKENS__SIGNING_ALG", "EdDSA"),
+                ("TESSERA_LOG__FORMAT", "json"),
+                ("TESSERA_ISSUER", "https://id.example.com"),
+                ("TESSERA_HTTP__LISTEN", "[::]:8443"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.core_config().unwrap().signing_alg, Algorithm::EdDsa, "no silent fallback to ES256");
+        assert_eq!(s.log.format, LogFormat::Json);
+        assert_eq!(s.issuer(), "https://id.example.com", "the issuer exactly as written, no `/` added");
+        assert_eq!(s.http.listen.port(), 8443);
+        let s = Settings::load(None, &env(&[("TESSERA_GRPC__LISTEN", "[::]:6000")])).unwrap();
+        assert_eq!(s.token_service_url(), "http://[::1]:6000");
+    }
+
+    #[test]
+    fn urls_lose_their_password_when_printed() {
+        assert_eq!(redact_url("postgres://app:s3cret@db:5432/x"), "postgres://app:***@db:5432/x");
+        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(redact_url("postgres://postgres@db/x"), "postgres://postgres@db/x");
+        assert_eq!(redact_url("redis://:pw@cache:6379"), "redis://:***@cache:6379");
+        assert_eq!(redact_url("postgres://u:p@ss@db/x"), "postgres://u:***@db/x");
+        assert_eq!(redact_url("postgres://h/db?password=s3cret&sslmode=require"), "postgres://h/db?…");
+        assert_eq!(redact_url("sqlite://data/tessera.db?mode=rwc"), "sqlite://data/tessera.db?…");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use tessera_proto::admin::v1 as adminpb;
 use tessera_proto::admin::v1::admin_service_client::AdminServiceClient;
 use tessera_proto::token::v1 as pb;
 use tessera_proto::token::v1::token_service_client::TokenServiceClient;
+pub use tessera_token_service::settings::SecretUrl;
 use tessera_token_service::settings::Settings;
 use tessera_token_service::Application;
 use tonic::transport::Channel;
@@ -51,8 +52,8 @@ impl TestApp {
         let dir = std::env::temp_dir().join(format!("tessera-e2e-{}", tessera_testkit::unique()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut settings = Settings { data_dir: dir.clone(), ..Settings::default() };
-        settings.grpc.listen = "127.0.0.1:0".into();
-        settings.metrics.listen = "127.0.0.1:0".into();
+        settings.grpc.listen = "127.0.0.1:0".parse().unwrap();
+        settings.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
         settings.admin.token = Some(ADMIN_TOKEN.to_owned().into());
         settings.demo.enabled = false;
         // Room for every burst a flow sends at once, whatever the core count: the flows count
@@ -61,7 +62,7 @@ impl TestApp {
         // Flows that check reuse detection present a rotated token at once, which the retry
         // window would answer as a retry: it is off here, and on in the tests of it.
         settings.tokens.refresh_retry_window = 0;
-        settings.issuer = Some("https://tessera.test".into());
+        settings.issuer = Some("https://tessera.test".parse().unwrap());
         let (pg, redis_keys) = match backend {
             Backend::SqliteMemory => (None, None),
             Backend::PostgresRedis => {
@@ -73,10 +74,10 @@ impl TestApp {
                     Ok(keys) => keys,
                     Err(e) => return unreachable(e),
                 };
-                settings.database.url = pg.url();
+                settings.database.url = Some(SecretUrl::database(&pg.url()).unwrap());
                 // Tests run side by side on one Postgres: each node keeps few connections.
                 settings.database.max_connections = 8;
-                settings.redis.url = tessera_testkit::redis_url();
+                settings.redis.url = Some(SecretUrl::redis(&tessera_testkit::redis_url()).unwrap());
                 settings.redis.key_prefix = keys.prefix().to_owned();
                 (Some(pg), Some(keys))
             }

@@ -143,7 +143,11 @@ mod algorithms {
     use tessera_proto::token::v1 as pb;
 
     async fn signs_and_verifies_with(alg: &str, kty: &str) {
-        let Some(app) = TestApp::spawn_with(Backend::SqliteMemory, |s| s.tokens.signing_alg = alg.into()).await else {
+        let Some(app) = TestApp::spawn_with(Backend::SqliteMemory, |s| {
+            s.tokens.signing_alg = tessera_crypto::keys::Algorithm::parse(alg).unwrap()
+        })
+        .await
+        else {
             return;
         };
         let svc = app.client(ClientSpec { id: "svc", grants: &["client_credentials"], ..Default::default() }).await;

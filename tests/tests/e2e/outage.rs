@@ -126,8 +126,9 @@ async fn a_store_outage_gives_unavailable_fails_closed_and_recovers_by_itself() 
     let redis = Proxy::start("127.0.0.1:6379").await;
     let (pg_addr, redis_addr) = (pg.addr, redis.addr);
     let Some(app) = TestApp::spawn_with(Backend::PostgresRedis, |s| {
-        s.database.url = s.database.url.replace("127.0.0.1:5432", &pg_addr.to_string());
-        s.redis.url = format!("redis://{redis_addr}");
+        s.database.url =
+            Some(SecretUrl::database(&s.database_url().replace("127.0.0.1:5432", &pg_addr.to_string())).unwrap());
+        s.redis.url = Some(SecretUrl::redis(&format!("redis://{redis_addr}")).unwrap());
     })
     .await
     else {
@@ -228,9 +229,12 @@ async fn restart_on_own_store(app: &mut TestApp) -> tessera_store::SqlStore {
         node.shutdown().await.unwrap();
     }
     let store = tessera_store::SqlStore::connect(&app.settings.database_url()).await.unwrap();
-    let ephemeral = tessera_ephemeral::RedisEphemeral::connect(&app.settings.redis.url, &app.settings.redis.key_prefix)
-        .await
-        .unwrap();
+    let ephemeral = tessera_ephemeral::RedisEphemeral::connect(
+        app.settings.redis.url.as_ref().unwrap().expose(),
+        &app.settings.redis.key_prefix,
+    )
+    .await
+    .unwrap();
     let node = tessera_token_service::Application::build_with(
         app.settings.clone(),
         Arc::new(store.clone()),
@@ -250,7 +254,8 @@ async fn while_postgres_is_silent_the_breaker_answers_at_once_and_closes_when_it
     let pg = Proxy::start("127.0.0.1:5432").await;
     let pg_addr = pg.addr;
     let Some(mut app) = TestApp::spawn_with(Backend::PostgresRedis, |s| {
-        s.database.url = s.database.url.replace("127.0.0.1:5432", &pg_addr.to_string());
+        s.database.url =
+            Some(SecretUrl::database(&s.database_url().replace("127.0.0.1:5432", &pg_addr.to_string())).unwrap());
     })
     .await
     else {
@@ -301,8 +306,10 @@ async fn a_revocation_made_while_redis_is_cut_reaches_every_node_without_client_
     use crate::revocation::until_inactive_on;
     let redis = Proxy::start("127.0.0.1:6379").await;
     let redis_addr = redis.addr;
-    let Some(app) =
-        TestApp::spawn_with(Backend::PostgresRedis, |s| s.redis.url = format!("redis://{redis_addr}")).await
+    let Some(app) = TestApp::spawn_with(Backend::PostgresRedis, |s| {
+        s.redis.url = Some(SecretUrl::redis(&format!("redis://{redis_addr}")).unwrap())
+    })
+    .await
     else {
         return;
     };

@@ -12,7 +12,7 @@ pub use tessera_http_facade::Upstream;
 use tessera_http_facade::{FacadeApplication, FacadeConfig};
 use tessera_proto::admin::v1 as admin;
 use tessera_proto::admin::v1::admin_service_client::AdminServiceClient;
-use tessera_token_service::settings::Settings;
+use tessera_token_service::settings::{SecretUrl, Settings};
 pub use tessera_token_service::Application as TokenServiceApp;
 use tessera_token_service::Application;
 use tonic::transport::Channel;
@@ -131,10 +131,10 @@ impl TestApp {
         let base = format!("http://{addr}");
 
         let mut settings = Settings { data_dir: dir.path().to_owned(), ..Settings::default() };
-        settings.grpc.listen = "127.0.0.1:0".into();
-        settings.metrics.listen = "127.0.0.1:0".into();
-        settings.http.listen = addr.to_string();
-        settings.http.public_url = Some(base.clone());
+        settings.grpc.listen = "127.0.0.1:0".parse().unwrap();
+        settings.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
+        settings.http.listen = addr;
+        settings.http.public_url = Some(base.parse().unwrap());
         settings.admin.token = Some(SecretString::from(ADMIN_TOKEN.to_owned()));
         settings.demo.enabled = false;
         // Flows that check reuse detection present a rotated token at once, which the retry
@@ -145,10 +145,10 @@ impl TestApp {
             Pair::SqliteMemory => None,
             Pair::PostgresRedis => match production_pair().await {
                 Ok((db, prefix, cleanup)) => {
-                    settings.database.url = db;
+                    settings.database.url = Some(SecretUrl::database(&db).unwrap());
                     // Tests run side by side on one Postgres: each node keeps few connections.
                     settings.database.max_connections = 8;
-                    settings.redis.url = tessera_testkit::redis_url();
+                    settings.redis.url = Some(SecretUrl::redis(&tessera_testkit::redis_url()).unwrap());
                     settings.redis.key_prefix = prefix;
                     Some(cleanup)
                 }
@@ -469,7 +469,7 @@ pub fn encode(s: &str) -> String {
 /// What the facade reads of the settings (as the `tessera` command makes it).
 pub fn facade_config(settings: &Settings) -> FacadeConfig {
     FacadeConfig {
-        listen: settings.http.listen.clone(),
+        listen: settings.http.listen.to_string(),
         public_url: settings.public_url(),
         trusted_proxies: settings.facade.trusted_proxies.clone(),
         grace_period: settings.shutdown.grace_period,
