@@ -17,6 +17,7 @@ pub mod observe;
 pub mod openapi;
 pub mod pages;
 pub mod params;
+pub mod settings;
 pub mod source;
 pub mod userinfo;
 
@@ -166,13 +167,12 @@ router! {
     Other "/static/tessera.css" => { get: stylesheet }
 }
 
-/// What the facade needs to serve. The `tessera` command makes it from the settings
-/// (`http.listen`, `http.public_url`, `facade.trusted_proxies`, `shutdown.grace_period`); the
-/// facade reads nothing else, so nothing else of the settings reaches it.
+/// What the facade needs to serve, made from its settings by [`settings::Settings::config`]
+/// (`http.listen`, `http.public_url`, `facade.trusted_proxies`, `shutdown.grace_period`).
 #[derive(Clone, Debug)]
 pub struct FacadeConfig {
     /// The listening address (port 0 picks a free port).
-    pub listen: String,
+    pub listen: SocketAddr,
     /// The URL browsers and clients use to reach the facade; `https://` makes its cookies
     /// `Secure`.
     pub public_url: String,
@@ -187,7 +187,7 @@ impl Default for FacadeConfig {
     /// believed, 20 s to finish.
     fn default() -> Self {
         FacadeConfig {
-            listen: "127.0.0.1:8080".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             public_url: "http://127.0.0.1:8080".into(),
             trusted_proxies: TrustedNetworks::none(),
             grace_period: 20,
@@ -206,7 +206,7 @@ impl FacadeApplication {
     /// Binds `config.listen` and serves, calling the token service at `grpc_endpoint` (e.g.
     /// `http://127.0.0.1:50051`).
     pub async fn build(config: FacadeConfig, grpc_endpoint: &str) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(&config.listen)
+        let listener = TcpListener::bind(config.listen)
             .with_context(|| format!("binding the HTTP listener on {}", config.listen))?;
         Self::build_with_listener(config, Upstream::grpc(grpc_endpoint)?, listener).await
     }
@@ -324,6 +324,22 @@ impl FacadeApplication {
         signal.await;
         self.stop().await
     }
+}
+
+/// The facade on its own, in front of the token service its settings name, until `signal`:
+/// what `tessera serve --only http-facade` and the `tessera-http-facade` binary run.
+pub async fn serve(settings: &settings::Settings, signal: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    let upstream = settings.token_service_url();
+    let facade = FacadeApplication::build(settings.config(), &upstream).await?;
+    let public = settings.http.public_url();
+    println!();
+    println!("Tessera's HTTP facade is running.");
+    println!("  HTTP: http://{} (public URL {public})", facade.local_addr());
+    println!("  token service: {upstream}");
+    println!("  discovery: {public}/.well-known/openid-configuration");
+    println!("  metrics (Prometheus): http://{}/metrics", facade.local_addr());
+    println!();
+    facade.run_until(signal).await.context("serving")
 }
 
 impl Drop for FacadeApplication {

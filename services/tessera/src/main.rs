@@ -8,7 +8,8 @@ use clap::Parser as _;
 use tessera::admin;
 use tessera::cli::{Cli, Command, ConfigCommand, Only};
 use tessera_http_facade::{FacadeApplication, FacadeConfig, Upstream};
-use tessera_token_service::settings::{redact_url, HttpUrl, LogFormat, ProcessEnv, SecretUrl, Settings};
+use tessera_settings::shutdown_signal;
+use tessera_token_service::settings::{redact_url, HttpUrl, ProcessEnv, SecretUrl, Settings};
 use tessera_token_service::Application;
 
 fn load(cli: &Cli) -> anyhow::Result<Settings> {
@@ -29,8 +30,17 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
-        None => serve(load(&cli)?, None).await,
-        Some(Command::Serve(args)) => serve(load(&cli)?, args.only).await,
+        None => serve(load(&cli)?, false).await,
+        // The facade alone reads only its own settings (see tessera_http_facade::settings).
+        Some(Command::Serve(args)) if args.only == Some(Only::HttpFacade) => {
+            let settings = tessera_http_facade::settings::Settings::load(cli.config.as_deref(), &ProcessEnv)?;
+            let config = tessera_http_facade::settings::telemetry(&settings.log, &settings.otel, Some(FACADE));
+            let telemetry = tessera_telemetry::init(config)?;
+            let served = tessera_http_facade::serve(&settings, shutdown_signal()).await;
+            telemetry.shutdown().await;
+            served
+        }
+        Some(Command::Serve(args)) => serve(load(&cli)?, args.only == Some(Only::TokenService)).await,
         Some(Command::Migrate) => {
             let settings = load(&cli)?;
             init_logs(&settings, None)?;
@@ -62,33 +72,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// `service.name` of the facade's spans when it runs alone, unless OTEL_SERVICE_NAME says
+/// otherwise.
+const FACADE: &str = "tessera-http-facade";
+
 /// Logs, and for a server (`service_name` set) traces: exported over OTLP when
 /// `otel.endpoint` or `OTEL_EXPORTER_OTLP_ENDPOINT` names a collector.
 fn init_logs(settings: &Settings, service_name: Option<&str>) -> anyhow::Result<tessera_telemetry::Telemetry> {
-    let format = match settings.log.format {
-        LogFormat::Json => tessera_telemetry::Format::Json,
-        LogFormat::Text => tessera_telemetry::Format::Text,
-    };
-    let export = service_name.map(|name| tessera_telemetry::ExportSettings {
-        endpoint: settings.otel.endpoint.as_ref().map(HttpUrl::to_string),
-        service_name: name.to_owned(),
-    });
-    tessera_telemetry::init(tessera_telemetry::Config { format, level: settings.log.level.clone(), export })
+    tessera_telemetry::init(tessera_http_facade::settings::telemetry(&settings.log, &settings.otel, service_name))
 }
 
-async fn serve(settings: Settings, only: Option<Only>) -> anyhow::Result<()> {
+/// The token service, alone or with the facade in front of it.
+async fn serve(settings: Settings, alone: bool) -> anyhow::Result<()> {
     // `service.name` of the spans, unless OTEL_SERVICE_NAME says otherwise.
-    let service_name = match only {
-        Some(Only::TokenService) => "tessera-token-service",
-        Some(Only::HttpFacade) => "tessera-http-facade",
-        None => "tessera",
-    };
+    let service_name = if alone { "tessera-token-service" } else { "tessera" };
     let telemetry = init_logs(&settings, Some(service_name))?;
-    let served = match only {
-        Some(Only::TokenService) => serve_token_service(settings).await,
-        Some(Only::HttpFacade) => serve_facade(settings).await,
-        None => serve_both(settings).await,
-    };
+    let served = if alone { serve_token_service(settings).await } else { serve_both(settings).await };
     // The spans of the last requests are still queued: send them before exiting.
     telemetry.shutdown().await;
     served
@@ -130,26 +129,11 @@ async fn serve_token_service(settings: Settings) -> anyhow::Result<()> {
 /// The four values of the settings the facade reads.
 fn facade_config(settings: &Settings) -> FacadeConfig {
     FacadeConfig {
-        listen: settings.http.listen.to_string(),
+        listen: settings.http.listen,
         public_url: settings.public_url(),
         trusted_proxies: settings.facade.trusted_proxies.clone(),
         grace_period: settings.shutdown.grace_period,
     }
-}
-
-/// The HTTP facade alone, in front of a token service at `facade.token_service_url`.
-async fn serve_facade(settings: Settings) -> anyhow::Result<()> {
-    let upstream = settings.token_service_url();
-    let facade = FacadeApplication::build(facade_config(&settings), &upstream).await?;
-    let public = settings.public_url();
-    println!();
-    println!("Tessera's HTTP facade is running.");
-    println!("  HTTP: http://{} (public URL {public})", facade.local_addr());
-    println!("  token service: {upstream}");
-    println!("  discovery: {public}/.well-known/openid-configuration");
-    println!("  metrics (Prometheus): http://{}/metrics", facade.local_addr());
-    println!();
-    facade.run_until(shutdown_signal()).await.context("serving")
 }
 
 /// Both services in one process: the facade calls the token service over a local channel (the
@@ -191,25 +175,4 @@ async fn serve_both(mut settings: Settings) -> anyhow::Result<()> {
     let stopped = facade.stop().await;
     app.shutdown().await.context("stopping the token service")?;
     stopped.context("stopping the HTTP facade")
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
 }

@@ -1374,7 +1374,7 @@ async fn deploy_health_checks_probes_and_the_seed_work_against_running_services(
     let app = tessera_token_service::Application::build(settings.clone()).await.expect("the token service starts");
     let grpc_addr = app.grpc_addr();
     let facade_config = tessera_http_facade::FacadeConfig {
-        listen: "127.0.0.1:0".into(),
+        listen: "127.0.0.1:0".parse().unwrap(),
         public_url: settings.public_url(),
         ..Default::default()
     };

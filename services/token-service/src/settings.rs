@@ -3,15 +3,17 @@
 //! `DATABASE_URL` / `REDIS_URL`. Invalid settings stop the process before it binds, naming
 //! the key.
 
-use crate::source::TrustedNetworks;
 use anyhow::bail;
-use figment::providers::{Format as _, Toml};
-use figment::Figment;
 use secrecy::SecretString;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use tessera_crypto::keys::Algorithm;
+use tessera_settings::{database_url, empty_is_none, redis_url};
+pub use tessera_settings::{
+    redact_url, EnvSource, FacadeSettings, GrpcSettings, HttpSettings, HttpUrl, LogFormat, LogSettings, OtelSettings,
+    ProcessEnv, SecretUrl, ShutdownSettings, CLI_VARIABLES,
+};
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -35,23 +37,6 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     pub otel: OtelSettings,
     pub passwords: PasswordSettings,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct GrpcSettings {
-    pub listen: SocketAddr,
-    /// Peers whose relayed client address (`x-tessera-client-addr`) is believed: the facades.
-    /// Defaults to loopback and the private ranges (see `source.rs`); `[]` trusts no one.
-    pub trusted_relays: TrustedNetworks,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HttpSettings {
-    pub listen: SocketAddr,
-    /// The URL browsers and clients use to reach the facade.
-    pub public_url: Option<HttpUrl>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -110,19 +95,6 @@ pub struct TokenSettings {
     pub default_client_id: String,
 }
 
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ShutdownSettings {
-    /// Seconds in-flight requests get to finish after SIGTERM before the process exits anyway.
-    pub grace_period: u64,
-}
-
-impl Default for ShutdownSettings {
-    fn default() -> Self {
-        Self { grace_period: 20 }
-    }
-}
-
 #[derive(Clone, Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct KeySettings {
@@ -147,14 +119,6 @@ pub struct DemoSettings {
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct LogSettings {
-    /// "text" or "json".
-    pub format: LogFormat,
-    pub level: String,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
 pub struct MetricsSettings {
     /// Where the token service answers `GET /metrics` (Prometheus text format) on a small
     /// HTTP/1.1 listener of its own; empty turns it off. The facade serves its own
@@ -167,28 +131,6 @@ impl Default for MetricsSettings {
     fn default() -> Self {
         Self { listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))) }
     }
-}
-
-#[derive(Clone, Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct OtelSettings {
-    /// An OTLP/gRPC collector (e.g. `http://jaeger:4317`) to export traces to. The standard
-    /// `OTEL_EXPORTER_OTLP_ENDPOINT` variable also turns export on, and wins over this key.
-    /// Neither set: no traces are exported.
-    #[serde(deserialize_with = "empty_is_none")]
-    pub endpoint: Option<HttpUrl>,
-}
-
-#[derive(Clone, Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct FacadeSettings {
-    /// The token service's gRPC URL for an HTTP facade running on its own; empty means
-    /// `http://` + `grpc.listen` (a wildcard address becomes 127.0.0.1).
-    #[serde(deserialize_with = "empty_is_none")]
-    pub token_service_url: Option<HttpUrl>,
-    /// HTTP proxies (IPs or CIDRs) in front of the facade whose `X-Forwarded-For` is believed;
-    /// empty (the default): the client is the TCP peer.
-    pub trusted_proxies: TrustedNetworks,
 }
 
 /// The password pool (DESIGN.md rule 8): each worker holds one 19 MiB Argon2 buffer while
@@ -222,21 +164,6 @@ impl Default for Settings {
             otel: OtelSettings::default(),
             passwords: PasswordSettings::default(),
         }
-    }
-}
-
-impl Default for GrpcSettings {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
-            trusted_relays: TrustedNetworks::loopback_and_private(),
-        }
-    }
-}
-
-impl Default for HttpSettings {
-    fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8080)), public_url: None }
     }
 }
 
@@ -276,64 +203,10 @@ impl Default for DemoSettings {
     }
 }
 
-impl Default for LogSettings {
-    fn default() -> Self {
-        Self { format: LogFormat::Text, level: "info".into() }
-    }
-}
-
-/// Where settings come from besides the file: the process environment in production, a map
-/// in tests (so no test ever calls `std::env::set_var`).
-pub trait EnvSource {
-    fn vars(&self) -> Vec<(String, String)>;
-}
-
-/// The process environment.
-pub struct ProcessEnv;
-
-impl EnvSource for ProcessEnv {
-    fn vars(&self) -> Vec<(String, String)> {
-        std::env::vars().collect()
-    }
-}
-
-impl EnvSource for Vec<(String, String)> {
-    fn vars(&self) -> Vec<(String, String)> {
-        self.clone()
-    }
-}
-
-/// `TESSERA_*` variables the `tessera` command reads itself (they are not settings keys).
-pub const CLI_VARIABLES: &[&str] = &["CONFIG", "PASSWORD", "ADMIN_ENDPOINT"];
-
 impl Settings {
     /// Loads settings from an optional TOML file and the environment, then validates them.
     pub fn load(file: Option<&Path>, env: &dyn EnvSource) -> anyhow::Result<Self> {
-        let mut figment = Figment::new();
-        if let Some(path) = file {
-            if !path.exists() {
-                bail!("configuration file {} does not exist", path.display());
-            }
-            figment = figment.merge(Toml::file(path));
-        }
-        let vars = env.vars();
-        // A table, not TOML text: a value can't break the syntax, a later source simply wins,
-        // and secret-bearing keys stay strings so no type error can quote them.
-        let mut overlay = toml::Table::new();
-        let tessera_vars = vars.iter().filter_map(|(key, value)| {
-            let rest = key.strip_prefix("TESSERA_")?;
-            // The command line's own variables share the prefix but are not settings.
-            (!rest.is_empty() && !CLI_VARIABLES.contains(&rest))
-                .then(|| (rest.to_lowercase().replace("__", "."), value))
-        });
-        let url_vars = [("DATABASE_URL", "database.url"), ("REDIS_URL", "redis.url")]
-            .into_iter()
-            .filter_map(|(key, path)| vars.iter().find(|(k, _)| k == key).map(|(_, v)| (path.to_owned(), v)));
-        for (path, value) in tessera_vars.chain(url_vars) {
-            insert_path(&mut overlay, &path, env_value(&path, value));
-        }
-        figment = figment.merge(figment::providers::Serialized::defaults(overlay));
-        let settings: Settings = figment.extract().map_err(describe_errors)?;
+        let settings: Settings = tessera_settings::load(file, env)?;
         settings.validate()?;
         Ok(settings)
     }
@@ -369,9 +242,7 @@ impl Settings {
             bail!("tokens.refresh_retry_window: must be 0 (off) to 60 seconds, got {}", t.refresh_retry_window);
         }
         self.key_encryption_key()?;
-        if self.shutdown.grace_period > 3600 {
-            bail!("shutdown.grace_period: at most 3600 seconds, got {}", self.shutdown.grace_period);
-        }
+        self.shutdown.check()?;
         let passwords = self.core_passwords();
         if passwords.workers > 256 || passwords.queue > 65_536 {
             bail!("passwords.workers: at most 256 and passwords.queue: at most 65536 (each worker holds 19 MiB)");
@@ -389,22 +260,12 @@ impl Settings {
     }
 
     pub fn public_url(&self) -> String {
-        match &self.http.public_url {
-            Some(u) => u.as_str().trim_end_matches('/').to_owned(),
-            None => format!("http://{}", self.http.listen),
-        }
+        self.http.public_url()
     }
 
     /// Where a facade reaches the token service's gRPC listener.
     pub fn token_service_url(&self) -> String {
-        if let Some(url) = &self.facade.token_service_url {
-            return url.to_string();
-        }
-        let mut listen = self.grpc.listen;
-        if listen.ip().is_unspecified() {
-            listen.set_ip(if listen.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
-        }
-        format!("http://{listen}")
+        tessera_settings::token_service_url(&self.grpc, &self.facade)
     }
 
     /// Where the generated admin credential is kept when `admin.token` is not set.
@@ -477,213 +338,6 @@ impl Settings {
         c.signing_alg = t.signing_alg;
         Ok(c)
     }
-}
-
-/// Settings whose values are secrets or may hold one (a password in a URL).
-const SECRET_KEYS: [&str; 4] = ["admin.token", "keys.encryption_key", "database.url", "redis.url"];
-
-/// An environment value as a TOML value: numbers and booleans as such, anything else (and
-/// every secret) a string.
-fn env_value(path: &str, v: &str) -> toml::Value {
-    if SECRET_KEYS.contains(&path) {
-        return toml::Value::String(v.to_owned());
-    }
-    if let Ok(n) = v.parse::<i64>() {
-        toml::Value::Integer(n)
-    } else if let Ok(b) = v.parse::<bool>() {
-        toml::Value::Boolean(b)
-    } else {
-        toml::Value::String(v.to_owned())
-    }
-}
-
-/// Sets `a.b.c` in a table, creating the intermediate tables.
-fn insert_path(table: &mut toml::Table, path: &str, value: toml::Value) {
-    match path.split_once('.') {
-        None => {
-            table.insert(path.to_owned(), value);
-        }
-        Some((head, rest)) => {
-            let entry = table.entry(head.to_owned()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            if !entry.is_table() {
-                *entry = toml::Value::Table(toml::Table::new());
-            }
-            if let toml::Value::Table(inner) = entry {
-                insert_path(inner, rest, value);
-            }
-        }
-    }
-}
-
-/// Every configuration error, naming its key; the value of a secret key is never shown.
-fn describe_errors(errors: figment::Error) -> anyhow::Error {
-    use figment::error::Kind;
-    let lines: Vec<String> = errors
-        .into_iter()
-        .map(|e| {
-            let key = e.path.join(".");
-            // A table that holds a secret counts too: `redis = "redis://:pw@…"` is a URL in
-            // the wrong place, and a type error would quote it. Errors about names are safe.
-            let names_only =
-                matches!(e.kind, Kind::UnknownField(..) | Kind::MissingField(..) | Kind::DuplicateField(..));
-            // What SecretUrl says of a bad URL quotes nothing of it.
-            let ours = matches!(&e.kind, Kind::Message(m) if m == SecretUrl::DATABASE || m == SecretUrl::REDIS);
-            if SECRET_KEYS.iter().any(|s| *s == key || s.strip_prefix(key.as_str()).is_some_and(|r| r.starts_with('.')))
-                && !names_only
-                && !ours
-            {
-                format!("{key}: invalid value (not shown: it may hold a secret)")
-            } else if key.is_empty() {
-                without_excerpt(&e.kind.to_string())
-            } else {
-                format!("{key}: {}", e.kind)
-            }
-        })
-        .collect();
-    anyhow::anyhow!("invalid configuration: {}", lines.join("; "))
-}
-
-/// A TOML syntax error without the excerpt of the file it carries: the broken line may be the
-/// one that holds a secret (a missing closing quote, say). The position and the complaint stay.
-fn without_excerpt(message: &str) -> String {
-    let kept: Vec<&str> = message
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with(|c: char| c == '|' || c.is_ascii_digit()))
-        .collect();
-    kept.join(": ")
-}
-
-// ---------------------------------------------------------------------------------------------
-// Typed values: each parses once, when the settings load, so a `Settings` holds no value that
-// a later step could find invalid.
-
-/// An `http://` or `https://` URL, kept as written: the issuer is compared byte for byte by
-/// relying parties, so a parsed-and-reprinted form (a trailing `/` added) would break them.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HttpUrl(String);
-
-impl HttpUrl {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::str::FromStr for HttpUrl {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let wrong = || format!("must be an http(s) URL such as http://host:port, got {s:?}");
-        let parsed = url::Url::parse(s).map_err(|e| format!("{} ({e})", wrong()))?;
-        if !matches!(parsed.scheme(), "http" | "https") || !parsed.has_host() {
-            return Err(wrong());
-        }
-        Ok(HttpUrl(s.to_owned()))
-    }
-}
-
-impl std::fmt::Display for HttpUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for HttpUrl {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-/// A store's URL, which may carry a password: `Debug` and [`SecretUrl::redacted`] hide it, and
-/// what is wrong with one is said without quoting it. [`SecretUrl::expose`] is for the driver.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecretUrl(String);
-
-impl SecretUrl {
-    /// What a database URL must look like (said in errors instead of the value).
-    pub const DATABASE: &'static str = "must start with postgres://, postgresql:// or sqlite:";
-    /// What a Redis URL must look like.
-    pub const REDIS: &'static str = "must start with redis://, rediss://, redis+unix://, unix://, \
-         redis+sentinel:// or redis+cluster://";
-
-    /// A Postgres or SQLite URL.
-    pub fn database(url: &str) -> Result<Self, &'static str> {
-        let ok = ["postgres://", "postgresql://", "sqlite:"].iter().any(|s| url.starts_with(s));
-        ok.then(|| SecretUrl(url.to_owned())).ok_or(Self::DATABASE)
-    }
-
-    /// A Redis URL, of any topology the Redis adapter understands.
-    pub fn redis(url: &str) -> Result<Self, &'static str> {
-        let schemes = ["redis://", "rediss://", "redis+unix://", "unix://", "redis+sentinel://", "redis+cluster://"];
-        schemes.iter().any(|s| url.starts_with(s)).then(|| SecretUrl(url.to_owned())).ok_or(Self::REDIS)
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// The URL with its password (and any query, which may hold one) replaced, for banners.
-    pub fn redacted(&self) -> String {
-        redact_url(&self.0)
-    }
-}
-
-impl std::fmt::Debug for SecretUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SecretUrl({})", self.redacted())
-    }
-}
-
-/// `scheme://user:***@host/path?…`: the password hidden, and the query, which may carry one
-/// too (`?password=…`).
-pub fn redact_url(url: &str) -> String {
-    let (url, query) = match url.split_once('?') {
-        Some((base, _)) => (base, "?…"),
-        None => (url, ""),
-    };
-    let shown = match url.split_once("://") {
-        Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((userinfo, host)) => match userinfo.split_once(':') {
-                Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
-                None => url.to_owned(),
-            },
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    };
-    format!("{shown}{query}")
-}
-
-/// How logs are written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-/// `""` is `None`; anything else parses as `T`.
-fn empty_is_none<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: std::str::FromStr,
-    T::Err: std::fmt::Display,
-{
-    let s = String::deserialize(d)?;
-    if s.is_empty() {
-        return Ok(None);
-    }
-    s.parse().map(Some).map_err(|e| serde::de::Error::custom(format!("{e} (empty turns it off)")))
-}
-
-fn database_url<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SecretUrl>, D::Error> {
-    let s = String::deserialize(d)?;
-    (!s.is_empty()).then(|| SecretUrl::database(&s)).transpose().map_err(serde::de::Error::custom)
-}
-
-fn redis_url<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SecretUrl>, D::Error> {
-    let s = String::deserialize(d)?;
-    (!s.is_empty()).then(|| SecretUrl::redis(&s)).transpose().map_err(serde::de::Error::custom)
 }
 
 fn signing_alg<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Algorithm, D::Error> {

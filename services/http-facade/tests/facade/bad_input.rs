@@ -366,7 +366,7 @@ async fn every_json_endpoint_answers_bad_input_with_the_rfc_error_as_json(pair: 
 async fn every_json_endpoint_answers_503_json_when_the_token_service_is_down() {
     // A port that was free a moment ago: nothing listens there.
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let config = tessera_http_facade::FacadeConfig { listen: "127.0.0.1:0".into(), ..Default::default() };
+    let config = tessera_http_facade::FacadeConfig { listen: "127.0.0.1:0".parse().unwrap(), ..Default::default() };
     let facade = tessera_http_facade::FacadeApplication::build(config, &format!("http://{dead}")).await.unwrap();
     let base = format!("http://{}", facade.local_addr());
     let http = plain_client();

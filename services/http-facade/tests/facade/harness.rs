@@ -469,7 +469,7 @@ pub fn encode(s: &str) -> String {
 /// What the facade reads of the settings (as the `tessera` command makes it).
 pub fn facade_config(settings: &Settings) -> FacadeConfig {
     FacadeConfig {
-        listen: settings.http.listen.to_string(),
+        listen: settings.http.listen,
         public_url: settings.public_url(),
         trusted_proxies: settings.facade.trusted_proxies.clone(),
         grace_period: settings.shutdown.grace_period,

@@ -13,4 +13,5 @@ mod malformed;
 mod metrics;
 mod openapi;
 mod passwords;
+mod standalone;
 mod traces;

@@ -1,0 +1,37 @@
+//! `tessera-http-facade`: the HTTP facade alone, in front of a token service reached over gRPC
+//! at `facade.token_service_url`. It reads only the facade's settings
+//! ([`tessera_http_facade::settings`]) and links none of the token service's stores or their
+//! drivers; `tessera serve --only http-facade` runs the same code from the all-in-one binary.
+
+use clap::Parser;
+use std::path::PathBuf;
+use tessera_http_facade::settings::{ProcessEnv, Settings};
+
+#[derive(Parser)]
+#[command(name = "tessera-http-facade", version, about = "Tessera's HTTP facade, on its own")]
+struct Cli {
+    /// A TOML configuration file (environment variables TESSERA_SECTION__KEY override it).
+    #[arg(long, short, env = "TESSERA_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = Settings::load(cli.config.as_deref(), &ProcessEnv)?;
+    let config = tessera_http_facade::settings::telemetry(&settings.log, &settings.otel, Some("tessera-http-facade"));
+    let telemetry = tessera_telemetry::init(config)?;
+    let served = tessera_http_facade::serve(&settings, tessera_settings::shutdown_signal()).await;
+    // The spans of the last requests are still queued: send them before exiting.
+    telemetry.shutdown().await;
+    served
+}
