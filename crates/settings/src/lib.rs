@@ -91,7 +91,9 @@ pub const CLI_VARIABLES: &[&str] = &["CONFIG", "PASSWORD", "ADMIN_ENDPOINT"];
 pub struct GrpcSettings {
     pub listen: SocketAddr,
     /// Peers whose relayed client address (`x-tessera-client-addr`) is believed: the facades.
-    /// Defaults to loopback and the private ranges (see `source.rs`); `[]` trusts no one.
+    /// Defaults to loopback and the private ranges (see the token service's `source.rs`); `[]`
+    /// trusts no one over the network (a facade in the token service's own process, on the
+    /// local channel, is always believed).
     pub trusted_relays: TrustedNetworks,
 }
 
@@ -165,6 +167,22 @@ pub struct FacadeSettings {
     /// HTTP proxies (IPs or CIDRs) in front of the facade whose `X-Forwarded-For` is believed;
     /// empty (the default): the client is the TCP peer.
     pub trusted_proxies: TrustedNetworks,
+}
+
+impl LogSettings {
+    /// Logs as this section says, and for a server (`service_name` set) traces: exported over
+    /// OTLP when `otel.endpoint` or `OTEL_EXPORTER_OTLP_ENDPOINT` names a collector.
+    pub fn telemetry(&self, otel: &OtelSettings, service_name: Option<&str>) -> tessera_telemetry::Config {
+        let format = match self.format {
+            LogFormat::Json => tessera_telemetry::Format::Json,
+            LogFormat::Text => tessera_telemetry::Format::Text,
+        };
+        let export = service_name.map(|name| tessera_telemetry::ExportSettings {
+            endpoint: otel.endpoint.as_ref().map(ToString::to_string),
+            service_name: name.to_owned(),
+        });
+        tessera_telemetry::Config { format, level: self.level.clone(), export }
+    }
 }
 
 impl ShutdownSettings {
@@ -304,8 +322,11 @@ impl std::str::FromStr for HttpUrl {
 
     fn from_str(s: &str) -> Result<Self, String> {
         let wrong = || format!("must be an http(s) URL such as http://host:port, got {s:?}");
+        // The text is what is kept: it must be the URL as it parses, nothing trimmed around it.
+        let literal = (s.starts_with("http://") || s.starts_with("https://"))
+            && !s.chars().any(|c| c.is_whitespace() || c.is_control());
         let parsed = url::Url::parse(s).map_err(|e| format!("{} ({e})", wrong()))?;
-        if !matches!(parsed.scheme(), "http" | "https") || !parsed.has_host() {
+        if !literal || !parsed.has_host() {
             return Err(wrong());
         }
         Ok(HttpUrl(s.to_owned()))

@@ -1,7 +1,9 @@
 //! Helpers shared by Tessera's test suites, and only by them: the one policy for a missing
-//! test dependency (fail under `CI`, skip loudly elsewhere), a fresh Postgres database per
-//! test, a Redis key prefix per test, and a process-wide TRACE log to search for leaked
-//! secrets. It depends on no other Tessera crate, so every crate may use it in its tests.
+//! test dependency (fail under `CI`, skip loudly elsewhere), the two backend pairs every flow
+//! runs against and the macro that stamps a flow out for both, a fresh Postgres database per
+//! test, a Redis key prefix per test, the admin credential of test nodes, and a process-wide
+//! TRACE log to search for leaked secrets. It depends on no other Tessera crate, so every crate
+//! may use it in its tests.
 
 use sea_orm::{ConnectionTrait as _, Database, DatabaseConnection};
 use std::fmt::Display;
@@ -36,6 +38,72 @@ pub fn skip_or_fail(what: impl Display) {
     let _ = writeln!(err, "\n********************************************************************");
     let _ = writeln!(err, "SKIPPED: {what}");
     let _ = writeln!(err, "********************************************************************\n");
+}
+
+/// The two backend pairs every flow runs against (DESIGN.md rule 3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pair {
+    /// SQLite + the in-memory store: the embedded default, always available.
+    SqliteMemory,
+    /// Postgres + Redis: production's pair, on the machine's servers ([`ProductionStores`]).
+    PostgresRedis,
+}
+
+/// Stamps out, for each flow named, `sqlite_memory::<flow>` and `postgres_redis::<flow>`: tests
+/// that call `$run(Pair::…, super::<flow>)`. The flows are functions of the module the macro is
+/// invoked in; `$run` is the harness's, and starts what the flow needs on that pair.
+#[macro_export]
+macro_rules! both_pairs {
+    ($run:path; $($name:ident),* $(,)?) => {
+        mod sqlite_memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    $run($crate::Pair::SqliteMemory, super::$name).await
+                }
+            )*
+        }
+        mod postgres_redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    $run($crate::Pair::PostgresRedis, super::$name).await
+                }
+            )*
+        }
+    };
+}
+
+/// The admin credential the test suites give their token services.
+pub const ADMIN_TOKEN: &str = "test-admin-credential-0123456789";
+
+/// Postgres and Redis for one test: a database and a key prefix of its own, both removed when
+/// this value is dropped.
+pub struct ProductionStores {
+    database: PgDatabase,
+    redis: RedisKeys,
+}
+
+impl ProductionStores {
+    /// A database named `<name>_…` and a key prefix `<name>:…:`; why not, when either server
+    /// does not answer.
+    pub async fn reserve(name: &str) -> Result<Self, String> {
+        let database = PgDatabase::create(name).await?;
+        let redis = RedisKeys::reserve(&name.replace('_', "-")).await?;
+        Ok(ProductionStores { database, redis })
+    }
+
+    pub fn database_url(&self) -> String {
+        self.database.url()
+    }
+
+    pub fn redis_url(&self) -> String {
+        redis_url()
+    }
+
+    pub fn key_prefix(&self) -> &str {
+        self.redis.prefix()
+    }
 }
 
 /// A short random hex string for names that must not collide between tests.

@@ -21,6 +21,9 @@ use tonic_health::pb::health_client::HealthClient;
 /// The largest gRPC answer accepted.
 const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
+/// The longest any call may take, over either transport (then DEADLINE_EXCEEDED: a 503).
+const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Where the token service is.
 #[derive(Clone, Debug)]
 pub enum Upstream {
@@ -31,12 +34,13 @@ pub enum Upstream {
 }
 
 impl Upstream {
-    /// A token service at `url`, waited for at most 2 s to connect and 15 s to answer.
+    /// A token service at `url`, waited for at most 2 s to connect and [`CALL_TIMEOUT`] to
+    /// answer.
     pub fn grpc(url: &str) -> anyhow::Result<Self> {
         let endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(|e| anyhow::anyhow!("the token service URL {url:?} is invalid: {e}"))?
             .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(15))
+            .timeout(CALL_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true);
@@ -93,7 +97,12 @@ impl Service<http::Request<BoxBody>> for Transport {
                 let answer = channel.call(request);
                 Box::pin(async move { answer.await.map_err(Into::into) })
             }
-            Transport::Local(channel) => channel.call(request),
+            Transport::Local(channel) => {
+                let answer = tokio::time::timeout(CALL_TIMEOUT, channel.call(request));
+                Box::pin(async move {
+                    answer.await.unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in time").into()))
+                })
+            }
         }
     }
 }

@@ -5,7 +5,6 @@
 
 use clap::Parser;
 use std::path::PathBuf;
-use tessera_http_facade::settings::{ProcessEnv, Settings};
 
 #[derive(Parser)]
 #[command(name = "tessera-http-facade", version, about = "Tessera's HTTP facade, on its own")]
@@ -27,11 +26,5 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let settings = Settings::load(cli.config.as_deref(), &ProcessEnv)?;
-    let config = tessera_http_facade::settings::telemetry(&settings.log, &settings.otel, Some("tessera-http-facade"));
-    let telemetry = tessera_telemetry::init(config)?;
-    let served = tessera_http_facade::serve(&settings, tessera_settings::shutdown_signal()).await;
-    // The spans of the last requests are still queued: send them before exiting.
-    telemetry.shutdown().await;
-    served
+    tessera_http_facade::settings::run_alone(cli.config.as_deref()).await
 }

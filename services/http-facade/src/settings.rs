@@ -14,16 +14,15 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 use std::path::Path;
 pub use tessera_settings::{EnvSource, ProcessEnv};
-use tessera_settings::{
-    FacadeSettings, GrpcSettings, HttpSettings, LogFormat, LogSettings, OtelSettings, ShutdownSettings,
-};
+use tessera_settings::{FacadeSettings, GrpcSettings, HttpSettings, LogSettings, OtelSettings, ShutdownSettings};
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     pub http: HttpSettings,
     pub facade: FacadeSettings,
-    /// Only `grpc.listen`, for the default `facade.token_service_url`.
+    /// For `grpc.listen`, the default `facade.token_service_url` (its `trusted_relays` are
+    /// parsed too, and not used).
     pub grpc: GrpcSettings,
     pub shutdown: ShutdownSettings,
     pub log: LogSettings,
@@ -51,12 +50,7 @@ impl Settings {
 
     /// What [`crate::FacadeApplication`] is built from.
     pub fn config(&self) -> FacadeConfig {
-        FacadeConfig {
-            listen: self.http.listen,
-            public_url: self.http.public_url(),
-            trusted_proxies: self.facade.trusted_proxies.clone(),
-            grace_period: self.shutdown.grace_period,
-        }
+        FacadeConfig::from_sections(&self.http, &self.facade, &self.shutdown)
     }
 
     /// The token service's gRPC URL.
@@ -65,20 +59,34 @@ impl Settings {
     }
 }
 
-/// Logs, and for a server (`service_name` set) traces, as `log` and `otel` say: exported over
-/// OTLP when `otel.endpoint` or `OTEL_EXPORTER_OTLP_ENDPOINT` names a collector. For both
-/// services, which share these sections.
-pub fn telemetry(log: &LogSettings, otel: &OtelSettings, service_name: Option<&str>) -> tessera_telemetry::Config {
-    let format = match log.format {
-        LogFormat::Json => tessera_telemetry::Format::Json,
-        LogFormat::Text => tessera_telemetry::Format::Text,
-    };
-    let export = service_name.map(|name| tessera_telemetry::ExportSettings {
-        endpoint: otel.endpoint.as_ref().map(ToString::to_string),
-        service_name: name.to_owned(),
-    });
-    tessera_telemetry::Config { format, level: log.level.clone(), export }
+impl FacadeConfig {
+    /// From the sections of the settings the facade reads, whichever service's settings hold
+    /// them.
+    pub fn from_sections(http: &HttpSettings, facade: &FacadeSettings, shutdown: &ShutdownSettings) -> Self {
+        FacadeConfig {
+            listen: http.listen,
+            public_url: http.public_url(),
+            trusted_proxies: facade.trusted_proxies.clone(),
+            grace_period: shutdown.grace_period,
+        }
+    }
 }
+
+/// The facade alone, as its settings (from `config`, a TOML file, and the environment) say,
+/// until SIGTERM or Ctrl-C: the `tessera-http-facade` binary, and `tessera serve --only
+/// http-facade`.
+pub async fn run_alone(config: Option<&Path>) -> anyhow::Result<()> {
+    let settings = Settings::load(config, &ProcessEnv)?;
+    let telemetry = tessera_telemetry::init(settings.log.telemetry(&settings.otel, Some(SERVICE_NAME)))?;
+    let served = crate::serve(&settings, tessera_settings::shutdown_signal()).await;
+    // The spans of the last requests are still queued: send them before exiting.
+    telemetry.shutdown().await;
+    served
+}
+
+/// `service.name` of the facade's spans when it runs alone, unless OTEL_SERVICE_NAME says
+/// otherwise.
+pub const SERVICE_NAME: &str = "tessera-http-facade";
 
 #[cfg(test)]
 mod tests {

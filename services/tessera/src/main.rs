@@ -33,12 +33,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         None => serve(load(&cli)?, false).await,
         // The facade alone reads only its own settings (see tessera_http_facade::settings).
         Some(Command::Serve(args)) if args.only == Some(Only::HttpFacade) => {
-            let settings = tessera_http_facade::settings::Settings::load(cli.config.as_deref(), &ProcessEnv)?;
-            let config = tessera_http_facade::settings::telemetry(&settings.log, &settings.otel, Some(FACADE));
-            let telemetry = tessera_telemetry::init(config)?;
-            let served = tessera_http_facade::serve(&settings, shutdown_signal()).await;
-            telemetry.shutdown().await;
-            served
+            tessera_http_facade::settings::run_alone(cli.config.as_deref()).await
         }
         Some(Command::Serve(args)) => serve(load(&cli)?, args.only == Some(Only::TokenService)).await,
         Some(Command::Migrate) => {
@@ -72,14 +67,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// `service.name` of the facade's spans when it runs alone, unless OTEL_SERVICE_NAME says
-/// otherwise.
-const FACADE: &str = "tessera-http-facade";
-
 /// Logs, and for a server (`service_name` set) traces: exported over OTLP when
 /// `otel.endpoint` or `OTEL_EXPORTER_OTLP_ENDPOINT` names a collector.
 fn init_logs(settings: &Settings, service_name: Option<&str>) -> anyhow::Result<tessera_telemetry::Telemetry> {
-    tessera_telemetry::init(tessera_http_facade::settings::telemetry(&settings.log, &settings.otel, service_name))
+    tessera_telemetry::init(settings.log.telemetry(&settings.otel, service_name))
 }
 
 /// The token service, alone or with the facade in front of it.
@@ -126,16 +117,6 @@ async fn serve_token_service(settings: Settings) -> anyhow::Result<()> {
     app.run_until(shutdown_signal()).await.context("serving")
 }
 
-/// The four values of the settings the facade reads.
-fn facade_config(settings: &Settings) -> FacadeConfig {
-    FacadeConfig {
-        listen: settings.http.listen,
-        public_url: settings.public_url(),
-        trusted_proxies: settings.facade.trusted_proxies.clone(),
-        grace_period: settings.shutdown.grace_period,
-    }
-}
-
 /// Both services in one process: the facade calls the token service over a local channel (the
 /// same services as its gRPC port, without the socket).
 async fn serve_both(mut settings: Settings) -> anyhow::Result<()> {
@@ -149,7 +130,12 @@ async fn serve_both(mut settings: Settings) -> anyhow::Result<()> {
     }
     let app = Application::build(settings.clone()).await?;
     let upstream = Upstream::Local(app.local_channel());
-    let facade = FacadeApplication::build_with_listener(facade_config(&settings), upstream, listener).await?;
+    let facade = FacadeApplication::build_with_listener(
+        FacadeConfig::from_sections(&settings.http, &settings.facade, &settings.shutdown),
+        upstream,
+        listener,
+    )
+    .await?;
     let public = settings.public_url();
     println!();
     println!("Tessera is running.");

@@ -111,6 +111,12 @@ fn assert_tessera_accepts(args: &[String], env: &Env, what: &str) {
         panic!("{what}: `tessera {}` is not a command line the binary accepts:\n{e}", args.join(" "));
     }
     load_settings(env, what);
+    if args.iter().map(String::as_str).eq(["serve", "--only", "http-facade"]) {
+        let vars: Vec<(String, String)> = env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        if let Err(e) = tessera_http_facade::settings::Settings::load(None, &vars) {
+            panic!("{what}: the facade's own settings loader refuses its environment: {e:#}");
+        }
+    }
 }
 
 /// Loads a Tessera process's environment through the settings loader, which refuses unknown
@@ -369,14 +375,27 @@ impl Dockerfile {
 
 /// docker-compose.yml with its anchors and merge keys applied, its variables interpolated and
 /// its schema checked, by Debian's docker-compose; `None` (after a loud SKIPPED) without it.
+/// That docker-compose (1.29) predates the top-level `name`, which the file keeps so that the
+/// volumes are named the same wherever it is checked out: it reads the file without that line.
 fn compose() -> Option<Value> {
     if !tool_exists("docker-compose", "version") {
         missing_tool("docker-compose", "apt-get install -y docker-compose");
         return None;
     }
+    let source = read("docker-compose.yml");
+    let written: Value = serde_yaml::from_str(&source).expect("docker-compose.yml is YAML");
+    assert_eq!(text(at(&written, &["name"])).as_deref(), Some("tessera"), "the project is named tessera");
+    let without_name: String = source.lines().filter(|l| *l != "name: tessera").map(|l| format!("{l}\n")).collect();
+    let scratch = tempfile::tempdir().expect("a scratch directory");
+    let file = scratch.path().join("docker-compose.yml");
+    std::fs::write(&file, without_name).expect("writing the copy");
     // Nothing of this process's environment: what the file needs, it must say itself.
     let out = Command::new("docker-compose")
-        .args(["--file", "docker-compose.yml", "config"])
+        .arg("--project-directory")
+        .arg(root())
+        .arg("--file")
+        .arg(&file)
+        .arg("config")
         .current_dir(root())
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -1537,6 +1556,17 @@ async fn deploy_health_checks_probes_and_the_seed_work_against_running_services(
     app.shutdown().await.expect("the token service stops");
 }
 
+/// Command lines as the recording `tessera`s write them: one a line, each word ended by NUL.
+fn command_lines(log: &[u8]) -> Vec<Vec<String>> {
+    log.split(|b| *b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(|line| {
+            let words = line.strip_suffix(b"\0").unwrap_or(line);
+            words.split(|b| *b == 0).map(|w| String::from_utf8_lossy(w).into_owned()).collect()
+        })
+        .collect()
+}
+
 /// The variable of the seed's environment that holds the token service's gRPC URL.
 const SEED_ENDPOINT: &str = "SEED_ENDPOINT";
 
@@ -1576,14 +1606,7 @@ impl CommandLog {
 
     /// The argvs recorded (without the program's name), in order.
     fn lines(&self) -> Vec<Vec<String>> {
-        let log = std::fs::read(self.file()).unwrap_or_default();
-        log.split(|b| *b == b'\n')
-            .filter(|line| !line.is_empty())
-            .map(|line| {
-                let words = line.strip_suffix(b"\0").unwrap_or(line);
-                words.split(|b| *b == 0).map(|w| String::from_utf8_lossy(w).into_owned()).collect()
-            })
-            .collect()
+        command_lines(&std::fs::read(self.file()).unwrap_or_default())
     }
 }
 
@@ -1655,13 +1678,7 @@ cargo() {
             .expect("running bash");
         assert_ne!(out.status.code(), Some(124), "a README block did not finish in 10 s:\n{block}");
     }
-    let recorded = std::fs::read(&log).unwrap_or_default();
-    let lines: Vec<Vec<String>> = recorded
-        .split(|b| *b == b'\n')
-        .filter(|line| !line.is_empty())
-        .map(|line| line.strip_suffix(b"\0").unwrap_or(line).split(|b| *b == 0))
-        .map(|words| words.map(|w| String::from_utf8_lossy(w).into_owned()).collect())
-        .collect();
+    let lines = command_lines(&std::fs::read(&log).unwrap_or_default());
     assert!(expected >= 10, "the README shows at least ten command lines, found {expected}");
     assert_eq!(lines.len(), expected, "bash ran every command line of the README: {lines:?}");
     for argv in &lines {

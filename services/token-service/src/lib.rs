@@ -79,8 +79,10 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
 
 /// The local channel over `routes`, with the server's own layer: each call is a task of the
 /// current runtime, as a call over the network is a task of the server's, and is cancelled
-/// when its caller gives up on it, as a reset HTTP/2 stream is. Once `open` is false (the
-/// service is shutting down) calls fail as UNAVAILABLE, as a closed port would.
+/// when its caller gives up on it, as a reset HTTP/2 stream is, or when the deadline its
+/// `grpc-timeout` sets has passed (DEADLINE_EXCEEDED), as tonic's server does. Once `open` is
+/// false (the service is shutting down) calls fail as UNAVAILABLE, as a closed port would; a
+/// task that ends without an answer (it panicked) is UNAVAILABLE too, as a broken stream is.
 fn local_channel(routes: tonic::service::Routes, open: Arc<AtomicBool>) -> LocalChannel {
     use tower_layer::Layer as _;
     use tower_service::Service as _;
@@ -91,13 +93,37 @@ fn local_channel(routes: tonic::service::Routes, open: Arc<AtomicBool>) -> Local
             let stopped = tonic::Status::unavailable("the token service has stopped");
             return Box::pin(std::future::ready(Err(stopped.into())));
         }
+        let deadline = grpc_timeout(request.headers());
         let task = AbortOnDrop(runtime.spawn(service.clone().call(request)));
         Box::pin(async move {
-            match task.await {
+            let joined = match deadline {
+                Some(deadline) => match tokio::time::timeout(deadline, task).await {
+                    Ok(joined) => joined,
+                    Err(_) => return Err(tonic::Status::deadline_exceeded("the call ran past its deadline").into()),
+                },
+                None => task.await,
+            };
+            match joined {
                 Ok(answer) => answer,
-                Err(e) => Err(e.into()),
+                Err(_) => Err(tonic::Status::unavailable("the token service's task ended without an answer").into()),
             }
         })
+    })
+}
+
+/// The deadline a caller set in `grpc-timeout` (gRPC over HTTP/2: at most 8 digits and a unit).
+fn grpc_timeout(headers: &tonic::codegen::http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
     })
 }
 
@@ -248,7 +274,9 @@ impl Application {
 
     /// The same services as [`Self::grpc_addr`] serves, for a facade in this process: no
     /// socket, no HTTP/2 framing. Calls run on this runtime (the one that built the
-    /// application), whatever thread makes them, and keep working until it is dropped.
+    /// application), whatever thread makes them, until the service shuts down; from then on
+    /// they fail as UNAVAILABLE. Stop a facade in this process before the service, so that
+    /// its requests in flight finish.
     pub fn local_channel(&self) -> LocalChannel {
         self.local.clone()
     }
@@ -267,8 +295,9 @@ impl Application {
         self.demo.as_ref()
     }
 
-    /// Stops accepting, lets in-flight calls finish (for at most the grace period), and
-    /// returns when the server has stopped.
+    /// Stops accepting, lets in-flight calls over the network finish (for at most the grace
+    /// period), and returns when the server has stopped. The local channel refuses new calls
+    /// at once; calls already made over it are not waited for.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.local_open.store(false, Ordering::Release);
         if let Some(tx) = self.shutdown.take() {
@@ -405,4 +434,28 @@ async fn seed_demo(tessera: &Tessera, settings: &Settings) -> anyhow::Result<Dem
     write_private(&settings.data_dir.join("demo-client-secret"), secret.expose())?;
     write_private(&settings.data_dir.join("demo-user-password"), password.expose())?;
     Ok(DemoCredentials { client_id: created.client.id, client_secret: secret, username: "demo".into(), password })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_callers_grpc_timeout_is_its_deadline_on_the_local_channel() {
+        let deadline = |v: &str| {
+            let mut headers = tonic::codegen::http::HeaderMap::new();
+            headers.insert("grpc-timeout", v.parse().unwrap());
+            grpc_timeout(&headers)
+        };
+        assert_eq!(deadline("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(deadline("1500m"), Some(Duration::from_millis(1500)));
+        assert_eq!(deadline("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(deadline("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(deadline("250u"), Some(Duration::from_micros(250)));
+        assert_eq!(deadline("10n"), Some(Duration::from_nanos(10)));
+        for bad in ["", "S", "2", "2s", "-1S", "x1S"] {
+            assert_eq!(deadline(bad), None, "{bad:?}");
+        }
+        assert_eq!(grpc_timeout(&tonic::codegen::http::HeaderMap::new()), None);
+    }
 }

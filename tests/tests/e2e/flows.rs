@@ -1,4 +1,4 @@
-//! The flows, each written once; `main.rs` runs them against both backend pairs.
+//! The flows, each written once and run against both backend pairs by the macro below.
 
 use crate::harness::*;
 use futures::future::join_all;
@@ -6,6 +6,49 @@ use tessera_core::ErrorCode;
 use tessera_proto::admin::v1 as adminpb;
 use tessera_proto::token::v1 as pb;
 use tessera_proto::token::v1::authorize_response::Outcome;
+
+tessera_testkit::both_pairs!(
+    crate::harness::with_app;
+    client_credentials_issues_a_signed_jwt_that_introspects_as_active,
+    client_authentication_failures_are_invalid_client_and_public_clients_are_refused,
+    a_scope_beyond_what_the_client_may_ask_is_invalid_scope,
+    the_password_grant_issues_access_refresh_and_id_tokens,
+    one_source_is_stopped_before_it_touches_an_account_and_the_user_still_signs_in,
+    distributed_guessing_only_delays_an_account_and_no_burst_gets_more_checks,
+    a_thousand_wrong_user_codes_from_one_source_are_refused_after_the_limit,
+    grants_the_client_is_not_allowed_are_unauthorized_client,
+    a_refresh_rotates_and_reusing_the_old_token_revokes_the_family,
+    a_refresh_may_narrow_the_scope_but_never_widen_it,
+    the_authorization_code_flow_with_pkce_issues_tokens_once,
+    exchanging_a_code_twice_revokes_the_first_tokens,
+    a_code_exchange_that_fails_validation_leaves_the_code_usable,
+    public_clients_need_pkce_and_plain_only_where_allowed,
+    an_expired_code_is_invalid_grant,
+    an_unregistered_redirect_uri_is_an_error_and_later_errors_redirect_with_state,
+    login_and_consent_are_asked_for_and_remembered,
+    the_implicit_grant_works_only_where_enabled,
+    the_device_flow_runs_from_start_to_token,
+    a_denied_or_expired_device_code_gives_the_rfc_errors,
+    introspection_needs_a_client_and_says_nothing_about_bad_tokens,
+    revocation_follows_rfc_7009_and_refuses_other_clients_tokens,
+    the_same_code_exchanged_concurrently_yields_exactly_one_token,
+    the_same_refresh_token_presented_concurrently_yields_at_most_one,
+    signing_keys_persist_so_tokens_survive_a_restart,
+    userinfo_answers_for_openid_tokens_only,
+    the_admin_service_needs_its_credential_and_manages_clients_and_users,
+    bad_input_gets_a_clear_oauth_error,
+    health_and_reflection_are_served,
+    rotating_the_signing_key_keeps_old_tokens_valid_and_signs_with_the_new_key,
+    a_rotation_on_one_node_is_honoured_by_another_at_once,
+    disabling_a_user_revokes_their_tokens_on_every_node,
+    setting_a_password_revokes_the_old_tokens_and_the_new_password_signs_in_at_once,
+    rotating_a_client_secret_revokes_its_tokens_and_every_node_takes_the_new_secret,
+    deleting_a_client_revokes_its_tokens_everywhere_and_its_id_is_never_reused,
+    a_new_password_ends_sign_ins_and_codes_from_before_it,
+    a_refresh_retried_within_the_window_gets_the_same_successor_until_the_successor_is_used,
+    a_refresh_retried_after_the_window_is_reuse,
+    concurrent_refreshes_of_one_token_within_the_window_never_make_two_live_chains,
+);
 
 pub use crate::revocation::*;
 pub use crate::throttles::*;

@@ -15,12 +15,14 @@ use tessera_token_service::settings::Settings;
 use tessera_token_service::Application;
 use tonic::transport::Channel;
 
-pub const ADMIN_TOKEN: &str = "e2e-admin-credential-0123456789";
+pub use tessera_testkit::{Pair, ADMIN_TOKEN};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
-    SqliteMemory,
-    PostgresRedis,
+/// Runs a flow on a node started on `pair` (for [`tessera_testkit::both_pairs`]); nothing when
+/// the pair's servers are unreachable outside CI (after a loud skip).
+pub async fn with_app<F: std::future::Future<Output = ()>>(pair: Pair, flow: impl FnOnce(TestApp) -> F) {
+    if let Some(app) = TestApp::spawn(pair).await {
+        flow(app).await
+    }
 }
 
 /// A store this test needs is unreachable: fail under CI, skip loudly elsewhere.
@@ -37,18 +39,17 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub token: TokenServiceClient<Channel>,
     pub dir: PathBuf,
-    _pg: Option<tessera_testkit::PgDatabase>,
-    _redis: Option<tessera_testkit::RedisKeys>,
+    _stores: Option<tessera_testkit::ProductionStores>,
 }
 
 impl TestApp {
     /// Starts the service, or returns `None` after a loud skip when a store is unreachable
     /// outside CI.
-    pub async fn spawn(backend: Backend) -> Option<TestApp> {
-        Self::spawn_with(backend, |_| {}).await
+    pub async fn spawn(pair: Pair) -> Option<TestApp> {
+        Self::spawn_with(pair, |_| {}).await
     }
 
-    pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> Option<TestApp> {
+    pub async fn spawn_with(pair: Pair, tweak: impl FnOnce(&mut Settings)) -> Option<TestApp> {
         let dir = std::env::temp_dir().join(format!("tessera-e2e-{}", tessera_testkit::unique()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut settings = Settings { data_dir: dir.clone(), ..Settings::default() };
@@ -63,29 +64,25 @@ impl TestApp {
         // window would answer as a retry: it is off here, and on in the tests of it.
         settings.tokens.refresh_retry_window = 0;
         settings.issuer = Some("https://tessera.test".parse().unwrap());
-        let (pg, redis_keys) = match backend {
-            Backend::SqliteMemory => (None, None),
-            Backend::PostgresRedis => {
-                let pg = match tessera_testkit::PgDatabase::create("tessera_e2e").await {
-                    Ok(pg) => pg,
+        let stores = match pair {
+            Pair::SqliteMemory => None,
+            Pair::PostgresRedis => {
+                let stores = match tessera_testkit::ProductionStores::reserve("tessera_e2e").await {
+                    Ok(stores) => stores,
                     Err(e) => return unreachable(e),
                 };
-                let keys = match tessera_testkit::RedisKeys::reserve("tessera-e2e").await {
-                    Ok(keys) => keys,
-                    Err(e) => return unreachable(e),
-                };
-                settings.database.url = Some(SecretUrl::database(&pg.url()).unwrap());
+                settings.database.url = Some(SecretUrl::database(&stores.database_url()).unwrap());
                 // Tests run side by side on one Postgres: each node keeps few connections.
                 settings.database.max_connections = 8;
-                settings.redis.url = Some(SecretUrl::redis(&tessera_testkit::redis_url()).unwrap());
-                settings.redis.key_prefix = keys.prefix().to_owned();
-                (Some(pg), Some(keys))
+                settings.redis.url = Some(SecretUrl::redis(&stores.redis_url()).unwrap());
+                settings.redis.key_prefix = stores.key_prefix().to_owned();
+                Some(stores)
             }
         };
         tweak(&mut settings);
         let clock = Arc::new(ManualClock::default());
         let (app, addr, token) = start(&settings, &clock).await;
-        Some(TestApp { settings, clock, app: Some(app), addr, token, dir, _pg: pg, _redis: redis_keys })
+        Some(TestApp { settings, clock, app: Some(app), addr, token, dir, _stores: stores })
     }
 
     /// Stops the service and starts it again on the same stores (Redis keeps its keys;

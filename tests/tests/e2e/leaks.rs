@@ -4,9 +4,9 @@
 use crate::harness::*;
 use tessera_proto::token::v1 as pb;
 
-async fn run_every_flow(backend: Backend) {
+async fn run_every_flow(pair: Pair) {
     let buffer = tessera_testkit::trace_log();
-    let Some(app) = TestApp::spawn(backend).await else { return };
+    let Some(app) = TestApp::spawn(pair).await else { return };
     let mut secrets: Vec<String> = vec![ADMIN_TOKEN.to_owned()];
     let svc = app.client(ClientSpec { id: "svc", grants: &["client_credentials"], ..Default::default() }).await;
     let web = app
@@ -196,10 +196,10 @@ async fn run_every_flow(backend: Backend) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_secret_reaches_the_trace_log_with_sqlite_and_memory() {
-    run_every_flow(Backend::SqliteMemory).await;
+    run_every_flow(Pair::SqliteMemory).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_secret_reaches_the_trace_log_with_postgres_and_redis() {
-    run_every_flow(Backend::PostgresRedis).await;
+    run_every_flow(Pair::PostgresRedis).await;
 }

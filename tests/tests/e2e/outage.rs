@@ -125,7 +125,7 @@ async fn a_store_outage_gives_unavailable_fails_closed_and_recovers_by_itself() 
     let pg = Proxy::start("127.0.0.1:5432").await;
     let redis = Proxy::start("127.0.0.1:6379").await;
     let (pg_addr, redis_addr) = (pg.addr, redis.addr);
-    let Some(app) = TestApp::spawn_with(Backend::PostgresRedis, |s| {
+    let Some(app) = TestApp::spawn_with(Pair::PostgresRedis, |s| {
         s.database.url =
             Some(SecretUrl::database(&s.database_url().replace("127.0.0.1:5432", &pg_addr.to_string())).unwrap());
         s.redis.url = Some(SecretUrl::redis(&format!("redis://{redis_addr}")).unwrap());
@@ -253,7 +253,7 @@ async fn restart_on_own_store(app: &mut TestApp) -> tessera_store::SqlStore {
 async fn while_postgres_is_silent_the_breaker_answers_at_once_and_closes_when_it_answers_again() {
     let pg = Proxy::start("127.0.0.1:5432").await;
     let pg_addr = pg.addr;
-    let Some(mut app) = TestApp::spawn_with(Backend::PostgresRedis, |s| {
+    let Some(mut app) = TestApp::spawn_with(Pair::PostgresRedis, |s| {
         s.database.url =
             Some(SecretUrl::database(&s.database_url().replace("127.0.0.1:5432", &pg_addr.to_string())).unwrap());
     })
@@ -306,7 +306,7 @@ async fn a_revocation_made_while_redis_is_cut_reaches_every_node_without_client_
     use crate::revocation::until_inactive_on;
     let redis = Proxy::start("127.0.0.1:6379").await;
     let redis_addr = redis.addr;
-    let Some(app) = TestApp::spawn_with(Backend::PostgresRedis, |s| {
+    let Some(app) = TestApp::spawn_with(Pair::PostgresRedis, |s| {
         s.redis.url = Some(SecretUrl::redis(&format!("redis://{redis_addr}")).unwrap())
     })
     .await

@@ -164,7 +164,7 @@ pub async fn a_thousand_wrong_user_codes_from_one_source_are_refused_after_the_l
 /// only so many device authorizations a minute; another client is unaffected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_starts_a_bounded_number_of_device_authorizations_a_minute() {
-    for backend in [Backend::SqliteMemory, Backend::PostgresRedis] {
+    for backend in [Pair::SqliteMemory, Pair::PostgresRedis] {
         let Some(app) = TestApp::spawn_with(backend, |s| s.tokens.device_starts_per_minute = 3).await else {
             continue;
         };

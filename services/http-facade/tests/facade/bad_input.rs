@@ -3,11 +3,10 @@
 //! double client authentication with the RFC's error and status, as JSON, never a 500 and
 //! never HTML. Each failing case is printed with its description.
 
-use crate::both_pairs;
 use crate::harness::*;
 use reqwest::Method;
 
-both_pairs!(every_json_endpoint_answers_bad_input_with_the_rfc_error_as_json);
+tessera_testkit::both_pairs!(crate::harness::with_pair; every_json_endpoint_answers_bad_input_with_the_rfc_error_as_json);
 
 struct Case {
     what: &'static str,

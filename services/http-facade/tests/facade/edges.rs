@@ -31,10 +31,18 @@ async fn refused_password_grant(app: &TestApp, id: &str, secret: &str, headers: 
     Answer::of(r.send().await.unwrap()).await.assert_error(400, "invalid_grant");
 }
 
-/// Client addresses as the token service records them, through a facade with these settings.
-async fn relayed_sources(tweak: impl FnOnce(&mut tessera_token_service::settings::Settings), cases: &[Source]) {
+/// Client addresses as the token service records them, through a facade with these settings,
+/// over gRPC (a facade on its own) and over the local channel (`tessera serve`).
+async fn relayed_sources(tweak: impl Fn(&mut tessera_token_service::settings::Settings), cases: &[Source]) {
+    let over_grpc = TestApp::spawn_behind(Pair::SqliteMemory, &tweak, |addr| async move { addr }).await;
+    relayed_sources_through(over_grpc.map(|(app, _)| app), cases).await;
+    let local = TestApp::spawn_behind(Pair::SqliteMemory, &tweak, |_| async { Local }).await;
+    relayed_sources_through(local.map(|(app, _)| app), cases).await;
+}
+
+async fn relayed_sources_through(app: Option<TestApp>, cases: &[Source]) {
     let log = tessera_testkit::trace_log();
-    let Some(app) = TestApp::spawn_with(Pair::SqliteMemory, tweak).await else { return };
+    let Some(app) = app else { return };
     let mut clients = vec![];
     for case in cases {
         let (id, secret) = app.confidential(&["password"]).await;

@@ -1,14 +1,14 @@
 //! Every endpoint's happy path and its RFC error paths, with raw HTTP requests, against both
 //! backend pairs.
 
-use crate::both_pairs;
 use crate::harness::*;
 use reqwest::StatusCode;
 use serde_json::json;
 use std::time::Duration;
 use tessera_proto::admin::v1 as admin;
 
-both_pairs!(
+tessera_testkit::both_pairs!(
+    crate::harness::with_pair;
     client_credentials_tokens_come_with_no_store_headers_on_every_token_path,
     basic_credentials_are_form_decoded_as_rfc_6749_section_2_3_1_says,
     invalid_client_is_a_401_with_a_basic_challenge_when_basic_was_tried,

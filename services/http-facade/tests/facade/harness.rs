@@ -12,70 +12,33 @@ pub use tessera_http_facade::Upstream;
 use tessera_http_facade::{FacadeApplication, FacadeConfig};
 use tessera_proto::admin::v1 as admin;
 use tessera_proto::admin::v1::admin_service_client::AdminServiceClient;
+use tessera_proto::AdminCredential;
 use tessera_token_service::settings::{SecretUrl, Settings};
 pub use tessera_token_service::Application as TokenServiceApp;
 use tessera_token_service::Application;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-pub const ADMIN_TOKEN: &str = "facade-tests-admin-token-0123456789";
+pub use tessera_testkit::{Pair, ADMIN_TOKEN};
 
-/// The two backend pairs every flow runs against (DESIGN.md rule 3), each as it is deployed:
-/// the embedded default behind a facade in the token service's process (`tessera serve`, a
-/// local channel), Postgres + Redis behind a facade that calls the token service's gRPC port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Pair {
-    SqliteMemory,
-    PostgresRedis,
-}
-
-/// Runs each named flow against both backend pairs, as `embedded::<name>` and
-/// `postgres_redis::<name>`.
-#[macro_export]
-macro_rules! both_pairs {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite_memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name($crate::harness::Pair::SqliteMemory).await
-                }
-            )*
-        }
-        mod postgres_redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name($crate::harness::Pair::PostgresRedis).await
-                }
-            )*
-        }
-    };
-}
-
-/// What must be removed when a test ends, even when it panicked.
-struct Cleanup {
-    _database: tessera_testkit::PgDatabase,
-    _redis: tessera_testkit::RedisKeys,
-}
-
-/// Postgres and Redis for one test, or why they cannot be had.
-async fn production_pair() -> Result<(String, String, Cleanup), String> {
-    let database = tessera_testkit::PgDatabase::create("tessera_facade").await?;
-    let redis = tessera_testkit::RedisKeys::reserve("tessera-facade-test").await?;
-    let (url, prefix) = (database.url(), redis.prefix().to_owned());
-    Ok((url, prefix, Cleanup { _database: database, _redis: redis }))
+/// Runs a flow on a pair (for [`tessera_testkit::both_pairs`]): the flow starts what it needs
+/// with [`TestApp::spawn`]; there, the embedded default runs behind a facade in the token
+/// service's process (`tessera serve`, a local channel) and Postgres + Redis behind a facade
+/// that calls the token service's gRPC port, each as it is deployed.
+pub async fn with_pair<F: std::future::Future<Output = ()>>(pair: Pair, flow: impl FnOnce(Pair) -> F) {
+    flow(pair).await
 }
 
 /// A running token service and facade, with an admin client and a plain HTTP client.
 pub struct TestApp {
     pub base: String,
     pub http: reqwest::Client,
-    pub admin: AdminServiceClient<Channel>,
+    pub admin: AdminServiceClient<InterceptedService<Channel, AdminCredential>>,
     token_service: Option<Application>,
     facade: Option<FacadeApplication>,
     _dir: tempfile::TempDir,
     // Declared last: dropped after the services have stopped.
-    _cleanup: Option<Cleanup>,
+    _stores: Option<tessera_testkit::ProductionStores>,
 }
 
 pub use tessera_testkit::skip_or_fail;
@@ -141,16 +104,16 @@ impl TestApp {
         // window would answer as a retry.
         settings.tokens.refresh_retry_window = 0;
         settings.tokens.device_interval = 1;
-        let cleanup = match pair {
+        let stores = match pair {
             Pair::SqliteMemory => None,
-            Pair::PostgresRedis => match production_pair().await {
-                Ok((db, prefix, cleanup)) => {
-                    settings.database.url = Some(SecretUrl::database(&db).unwrap());
+            Pair::PostgresRedis => match tessera_testkit::ProductionStores::reserve("tessera_facade").await {
+                Ok(stores) => {
+                    settings.database.url = Some(SecretUrl::database(&stores.database_url()).unwrap());
                     // Tests run side by side on one Postgres: each node keeps few connections.
                     settings.database.max_connections = 8;
-                    settings.redis.url = Some(SecretUrl::redis(&tessera_testkit::redis_url()).unwrap());
-                    settings.redis.key_prefix = prefix;
-                    Some(cleanup)
+                    settings.redis.url = Some(SecretUrl::redis(&stores.redis_url()).unwrap());
+                    settings.redis.key_prefix = stores.key_prefix().to_owned();
+                    Some(stores)
                 }
                 Err(why) => {
                     skip_or_fail(format!("Postgres + Redis tests cannot run: {why}"));
@@ -170,11 +133,11 @@ impl TestApp {
         let app = Self {
             base,
             http: plain_client(),
-            admin: AdminServiceClient::new(channel),
+            admin: AdminServiceClient::with_interceptor(channel, AdminCredential::new(ADMIN_TOKEN).unwrap()),
             token_service: Some(token_service),
             facade: Some(facade),
             _dir: dir,
-            _cleanup: cleanup,
+            _stores: stores,
         };
         Some((app, relay))
     }
@@ -208,21 +171,9 @@ impl TestApp {
         self.stop_token_service().await;
     }
 
-    fn admin_request<T>(message: T) -> tonic::Request<T> {
-        let mut r = tonic::Request::new(message);
-        r.metadata_mut().insert("authorization", format!("Bearer {ADMIN_TOKEN}").parse().unwrap());
-        r
-    }
-
     /// Creates a client; returns its id and secret (empty for public clients).
     pub async fn create_client(&self, spec: admin::CreateClientRequest) -> (String, String) {
-        let created = self
-            .admin
-            .clone()
-            .create_client(Self::admin_request(spec))
-            .await
-            .expect("the client is created")
-            .into_inner();
+        let created = self.admin.clone().create_client(spec).await.expect("the client is created").into_inner();
         (created.client.unwrap().client_id, created.client_secret)
     }
 
@@ -235,12 +186,12 @@ impl TestApp {
     pub async fn create_user(&self, username: &str, password: &str) {
         self.admin
             .clone()
-            .create_user(Self::admin_request(admin::CreateUserRequest {
+            .create_user(admin::CreateUserRequest {
                 username: username.into(),
                 password: password.into(),
                 email: format!("{username}@example.com"),
                 name: format!("User {username}"),
-            }))
+            })
             .await
             .expect("the user is created");
     }
@@ -468,10 +419,5 @@ pub fn encode(s: &str) -> String {
 
 /// What the facade reads of the settings (as the `tessera` command makes it).
 pub fn facade_config(settings: &Settings) -> FacadeConfig {
-    FacadeConfig {
-        listen: settings.http.listen,
-        public_url: settings.public_url(),
-        trusted_proxies: settings.facade.trusted_proxies.clone(),
-        grace_period: settings.shutdown.grace_period,
-    }
+    FacadeConfig::from_sections(&settings.http, &settings.facade, &settings.shutdown)
 }

@@ -3,7 +3,6 @@
 //! response parsing, device polling) must agree with ours. Revocation is left out: the
 //! library refuses a plain-http revocation URL.
 
-use crate::both_pairs;
 use crate::harness::*;
 use oauth2::basic::BasicClient;
 use oauth2::{
@@ -12,7 +11,7 @@ use oauth2::{
     StandardDeviceAuthorizationResponse, TokenIntrospectionResponse as _, TokenResponse as _, TokenUrl,
 };
 
-both_pairs!(an_independent_oauth2_client_library_completes_every_grant);
+tessera_testkit::both_pairs!(crate::harness::with_pair; an_independent_oauth2_client_library_completes_every_grant);
 
 async fn an_independent_oauth2_client_library_completes_every_grant(pair: Pair) {
     let Some(app) = TestApp::spawn(pair).await else { return };

@@ -1,12 +1,11 @@
 //! Every flow through the facade with the services logging at TRACE into a buffer: no client
 //! secret, password, code, token, session handle or CSRF token used may appear in the log.
 
-use crate::both_pairs;
 use crate::harness::*;
 use reqwest::StatusCode;
 use serde_json::json;
 
-both_pairs!(no_secret_code_token_or_password_reaches_the_log_at_trace);
+tessera_testkit::both_pairs!(crate::harness::with_pair; no_secret_code_token_or_password_reaches_the_log_at_trace);
 
 fn set_cookie(a: &Answer, name: &str) -> Option<String> {
     a.headers

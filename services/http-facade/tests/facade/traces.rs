@@ -113,7 +113,10 @@ async fn traced_run() {
     .expect("telemetry starts");
     assert!(telemetry.enabled());
 
-    let app = TestApp::spawn(Pair::SqliteMemory).await.expect("the SQLite + memory pair always starts");
+    // Over gRPC, as when the services run apart: the trace crosses the network hop.
+    let (app, _) = TestApp::spawn_behind(Pair::SqliteMemory, |_| {}, |addr| async move { addr })
+        .await
+        .expect("the SQLite + memory pair always starts");
     let (id, secret) = app.confidential(&["client_credentials"]).await;
     let t = app
         .post_form("/oauth2/token", &[("grant_type", "client_credentials"), ("scope", "api")], Some((&id, &secret)))
