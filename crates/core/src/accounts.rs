@@ -8,6 +8,29 @@ use crate::throttle;
 use crate::Tessera;
 use std::net::IpAddr;
 
+/// What the password grant holds of the accounts: a password check behind the throttles.
+#[async_trait::async_trait]
+pub(crate) trait PasswordCheck: Send + Sync {
+    async fn verify_user_password(
+        &self,
+        username: &str,
+        password: &Password,
+        source: Option<IpAddr>,
+    ) -> Result<User, OAuthError>;
+}
+
+#[async_trait::async_trait]
+impl PasswordCheck for Tessera {
+    async fn verify_user_password(
+        &self,
+        username: &str,
+        password: &Password,
+        source: Option<IpAddr>,
+    ) -> Result<User, OAuthError> {
+        Tessera::verify_user_password(self, username, password, source).await
+    }
+}
+
 impl Tessera {
     /// Checks a user's password behind the throttles (DESIGN.md rule 8: Argon2id on the
     /// bounded pool; the source, then the account, counted before anything is checked; one

@@ -179,7 +179,7 @@ impl Tessera {
                 return Err(OAuthError::invalid_request(format!("{name} is too long")));
             }
         }
-        let scope = self.resolve_scope(client, &req.scope)?;
+        let scope = crate::clients::resolve_scope(client, &req.scope)?;
         let challenge = if implicit {
             None
         } else if req.code_challenge.is_empty() {
@@ -246,7 +246,8 @@ impl Tessera {
 
         if implicit {
             // RFC 6749 §4.2.2: the token goes in the fragment; no refresh token.
-            let (token, exp) = self.mint_access(client, Some(&user), &scope, Some(login.auth_time), new_jti(), now)?;
+            let (token, exp) =
+                self.issuer().mint_access(client, Some(&user), &scope, Some(login.auth_time), new_jti(), now)?;
             let params = encode(&[
                 ("access_token", token.as_str()),
                 ("token_type", "Bearer"),

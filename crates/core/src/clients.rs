@@ -103,18 +103,18 @@ impl Tessera {
             Err(OAuthError::unauthorized_client(format!("this client may not use the {} grant", grant.as_str())))
         }
     }
+}
 
-    /// RFC 6749 §3.3: an empty request means the client's allowed scopes; anything beyond
-    /// them is `invalid_scope`.
-    pub(crate) fn resolve_scope(&self, client: &Client, requested: &str) -> Result<ScopeSet, OAuthError> {
-        let requested = ScopeSet::parse(requested)?;
-        let allowed = client.allowed_scopes();
-        if requested.is_empty() {
-            return Ok(allowed);
-        }
-        if !requested.is_subset(&allowed) {
-            return Err(OAuthError::invalid_scope("the requested scope exceeds what this client may ask for"));
-        }
-        Ok(requested)
+/// RFC 6749 §3.3: an empty request means the client's allowed scopes; anything beyond them is
+/// `invalid_scope`.
+pub(crate) fn resolve_scope(client: &Client, requested: &str) -> Result<ScopeSet, OAuthError> {
+    let requested = ScopeSet::parse(requested)?;
+    let allowed = client.allowed_scopes();
+    if requested.is_empty() {
+        return Ok(allowed);
     }
+    if !requested.is_subset(&allowed) {
+        return Err(OAuthError::invalid_scope("the requested scope exceeds what this client may ask for"));
+    }
+    Ok(requested)
 }

@@ -1,9 +1,13 @@
 //! Issuing tokens: access tokens (RFC 9068), ID tokens (OpenID Connect Core §2), and a user's
 //! tokens after a grant, with the first refresh token of a new family.
 
+use crate::clock::Clock;
+use crate::config::CoreConfig;
 use crate::error::OAuthError;
+use crate::keys::KeyRing;
 use crate::model::{Client, GrantType, RefreshToken, ScopeSet, User};
-use crate::ports::{RefreshRecord, RefreshState};
+use crate::ports::{RefreshRecord, RefreshState, RefreshStore, UserStore};
+use crate::revocation::Revocations;
 use crate::tokens::{self, AccessClaims};
 use crate::Tessera;
 use serde_json::json;
@@ -32,7 +36,42 @@ impl fmt::Debug for TokenSet {
     }
 }
 
+/// What a flow needs to issue tokens, and nothing else of the core: the policy, the signing
+/// keys, the revocation cut-offs (a grant resting on a revoked sign-in issues nothing), the
+/// clock, and the users and refresh-token families a user's tokens start from.
+#[derive(Clone, Copy)]
+pub(crate) struct Issuer<'a> {
+    pub(crate) cfg: &'a CoreConfig,
+    keys: &'a KeyRing,
+    pub(crate) revocations: &'a Revocations,
+    clock: &'a dyn Clock,
+    users: &'a dyn UserStore,
+    families: &'a dyn RefreshStore,
+}
+
 impl Tessera {
+    /// The capability to issue tokens, for the flows that do.
+    pub(crate) fn issuer(&self) -> Issuer<'_> {
+        Issuer {
+            cfg: &self.cfg,
+            keys: &self.keys,
+            revocations: &self.revocations,
+            clock: self.clock.as_ref(),
+            users: self.durable.as_ref(),
+            families: self.durable.as_ref(),
+        }
+    }
+}
+
+impl Issuer<'_> {
+    pub(crate) fn now(&self) -> i64 {
+        self.clock.now()
+    }
+
+    pub(crate) fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
     pub(crate) fn access_ttl(&self, client: &Client) -> i64 {
         client.access_token_ttl.filter(|t| *t > 0).unwrap_or(self.cfg.access_token_ttl)
     }
@@ -141,10 +180,10 @@ impl Tessera {
                 state: RefreshState::Active,
                 succession: None,
             };
-            let user = self.durable.start_family(&record).await?.ok_or_else(&gone)?;
+            let user = self.families.start_family(&record).await?.ok_or_else(&gone)?;
             (user, Some(token))
         } else {
-            let user = self.durable.get_user(user_id).await?.filter(|u| !u.disabled).ok_or_else(&gone)?;
+            let user = self.users.get_user(user_id).await?.filter(|u| !u.disabled).ok_or_else(&gone)?;
             (user, None)
         };
         let (access_token, minted_exp) = self.mint_access(client, Some(&user), &scope, Some(auth_time), jti, now)?;

@@ -9,7 +9,7 @@
 //! user's or its client's cut-off, which introspection, UserInfo and refresh all check.
 
 use crate::error::OAuthError;
-use crate::ports::{LoggedRevocation, Revocation};
+use crate::ports::{AuditKind, LoggedRevocation, Revocation};
 use crate::tokens::AccessClaims;
 use crate::Tessera;
 use std::collections::HashMap;
@@ -141,6 +141,37 @@ impl LogCursor {
             self.through = seq;
             self.unsettled.pop_first();
         }
+    }
+}
+
+/// What a flow may do about what it, or an earlier use of the same credential, issued: revoke
+/// it everywhere (durably first), and record why. A flow holds this, not the core.
+#[async_trait::async_trait]
+pub(crate) trait Revoking: Send + Sync {
+    async fn revoke_access(&self, jti: &str, exp: i64) -> Result<(), OAuthError>;
+    async fn revoke_family(&self, family_id: &str) -> Result<(), OAuthError>;
+    async fn audit(&self, kind: AuditKind, client_id: Option<&str>, user_id: Option<&str>, detail: &str);
+    /// Whether `key` is asked for the first time this minute, for a repair worth doing at most
+    /// once a minute.
+    async fn first_this_minute(&self, key: &str) -> bool;
+}
+
+#[async_trait::async_trait]
+impl Revoking for Tessera {
+    async fn revoke_access(&self, jti: &str, exp: i64) -> Result<(), OAuthError> {
+        Tessera::revoke_access(self, jti, exp).await
+    }
+
+    async fn revoke_family(&self, family_id: &str) -> Result<(), OAuthError> {
+        Tessera::revoke_family(self, family_id).await
+    }
+
+    async fn audit(&self, kind: AuditKind, client_id: Option<&str>, user_id: Option<&str>, detail: &str) {
+        Tessera::audit(self, kind, client_id, user_id, detail).await
+    }
+
+    async fn first_this_minute(&self, key: &str) -> bool {
+        Tessera::first_this_minute(self, key).await
     }
 }
 

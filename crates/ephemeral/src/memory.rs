@@ -13,8 +13,9 @@ use async_trait::async_trait;
 use futures::stream::{self, BoxStream, StreamExt as _};
 use tessera_core::clock::{Clock, SystemClock};
 use tessera_core::ports::{
-    CodeGrant, CodeTake, DecideOutcome, DeviceDecision, DeviceGrant, DevicePoll, DeviceStatus, Ephemeral, Issued,
-    LoginSession, Revocation, ThrottleOp, ThrottlePolicy, Throttled,
+    CodeGrant, CodeStore, CodeTake, DecideOutcome, DeviceDecision, DeviceGrant, DevicePoll, DeviceStatus, DeviceStore,
+    Ephemeral, Issued, LoginSession, Revocation, RevocationFanout, SessionStore, ThrottleOp, ThrottlePolicy, Throttled,
+    Throttles,
 };
 use tessera_core::{StoreError, StoreResult};
 use tessera_crypto::Digest;
@@ -176,7 +177,10 @@ impl Ephemeral for MemoryEphemeral {
     async fn ping(&self) -> StoreResult<()> {
         Ok(())
     }
+}
 
+#[async_trait]
+impl CodeStore for MemoryEphemeral {
     async fn put_code(&self, code: Digest, grant: &CodeGrant) -> StoreResult<()> {
         let now_ms = self.now_ms();
         let reclaim_at_ms = self.reclaim_at_ms(grant.expires_at, RECLAIM_GRACE_SECS);
@@ -229,7 +233,10 @@ impl Ephemeral for MemoryEphemeral {
         let st = self.state();
         Ok(matches!(live(&st.codes, &code, now_ms), Some(CodeEntry::Tombstone { replayed: true, .. })))
     }
+}
 
+#[async_trait]
+impl DeviceStore for MemoryEphemeral {
     async fn put_device(&self, device: Digest, grant: &DeviceGrant) -> StoreResult<()> {
         let now_ms = self.now_ms();
         let reclaim_at_ms = self.reclaim_at_ms(grant.expires_at, DEVICE_GRACE_SECS);
@@ -308,7 +315,10 @@ impl Ephemeral for MemoryEphemeral {
             DeviceStatus::Consumed => DevicePoll::Consumed,
         })
     }
+}
 
+#[async_trait]
+impl SessionStore for MemoryEphemeral {
     async fn put_session(&self, handle: Digest, session: &LoginSession) -> StoreResult<()> {
         let now_ms = self.now_ms();
         let reclaim_at_ms = self.reclaim_at_ms(session.expires_at, RECLAIM_GRACE_SECS);
@@ -328,7 +338,10 @@ impl Ephemeral for MemoryEphemeral {
         self.state().sessions.remove(&handle);
         Ok(())
     }
+}
 
+#[async_trait]
+impl Throttles for MemoryEphemeral {
     async fn throttle(
         &self,
         key: &str,
@@ -393,7 +406,10 @@ impl Ephemeral for MemoryEphemeral {
         }
         Ok(())
     }
+}
 
+#[async_trait]
+impl RevocationFanout for MemoryEphemeral {
     async fn publish_revocation(&self, revocation: &Revocation) -> StoreResult<()> {
         // Nobody listening is not an error.
         let _ = self.inner.revocations.send(revocation.clone());

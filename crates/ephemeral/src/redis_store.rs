@@ -40,8 +40,9 @@ use futures::stream::{BoxStream, StreamExt as _};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script};
 use tessera_core::ports::{
-    CodeGrant, CodeTake, DecideOutcome, DeviceDecision, DeviceGrant, DevicePoll, DeviceStatus, Ephemeral, Issued,
-    LoginSession, Revocation, ThrottleOp, ThrottlePolicy, Throttled,
+    CodeGrant, CodeStore, CodeTake, DecideOutcome, DeviceDecision, DeviceGrant, DevicePoll, DeviceStatus, DeviceStore,
+    Ephemeral, Issued, LoginSession, Revocation, RevocationFanout, SessionStore, ThrottleOp, ThrottlePolicy, Throttled,
+    Throttles,
 };
 use tessera_core::{StoreError, StoreResult};
 use tessera_crypto::Digest;
@@ -421,7 +422,10 @@ impl Ephemeral for RedisEphemeral {
         let _: String = self.query(&redis::cmd("PING")).await?;
         Ok(())
     }
+}
 
+#[async_trait]
+impl CodeStore for RedisEphemeral {
     async fn put_code(&self, code: Digest, grant: &CodeGrant) -> StoreResult<()> {
         let ttl = reclaim_ttl_secs(grant.expires_at, wall_now(), RECLAIM_GRACE_SECS);
         let body = to_json("code", grant)?;
@@ -469,7 +473,10 @@ impl Ephemeral for RedisEphemeral {
             self.query(redis::cmd("HGET").arg(self.key(Kind::Code, &code.to_hex())).arg("replayed")).await?;
         Ok(replayed.as_deref() == Some("1"))
     }
+}
 
+#[async_trait]
+impl DeviceStore for RedisEphemeral {
     async fn put_device(&self, device: Digest, grant: &DeviceGrant) -> StoreResult<()> {
         let ttl = reclaim_ttl_secs(grant.expires_at, wall_now(), DEVICE_GRACE_SECS);
         let body = to_json("device", grant)?;
@@ -555,7 +562,10 @@ impl Ephemeral for RedisEphemeral {
             _ => Err(unexpected("poll_device")),
         }
     }
+}
 
+#[async_trait]
+impl SessionStore for RedisEphemeral {
     async fn put_session(&self, handle: Digest, session: &LoginSession) -> StoreResult<()> {
         let ttl = reclaim_ttl_secs(session.expires_at, wall_now(), RECLAIM_GRACE_SECS);
         let body = to_json("session", session)?;
@@ -576,7 +586,10 @@ impl Ephemeral for RedisEphemeral {
         let _: i64 = self.query(redis::cmd("DEL").arg(self.key(Kind::Session, &handle.to_hex()))).await?;
         Ok(())
     }
+}
 
+#[async_trait]
+impl Throttles for RedisEphemeral {
     async fn throttle(
         &self,
         key: &str,
@@ -618,7 +631,10 @@ impl Ephemeral for RedisEphemeral {
         let _: i64 = self.run(FORGIVE.key(self.key(Kind::Throttle, key)).arg(if entirely { "1" } else { "0" })).await?;
         Ok(())
     }
+}
 
+#[async_trait]
+impl RevocationFanout for RedisEphemeral {
     async fn publish_revocation(&self, revocation: &Revocation) -> StoreResult<()> {
         let _: i64 = self.query(redis::cmd("PUBLISH").arg(self.keys.channel()).arg(revocation.to_wire())).await?;
         Ok(())

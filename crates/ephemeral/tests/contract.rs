@@ -16,6 +16,7 @@ use tessera_core::ports::{
     CodeGrant, CodeTake, DecideOutcome, DeviceDecision, DeviceGrant, DevicePoll, DeviceStatus, Ephemeral, Issued,
     LoginSession, Revocation, ThrottleOp, ThrottlePolicy, Throttled,
 };
+use tessera_core::ports::{CodeStore as _, RevocationFanout as _};
 use tessera_core::StoreError;
 use tessera_crypto::Digest;
 use tessera_ephemeral::{MemoryEphemeral, RedisEphemeral};

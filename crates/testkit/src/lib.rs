@@ -106,6 +106,21 @@ impl ProductionStores {
     }
 }
 
+/// The lines a child process writes to `stream` (its stdout, say), as they come, read on a
+/// thread of their own so that a test can wait for a line with a timeout.
+pub fn lines_of(stream: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead as _;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stream).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 /// A short random hex string for names that must not collide between tests.
 pub fn unique() -> String {
     format!("{:016x}", rand::random::<u64>())

@@ -1,7 +1,6 @@
 //! The `tessera` binary as a person runs it: the embedded default's first start, the admin
 //! CLI's JSON output, and a graceful stop on SIGTERM while requests are in flight.
 
-use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -34,15 +33,7 @@ impl Server {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("the tessera binary starts");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = tessera_testkit::lines_of(child.stdout.take().unwrap());
         let mut banner = String::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {

@@ -3,14 +3,23 @@
 
 use crate::engine::required;
 use crate::error::OAuthError;
+use crate::issuing::Issuer;
 use crate::issuing::TokenSet;
 use crate::model::{AuthorizationCode, Client, ScopeSet};
+use crate::ports::CodeStore;
 use crate::ports::{AuditKind, CodeGrant, CodeTake, Issued};
+use crate::revocation::Revoking;
 use crate::tokens::new_jti;
-use crate::Tessera;
+
+/// What a code exchange holds: the issuer, the codes, and revocation (a replayed code revokes what its first use issued).
+pub(super) struct Flow<'a> {
+    pub(super) issuer: Issuer<'a>,
+    pub(super) codes: &'a dyn CodeStore,
+    pub(super) revoking: &'a dyn Revoking,
+}
 
 pub(super) async fn run(
-    t: &Tessera,
+    t: &Flow<'_>,
     client: &Client,
     code: &AuthorizationCode,
     redirect_uri: &str,
@@ -19,29 +28,33 @@ pub(super) async fn run(
     required(code.expose(), "code", 512)?;
     let invalid = || OAuthError::invalid_grant("the authorization code is invalid, expired or already used");
     let digest = code.digest();
-    let now = t.now();
+    let now = t.issuer.now();
 
     // Validate against a read first, so a request that fails (another client, another
     // redirect URI, a wrong verifier) leaves the code usable by the right one.
-    if let Some(grant) = t.ephemeral.peek_code(digest, now).await? {
+    if let Some(grant) = t.codes.peek_code(digest, now).await? {
         check(client, &grant, redirect_uri, code_verifier)?;
     }
 
     let jti = new_jti();
     let family_id = uuid::Uuid::new_v4().to_string();
-    let issued =
-        Issued { access_jti: jti.clone(), access_exp: now + t.access_ttl(client), family_id: Some(family_id.clone()) };
-    let grant = match t.ephemeral.take_code(digest, now, &issued, t.cfg.code_tombstone_ttl).await? {
+    let issued = Issued {
+        access_jti: jti.clone(),
+        access_exp: now + t.issuer.access_ttl(client),
+        family_id: Some(family_id.clone()),
+    };
+    let grant = match t.codes.take_code(digest, now, &issued, t.issuer.cfg.code_tombstone_ttl).await? {
         CodeTake::Fresh(grant) => grant,
         CodeTake::Replayed(first) => {
             revoke_issued(t, &first).await?;
-            t.audit(
-                AuditKind::CodeReplay,
-                Some(&client.id),
-                None,
-                "an authorization code was used twice; what its first use issued is revoked",
-            )
-            .await;
+            t.revoking
+                .audit(
+                    AuditKind::CodeReplay,
+                    Some(&client.id),
+                    None,
+                    "an authorization code was used twice; what its first use issued is revoked",
+                )
+                .await;
             return Err(invalid());
         }
         CodeTake::Unknown => return Err(invalid()),
@@ -51,13 +64,15 @@ pub(super) async fn run(
 
     let scope = ScopeSet::parse(&grant.scope)?;
     let nonce = grant.nonce.as_deref();
-    let tokens =
-        t.issue_for_user(client, &grant.user_id, scope, grant.auth_time, nonce, (jti, family_id), now, invalid).await?;
+    let tokens = t
+        .issuer
+        .issue_for_user(client, &grant.user_id, scope, grant.auth_time, nonce, (jti, family_id), now, invalid)
+        .await?;
 
     // A replay that raced this exchange found the tombstone before our tokens existed, so
     // its revocation may have missed them: revoke them now. This exchange still answered
     // first and gets its (now revoked) tokens, as a non-racing first use would have.
-    if t.ephemeral.code_replayed(digest).await? {
+    if t.codes.code_replayed(digest).await? {
         revoke_issued(t, &issued).await?;
     }
     Ok(tokens)
@@ -88,10 +103,10 @@ fn check(client: &Client, grant: &CodeGrant, redirect_uri: &str, verifier: &str)
     }
 }
 
-async fn revoke_issued(t: &Tessera, issued: &Issued) -> Result<(), OAuthError> {
-    t.revoke_access(&issued.access_jti, issued.access_exp).await?;
+async fn revoke_issued(t: &Flow<'_>, issued: &Issued) -> Result<(), OAuthError> {
+    t.revoking.revoke_access(&issued.access_jti, issued.access_exp).await?;
     if let Some(family) = &issued.family_id {
-        t.revoke_family(family).await?;
+        t.revoking.revoke_family(family).await?;
     }
     Ok(())
 }

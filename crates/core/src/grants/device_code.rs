@@ -5,9 +5,11 @@
 use crate::clients::ClientAuth;
 use crate::engine::required;
 use crate::error::{ErrorCode, OAuthError, StoreError};
+use crate::issuing::Issuer;
 use crate::issuing::TokenSet;
 use crate::model::describe_scope;
 use crate::model::{Client, DeviceCode, GrantType, ScopeSet, SessionHandle};
+use crate::ports::DeviceStore;
 use crate::ports::{DecideOutcome, DeviceDecision, DeviceGrant, DevicePoll, ThrottleOp};
 use crate::throttle;
 use crate::tokens::new_jti;
@@ -81,7 +83,7 @@ impl Tessera {
     ) -> Result<DeviceAuthorization, OAuthError> {
         let client = self.authenticate_client(auth).await?;
         self.require_grant(&client, GrantType::DeviceCode)?;
-        let scope = self.resolve_scope(&client, scope)?;
+        let scope = crate::clients::resolve_scope(&client, scope)?;
         let now = self.now();
         // RFC 8628 §5.1: every live user code is one more that a guess can hit, so one client
         // starts a bounded number a minute, and one source far fewer (so that an anonymous
@@ -200,11 +202,17 @@ impl Tessera {
     }
 }
 
+/// What a device's poll holds: the issuer and the device authorizations.
+pub(super) struct PollFlow<'a> {
+    pub(super) issuer: Issuer<'a>,
+    pub(super) devices: &'a dyn DeviceStore,
+}
+
 /// The device access token request (RFC 8628 §3.4, §3.5).
-pub(super) async fn poll(t: &Tessera, client: &Client, device_code: &DeviceCode) -> Result<TokenSet, OAuthError> {
+pub(super) async fn poll(t: &PollFlow<'_>, client: &Client, device_code: &DeviceCode) -> Result<TokenSet, OAuthError> {
     required(device_code.expose(), "device_code", 512)?;
     let invalid = || OAuthError::invalid_grant("the device code is invalid or was already used");
-    match t.ephemeral.poll_device(device_code.digest(), t.clock.now_ms()).await? {
+    match t.devices.poll_device(device_code.digest(), t.issuer.now_ms()).await? {
         DevicePoll::Pending => {
             Err(OAuthError::new(ErrorCode::AuthorizationPending, "the user has not yet approved the request"))
         }
@@ -221,7 +229,7 @@ pub(super) async fn poll(t: &Tessera, client: &Client, device_code: &DeviceCode)
             }
             let scope = ScopeSet::parse(&grant.scope)?;
             let ids = (new_jti(), uuid::Uuid::new_v4().to_string());
-            t.issue_for_user(client, &user_id, scope, auth_time, None, ids, t.now(), invalid).await
+            t.issuer.issue_for_user(client, &user_id, scope, auth_time, None, ids, t.issuer.now(), invalid).await
         }
     }
 }

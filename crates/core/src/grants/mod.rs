@@ -1,6 +1,8 @@
 //! The token endpoint's grants, one module each, named by their wire `grant_type`. Client
 //! authentication and the allowed-grant check run once in [`Tessera::token`]; then an
-//! exhaustive `match` dispatches.
+//! exhaustive `match` dispatches, handing each grant only the capabilities it uses (its
+//! `Flow`: the [`Issuer`](crate::issuing::Issuer), the store of its own kind of credential,
+//! revocation or the password check), the way per-flow storage interfaces do.
 
 mod authorization_code;
 mod client_credentials;
@@ -62,18 +64,26 @@ impl Tessera {
     pub async fn token(&self, auth: &ClientAuth, grant: Grant) -> Result<TokenSet, OAuthError> {
         let client = self.authenticate_client(auth).await?;
         self.require_grant(&client, grant.grant_type())?;
+        // Each grant is handed what it uses and nothing else of the core.
+        let issuer = self.issuer();
         match grant {
-            Grant::ClientCredentials { scope } => client_credentials::run(self, &client, &scope).await,
+            Grant::ClientCredentials { scope } => client_credentials::run(issuer, &client, &scope),
             Grant::Password { username, password, scope, source } => {
-                password::run(self, &client, &username, &password, &scope, source).await
+                let flow = password::Flow { issuer, accounts: self };
+                password::run(&flow, &client, &username, &password, &scope, source).await
             }
             Grant::RefreshToken { refresh_token, scope } => {
-                refresh_token::run(self, &client, &refresh_token, &scope).await
+                let flow = refresh_token::Flow { issuer, families: self.durable.as_ref(), revoking: self };
+                refresh_token::run(&flow, &client, &refresh_token, &scope).await
             }
             Grant::AuthorizationCode { code, redirect_uri, code_verifier } => {
-                authorization_code::run(self, &client, &code, &redirect_uri, &code_verifier).await
+                let flow = authorization_code::Flow { issuer, codes: self.ephemeral.as_ref(), revoking: self };
+                authorization_code::run(&flow, &client, &code, &redirect_uri, &code_verifier).await
             }
-            Grant::DeviceCode { device_code } => device_code::poll(self, &client, &device_code).await,
+            Grant::DeviceCode { device_code } => {
+                let flow = device_code::PollFlow { issuer, devices: self.ephemeral.as_ref() };
+                device_code::poll(&flow, &client, &device_code).await
+            }
         }
     }
 }

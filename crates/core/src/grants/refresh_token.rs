@@ -5,29 +5,38 @@
 
 use crate::engine::required;
 use crate::error::OAuthError;
+use crate::issuing::Issuer;
 use crate::issuing::TokenSet;
 use crate::model::{Client, RefreshToken, ScopeSet, User};
+use crate::ports::RefreshStore;
 use crate::ports::{AuditKind, RefreshRecord, RefreshState, Rotation, Succession, Successor};
+use crate::revocation::Revoking;
 use crate::tokens::new_jti;
-use crate::Tessera;
 use tessera_crypto::succession::{successor_token, SuccessorSalt};
 
+/// What a refresh holds: the issuer, the refresh-token families, and revocation.
+pub(super) struct Flow<'a> {
+    pub(super) issuer: Issuer<'a>,
+    pub(super) families: &'a dyn RefreshStore,
+    pub(super) revoking: &'a dyn Revoking,
+}
+
 pub(super) async fn run(
-    t: &Tessera,
+    t: &Flow<'_>,
     client: &Client,
     token: &RefreshToken,
     scope: &str,
 ) -> Result<TokenSet, OAuthError> {
     required(token.expose(), "refresh_token", 512)?;
     let invalid = || OAuthError::invalid_grant("the refresh token is invalid, expired or revoked");
-    let now = t.now();
+    let now = t.issuer.now();
     // The common case, a live token refreshed with its whole scope, is one store step.
     if scope.trim().is_empty() {
         if let Some(answer) = rotate_live(t, client, token, now).await? {
             return Ok(answer);
         }
     }
-    let (old, user) = t.durable.get_refresh_and_user(token.digest()).await?.ok_or_else(invalid)?;
+    let (old, user) = t.families.get_refresh_and_user(token.digest()).await?.ok_or_else(invalid)?;
     // RFC 6749 §6: the refresh token must have been issued to the authenticated client.
     if old.client_id != client.id {
         return Err(invalid());
@@ -38,8 +47,8 @@ pub(super) async fn run(
         RefreshState::Revoked => {
             // Its revocation may not have reached every node (DESIGN.md rule 9): send it again,
             // at most once a minute per family, so presenting it over and over costs little.
-            if t.first_this_minute(&format!("reannounce:{}", old.family_id)).await {
-                t.revoke_family(&old.family_id).await?;
+            if t.revoking.first_this_minute(&format!("reannounce:{}", old.family_id)).await {
+                t.revoking.revoke_family(&old.family_id).await?;
             }
             return Err(invalid());
         }
@@ -48,7 +57,8 @@ pub(super) async fn run(
     let user = live_user(t, &old, user, now)?;
 
     let jti = new_jti();
-    let (access_token, access_exp) = t.mint_access(client, user.as_ref(), &scope, old.auth_time, jti.clone(), now)?;
+    let (access_token, access_exp) =
+        t.issuer.mint_access(client, user.as_ref(), &scope, old.auth_time, jti.clone(), now)?;
     // Derived rather than drawn, so that a retry of this refresh can be answered with it again.
     let succession = Succession { at: now, salt: SuccessorSalt::generate() };
     let new_token = RefreshToken::new(successor_token(token.expose(), &succession.salt));
@@ -58,19 +68,19 @@ pub(super) async fn run(
         client_id: client.id.clone(),
         user_id: old.user_id.clone(),
         scope: old.scope.clone(),
-        issued_at: t.revocations.issue_time(old.user_id.as_deref(), Some(&client.id), now),
-        expires_at: now + t.refresh_ttl(client),
+        issued_at: t.issuer.revocations.issue_time(old.user_id.as_deref(), Some(&client.id), now),
+        expires_at: now + t.issuer.refresh_ttl(client),
         auth_time: old.auth_time,
         access_jti: jti,
         access_exp,
         state: RefreshState::Active,
         succession: None,
     };
-    match t.durable.rotate_refresh(old.digest, &succession, &new).await? {
+    match t.families.rotate_refresh(old.digest, &succession, &new).await? {
         Rotation::Rotated => {}
         Rotation::Reused { .. } => {
             // Another request rotated it first; this one may be the same client retrying.
-            let old = t.durable.get_refresh(old.digest).await?.ok_or_else(invalid)?;
+            let old = t.families.get_refresh(old.digest).await?.ok_or_else(invalid)?;
             return retried_or_reused(t, client, token, &scope.to_string(), &old, now).await;
         }
         Rotation::Unknown => return Err(invalid()),
@@ -83,7 +93,7 @@ pub(super) async fn run(
 /// `None` when the store found it not live, and nothing changed: the careful path reads it
 /// and decides (reuse, a retry, an expired or another client's token).
 async fn rotate_live(
-    t: &Tessera,
+    t: &Flow<'_>,
     client: &Client,
     token: &RefreshToken,
     now: i64,
@@ -95,12 +105,12 @@ async fn rotate_live(
         digest: new_token.digest(),
         // Dated for the client's cut-offs; a user's cut-off later than now revokes this grant
         // below anyway (the grant began before it).
-        issued_at: t.revocations.issue_time(None, Some(&client.id), now),
-        expires_at: now + t.refresh_ttl(client),
+        issued_at: t.issuer.revocations.issue_time(None, Some(&client.id), now),
+        expires_at: now + t.issuer.refresh_ttl(client),
         access_jti: jti.clone(),
-        access_exp: now + t.access_ttl(client),
+        access_exp: now + t.issuer.access_ttl(client),
     };
-    let Some((old, user)) = t.durable.rotate_live_refresh(token.digest(), &client.id, &succession, &successor).await?
+    let Some((old, user)) = t.families.rotate_live_refresh(token.digest(), &client.id, &succession, &successor).await?
     else {
         return Ok(None);
     };
@@ -108,12 +118,12 @@ async fn rotate_live(
     // with it: it is never handed out, and the family is marked revoked so that presenting
     // the old token again reads as revoked, not as reuse.
     let origin = old.auth_time.unwrap_or(old.issued_at);
-    if t.revocations.revokes_grant(old.user_id.as_deref(), Some(&client.id), origin) {
-        t.revoke_family(&old.family_id).await?;
+    if t.issuer.revocations.revokes_grant(old.user_id.as_deref(), Some(&client.id), origin) {
+        t.revoking.revoke_family(&old.family_id).await?;
         return Err(OAuthError::invalid_grant("the refresh token is invalid, expired or revoked"));
     }
     let scope = ScopeSet::parse(&old.scope)?;
-    let (access_token, access_exp) = t.mint_access(client, user.as_ref(), &scope, old.auth_time, jti, now)?;
+    let (access_token, access_exp) = t.issuer.mint_access(client, user.as_ref(), &scope, old.auth_time, jti, now)?;
     answer(t, client, user.as_ref(), scope, old.auth_time, (access_token, access_exp), new_token, now).map(Some)
 }
 
@@ -132,7 +142,7 @@ fn narrowed(granted: &str, requested: &str) -> Result<ScopeSet, OAuthError> {
 
 /// A rotated token presented again: a retry answered with the same successor, or reuse.
 async fn retried_or_reused(
-    t: &Tessera,
+    t: &Flow<'_>,
     client: &Client,
     token: &RefreshToken,
     requested: &str,
@@ -151,7 +161,7 @@ async fn retried_or_reused(
 /// again, re-derived from the token it presented and the salt recorded at the rotation, with
 /// the successor's own access token `jti`, so revoking the family still covers what it holds.
 async fn retried(
-    t: &Tessera,
+    t: &Flow<'_>,
     client: &Client,
     token: &RefreshToken,
     requested: &str,
@@ -159,12 +169,12 @@ async fn retried(
     now: i64,
 ) -> Result<Option<TokenSet>, OAuthError> {
     let invalid = || OAuthError::invalid_grant("the refresh token is invalid, expired or revoked");
-    let window = t.cfg.refresh_retry_window;
+    let window = t.issuer.cfg.refresh_retry_window;
     let Some(succession) = old.succession.as_ref().filter(|s| window > 0 && now - s.at <= window) else {
         return Ok(None);
     };
     let successor = RefreshToken::new(successor_token(token.expose(), &succession.salt));
-    let Some((next, user)) = t.durable.get_refresh_and_user(successor.digest()).await? else {
+    let Some((next, user)) = t.families.get_refresh_and_user(successor.digest()).await? else {
         return Ok(None);
     };
     // Rotated means the client got the first answer after all and used it; revoked, that the
@@ -176,14 +186,14 @@ async fn retried(
     let user = live_user(t, &next, user, now)?;
     // Signed as of the successor's issue, so its `exp` is never past the one stored with the
     // row: a family revocation keeps the `jti` revoked until exactly then.
-    let minted_at = now.min(next.access_exp - t.access_ttl(client));
+    let minted_at = now.min(next.access_exp - t.issuer.access_ttl(client));
     let (access_token, access_exp) =
-        t.mint_access(client, user.as_ref(), &scope, next.auth_time, next.access_jti.clone(), minted_at)?;
+        t.issuer.mint_access(client, user.as_ref(), &scope, next.auth_time, next.access_jti.clone(), minted_at)?;
     if access_exp <= now {
         return Err(invalid());
     }
     let answer = answer(t, client, user.as_ref(), scope, next.auth_time, (access_token, access_exp), successor, now)?;
-    t.audit(
+    t.revoking.audit(
         AuditKind::RefreshRetry,
         Some(&client.id),
         next.user_id.as_deref(),
@@ -197,7 +207,7 @@ async fn retried(
 /// ID token when there is a user and the scope holds `openid`.
 #[allow(clippy::too_many_arguments)]
 fn answer(
-    t: &Tessera,
+    t: &Flow<'_>,
     client: &Client,
     user: Option<&User>,
     scope: ScopeSet,
@@ -208,32 +218,33 @@ fn answer(
 ) -> Result<TokenSet, OAuthError> {
     let id_token = match user {
         Some(u) if scope.contains("openid") => {
-            Some(t.mint_id_token(client, u, &scope, auth_time.unwrap_or(now), None, &access_token, now)?)
+            Some(t.issuer.mint_id_token(client, u, &scope, auth_time.unwrap_or(now), None, &access_token, now)?)
         }
         _ => None,
     };
     Ok(TokenSet { access_token, expires_in: access_exp - now, refresh_token: Some(refresh_token), scope, id_token })
 }
 
-async fn reused(t: &Tessera, old: &RefreshRecord) -> Result<TokenSet, OAuthError> {
-    t.revoke_family(&old.family_id).await?;
-    t.audit(
-        AuditKind::RefreshReuse,
-        Some(&old.client_id),
-        old.user_id.as_deref(),
-        "a rotated refresh token was presented again; its family is revoked",
-    )
-    .await;
+async fn reused(t: &Flow<'_>, old: &RefreshRecord) -> Result<TokenSet, OAuthError> {
+    t.revoking.revoke_family(&old.family_id).await?;
+    t.revoking
+        .audit(
+            AuditKind::RefreshReuse,
+            Some(&old.client_id),
+            old.user_id.as_deref(),
+            "a rotated refresh token was presented again; its family is revoked",
+        )
+        .await;
     Err(OAuthError::invalid_grant("the refresh token is invalid, expired or revoked"))
 }
 
 /// The user an unexpired refresh token stands for (read with it), checked again:
 /// `invalid_grant` when the token expired, falls under a cut-off of its user or client
 /// (judged by the sign-in its family began with), or its user is gone or disabled.
-fn live_user(t: &Tessera, r: &RefreshRecord, user: Option<User>, now: i64) -> Result<Option<User>, OAuthError> {
+fn live_user(t: &Flow<'_>, r: &RefreshRecord, user: Option<User>, now: i64) -> Result<Option<User>, OAuthError> {
     let invalid = || OAuthError::invalid_grant("the refresh token is invalid, expired or revoked");
     let origin = r.auth_time.unwrap_or(r.issued_at);
-    if r.expires_at <= now || t.revocations.revokes_grant(r.user_id.as_deref(), Some(&r.client_id), origin) {
+    if r.expires_at <= now || t.issuer.revocations.revokes_grant(r.user_id.as_deref(), Some(&r.client_id), origin) {
         return Err(invalid());
     }
     match (&r.user_id, user) {

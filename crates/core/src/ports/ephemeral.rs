@@ -185,15 +185,15 @@ pub enum Throttled {
     Stopped { retry_after_ms: i64 },
 }
 
-/// Short-lived state: codes, device sessions, login sessions, throttles, and the
-/// revocation fan-out. Every mutation is one atomic operation (a single command or Lua
-/// script on Redis, one critical section in memory). Expiry is checked against the `now`
-/// passed in on every read, not left to TTL purges; TTLs only reclaim space.
-#[async_trait]
-pub trait Ephemeral: Send + Sync {
-    /// A cheap round trip, for readiness.
-    async fn ping(&self) -> StoreResult<()>;
+// Short-lived state, one trait per purpose so that each flow is handed only what it uses:
+// codes, device authorizations, login sessions, throttles, and the revocation fan-out. Every
+// mutation is one atomic operation (a single command or Lua script on Redis, one critical
+// section in memory). Expiry is checked against the `now` passed in on every read, not left to
+// TTL purges; TTLs only reclaim space.
 
+/// Authorization codes (RFC 6749 §4.1): stored once, taken once.
+#[async_trait]
+pub trait CodeStore: Send + Sync {
     /// Stores a fresh code under its digest until `grant.expires_at`.
     async fn put_code(&self, code: Digest, grant: &CodeGrant) -> StoreResult<()>;
     /// Reads a live code without using it, so a request that fails validation (another
@@ -208,7 +208,11 @@ pub trait Ephemeral: Send + Sync {
     /// Whether the code's tombstone was marked replayed (checked by the first use after it
     /// has stored its tokens, so a replay that raced it still revokes them).
     async fn code_replayed(&self, code: Digest) -> StoreResult<bool>;
+}
 
+/// Device authorizations (RFC 8628): started, decided by a person, polled by the device.
+#[async_trait]
+pub trait DeviceStore: Send + Sync {
     /// Stores a device authorization under the device code's digest and indexes it by its
     /// user code, until `grant.expires_at` (plus a grace so `Expired` can be told from
     /// `Unknown`). `StoreError::Conflict` if the user code is already in use.
@@ -222,13 +226,21 @@ pub trait Ephemeral: Send + Sync {
     /// authorization polled less than `interval` seconds after the previous poll gets
     /// `SlowDown` and its interval raised by 5), and hands an approval out once.
     async fn poll_device(&self, device: Digest, now_ms: i64) -> StoreResult<DevicePoll>;
+}
 
+/// Login sessions of the browser pages.
+#[async_trait]
+pub trait SessionStore: Send + Sync {
     /// Stores a login session under its handle's digest until `session.expires_at`.
     async fn put_session(&self, handle: Digest, session: &LoginSession) -> StoreResult<()>;
     /// The live session, `None` if unknown or expired.
     async fn get_session(&self, handle: Digest, now: i64) -> StoreResult<Option<LoginSession>>;
     async fn delete_session(&self, handle: Digest) -> StoreResult<()>;
+}
 
+/// The counters behind the throttles of [`crate::throttle`].
+#[async_trait]
+pub trait Throttles: Send + Sync {
     /// One step of the throttle `key`, atomically (see [`ThrottleOp`]): with `Take`, no burst,
     /// however concurrent, gets more attempts through than `policy` allows. The count is
     /// forgotten `policy.forget_after_ms` after the last counted attempt.
@@ -238,7 +250,11 @@ pub trait Ephemeral: Send + Sync {
     /// starts afresh), otherwise one attempt; a key left at zero is forgotten, so attempts
     /// taken back cost no memory. Unknown keys are not an error.
     async fn forgive(&self, key: &str, entirely: bool) -> StoreResult<()>;
+}
 
+/// The revocation fan-out between nodes.
+#[async_trait]
+pub trait RevocationFanout: Send + Sync {
     /// Announces a revocation to every node's subscription. Not a record: the durable
     /// [`RevocationLog`](super::RevocationLog) is, and every node drains it, so an announcement
     /// lost here (the store down, a node disconnected) is repaired without it.
@@ -247,4 +263,11 @@ pub trait Ephemeral: Send + Sync {
     /// stream ends when the connection is lost (or a subscriber falls too far behind); the
     /// caller reads the durable log and subscribes again.
     async fn subscribe_revocations(&self) -> StoreResult<BoxStream<'static, Revocation>>;
+}
+
+/// Every ephemeral port in one object, as one adapter provides them.
+#[async_trait]
+pub trait Ephemeral: CodeStore + DeviceStore + SessionStore + Throttles + RevocationFanout {
+    /// A cheap round trip, for readiness.
+    async fn ping(&self) -> StoreResult<()>;
 }

@@ -2,7 +2,6 @@
 //! of a running token service.
 
 use crate::harness::*;
-use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,15 +20,7 @@ fn start(env: &[(&str, &str)]) -> Result<(std::process::Child, String), (Option<
         .stderr(Stdio::piped())
         .spawn()
         .expect("the facade binary starts");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = tessera_testkit::lines_of(child.stdout.take().unwrap());
     let deadline = Instant::now() + Duration::from_secs(30);
     while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
         if let Some(rest) = line.trim().strip_prefix("HTTP: ") {
