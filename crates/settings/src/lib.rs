@@ -228,6 +228,14 @@ impl HttpSettings {
 }
 
 /// Settings whose values are secrets or may hold one (a password in a URL).
+/// What an admin credential must be (said in errors instead of the value).
+pub const ADMIN_TOKEN_EXPECTED: &str = "must be at least 16 characters";
+/// What a key-encryption key must be (said in errors instead of the value).
+pub const KEK_EXPECTED: &str = "must be base64 of 32 random bytes (`tessera admin keys generate-kek` prints one)";
+/// Messages of the token service's typed secrets that say what is wrong without quoting the
+/// value, so they may be shown.
+const SAFE_MESSAGES: [&str; 2] = [ADMIN_TOKEN_EXPECTED, KEK_EXPECTED];
+
 pub const SECRET_KEYS: [&str; 4] = ["admin.token", "keys.encryption_key", "database.url", "redis.url"];
 
 /// An environment value as a TOML value: numbers and booleans as such, anything else (and
@@ -274,8 +282,10 @@ fn describe_errors(errors: figment::Error) -> anyhow::Error {
             // the wrong place, and a type error would quote it. Errors about names are safe.
             let names_only =
                 matches!(e.kind, Kind::UnknownField(..) | Kind::MissingField(..) | Kind::DuplicateField(..));
-            // What SecretUrl says of a bad URL quotes nothing of it.
-            let ours = matches!(&e.kind, Kind::Message(m) if m == SecretUrl::DATABASE || m == SecretUrl::REDIS);
+            // What the typed secrets say of a bad value quotes nothing of it.
+            let ours = matches!(&e.kind, Kind::Message(m) if SAFE_MESSAGES.contains(&m.as_str())
+                || m == SecretUrl::DATABASE
+                || m == SecretUrl::REDIS);
             if SECRET_KEYS.iter().any(|s| *s == key || s.strip_prefix(key.as_str()).is_some_and(|r| r.starts_with('.')))
                 && !names_only
                 && !ours

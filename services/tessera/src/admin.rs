@@ -148,7 +148,7 @@ fn admin_token(settings: &Settings, file: Option<&Path>) -> anyhow::Result<Strin
             .trim()
             .to_owned());
     }
-    settings.admin_token()?.ok_or_else(|| {
+    settings.admin_token().ok_or_else(|| {
         anyhow::anyhow!(
             "no admin credential: set TESSERA_ADMIN__TOKEN, pass --token-file, or start the server once so it writes {}",
             settings.admin_token_file().display()

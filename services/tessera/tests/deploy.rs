@@ -27,7 +27,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use tessera::cli::Cli;
-use tessera_token_service::settings::Settings;
+use tessera_token_service::settings::{AdminToken, Settings};
 
 type Env = BTreeMap<String, String>;
 
@@ -1019,7 +1019,7 @@ fn deploy_compose_names_only_real_commands_settings_ports_and_services() {
             assert!(metrics.ip().is_unspecified(), "{what}: metrics.listen on all interfaces, not {metrics}");
             listening.insert(metrics.port());
             assert!(settings.admin.token.is_some(), "{what}: replicas need admin.token, not a generated one");
-            assert!(settings.key_encryption_key().expect("a valid KEK").is_some(), "{what}: signing keys sealed");
+            assert!(settings.keys.encryption_key.is_some(), "{what}: signing keys sealed");
             assert!(settings.redis.url.is_some(), "{what}: the shared store is Redis");
         }
         if http {
@@ -1191,7 +1191,7 @@ fn check_cluster(cluster: &Cluster, df: &Dockerfile, strict: bool, name: &str) {
             assert!(!at(&c.container, &["startupProbe"]).is_null(), "{what}: a startup probe");
             if let Some(s) = &settings {
                 assert!(s.admin.token.is_some(), "{what}: replicas share one admin.token");
-                assert!(s.key_encryption_key().expect("KEK").is_some(), "{what}: signing keys are sealed");
+                assert!(s.keys.encryption_key.is_some(), "{what}: signing keys are sealed");
                 assert!(s.redis.url.is_some(), "{what}: replicas share Redis");
                 assert!(s.database_url().starts_with("postgres"), "{what}: replicas share Postgres");
                 assert!(!s.demo.enabled, "{what}: no demo client in a shared database");
@@ -1389,7 +1389,7 @@ async fn deploy_health_checks_probes_and_the_seed_work_against_running_services(
     settings.grpc.listen = "127.0.0.1:0".parse().unwrap();
     settings.metrics.listen = None;
     settings.demo.enabled = false;
-    settings.admin.token = Some(admin_token.clone().into());
+    settings.admin.token = Some(AdminToken::new(&admin_token).unwrap());
     let app = tessera_token_service::Application::build(settings.clone()).await.expect("the token service starts");
     let grpc_addr = app.grpc_addr();
     let facade_config = tessera_http_facade::FacadeConfig {

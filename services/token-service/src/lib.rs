@@ -366,7 +366,7 @@ async fn watch_health(tessera: Arc<Tessera>, mut health: tonic_health::server::H
 
 /// The admin credential: from the settings, or generated once into `<data_dir>/admin-token`.
 fn admin_token(settings: &Settings) -> anyhow::Result<String> {
-    if let Some(token) = settings.admin_token()? {
+    if let Some(token) = settings.admin_token() {
         return Ok(token);
     }
     std::fs::create_dir_all(&settings.data_dir)

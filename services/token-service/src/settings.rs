@@ -9,6 +9,7 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use tessera_crypto::keys::Algorithm;
+use tessera_crypto::seal::Kek;
 use tessera_settings::{database_url, empty_is_none, redis_url};
 pub use tessera_settings::{
     redact_url, EnvSource, FacadeSettings, GrpcSettings, HttpSettings, HttpUrl, LogFormat, LogSettings, OtelSettings,
@@ -100,14 +101,15 @@ pub struct TokenSettings {
 pub struct KeySettings {
     /// A base64 32-byte key-encryption key that seals private signing keys at rest
     /// (AES-256-GCM). Unset: keys are stored unsealed (fine for the embedded default only).
-    pub encryption_key: Option<SecretString>,
+    #[serde(deserialize_with = "kek")]
+    pub encryption_key: Option<Kek>,
 }
 
 #[derive(Clone, Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminSettings {
     /// The admin credential. When unset, one is generated into `<data_dir>/admin-token`.
-    pub token: Option<SecretString>,
+    pub token: Option<AdminToken>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -211,8 +213,8 @@ impl Settings {
         Ok(settings)
     }
 
-    /// Checks the ranges of the numbers (every other value was parsed into its type as it
-    /// loaded) and that the key-encryption key opens.
+    /// Checks the ranges of the numbers: every other value was parsed into its type as it
+    /// loaded.
     pub fn validate(&self) -> anyhow::Result<()> {
         if !(1..=1000).contains(&self.database.max_connections) {
             bail!("database.max_connections: must be between 1 and 1000");
@@ -241,7 +243,6 @@ impl Settings {
         if !(0..=60).contains(&t.refresh_retry_window) {
             bail!("tokens.refresh_retry_window: must be 0 (off) to 60 seconds, got {}", t.refresh_retry_window);
         }
-        self.key_encryption_key()?;
         self.shutdown.check()?;
         let passwords = self.core_passwords();
         if passwords.workers > 256 || passwords.queue > 65_536 {
@@ -275,31 +276,15 @@ impl Settings {
 
     /// The admin credential the configuration names: `admin.token`, else the one generated
     /// into `admin_token_file()` by an earlier start; `None` when there is neither yet.
-    pub fn admin_token(&self) -> anyhow::Result<Option<String>> {
-        use secrecy::ExposeSecret as _;
+    pub fn admin_token(&self) -> Option<String> {
         if let Some(t) = &self.admin.token {
-            let t = t.expose_secret().trim().to_owned();
-            if t.len() < 16 {
-                bail!("admin.token: must be at least 16 characters");
-            }
-            return Ok(Some(t));
+            return Some(t.expose().to_owned());
         }
-        Ok(std::fs::read_to_string(self.admin_token_file()).ok().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()))
+        std::fs::read_to_string(self.admin_token_file()).ok().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty())
     }
 
     pub fn issuer(&self) -> String {
         self.issuer.as_ref().map_or_else(|| self.public_url(), HttpUrl::to_string)
-    }
-
-    /// The parsed key-encryption key, if one is configured.
-    pub fn key_encryption_key(&self) -> anyhow::Result<Option<tessera_crypto::seal::Kek>> {
-        use secrecy::ExposeSecret as _;
-        match &self.keys.encryption_key {
-            None => Ok(None),
-            Some(k) => tessera_crypto::seal::Kek::parse(k.expose_secret())
-                .map(Some)
-                .map_err(|e| anyhow::anyhow!("keys.encryption_key: {e}")),
-        }
     }
 
     /// The password pool's size: the settings where given, else the machine's defaults.
@@ -329,7 +314,7 @@ impl Settings {
         c.client_cache_ttl = i64::from(t.client_cache_ttl);
         c.refresh_retry_window = t.refresh_retry_window;
         c.default_client_id = Some(t.default_client_id.clone()).filter(|id| !id.is_empty());
-        c.key_encryption_key = self.key_encryption_key()?;
+        c.key_encryption_key = self.keys.encryption_key.clone();
         c.passwords = self.core_passwords();
         c.verification_uri = format!("{}/device", self.public_url());
         if let Some(a) = &t.audience {
@@ -338,6 +323,44 @@ impl Settings {
         c.signing_alg = t.signing_alg;
         Ok(c)
     }
+}
+
+/// The admin credential: at least 16 characters once trimmed. `Debug` never shows it.
+#[derive(Clone)]
+pub struct AdminToken(SecretString);
+
+impl AdminToken {
+    pub fn new(token: &str) -> Result<Self, &'static str> {
+        let token = token.trim();
+        (token.len() >= 16)
+            .then(|| AdminToken(SecretString::from(token.to_owned())))
+            .ok_or(tessera_settings::ADMIN_TOKEN_EXPECTED)
+    }
+
+    pub fn expose(&self) -> &str {
+        use secrecy::ExposeSecret as _;
+        self.0.expose_secret()
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+impl<'de> Deserialize<'de> for AdminToken {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        AdminToken::new(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+fn kek<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Kek>, D::Error> {
+    let s = String::deserialize(d)?;
+    (!s.is_empty())
+        .then(|| Kek::parse(&s))
+        .transpose()
+        .map_err(|_| serde::de::Error::custom(tessera_settings::KEK_EXPECTED))
 }
 
 fn signing_alg<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Algorithm, D::Error> {
@@ -392,6 +415,13 @@ mod tests {
         let e = Settings::load(None, &env(&[("TESSERA_KEYS__ENCRYPTION_KEY", "c2hvcnQ=")])).unwrap_err();
         assert!(format!("{e:#}").contains("keys.encryption_key"), "{e:#}");
         assert!(!format!("{e:#}").contains("c2hvcnQ="), "the bad key itself is not echoed: {e:#}");
+        assert!(format!("{e:#}").contains(tessera_settings::KEK_EXPECTED), "what is wrong is said: {e:#}");
+        let e = Settings::load(None, &env(&[("TESSERA_ADMIN__TOKEN", "hunter2-short")])).unwrap_err();
+        assert!(format!("{e:#}").contains("admin.token: must be at least 16 characters"), "{e:#}");
+        assert!(!format!("{e:#}").contains("hunter2"), "{e:#}");
+        let s = Settings::load(None, &env(&[("TESSERA_ADMIN__TOKEN", "  0123456789abcdef  ")])).unwrap();
+        assert_eq!(s.admin_token().as_deref(), Some("0123456789abcdef"), "trimmed once, as it loads");
+        assert!(!format!("{s:?}").contains("0123456789abcdef"), "Debug hides the admin credential");
         for url in ["redis+sentinel://s1:26379,s2:26379/mymaster", "redis+cluster://n1:7000,n2:7001"] {
             let s = Settings::load(None, &env(&[("REDIS_URL", url)])).unwrap();
             let got = s.redis.url.as_ref().map(SecretUrl::expose);

@@ -11,7 +11,7 @@ use tessera_proto::admin::v1::admin_service_client::AdminServiceClient;
 use tessera_proto::token::v1 as pb;
 use tessera_proto::token::v1::token_service_client::TokenServiceClient;
 pub use tessera_token_service::settings::SecretUrl;
-use tessera_token_service::settings::Settings;
+use tessera_token_service::settings::{AdminToken, Settings};
 use tessera_token_service::Application;
 use tonic::transport::Channel;
 
@@ -55,7 +55,7 @@ impl TestApp {
         let mut settings = Settings { data_dir: dir.clone(), ..Settings::default() };
         settings.grpc.listen = "127.0.0.1:0".parse().unwrap();
         settings.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
-        settings.admin.token = Some(ADMIN_TOKEN.to_owned().into());
+        settings.admin.token = Some(AdminToken::new(ADMIN_TOKEN).unwrap());
         settings.demo.enabled = false;
         // Room for every burst a flow sends at once, whatever the core count: the flows count
         // throttled answers, and a full password queue would be counted with them.

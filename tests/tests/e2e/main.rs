@@ -18,7 +18,9 @@ mod sealed_keys {
     const KEK: &str = "q2O9mJ3m1YH8JX1bX0h8m9XH3t7b9Q1nq1d3V8yq0aE=";
 
     async fn keys_are_sealed_at_rest(pair: Pair) {
-        let Some(mut app) = TestApp::spawn_with(pair, |s| s.keys.encryption_key = Some(KEK.to_owned().into())).await
+        let Some(mut app) =
+            TestApp::spawn_with(pair, |s| s.keys.encryption_key = Some(tessera_crypto::seal::Kek::parse(KEK).unwrap()))
+                .await
         else {
             return;
         };
@@ -34,7 +36,8 @@ mod sealed_keys {
         // The sealed key still signs and verifies across a restart.
         app.restart().await;
         let mut wrong = app.settings.clone();
-        wrong.keys.encryption_key = Some(tessera_crypto::seal::Kek::generate_b64().into());
+        wrong.keys.encryption_key =
+            Some(tessera_crypto::seal::Kek::parse(&tessera_crypto::seal::Kek::generate_b64()).unwrap());
         let (d, e) = tessera_token_service::connect_stores(&wrong).await.unwrap();
         let err = tessera_token_service::Application::build_with(
             wrong.clone(),

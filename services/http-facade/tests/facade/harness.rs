@@ -4,7 +4,6 @@
 use base64::Engine as _;
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
-use secrecy::SecretString;
 use serde_json::Value;
 use sha2::Digest as _;
 use std::net::TcpListener;
@@ -13,7 +12,7 @@ use tessera_http_facade::{FacadeApplication, FacadeConfig};
 use tessera_proto::admin::v1 as admin;
 use tessera_proto::admin::v1::admin_service_client::AdminServiceClient;
 use tessera_proto::AdminCredential;
-use tessera_token_service::settings::{SecretUrl, Settings};
+use tessera_token_service::settings::{AdminToken, SecretUrl, Settings};
 pub use tessera_token_service::Application as TokenServiceApp;
 use tessera_token_service::Application;
 use tonic::service::interceptor::InterceptedService;
@@ -98,7 +97,7 @@ impl TestApp {
         settings.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
         settings.http.listen = addr;
         settings.http.public_url = Some(base.parse().unwrap());
-        settings.admin.token = Some(SecretString::from(ADMIN_TOKEN.to_owned()));
+        settings.admin.token = Some(AdminToken::new(ADMIN_TOKEN).unwrap());
         settings.demo.enabled = false;
         // Flows that check reuse detection present a rotated token at once, which the retry
         // window would answer as a retry.
