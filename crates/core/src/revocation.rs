@@ -145,7 +145,8 @@ impl LogCursor {
 }
 
 /// What a flow may do about what it, or an earlier use of the same credential, issued: revoke
-/// it everywhere (durably first), and record why. A flow holds this, not the core.
+/// it everywhere (durably first), record why, and repeat such a repair at most once a minute
+/// ([`Revoking::first_this_minute`]). A flow holds this, not the core.
 #[async_trait::async_trait]
 pub(crate) trait Revoking: Send + Sync {
     async fn revoke_access(&self, jti: &str, exp: i64) -> Result<(), OAuthError>;

@@ -227,7 +227,6 @@ impl HttpSettings {
     }
 }
 
-/// Settings whose values are secrets or may hold one (a password in a URL).
 /// What an admin credential must be (said in errors instead of the value).
 pub const ADMIN_TOKEN_EXPECTED: &str = "must be at least 16 characters";
 /// What a key-encryption key must be (said in errors instead of the value).
@@ -236,6 +235,7 @@ pub const KEK_EXPECTED: &str = "must be base64 of 32 random bytes (`tessera admi
 /// value, so they may be shown.
 const SAFE_MESSAGES: [&str; 2] = [ADMIN_TOKEN_EXPECTED, KEK_EXPECTED];
 
+/// Settings whose values are secrets or may hold one (a password in a URL).
 pub const SECRET_KEYS: [&str; 4] = ["admin.token", "keys.encryption_key", "database.url", "redis.url"];
 
 /// An environment value as a TOML value: numbers and booleans as such, anything else (and

@@ -100,7 +100,8 @@ pub struct TokenSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct KeySettings {
     /// A base64 32-byte key-encryption key that seals private signing keys at rest
-    /// (AES-256-GCM). Unset: keys are stored unsealed (fine for the embedded default only).
+    /// (AES-256-GCM). Unset: keys are stored unsealed (fine for the embedded default only);
+    /// set but empty is refused.
     #[serde(deserialize_with = "kek")]
     pub encryption_key: Option<Kek>,
 }
@@ -355,12 +356,11 @@ impl<'de> Deserialize<'de> for AdminToken {
     }
 }
 
+/// A key-encryption key. Empty is refused like any other bad key, not taken as "none": an empty
+/// value in a Secret must not have signing keys stored unsealed.
 fn kek<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Kek>, D::Error> {
     let s = String::deserialize(d)?;
-    (!s.is_empty())
-        .then(|| Kek::parse(&s))
-        .transpose()
-        .map_err(|_| serde::de::Error::custom(tessera_settings::KEK_EXPECTED))
+    Kek::parse(&s).map(Some).map_err(|_| serde::de::Error::custom(tessera_settings::KEK_EXPECTED))
 }
 
 fn signing_alg<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Algorithm, D::Error> {
@@ -416,6 +416,8 @@ mod tests {
         assert!(format!("{e:#}").contains("keys.encryption_key"), "{e:#}");
         assert!(!format!("{e:#}").contains("c2hvcnQ="), "the bad key itself is not echoed: {e:#}");
         assert!(format!("{e:#}").contains(tessera_settings::KEK_EXPECTED), "what is wrong is said: {e:#}");
+        let e = Settings::load(None, &env(&[("TESSERA_KEYS__ENCRYPTION_KEY", "")])).unwrap_err();
+        assert!(format!("{e:#}").contains("keys.encryption_key"), "empty does not mean unsealed: {e:#}");
         let e = Settings::load(None, &env(&[("TESSERA_ADMIN__TOKEN", "hunter2-short")])).unwrap_err();
         assert!(format!("{e:#}").contains("admin.token: must be at least 16 characters"), "{e:#}");
         assert!(!format!("{e:#}").contains("hunter2"), "{e:#}");

@@ -185,12 +185,6 @@ pub enum Throttled {
     Stopped { retry_after_ms: i64 },
 }
 
-// Short-lived state, one trait per purpose so that each flow is handed only what it uses:
-// codes, device authorizations, login sessions, throttles, and the revocation fan-out. Every
-// mutation is one atomic operation (a single command or Lua script on Redis, one critical
-// section in memory). Expiry is checked against the `now` passed in on every read, not left to
-// TTL purges; TTLs only reclaim space.
-
 /// Authorization codes (RFC 6749 §4.1): stored once, taken once.
 #[async_trait]
 pub trait CodeStore: Send + Sync {
@@ -265,7 +259,11 @@ pub trait RevocationFanout: Send + Sync {
     async fn subscribe_revocations(&self) -> StoreResult<BoxStream<'static, Revocation>>;
 }
 
-/// Every ephemeral port in one object, as one adapter provides them.
+/// Short-lived state: every ephemeral port in one object, as one adapter provides them, split
+/// by purpose so that each flow is handed only what it uses (codes, device authorizations,
+/// login sessions, throttles, the revocation fan-out). Every mutation is one atomic operation
+/// (a single command or Lua script on Redis, one critical section in memory). Expiry is checked
+/// against the `now` passed in on every read, not left to TTL purges; TTLs only reclaim space.
 #[async_trait]
 pub trait Ephemeral: CodeStore + DeviceStore + SessionStore + Throttles + RevocationFanout {
     /// A cheap round trip, for readiness.
