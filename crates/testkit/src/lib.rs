@@ -107,15 +107,16 @@ impl ProductionStores {
 }
 
 /// The lines a child process writes to `stream` (its stdout, say), as they come, read on a
-/// thread of their own so that a test can wait for a line with a timeout.
+/// thread of their own so that a test can wait for a line with a timeout. The thread reads to
+/// the end even after the receiver is dropped: a pipe closed under the child would make its
+/// next `println!` fail, and the child die of it.
 pub fn lines_of(stream: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
     use std::io::BufRead as _;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stream).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
+            // Nobody may be listening any more; the line is read all the same.
+            let _ = tx.send(line);
         }
     });
     rx

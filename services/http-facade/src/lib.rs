@@ -330,8 +330,15 @@ impl FacadeApplication {
 /// what `tessera serve --only http-facade` and the `tessera-http-facade` binary run.
 pub async fn serve(settings: &settings::Settings, signal: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     let upstream = settings.token_service_url();
-    let facade = FacadeApplication::build(settings.config(), &upstream).await?;
-    let public = settings.http.public_url();
+    let mut config = settings.config();
+    // Bound first, so that a port the system picked is the one a default public URL names.
+    let listener =
+        TcpListener::bind(config.listen).with_context(|| format!("binding the HTTP listener on {}", config.listen))?;
+    if settings.http.public_url.is_none() {
+        config.public_url = format!("http://{}", listener.local_addr().context("reading the HTTP listener's address")?);
+    }
+    let public = config.public_url.clone();
+    let facade = FacadeApplication::build_with_listener(config, Upstream::grpc(&upstream)?, listener).await?;
     println!();
     println!("Tessera's HTTP facade is running.");
     println!("  HTTP: http://{} (public URL {public})", facade.local_addr());
