@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 use tessera_core::authorize::{AuthorizeOutcome, AuthorizeRequest, Consent};
 use tessera_core::clock::{Clock, ManualClock};
 use tessera_core::model::{Client, GrantType, SessionHandle};
-use tessera_core::ports::{ClientStore as _, ConsentStore as _, Ephemeral, LoginSession, UserStore as _};
+use tessera_core::ports::{ClientStore as _, ConsentStore as _, LoginSession, SessionStore as _, UserStore as _};
 use tessera_core::{CoreConfig, ErrorCode, Tessera};
 use tessera_ephemeral::MemoryEphemeral;
 use tessera_fuzz::{block_on, client, user};
