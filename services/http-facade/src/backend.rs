@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tessera_proto::local::{LocalChannel, LocalError, LocalFuture};
 use tessera_proto::token::v1::token_service_client::TokenServiceClient;
+use tessera_settings::redact_url;
 use tonic::body::BoxBody;
 use tonic::codegen::{http, Service};
 use tonic::metadata::{MetadataKey, MetadataValue};
@@ -38,7 +39,7 @@ impl Upstream {
     /// answer.
     pub fn grpc(url: &str) -> anyhow::Result<Self> {
         let endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| anyhow::anyhow!("the token service URL {url:?} is invalid: {e}"))?
+            .map_err(|e| anyhow::anyhow!("the token service URL {} is invalid: {e}", redact_url(url)))?
             .connect_timeout(Duration::from_secs(2))
             .timeout(CALL_TIMEOUT)
             .tcp_nodelay(true)
@@ -66,7 +67,8 @@ impl Upstream {
 impl std::fmt::Display for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Upstream::Grpc(endpoint) => write!(f, "{}", endpoint.uri()),
+            // A URL may carry credentials; what is shown never does.
+            Upstream::Grpc(endpoint) => f.write_str(&redact_url(&endpoint.uri().to_string())),
             Upstream::Local(_) => f.write_str("this process (local channel)"),
         }
     }
@@ -147,4 +149,18 @@ pub type TokenClient = TokenServiceClient<InterceptedService<Transport, CallCont
 pub struct Backend {
     pub token: TokenClient,
     pub health: HealthClient<Transport>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_service_url_is_shown_without_its_password() {
+        let upstream = Upstream::grpc("http://facade:s3cret@token-service:50051").unwrap();
+        let shown = upstream.to_string();
+        assert!(shown.contains("token-service:50051") && !shown.contains("s3cret"), "{shown}");
+        let e = Upstream::grpc("http://facade:s3cret@bad host:1").unwrap_err();
+        assert!(!format!("{e:#}").contains("s3cret"), "{e:#}");
+    }
 }

@@ -338,7 +338,8 @@ pub async fn serve(settings: &settings::Settings, signal: impl std::future::Futu
         config.public_url = format!("http://{}", listener.local_addr().context("reading the HTTP listener's address")?);
     }
     let public = config.public_url.clone();
-    let facade = FacadeApplication::build_with_listener(config, Upstream::grpc(&upstream)?, listener).await?;
+    let upstream = Upstream::grpc(&upstream)?;
+    let facade = FacadeApplication::build_with_listener(config, upstream.clone(), listener).await?;
     println!();
     println!("Tessera's HTTP facade is running.");
     println!("  HTTP: http://{} (public URL {public})", facade.local_addr());

@@ -83,33 +83,49 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
 /// `grpc-timeout` sets has passed (DEADLINE_EXCEEDED), as tonic's server does. Once `open` is
 /// false (the service is shutting down) calls fail as UNAVAILABLE, as a closed port would; a
 /// task that ends without an answer (it panicked) is UNAVAILABLE too, as a broken stream is.
+/// At most [`LOCAL_CALLS_IN_FLIGHT`] calls run at once (DESIGN.md rule 8): later ones wait for
+/// a place, as requests wait in a network channel's buffer, within their deadline.
 fn local_channel(routes: tonic::service::Routes, open: Arc<AtomicBool>) -> LocalChannel {
     use tower_layer::Layer as _;
     use tower_service::Service as _;
     let runtime = tokio::runtime::Handle::current();
     let service = tessera_telemetry::propagation::TraceContextLayer.layer(routes.prepare());
+    let places = Arc::new(tokio::sync::Semaphore::new(LOCAL_CALLS_IN_FLIGHT));
     LocalChannel::new(move |request| {
         if !open.load(Ordering::Acquire) {
             let stopped = tonic::Status::unavailable("the token service has stopped");
             return Box::pin(std::future::ready(Err(stopped.into())));
         }
         let deadline = grpc_timeout(request.headers());
-        let task = AbortOnDrop(runtime.spawn(service.clone().call(request)));
+        let (runtime, mut service, places) = (runtime.clone(), service.clone(), Arc::clone(&places));
+        let call = async move {
+            let place = places.acquire_owned().await.map_err(|_| tonic::Status::unavailable("stopping"))?;
+            let task = AbortOnDrop(runtime.spawn(async move {
+                let answer = service.call(request).await;
+                drop(place);
+                answer
+            }));
+            task.await.map_err(|_| tonic::Status::unavailable("the token service's task ended without an answer"))
+        };
         Box::pin(async move {
             let joined = match deadline {
-                Some(deadline) => match tokio::time::timeout(deadline, task).await {
+                Some(deadline) => match tokio::time::timeout(deadline, call).await {
                     Ok(joined) => joined,
                     Err(_) => return Err(tonic::Status::deadline_exceeded("the call ran past its deadline").into()),
                 },
-                None => task.await,
+                None => call.await,
             };
             match joined {
                 Ok(answer) => answer,
-                Err(_) => Err(tonic::Status::unavailable("the token service's task ended without an answer").into()),
+                Err(status) => Err(status.into()),
             }
         })
     })
 }
+
+/// Calls over the local channel that may run at once: as many as one network channel lets
+/// through its buffer.
+const LOCAL_CALLS_IN_FLIGHT: usize = 1024;
 
 /// The deadline a caller set in `grpc-timeout` (gRPC over HTTP/2: at most 8 digits and a unit).
 fn grpc_timeout(headers: &tonic::codegen::http::HeaderMap) -> Option<Duration> {
