@@ -44,6 +44,7 @@ pub fn client(id: &str, confidential: bool, grants: &[GrantType], redirect_uris:
         allow_implicit: false,
         allow_plain_pkce: false,
         created_at: 0,
+        watch_revocations: false,
     }
 }
 

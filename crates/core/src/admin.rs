@@ -24,6 +24,8 @@ pub struct NewClient {
     pub skip_consent: bool,
     pub allow_implicit: bool,
     pub allow_plain_pkce: bool,
+    /// May watch revocations (confidential clients only).
+    pub watch_revocations: bool,
 }
 
 /// A client just created, with its secret, shown once.
@@ -114,6 +116,9 @@ impl Tessera {
         if spec.allow_implicit && !grant_types.contains(&GrantType::Implicit) {
             grant_types.push(GrantType::Implicit);
         }
+        if spec.public && spec.watch_revocations {
+            return Err(bad("only a confidential client may watch revocations"));
+        }
         let secret = (!spec.public).then(|| ClientSecret::new(tessera_crypto::random_secret(32)));
         let client = Client {
             id,
@@ -129,6 +134,7 @@ impl Tessera {
             allow_implicit: spec.allow_implicit,
             allow_plain_pkce: spec.allow_plain_pkce,
             created_at: self.now(),
+            watch_revocations: spec.watch_revocations,
         };
         // A deleted client's id stays retired: a new client must not inherit its refresh
         // tokens, consents or anything a resource server remembers about it.
@@ -161,6 +167,23 @@ impl Tessera {
         }
         self.audit(AuditKind::ClientDeleted, Some(id), None, "client deleted").await;
         Ok(())
+    }
+
+    /// Allows a confidential client to watch revocations, or stops allowing it. Other nodes
+    /// see the change once their copy of the client is older than `client_cache_ttl`; a
+    /// stream already open on a node goes on until it ends.
+    pub async fn set_client_permissions(&self, id: &str, watch_revocations: bool) -> Result<Client, OAuthError> {
+        let client = self.get_client(id).await?;
+        if watch_revocations && !client.confidential {
+            return Err(bad("only a confidential client may watch revocations"));
+        }
+        if !self.durable.set_client_watch_revocations(id, watch_revocations).await? {
+            return Err(bad("no such client"));
+        }
+        self.clients.forget(id);
+        let what = if watch_revocations { "may watch revocations" } else { "may not watch revocations" };
+        self.audit(AuditKind::ClientPermissionsChanged, Some(id), None, what).await;
+        self.get_client(id).await
     }
 
     /// A new secret that replaces the old one at once.

@@ -27,6 +27,12 @@ pub struct Tessera {
     pub(crate) keys: KeyRing,
     pub(crate) revocations: Revocations,
     pub(crate) log_cursor: tokio::sync::Mutex<LogCursor>,
+    /// Where `log_cursor` has settled, readable without its lock.
+    pub(crate) log_settled: std::sync::atomic::AtomicI64,
+    /// Every revocation this node applies, for the watchers (see [`crate::watch`]).
+    pub(crate) live: tokio::sync::broadcast::Sender<crate::watch::Watched>,
+    /// Security Event Token polls waiting for an event.
+    pub(crate) long_polls: tokio::sync::Semaphore,
     pub(crate) verified: VerifiedCache,
     pub(crate) clients: ClientCache,
     /// Every Argon2 computation runs here: fixed workers, bounded queue (DESIGN.md rule 8).
@@ -77,6 +83,9 @@ impl Tessera {
             keys: loaded.ring,
             revocations: Revocations::default(),
             log_cursor: Default::default(),
+            log_settled: Default::default(),
+            live: tokio::sync::broadcast::channel(crate::watch::LIVE_BUFFER).0,
+            long_polls: tokio::sync::Semaphore::new(crate::watch::LONG_POLLS),
             verified: VerifiedCache::new(100_000),
             clients: ClientCache::default(),
         });

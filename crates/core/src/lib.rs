@@ -25,6 +25,7 @@ pub mod ports;
 pub mod revocation;
 pub mod throttle;
 pub mod tokens;
+pub mod watch;
 
 pub use clients::ClientAuth;
 pub use config::CoreConfig;

@@ -210,6 +210,8 @@ pub struct Client {
     pub allow_plain_pkce: bool,
     /// Unix seconds.
     pub created_at: i64,
+    /// May watch revocations (WatchRevocations, Security Event Tokens by poll).
+    pub watch_revocations: bool,
 }
 
 impl Client {

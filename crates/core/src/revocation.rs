@@ -205,7 +205,10 @@ impl Tessera {
     }
 
     fn apply_revocation(&self, r: &Revocation, now: i64) {
-        self.revocations.apply(r, now);
+        if self.revocations.apply(r, now) {
+            // Nobody watching is not an error.
+            let _ = self.live.send(crate::watch::Watched { revocation: r.clone(), cursor: self.settled_position() });
+        }
         // A changed or deleted client must not be trusted from any node's cache.
         if let Revocation::Client { id, .. } = r {
             self.clients.forget(id);
@@ -245,6 +248,7 @@ impl Tessera {
             }
         }
         cursor.settle(now_ms);
+        self.log_settled.fetch_max(cursor.through, std::sync::atomic::Ordering::AcqRel);
         cursor.polls = cursor.polls.wrapping_add(1);
         if cursor.polls % PURGE_EVERY_POLLS == 0 {
             self.revocations.purge(now);

@@ -8,6 +8,8 @@ pub const DEVICE_AUTHORIZATION: &str = "/oauth2/device_authorization";
 pub const DEVICE_VERIFICATION: &str = "/device";
 pub const INTROSPECT: &str = "/oauth2/introspect";
 pub const REVOKE: &str = "/oauth2/revoke";
+/// Security Event Tokens by poll (RFC 8936).
+pub const SECURITY_EVENTS: &str = "/oauth2/security-events";
 pub const JWKS: &str = "/oauth2/jwks";
 pub const USERINFO: &str = "/userinfo";
 pub const OAUTH_METADATA: &str = "/.well-known/oauth-authorization-server";

@@ -159,6 +159,8 @@ contract!(
     audit_events_come_back_newest_first,
     the_revocation_log_appends_once_reads_in_order_and_forgets_what_expired,
     a_deleted_client_id_stays_retired,
+    the_watch_permission_is_stored_and_changed_alone,
+    the_log_knows_its_last_position_and_keeps_each_receivers_acks,
     migrating_twice_is_a_no_op_that_keeps_the_data,
     a_live_database_answers_ping,
 );
@@ -272,6 +274,7 @@ mod cases {
             allow_implicit: true,
             allow_plain_pkce: false,
             created_at: 1_700_000_000,
+            watch_revocations: true,
         }
     }
 
@@ -287,6 +290,7 @@ mod cases {
             skip_consent: true,
             allow_implicit: false,
             allow_plain_pkce: true,
+            watch_revocations: false,
             ..client(id)
         }
     }
@@ -1085,6 +1089,34 @@ mod cases {
         assert!(s.client_id_retired("gone").await.unwrap());
         assert_eq!(s.purge_revocations(i64::MAX - 1).await.unwrap(), 0, "cut-offs are never purged");
         assert!(s.client_id_retired("gone").await.unwrap());
+    }
+
+    pub async fn the_watch_permission_is_stored_and_changed_alone(s: Arc<SqlStore>, _: Backend) {
+        s.create_client(&client("svc")).await.unwrap();
+        assert!(s.set_client_watch_revocations("svc", false).await.unwrap());
+        let changed = s.get_client("svc").await.unwrap().unwrap();
+        assert_eq!(changed, Client { watch_revocations: false, ..client("svc") }, "nothing else changed");
+        assert!(s.set_client_watch_revocations("svc", true).await.unwrap());
+        assert_eq!(s.get_client("svc").await.unwrap(), Some(client("svc")));
+        assert!(!s.set_client_watch_revocations("nobody", true).await.unwrap());
+    }
+
+    pub async fn the_log_knows_its_last_position_and_keeps_each_receivers_acks(s: Arc<SqlStore>, _: Backend) {
+        use tessera_core::ports::{Revocation, RevocationLog, SetAcks};
+        assert_eq!(s.last_revocation_seq().await.unwrap(), 0, "an empty log");
+        s.append_revocations(&[Revocation::Access { jti: "a".into(), exp: 50 }], 1).await.unwrap();
+        s.append_revocations(&[Revocation::User { id: "u".into(), before: 9 }], 1).await.unwrap();
+        let all = s.revocations_after(0, 0, 10).await.unwrap();
+        assert_eq!(s.last_revocation_seq().await.unwrap(), all.last().unwrap().seq);
+
+        assert_eq!(s.set_acks("rs").await.unwrap(), SetAcks::default(), "a receiver never seen");
+        let acks = SetAcks { through: 7, above: vec![9, 12] };
+        s.save_set_acks("rs", &acks).await.unwrap();
+        assert_eq!(s.set_acks("rs").await.unwrap(), acks);
+        let moved = SetAcks { through: 12, above: vec![] };
+        s.save_set_acks("rs", &moved).await.unwrap();
+        assert_eq!(s.set_acks("rs").await.unwrap(), moved, "saved again over the first");
+        assert_eq!(s.set_acks("other").await.unwrap(), SetAcks::default(), "each receiver its own");
     }
 
     pub async fn migrating_twice_is_a_no_op_that_keeps_the_data(s: Arc<SqlStore>, _: Backend) {

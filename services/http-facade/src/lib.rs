@@ -17,6 +17,7 @@ pub mod observe;
 pub mod openapi;
 pub mod pages;
 pub mod params;
+pub mod security_events;
 pub mod settings;
 pub mod source;
 pub mod userinfo;
@@ -151,6 +152,7 @@ router! {
     Json paths::DEVICE_AUTHORIZATION => { post: oauth::device_authorization }
     Json paths::INTROSPECT => { post: oauth::introspect }
     Json paths::REVOKE => { post: oauth::revoke }
+    Json paths::SECURITY_EVENTS => { post: security_events::poll }
     Json paths::OAUTH_METADATA => { get: discovery::oauth_metadata }
     Json paths::OPENID_METADATA => { get: discovery::openid_metadata }
     Json paths::JWKS => { get: discovery::jwks }

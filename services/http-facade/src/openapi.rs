@@ -2,7 +2,7 @@
 //! annotations, with each alias path documented as a copy of its standard path.
 
 use crate::error::ErrorBody;
-use crate::{discovery, health, oauth, userinfo, ALIASES};
+use crate::{discovery, health, oauth, security_events, userinfo, ALIASES};
 use actix_web::{web, HttpResponse};
 use utoipa::openapi::path::{Operation, PathItem};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -19,6 +19,7 @@ use utoipa::{Modify, OpenApi};
         oauth::device_authorization,
         oauth::introspect,
         oauth::revoke,
+        security_events::poll,
         discovery::oauth_metadata,
         discovery::openid_metadata,
         discovery::jwks,

@@ -90,6 +90,10 @@ enum ClientCommand {
         /// Allow PKCE with the `plain` method.
         #[arg(long)]
         allow_plain_pkce: bool,
+        /// Allow watching revocations (WatchRevocations and the security event poll
+        /// endpoint), for a resource server that verifies tokens itself.
+        #[arg(long)]
+        watch_revocations: bool,
     },
     /// List clients.
     List,
@@ -99,6 +103,13 @@ enum ClientCommand {
     Delete { id: String },
     /// Replace a client's secret; the new one is printed once.
     RotateSecret { id: String },
+    /// Set what a client may do besides its grants.
+    Permissions {
+        id: String,
+        /// Whether it may watch revocations.
+        #[arg(long, action = clap::ArgAction::Set, value_name = "true|false")]
+        watch_revocations: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -169,6 +180,7 @@ fn client_json(c: &pb::Client) -> serde_json::Value {
         "skip_consent": c.skip_consent,
         "allow_implicit": c.allow_implicit,
         "allow_plain_pkce": c.allow_plain_pkce,
+        "watch_revocations": c.watch_revocations,
         "created_at": c.created_at,
     })
 }
@@ -183,6 +195,9 @@ fn print_client(c: &pb::Client) {
     println!("  grants:        {}", c.grant_types.join(" "));
     println!("  redirect URIs: {}", c.redirect_uris.join(" "));
     println!("  scopes:        {}", c.scopes.join(" "));
+    if c.watch_revocations {
+        println!("  may watch revocations");
+    }
 }
 
 pub async fn run(args: &AdminArgs, config: Option<&Path>) -> anyhow::Result<()> {
@@ -223,6 +238,7 @@ pub async fn run(args: &AdminArgs, config: Option<&Path>) -> anyhow::Result<()> 
                 skip_consent,
                 allow_implicit,
                 allow_plain_pkce,
+                watch_revocations,
             } => {
                 let req = pb::CreateClientRequest {
                     client_id: id.clone().unwrap_or_default(),
@@ -236,6 +252,7 @@ pub async fn run(args: &AdminArgs, config: Option<&Path>) -> anyhow::Result<()> 
                     skip_consent: *skip_consent,
                     allow_implicit: *allow_implicit,
                     allow_plain_pkce: *allow_plain_pkce,
+                    watch_revocations: *watch_revocations,
                 };
                 let r = client.create_client(req).await.map_err(failed)?.into_inner();
                 let c = r.client.unwrap_or_default();
@@ -292,6 +309,21 @@ pub async fn run(args: &AdminArgs, config: Option<&Path>) -> anyhow::Result<()> 
                 } else {
                     println!("new secret for {id}: {}", r.client_secret);
                     println!("(shown once; the old secret no longer works)");
+                }
+            }
+            ClientCommand::Permissions { id, watch_revocations } => {
+                let c = client
+                    .set_client_permissions(pb::SetClientPermissionsRequest {
+                        client_id: id.clone(),
+                        watch_revocations: *watch_revocations,
+                    })
+                    .await
+                    .map_err(failed)?
+                    .into_inner();
+                if json {
+                    println!("{}", client_json(&c));
+                } else {
+                    print_client(&c);
                 }
             }
         },

@@ -56,6 +56,7 @@ fn client_pb(c: Client) -> pb::Client {
         allow_implicit: c.allow_implicit,
         allow_plain_pkce: c.allow_plain_pkce,
         created_at: c.created_at,
+        watch_revocations: c.watch_revocations,
     }
 }
 
@@ -92,6 +93,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
                     skip_consent: r.skip_consent,
                     allow_implicit: r.allow_implicit,
                     allow_plain_pkce: r.allow_plain_pkce,
+                    watch_revocations: r.watch_revocations,
                 };
                 let created = self.tessera.create_client(spec).await?;
                 Ok(pb::CreateClientResponse {
@@ -120,6 +122,19 @@ impl pb::admin_service_server::AdminService for AdminApi {
         let r = request.into_inner();
         self.metrics
             .observe("GetClient", "", async move { Ok(client_pb(self.tessera.get_client(&r.client_id).await?)) })
+            .await
+    }
+
+    #[tracing::instrument(name = "SetClientPermissions", skip_all, fields(otel.kind = "server", error_code = Empty))]
+    async fn set_client_permissions(
+        &self,
+        request: Request<pb::SetClientPermissionsRequest>,
+    ) -> Result<Response<pb::Client>, Status> {
+        let r = request.into_inner();
+        self.metrics
+            .observe("SetClientPermissions", "", async move {
+                Ok(client_pb(self.tessera.set_client_permissions(&r.client_id, r.watch_revocations).await?))
+            })
             .await
     }
 

@@ -25,6 +25,10 @@ pub struct TokenApi {
     pub metadata_json: Arc<str>,
     /// Peers whose relayed client address is believed (`grpc.trusted_relays`).
     pub trusted_relays: TrustedNetworks,
+    /// Becomes true when the service shuts down: open watches end.
+    pub closing: tokio::sync::watch::Receiver<bool>,
+    /// One permit per open watch ([`crate::watch::MAX_WATCHERS`]).
+    pub watchers: Arc<tokio::sync::Semaphore>,
 }
 
 impl TokenApi {
@@ -56,6 +60,57 @@ fn scopes(v: Vec<(String, String)>) -> Vec<pb::ScopeDescription> {
 
 #[tonic::async_trait]
 impl pb::token_service_server::TokenService for TokenApi {
+    type WatchRevocationsStream = crate::watch::EventStream;
+
+    #[tracing::instrument(name = "WatchRevocations", skip_all, fields(otel.kind = "server", client_id = %printable(&request.get_ref().client_id), error_code = Empty))]
+    async fn watch_revocations(
+        &self,
+        request: Request<pb::WatchRevocationsRequest>,
+    ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
+        let r = request.into_inner();
+        // Counted when it opens (or is refused); how long it stays open is the watcher's.
+        self.metrics
+            .observe("WatchRevocations", "", async move {
+                let permit = Arc::clone(&self.watchers).try_acquire_owned().map_err(|_| {
+                    OAuthError::temporarily_unavailable("too many revocation watchers on this node; retry later", 5)
+                })?;
+                let auth = ClientAuth::new(r.client_id, r.client_secret);
+                let watch = self.tessera.watch_revocations(&auth, &r.cursor).await?;
+                Ok(crate::watch::events(
+                    Arc::clone(&self.tessera),
+                    watch,
+                    crate::watch::heartbeat(r.heartbeat_seconds),
+                    self.closing.clone(),
+                    permit,
+                ))
+            })
+            .await
+    }
+
+    #[tracing::instrument(name = "PollSecurityEvents", skip_all, fields(otel.kind = "server", client_id = %printable(&request.get_ref().client_id), error_code = Empty))]
+    async fn poll_security_events(
+        &self,
+        request: Request<pb::PollSecurityEventsRequest>,
+    ) -> Result<Response<pb::PollSecurityEventsResponse>, Status> {
+        let r = request.into_inner();
+        self.metrics
+            .observe("PollSecurityEvents", "", async move {
+                let auth = ClientAuth::new(r.client_id, r.client_secret);
+                let poll = tessera_core::watch::SetPoll {
+                    ack: r.ack,
+                    errors: r.set_errs.into_iter().map(|(jti, e)| (jti, e.err, e.description)).collect(),
+                    max_events: u32::try_from(r.max_events).ok(),
+                    return_immediately: r.return_immediately,
+                };
+                let batch = self.tessera.poll_security_events(&auth, poll).await?;
+                Ok(pb::PollSecurityEventsResponse {
+                    sets: batch.sets.into_iter().collect(),
+                    more_available: batch.more_available,
+                })
+            })
+            .await
+    }
+
     #[tracing::instrument(name = "IssueToken", skip_all, fields(otel.kind = "server", grant_type = GrantType::label(&request.get_ref().grant_type), client_id = %printable(&request.get_ref().client_id), client_addr = Empty, error_code = Empty))]
     async fn issue_token(
         &self,

@@ -12,6 +12,7 @@ pub mod metadata;
 pub mod observe;
 pub mod settings;
 pub mod source;
+pub mod watch;
 
 use anyhow::Context as _;
 use observe::Metrics;
@@ -169,6 +170,8 @@ pub struct Application {
     local: LocalChannel,
     local_open: Arc<AtomicBool>,
     shutdown: Option<oneshot::Sender<()>>,
+    /// Tells open watches to end, so a graceful shutdown does not wait for them.
+    closing: tokio::sync::watch::Sender<bool>,
     grace: Duration,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     background: Vec<JoinHandle<()>>,
@@ -220,11 +223,14 @@ impl Application {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .context("building the reflection service")?;
+        let (closing, closing_rx) = tokio::sync::watch::channel(false);
         let token = TokenServiceServer::new(grpc::TokenApi {
             tessera: Arc::clone(&tessera),
             metrics: Arc::clone(&metrics),
             metadata_json: metadata::server_metadata(&settings).to_string().into(),
             trusted_relays: settings.grpc.trusted_relays.clone(),
+            closing: closing_rx,
+            watchers: Arc::new(tokio::sync::Semaphore::new(watch::MAX_WATCHERS)),
         })
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let guard = admin::AdminGuard {
@@ -278,6 +284,7 @@ impl Application {
             tessera,
             demo,
             shutdown: Some(tx),
+            closing,
             grace,
             server,
             background,
@@ -316,6 +323,7 @@ impl Application {
     /// at once; calls already made over it are not waited for.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.local_open.store(false, Ordering::Release);
+        self.closing.send_replace(true);
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -350,6 +358,7 @@ impl Application {
 impl Drop for Application {
     fn drop(&mut self) {
         self.local_open.store(false, Ordering::Release);
+        self.closing.send_replace(true);
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }

@@ -47,6 +47,12 @@ pub fn server_metadata(settings: &Settings) -> serde_json::Value {
         "request_uri_parameter_supported": false,
         // RFC 9207: every authorization response carries `iss`.
         "authorization_response_iss_parameter_supported": true,
+        // Revocations as Security Event Tokens (RFC 8417) by poll (RFC 8936), for clients
+        // allowed to watch them; gRPC callers use WatchRevocations.
+        "security_event_poll_endpoint": url(paths::SECURITY_EVENTS),
+        "security_event_delivery_methods_supported": ["urn:ietf:rfc:8936"],
+        "security_event_types_supported": tessera_core::watch::SET_EVENT_TYPES,
+        "security_event_signing_alg_values_supported": [settings.tokens.signing_alg.as_str()],
     })
 }
 
@@ -62,6 +68,7 @@ mod tests {
         assert_eq!(m["issuer"], "https://id.example.com");
         assert_eq!(m["token_endpoint"], "https://id.example.com/oauth2/token");
         assert_eq!(m["jwks_uri"], "https://id.example.com/oauth2/jwks");
+        assert_eq!(m["security_event_poll_endpoint"], "https://id.example.com/oauth2/security-events");
         assert!(m["grant_types_supported"]
             .as_array()
             .unwrap()

@@ -16,6 +16,8 @@ pub trait ClientStore: Send + Sync {
     /// Replaces the secret digest; `false` if there is no such client. The old secret stops
     /// working at once.
     async fn set_client_secret(&self, id: &str, digest: Digest) -> StoreResult<bool>;
+    /// Allows or forbids watching revocations; `false` if there is no such client.
+    async fn set_client_watch_revocations(&self, id: &str, allowed: bool) -> StoreResult<bool>;
 }
 
 /// Users (resource owners).
@@ -215,6 +217,8 @@ pub enum AuditKind {
     ClientCreated,
     ClientDeleted,
     ClientSecretRotated,
+    /// What a client may do besides its grants changed (the detail says what).
+    ClientPermissionsChanged,
     UserCreated,
     /// A user disabled or enabled again (the detail says which).
     UserDisabled,
@@ -223,7 +227,7 @@ pub enum AuditKind {
 }
 
 impl AuditKind {
-    pub const ALL: [AuditKind; 12] = [
+    pub const ALL: [AuditKind; 13] = [
         AuditKind::RefreshReuse,
         AuditKind::RefreshRetry,
         AuditKind::CodeReplay,
@@ -232,6 +236,7 @@ impl AuditKind {
         AuditKind::ClientCreated,
         AuditKind::ClientDeleted,
         AuditKind::ClientSecretRotated,
+        AuditKind::ClientPermissionsChanged,
         AuditKind::UserCreated,
         AuditKind::UserDisabled,
         AuditKind::UserPasswordSet,
@@ -248,6 +253,7 @@ impl AuditKind {
             AuditKind::ClientCreated => "client_created",
             AuditKind::ClientDeleted => "client_deleted",
             AuditKind::ClientSecretRotated => "client_secret_rotated",
+            AuditKind::ClientPermissionsChanged => "client_permissions_changed",
             AuditKind::UserCreated => "user_created",
             AuditKind::UserDisabled => "user_disabled",
             AuditKind::UserPasswordSet => "user_password_set",

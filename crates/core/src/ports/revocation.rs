@@ -87,6 +87,21 @@ pub trait RevocationLog: Send + Sync {
     /// Whether `client_id` belonged to a deleted client (such an id is never reused, so a new
     /// client cannot inherit anything of the old one).
     async fn client_id_retired(&self, client_id: &str) -> StoreResult<bool>;
+    /// The highest position the log has handed out so far (0 for an empty log).
+    async fn last_revocation_seq(&self) -> StoreResult<i64>;
+    /// What a receiver of Security Event Tokens by poll has acknowledged (the default for one
+    /// never seen).
+    async fn set_acks(&self, receiver: &str) -> StoreResult<SetAcks>;
+    async fn save_set_acks(&self, receiver: &str, acks: &SetAcks) -> StoreResult<()>;
+}
+
+/// What a receiver of Security Event Tokens (RFC 8936) acknowledged, by log position.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SetAcks {
+    /// Every entry up to here is acknowledged.
+    pub through: i64,
+    /// Entries above `through` acknowledged out of order, ascending.
+    pub above: Vec<i64>,
 }
 
 #[cfg(test)]

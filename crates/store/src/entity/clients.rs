@@ -26,6 +26,8 @@ pub struct Model {
     pub allow_implicit: bool,
     pub allow_plain_pkce: bool,
     pub created_at: i64,
+    /// May watch revocations.
+    pub watch_revocations: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

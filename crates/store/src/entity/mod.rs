@@ -6,5 +6,6 @@ pub mod clients;
 pub mod consents;
 pub mod refresh_tokens;
 pub mod revocations;
+pub mod set_receivers;
 pub mod signing_keys;
 pub mod users;

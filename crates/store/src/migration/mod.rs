@@ -8,6 +8,7 @@ use sea_orm_migration::prelude::*;
 mod m20260101_000001_initial;
 mod m20261130_000002_revocations;
 mod m20261130_000003_refresh_retry;
+mod m20261201_000004_watchers;
 
 /// Every migration of the store, oldest first.
 pub struct Migrator;
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20260101_000001_initial::Migration),
             Box::new(m20261130_000002_revocations::Migration),
             Box::new(m20261130_000003_refresh_retry::Migration),
+            Box::new(m20261201_000004_watchers::Migration),
         ]
     }
 }

@@ -28,6 +28,7 @@ fn to_row(client: &Client) -> StoreResult<ActiveModel> {
         allow_implicit: client.allow_implicit,
         allow_plain_pkce: client.allow_plain_pkce,
         created_at: client.created_at,
+        watch_revocations: client.watch_revocations,
     }
     .into_active_model())
 }
@@ -51,6 +52,7 @@ fn from_row(row: Model) -> StoreResult<Client> {
         allow_implicit: row.allow_implicit,
         allow_plain_pkce: row.allow_plain_pkce,
         created_at: row.created_at,
+        watch_revocations: row.watch_revocations,
     })
 }
 
@@ -87,6 +89,16 @@ impl ClientStore for SqlStore {
 
     async fn delete_client(&self, id: &str) -> StoreResult<bool> {
         let res = Entity::delete_by_id(id).exec(&self.db).await.map_err(error::from_db)?;
+        Ok(res.rows_affected > 0)
+    }
+
+    async fn set_client_watch_revocations(&self, id: &str, allowed: bool) -> StoreResult<bool> {
+        let res = Entity::update_many()
+            .col_expr(Column::WatchRevocations, Expr::value(allowed))
+            .filter(Column::Id.eq(id))
+            .exec(&self.db)
+            .await
+            .map_err(error::from_db)?;
         Ok(res.rows_affected > 0)
     }
 

@@ -5,7 +5,8 @@ use crate::SqlStore;
 use async_trait::async_trait;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{ActiveValue, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
-use tessera_core::ports::{LoggedRevocation, Revocation, RevocationLog};
+use crate::entity::set_receivers;
+use tessera_core::ports::{LoggedRevocation, Revocation, RevocationLog, SetAcks};
 use tessera_core::StoreResult;
 
 const TABLE: &str = "revocations";
@@ -79,5 +80,45 @@ impl RevocationLog for SqlStore {
             .await
             .map_err(error::from_db)?;
         Ok(n > 0)
+    }
+
+    async fn last_revocation_seq(&self) -> StoreResult<i64> {
+        // An empty log (or one whose every entry was purged) answers 0.
+        let last: Option<Option<i64>> = Entity::find()
+            .select_only()
+            .column_as(Column::Seq.max(), "last")
+            .into_tuple()
+            .one(&self.db)
+            .await
+            .map_err(error::from_db)?;
+        Ok(last.flatten().unwrap_or(0))
+    }
+
+    async fn set_acks(&self, receiver: &str) -> StoreResult<SetAcks> {
+        let Some(row) = set_receivers::Entity::find_by_id(receiver).one(&self.db).await.map_err(error::from_db)?
+        else {
+            return Ok(SetAcks::default());
+        };
+        let above = serde_json::from_str(&row.acked_above).map_err(|e| corrupt("set_receivers", e))?;
+        Ok(SetAcks { through: row.acked_through, above })
+    }
+
+    async fn save_set_acks(&self, receiver: &str, acks: &SetAcks) -> StoreResult<()> {
+        let above = serde_json::to_string(&acks.above).map_err(|e| corrupt("set_receivers", e))?;
+        let row = set_receivers::ActiveModel {
+            client_id: ActiveValue::Set(receiver.to_owned()),
+            acked_through: ActiveValue::Set(acks.through),
+            acked_above: ActiveValue::Set(above),
+        };
+        set_receivers::Entity::insert(row)
+            .on_conflict(
+                OnConflict::column(set_receivers::Column::ClientId)
+                    .update_columns([set_receivers::Column::AckedThrough, set_receivers::Column::AckedAbove])
+                    .to_owned(),
+            )
+            .exec_without_returning(&self.db)
+            .await
+            .map_err(error::from_db)?;
+        Ok(())
     }
 }
