@@ -66,4 +66,3 @@ pub const CLIENT_ADDR_METADATA: &str = "x-tessera-client-addr";
 
 /// The encoded descriptors of every Tessera service, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tessera_descriptor.bin"));
-

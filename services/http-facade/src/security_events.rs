@@ -66,7 +66,10 @@ pub async fn poll(req: HttpRequest, backend: web::Data<Backend>, body: web::Byte
         PollRequest::default()
     } else {
         serde_json::from_slice(&body).map_err(|e| {
-            ApiError::invalid_request(format!("the body is not an RFC 8936 poll request: {}", printable(&e.to_string())))
+            ApiError::invalid_request(format!(
+                "the body is not an RFC 8936 poll request: {}",
+                printable(&e.to_string())
+            ))
         })?
     };
     let answer = backend

@@ -32,7 +32,8 @@ pub type EventStream = std::pin::Pin<Box<dyn Stream<Item = Result<pb::Revocation
 
 /// The heartbeat interval a watcher asked for (0: the default), within the range.
 pub fn heartbeat(seconds: u32) -> Duration {
-    let s = if seconds == 0 { DEFAULT_HEARTBEAT } else { seconds.clamp(*HEARTBEAT_RANGE.start(), *HEARTBEAT_RANGE.end()) };
+    let s =
+        if seconds == 0 { DEFAULT_HEARTBEAT } else { seconds.clamp(*HEARTBEAT_RANGE.start(), *HEARTBEAT_RANGE.end()) };
     Duration::from_secs(s.into())
 }
 

@@ -1,11 +1,11 @@
 use super::corrupt;
 use crate::entity::revocations::{ActiveModel, Column, Entity, Model};
+use crate::entity::set_receivers;
 use crate::error;
 use crate::SqlStore;
 use async_trait::async_trait;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{ActiveValue, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
-use crate::entity::set_receivers;
 use tessera_core::ports::{LoggedRevocation, Revocation, RevocationLog, SetAcks};
 use tessera_core::StoreResult;
 
@@ -95,8 +95,7 @@ impl RevocationLog for SqlStore {
     }
 
     async fn set_acks(&self, receiver: &str) -> StoreResult<SetAcks> {
-        let Some(row) = set_receivers::Entity::find_by_id(receiver).one(&self.db).await.map_err(error::from_db)?
-        else {
+        let Some(row) = set_receivers::Entity::find_by_id(receiver).one(&self.db).await.map_err(error::from_db)? else {
             return Ok(SetAcks::default());
         };
         let above = serde_json::from_str(&row.acked_above).map_err(|e| corrupt("set_receivers", e))?;
