@@ -120,6 +120,7 @@ impl TestApp {
                 skip_consent: spec.skip_consent,
                 allow_implicit: spec.allow_implicit,
                 allow_plain_pkce: spec.allow_plain_pkce,
+                watch_revocations: spec.watch_revocations,
                 ..Default::default()
             })
             .await
@@ -206,6 +207,7 @@ pub struct ClientSpec<'a> {
     pub skip_consent: bool,
     pub allow_implicit: bool,
     pub allow_plain_pkce: bool,
+    pub watch_revocations: bool,
 }
 
 impl Default for ClientSpec<'_> {
@@ -219,6 +221,7 @@ impl Default for ClientSpec<'_> {
             skip_consent: false,
             allow_implicit: false,
             allow_plain_pkce: false,
+            watch_revocations: false,
         }
     }
 }
