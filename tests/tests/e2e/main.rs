@@ -11,6 +11,7 @@ mod leaks;
 mod outage;
 mod revocation;
 mod throttles;
+mod verifier;
 mod watch;
 
 mod sealed_keys {
