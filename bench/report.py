@@ -14,6 +14,8 @@ ceiling's, measured in the same run:
                                  taken just before and just after)
   refresh rotation             / pgbench single-row inserts at the same concurrency
   code exchange, device poll   / refresh rotation of the same backend and transport
+  verifier hot, 10k distinct,  / ring's raw ES256 check of the same tokens, one core
+  10k cached
 HTTP and gRPC cases also carry server_cpu_us and machine_cpu_us: the server's CPU time per good
 answer, and that of every process on the machine (load generator and databases included).
 --compare prints each case's rps (and ratio) against the old run's and flags rps drops over 15 %.
@@ -28,12 +30,19 @@ DROP = 0.15
 ORDER = [
     "pgbench insert", "healthz", "health check", "argon2id raw", "es256 raw", "client_credentials", "introspect hot", "introspect 10k", "userinfo",
     "password", "refresh rotation", "code exchange", "device poll", "revocation",
+    "es256 verify raw", "verifier hot", "verifier 10k distinct", "verifier 10k cached", "verifier memory",
+    "revocation to refusal",
 ]
+# The verifier's cases (transport "verifier", one core of its own process): each rate against
+# ring's raw ES256 check of the same tokens in the same run.
+VERIFIER_RATES = ("verifier hot", "verifier 10k distinct", "verifier 10k cached")
 
 
 def ceiling_of(r, by_key):
     """The (name, rps) a case is measured against, or None for a ceiling itself."""
     case, transport, backend = r["case"], r["transport"], r["backend"]
+    if transport == "verifier" and case in VERIFIER_RATES:
+        return ("es256 verify raw", by_key.get(("es256 verify raw", "verifier", backend)))
     if transport not in ("http", "grpc") or case in ("healthz", "health check"):
         return None
     if case == "password":
@@ -139,7 +148,8 @@ def markdown(run):
             errors = f", **{c['errors']} bad**" if c.get("errors") else ""
             row.append(f"{fmt(c.get('rps'))}/s{ratio}, {fmt(c.get('p50_ms'), 1)} / {fmt(c.get('p99_ms'), 1)} ms{errors}")
         lines.append("| " + " | ".join(row) + " |")
-    other = [c for c in cases if c["transport"] not in ("http", "grpc")]
+    lines += verifier_markdown(cases, names)
+    other = [c for c in cases if c["transport"] not in ("http", "grpc", "verifier")]
     what = {"h2load": "gRPC health check from h2load", "cpu": "raw Argon2id", "sql": "pgbench single-row inserts",
             "sign": "raw ES256 access-token signing on every core"}
     per_token = lambda c: f" ({c['us_per_token']:.0f} µs of one core a token)" if c.get("us_per_token") else ""
@@ -155,6 +165,29 @@ def markdown(run):
         lines.append(f"Server RSS, {names.get(label, label)}: {rss['before_mb']} MB before its cases, "
                      f"{rss['after_mb']} MB after (peak {rss['peak_mb']} MB).")
     return "\n".join(lines)
+
+
+def verifier_markdown(cases, names):
+    """The verifier's figures: checks a second on one core, memory, revocation to refusal."""
+    rows = []
+    for c in cases:
+        if c["transport"] != "verifier":
+            continue
+        backend = names.get(c["backend"], c["backend"])
+        if c["case"] == "verifier memory":
+            rows.append(f"| {c['case']} | {backend} | {fmt(c.get('tokens_seen'))} distinct tokens: RSS "
+                        f"{c.get('rss_before_mb')} → {c.get('rss_after_mb')} MB, {fmt(c.get('cached_tokens'))} cached, "
+                        f"{fmt(c.get('revocations_held'))} revocations held |")
+        elif c["case"] == "revocation to refusal":
+            rows.append(f"| {c['case']} | {backend} | p50 {fmt(c.get('p50_ms'), 2)} ms, p99 {fmt(c.get('p99_ms'), 2)} ms, "
+                        f"max {fmt(c.get('max_ms'), 2)} ms over {fmt(c.get('ok'))} samples"
+                        f"{', **' + str(c['errors']) + ' not refused within 2 s**' if c.get('errors') else ''} |")
+        else:
+            ratio = f" ({c['ratio']:.1f}×)" if c.get("ratio") is not None else ""
+            rows.append(f"| {c['case']} | {backend} | {fmt(c.get('rps'))}/s{ratio} |")
+    if not rows:
+        return []
+    return ["", "| verifier (one core) | backend | figure |", "|---|---|---|"] + rows + [""]
 
 
 def cpu_markdown(cases, columns, names):
