@@ -100,8 +100,8 @@ pub enum WhenDisconnected {
     FailOpen,
 }
 
-/// How a [`Verifier`] checks tokens and follows revocations.
-#[derive(Clone, Debug)]
+/// How a [`Verifier`] checks tokens and follows revocations. `Debug` leaves the secret out.
+#[derive(Clone)]
 pub struct Config {
     /// The token service's issuer, compared with `iss` byte for byte.
     pub issuer: String,
@@ -120,6 +120,22 @@ pub struct Config {
     pub cache_capacity: usize,
     /// Heartbeats asked of the stream; silence for three of them counts as a lost stream.
     pub heartbeat: Duration,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .field("leeway", &self.leeway)
+            .field("max_disconnected", &self.max_disconnected)
+            .field("when_disconnected", &self.when_disconnected)
+            .field("cache_capacity", &self.cache_capacity)
+            .field("heartbeat", &self.heartbeat)
+            .finish()
+    }
 }
 
 impl Config {
@@ -281,5 +297,18 @@ impl Verifier {
             return Err(Rejection::Revoked);
         }
         Ok(claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_secret_stays_out_of_debug() {
+        let cfg = Config::new("https://id.example", "rs", "s3cret-value-of-the-watcher");
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("rs") && shown.contains("<redacted>"));
     }
 }

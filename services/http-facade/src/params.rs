@@ -201,6 +201,17 @@ async fn read_body(req: &HttpRequest, payload: &mut Payload) -> Result<Vec<u8>, 
     Ok(body)
 }
 
+/// A JSON body (an RFC 8936 poll request), at most [`MAX_BODY_BYTES`]; `None` for no body.
+pub async fn json_body(req: &HttpRequest, payload: &mut Payload) -> Result<Option<Vec<u8>>, ApiError> {
+    let kind = body_kind(req);
+    let body = read_body(req, payload).await?;
+    match kind? {
+        Some(BodyKind::Json) => Ok(Some(body)),
+        None if body.iter().all(u8::is_ascii_whitespace) => Ok(None),
+        _ => Err(ApiError::invalid_request("the Content-Type must be application/json")),
+    }
+}
+
 /// Parameters from a request body (form or JSON).
 pub async fn body_params(req: &HttpRequest, payload: &mut Payload) -> Result<Params, ApiError> {
     let kind = body_kind(req);

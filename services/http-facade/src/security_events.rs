@@ -5,7 +5,7 @@
 use crate::backend::Backend;
 use crate::error::{ApiError, ErrorBody};
 use crate::oauth::json_no_store;
-use crate::params::client_credentials;
+use crate::params::{client_credentials, json_body};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -51,26 +51,29 @@ pub struct PollResponse {
     request_body(content((PollRequest = "application/json"))),
     responses(
         (status = 200, description = "The pending SETs (`typ` secevent+jwt), by jti", body = PollResponse),
-        (status = 400, description = "The body is not an RFC 8936 poll request", body = ErrorBody),
+        (status = 400, description = "The body is not an RFC 8936 poll request, or the client may not watch revocations (unauthorized_client)", body = ErrorBody),
         (status = 401, description = "Client authentication failed", body = ErrorBody),
-        (status = 403, description = "The client may not watch revocations", body = ErrorBody),
+        (status = 413, description = "The body is over 64 KiB", body = ErrorBody),
         (status = 503, description = "The token service is unavailable", body = ErrorBody),
     ),
     security(("client_secret_basic" = []))
 )]
 #[tracing::instrument(name = "security_events", skip_all)]
-pub async fn poll(req: HttpRequest, backend: web::Data<Backend>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+pub async fn poll(
+    req: HttpRequest,
+    backend: web::Data<Backend>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
     let client = client_credentials(&req, "", "")?;
     crate::observe::observe(&req, "", &printable(&client.client_id));
-    let r: PollRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        PollRequest::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
+    let r: PollRequest = match json_body(&req, &mut payload.into_inner()).await? {
+        None => PollRequest::default(),
+        Some(body) => serde_json::from_slice(&body).map_err(|e| {
             ApiError::invalid_request(format!(
                 "the body is not an RFC 8936 poll request: {}",
                 printable(&e.to_string())
             ))
-        })?
+        })?,
     };
     let answer = backend
         .token

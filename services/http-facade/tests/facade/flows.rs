@@ -3,7 +3,7 @@
 
 use crate::harness::*;
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::time::Duration;
 use tessera_proto::admin::v1 as admin;
 
@@ -20,6 +20,7 @@ tessera_testkit::both_pairs!(
     the_verification_page_takes_codes_in_any_case_and_explains_unknown_ones,
     a_person_guessing_codes_on_the_verification_page_is_told_to_wait,
     introspection_shows_active_fields_and_only_active_false_once_revoked,
+    revocations_come_as_security_event_tokens_by_poll,
     userinfo_answers_bearer_tokens_and_challenges_with_rfc_6750_errors,
     discovery_documents_and_keys_are_served_on_every_path,
     authorize_never_redirects_for_an_unknown_client_or_unregistered_redirect_uri,
@@ -354,6 +355,58 @@ async fn introspection_shows_active_fields_and_only_active_false_once_revoked(pa
     let i = app.post_form("/oauth2/introspect", &[("token", &token)], Some((&rs, "wrong"))).await;
     i.assert_error(401, "invalid_client");
     assert_eq!(i.header("www-authenticate"), "Basic realm=\"tessera\"");
+    app.stop().await;
+}
+
+async fn revocations_come_as_security_event_tokens_by_poll(pair: Pair) {
+    let Some(app) = TestApp::spawn(pair).await else { return };
+    let (id, secret) = app.confidential(&["client_credentials"]).await;
+    let (rs, rs_secret) = app
+        .create_client(admin::CreateClientRequest {
+            watch_revocations: true,
+            ..client_spec(&["client_credentials"], false)
+        })
+        .await;
+    let discovery = app.get("/.well-known/oauth-authorization-server").await.json();
+    assert_eq!(discovery["security_event_poll_endpoint"], app.url("/oauth2/security-events").as_str());
+    assert_eq!(discovery["security_event_delivery_methods_supported"], json!(["urn:ietf:rfc:8936"]));
+
+    let t = app
+        .post_form("/oauth2/token", &[("grant_type", "client_credentials"), ("scope", "api")], Some((&id, &secret)))
+        .await;
+    let token = t.assert_tokens()["access_token"].as_str().unwrap().to_owned();
+    let r = app.post_form("/oauth2/revoke", &[("token", &token)], Some((&id, &secret))).await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    let path = "/oauth2/security-events";
+    app.post_json(path, "{}", None).await.assert_error(401, "invalid_client");
+    app.post_json(path, r#"{"returnImmediately": true}"#, Some((&id, &secret)))
+        .await
+        .assert_error(400, "unauthorized_client");
+    app.post_json(path, r#"{"ack": "not a list"}"#, Some((&rs, &rs_secret))).await.assert_error(400, "invalid_request");
+    app.post_json(path, r#"{"maxEvent": 3}"#, Some((&rs, &rs_secret))).await.assert_error(400, "invalid_request");
+    app.post_form(path, &[("ack", "x")], Some((&rs, &rs_secret))).await.assert_error(400, "invalid_request");
+
+    let polled = app.post_json(path, r#"{"returnImmediately": true}"#, Some((&rs, &rs_secret))).await;
+    assert_eq!(polled.status, StatusCode::OK, "{}", polled.text);
+    assert_eq!(polled.header("cache-control"), "no-store");
+    let body = polled.json();
+    let sets = body["sets"].as_object().unwrap();
+    assert_eq!(sets.len(), 1, "{body}");
+    assert_eq!(body["moreAvailable"], false);
+    let (jti, set) = sets.iter().next().unwrap();
+    let claims: Value = {
+        use base64::Engine as _;
+        let payload = set.as_str().unwrap().split('.').nth(1).unwrap();
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+    };
+    assert_eq!(claims["jti"], jti.as_str());
+    assert_eq!(claims["aud"], rs.as_str());
+    assert!(claims["events"]["urn:tessera:secevent:access-token-revoked"]["jti"].is_string(), "{claims}");
+
+    let ack = json!({"ack": [jti], "returnImmediately": true}).to_string();
+    let after = app.post_json(path, &ack, Some((&rs, &rs_secret))).await.json();
+    assert_eq!(after["sets"], json!({}), "acknowledged");
     app.stop().await;
 }
 
