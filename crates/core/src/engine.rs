@@ -33,6 +33,12 @@ pub struct Tessera {
     pub(crate) live: tokio::sync::broadcast::Sender<crate::watch::Watched>,
     /// Security Event Token polls waiting for an event.
     pub(crate) long_polls: tokio::sync::Semaphore,
+    /// Security Event Token polls signing at once.
+    pub(crate) set_polls: tokio::sync::Semaphore,
+    /// When the durable log was last read in full ([`crate::watch::monotonic_ms`]; 0: never).
+    pub(crate) last_drain: std::sync::atomic::AtomicI64,
+    /// The identity of the durable log, part of every cursor.
+    pub(crate) log_epoch: std::sync::OnceLock<String>,
     pub(crate) verified: VerifiedCache,
     pub(crate) clients: ClientCache,
     /// Every Argon2 computation runs here: fixed workers, bounded queue (DESIGN.md rule 8).
@@ -86,6 +92,9 @@ impl Tessera {
             log_settled: Default::default(),
             live: tokio::sync::broadcast::channel(crate::watch::LIVE_BUFFER).0,
             long_polls: tokio::sync::Semaphore::new(crate::watch::LONG_POLLS),
+            set_polls: tokio::sync::Semaphore::new(crate::watch::SET_POLLS),
+            last_drain: Default::default(),
+            log_epoch: Default::default(),
             verified: VerifiedCache::new(100_000),
             clients: ClientCache::default(),
         });

@@ -49,6 +49,12 @@ struct State {
 impl Revocations {
     /// Records `r`; `true` if it was news.
     pub fn apply(&self, r: &Revocation, now: i64) -> bool {
+        self.apply_then(r, now, || {})
+    }
+
+    /// Records `r` and, if it was news, runs `announce` before anyone else can see the change:
+    /// whoever applies the same revocation next finds it not news only once `announce` ran.
+    pub(crate) fn apply_then(&self, r: &Revocation, now: i64, announce: impl FnOnce()) -> bool {
         let Ok(mut st) = self.state.write() else { return false };
         let later = |map: &mut HashMap<String, i64>, id: &str, before: i64| match map.get_mut(id) {
             Some(v) if *v >= before => false,
@@ -61,12 +67,16 @@ impl Revocations {
                 true
             }
         };
-        match r {
+        let news = match r {
             Revocation::Access { exp, .. } if *exp <= now => false,
             Revocation::Access { jti, exp } => st.access.insert(jti.clone(), *exp).is_none(),
             Revocation::User { id, before } => later(&mut st.users, id, *before),
             Revocation::Client { id, before } => later(&mut st.clients, id, *before),
+        };
+        if news {
+            announce();
         }
+        news
     }
 
     /// Whether a verified access token was revoked, by id or by a cut-off. Fails closed.
@@ -205,10 +215,10 @@ impl Tessera {
     }
 
     fn apply_revocation(&self, r: &Revocation, now: i64) {
-        if self.revocations.apply(r, now) {
+        self.revocations.apply_then(r, now, || {
             // Nobody watching is not an error.
             let _ = self.live.send(crate::watch::Watched { revocation: r.clone(), cursor: self.settled_position() });
-        }
+        });
         // A changed or deleted client must not be trusted from any node's cache.
         if let Revocation::Client { id, .. } = r {
             self.clients.forget(id);
@@ -249,6 +259,8 @@ impl Tessera {
         }
         cursor.settle(now_ms);
         self.log_settled.fetch_max(cursor.through, std::sync::atomic::Ordering::AcqRel);
+        // On this node's own clock, not the service clock: how fresh its view is.
+        self.last_drain.store(crate::watch::monotonic_ms(), std::sync::atomic::Ordering::Release);
         cursor.polls = cursor.polls.wrapping_add(1);
         if cursor.polls % PURGE_EVERY_POLLS == 0 {
             self.revocations.purge(now);

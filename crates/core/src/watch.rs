@@ -27,8 +27,22 @@ use tokio::sync::broadcast;
 pub const LIVE_BUFFER: usize = 4_096;
 /// Entries read from the log per page of a snapshot or backlog.
 pub const PAGE: u64 = 1_000;
-/// The text form of a cursor: this prefix, then the log position.
-const CURSOR_PREFIX: &str = "r1.";
+/// The text form of a cursor: this prefix, the log's epoch, a dot, the log position.
+const CURSOR_PREFIX: &str = "r2.";
+/// The `jti` of a SET: this prefix, the log's epoch, a dot, the log position. Not a cursor:
+/// its position may not have settled.
+const SET_PREFIX: &str = "set.";
+/// Polls signing SETs at once on this node; past it a poll is refused as
+/// `temporarily_unavailable` (each may sign up to [`MAX_EVENTS`] SETs).
+pub const SET_POLLS: usize = 16;
+/// `setErrs` entries logged per poll; the rest are counted in one line.
+const LOGGED_SET_ERRORS: usize = 10;
+/// An access token's revocation is still sent to watchers this long after its `exp`, for
+/// resource servers whose clock is behind or that allow a leeway on `exp` (at most this).
+pub const EXPIRY_GRACE: i64 = 60;
+/// A node that has not read the durable log for this long cannot vouch for what it streams:
+/// its watches end (UNAVAILABLE) so that their watchers call a replica that can.
+pub const STALE_AFTER_MS: i64 = 5_000;
 /// SETs per poll when the receiver names no `maxEvents`, and the most it may name.
 const DEFAULT_MAX_EVENTS: u32 = 100;
 const MAX_EVENTS: u32 = 1_000;
@@ -47,13 +61,22 @@ pub struct Watched {
     pub cursor: i64,
 }
 
-/// A log position in its text form.
-pub fn cursor_text(seq: i64) -> String {
-    format!("{CURSOR_PREFIX}{seq}")
+/// A log position of the log named `epoch` in its text form.
+pub fn cursor_text(epoch: &str, seq: i64) -> String {
+    format!("{CURSOR_PREFIX}{epoch}.{seq}")
 }
 
-fn parse_cursor(text: &str) -> Option<i64> {
-    text.strip_prefix(CURSOR_PREFIX)?.parse().ok().filter(|seq: &i64| *seq >= 0)
+/// `(epoch, position)` of a cursor or SET `jti` with this prefix.
+fn parse_position<'a>(prefix: &str, text: &'a str) -> Option<(&'a str, i64)> {
+    let (epoch, seq) = text.strip_prefix(prefix)?.rsplit_once('.')?;
+    let seq = seq.parse().ok().filter(|seq: &i64| *seq >= 0)?;
+    (!epoch.is_empty()).then_some((epoch, seq))
+}
+
+/// Milliseconds on a clock that only goes forward, for how fresh this node's view is.
+pub fn monotonic_ms() -> i64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_millis() as i64 + 1
 }
 
 /// A watch just opened: what to send first, and the live revocations that follow.
@@ -69,6 +92,8 @@ pub struct Watch {
     pub live: broadcast::Receiver<Watched>,
     /// The watching client.
     pub watcher: Arc<Client>,
+    /// The log's identity, part of every cursor.
+    pub epoch: String,
     after: i64,
     backlog_done: bool,
 }
@@ -76,8 +101,13 @@ pub struct Watch {
 impl Watch {
     /// The cursor to send with a live event or a heartbeat, given the settled position of its
     /// moment: never behind the one the watcher came with.
-    pub fn cursor_at(&self, settled: i64) -> i64 {
-        settled.max(self.backlog_cursor.unwrap_or(0))
+    pub fn cursor_at(&self, settled: i64) -> String {
+        cursor_text(&self.epoch, settled.max(self.backlog_cursor.unwrap_or(0)))
+    }
+
+    /// The cursor of the backlog's entries: the one the watcher came with; empty in a snapshot.
+    pub fn backlog_cursor_text(&self) -> String {
+        self.backlog_cursor.map(|c| cursor_text(&self.epoch, c)).unwrap_or_default()
     }
 }
 
@@ -120,20 +150,41 @@ impl Tessera {
         Ok(client)
     }
 
+    /// The identity of the durable log (named by the first node that asks).
+    pub async fn log_epoch(&self) -> Result<String, OAuthError> {
+        if let Some(e) = self.log_epoch.get() {
+            return Ok(e.clone());
+        }
+        let named = self.durable.revocation_log_epoch(&tessera_crypto::random_secret(12)).await?;
+        Ok(self.log_epoch.get_or_init(|| named).clone())
+    }
+
+    /// Whether this node read the durable log recently enough to vouch for what it streams.
+    pub fn revocations_fresh(&self) -> bool {
+        let last = self.last_drain.load(std::sync::atomic::Ordering::Acquire);
+        last > 0 && monotonic_ms() - last <= STALE_AFTER_MS
+    }
+
     /// Opens a watch from `cursor` (empty: a snapshot). Fails for a client not allowed to
     /// watch, a malformed cursor, or a log that cannot be read.
     pub async fn watch_revocations(&self, auth: &ClientAuth, cursor: &str) -> Result<Watch, OAuthError> {
         let watcher = self.authorize_watcher(auth).await?;
         let resume = match cursor {
             "" => None,
-            text => Some(parse_cursor(text).ok_or_else(|| OAuthError::invalid_request("the cursor is malformed"))?),
+            text => Some(
+                parse_position(CURSOR_PREFIX, text)
+                    .ok_or_else(|| OAuthError::invalid_request("the cursor is malformed"))?,
+            ),
         };
+        let epoch = self.log_epoch().await?;
         // In this order: what settled before the subscription is in the log read after it.
         let settled = self.settled_position();
         let live = self.live.subscribe();
         let last = self.durable.last_revocation_seq().await?;
-        let resumable = resume.filter(|c| *c <= last.max(settled));
+        // Another log's cursor, or one ahead of this log (restored from a backup): a snapshot.
+        let resumable = resume.filter(|(e, c)| *e == epoch && *c <= last.max(settled)).map(|(_, c)| c);
         Ok(Watch {
+            epoch,
             snapshot: resumable.is_none(),
             backlog_cursor: resumable,
             caught_up_cursor: settled.max(resumable.unwrap_or(0)),
@@ -150,7 +201,7 @@ impl Tessera {
         if watch.backlog_done {
             return Ok(None);
         }
-        let page = self.durable.revocations_after(watch.after, self.now(), PAGE).await?;
+        let page = self.durable.revocations_after(watch.after, self.now() - EXPIRY_GRACE, PAGE).await?;
         watch.backlog_done = (page.len() as u64) < PAGE;
         if let Some(last) = page.last() {
             watch.after = last.seq;
@@ -168,14 +219,28 @@ impl Tessera {
     /// up to [`LONG_POLL`] for one.
     pub async fn poll_security_events(&self, auth: &ClientAuth, poll: SetPoll) -> Result<SetBatch, OAuthError> {
         let receiver = self.authorize_watcher(auth).await?;
+        let _signing = self.set_polls.try_acquire().map_err(|_| {
+            OAuthError::temporarily_unavailable("too many security event polls at once; retry later", 1)
+        })?;
+        let epoch = self.log_epoch().await?;
         let stored = self.durable.set_acks(&receiver.id).await?;
         let mut acks = stored.clone();
         for jti in poll.ack.iter().chain(poll.errors.iter().map(|(jti, _, _)| jti)) {
-            if let Some(seq) = parse_cursor(jti).filter(|seq| *seq > acks.through) {
+            // A SET of another log (another deployment's) acknowledges nothing here.
+            if let Some((_, seq)) =
+                parse_position(SET_PREFIX, jti).filter(|(e, seq)| *e == epoch && *seq > acks.through)
+            {
                 acks.above.push(seq);
             }
         }
-        for (jti, err, description) in &poll.errors {
+        if poll.errors.len() > LOGGED_SET_ERRORS {
+            tracing::warn!(
+                receiver = %crate::printable(&receiver.id),
+                count = poll.errors.len(),
+                "a receiver could not process security events (the first {LOGGED_SET_ERRORS} follow)"
+            );
+        }
+        for (jti, err, description) in poll.errors.iter().take(LOGGED_SET_ERRORS) {
             tracing::warn!(
                 receiver = %crate::printable(&receiver.id),
                 jti = %crate::printable(jti),
@@ -194,11 +259,14 @@ impl Tessera {
         let (pending, more_available) = loop {
             let settled = self.settled_position();
             let limit = (max + acks.above.len() + 1) as u64;
-            let entries = self.durable.revocations_after(acks.through, self.now(), limit).await?;
+            let entries = self.durable.revocations_after(acks.through, self.now() - EXPIRY_GRACE, limit).await?;
             let complete = (entries.len() as u64) < limit;
             advance_acks(&mut acks, &entries, settled, complete);
-            let mut pending: Vec<LoggedRevocation> =
-                entries.into_iter().filter(|e| acks.above.binary_search(&e.seq).is_err()).collect();
+            // What is acknowledged: at or below `through` now, or above it out of order.
+            let mut pending: Vec<LoggedRevocation> = entries
+                .into_iter()
+                .filter(|e| e.seq > acks.through && acks.above.binary_search(&e.seq).is_err())
+                .collect();
             let more = pending.len() > max;
             pending.truncate(max);
             if !pending.is_empty() || waited {
@@ -216,7 +284,7 @@ impl Tessera {
         let now = self.now();
         let mut sets = Vec::with_capacity(pending.len());
         for e in pending {
-            let jti = cursor_text(e.seq);
+            let jti = format!("{SET_PREFIX}{epoch}.{}", e.seq);
             let claims = self.security_event(&receiver.id, &jti, &e, now);
             let set = tessera_crypto::jwt::encode(&keys.signing, "secevent+jwt", &claims)
                 .map_err(|e| OAuthError::server_error(e.to_string()))?;
@@ -292,10 +360,11 @@ mod tests {
 
     #[test]
     fn a_cursor_survives_its_text_and_nothing_else_parses() {
-        assert_eq!(parse_cursor(&cursor_text(42)), Some(42));
-        for bad in ["", "42", "r1.", "r1.-3", "r2.5", "r1.5x"] {
-            assert_eq!(parse_cursor(bad), None, "{bad}");
+        assert_eq!(parse_position(CURSOR_PREFIX, &cursor_text("ab.c", 42)), Some(("ab.c", 42)));
+        for bad in ["", "42", "r2.", "r2.e.-3", "r2.5", "r2..5", "r2.e.5x", "set.e.5", "r1.5"] {
+            assert_eq!(parse_position(CURSOR_PREFIX, bad), None, "{bad}");
         }
+        assert_eq!(parse_position(SET_PREFIX, "set.e.7"), Some(("e", 7)));
     }
 
     #[test]

@@ -1117,6 +1117,10 @@ mod cases {
         s.save_set_acks("rs", &moved).await.unwrap();
         assert_eq!(s.set_acks("rs").await.unwrap(), moved, "saved again over the first");
         assert_eq!(s.set_acks("other").await.unwrap(), SetAcks::default(), "each receiver its own");
+
+        let epoch = s.revocation_log_epoch("first").await.unwrap();
+        assert_eq!(epoch, "first", "the first candidate names the log");
+        assert_eq!(s.revocation_log_epoch("second").await.unwrap(), "first", "and keeps its name");
     }
 
     pub async fn migrating_twice_is_a_no_op_that_keeps_the_data(s: Arc<SqlStore>, _: Backend) {

@@ -13,8 +13,12 @@ use tessera_proto::token::v1::GetJwksRequest;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-/// The least time between two fetches of the JWK Set.
+/// The least time between two fetches of the JWK Set (from the end of one to the start of
+/// the next).
 const MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// The JWK Set is fetched again this often, so a key the token service withdrew stops
+/// verifying here too.
+const REFRESH_EVERY: Duration = Duration::from_secs(300);
 /// How long one fetch may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -39,11 +43,16 @@ impl Keys {
         self.held.read().ok()?.get(kid).cloned()
     }
 
-    /// The key named `kid`, fetching the JWK Set if it is not held (see the module doc).
+    /// The key named `kid`, fetching the JWK Set if it is not held (see the module doc). A
+    /// request waits for a fetch at most twice the fetch timeout.
     pub(crate) async fn find(&self, kid: &str) -> Option<Arc<Key>> {
         if let Some(k) = self.get(kid) {
             return Some(k);
         }
+        tokio::time::timeout(FETCH_TIMEOUT * 2, self.fetch_for(kid)).await.ok().flatten()
+    }
+
+    async fn fetch_for(&self, kid: &str) -> Option<Arc<Key>> {
         let mut last = self.fetching.lock().await;
         // Another request may have fetched it while this one waited.
         if let Some(k) = self.get(kid) {
@@ -52,7 +61,13 @@ impl Keys {
         if last.is_some_and(|t| t.elapsed() < MIN_INTERVAL) {
             return None;
         }
+        self.replace().await;
         *last = Some(Instant::now());
+        self.get(kid)
+    }
+
+    /// Fetches the JWK Set and holds exactly its keys (a withdrawn key goes).
+    async fn replace(&self) {
         match self.fetch().await {
             Ok(keys) => {
                 if let Ok(mut held) = self.held.write() {
@@ -61,7 +76,6 @@ impl Keys {
             }
             Err(e) => tracing::warn!(error = %e, "cannot fetch the token service's keys"),
         }
-        self.get(kid)
     }
 
     async fn fetch(&self) -> Result<HashMap<String, Arc<Key>>, String> {
@@ -90,4 +104,15 @@ pub(crate) fn parse_jwks(json: &str) -> Result<HashMap<String, Arc<Key>>, String
         keys.insert(kid, Arc::new(Key { key, alg }));
     }
     Ok(keys)
+}
+
+/// Fetches the JWK Set every [`REFRESH_EVERY`] for as long as the verifier lives.
+pub(crate) async fn refresh_now_and_then(inner: std::sync::Weak<crate::Inner>) {
+    loop {
+        tokio::time::sleep(REFRESH_EVERY).await;
+        let Some(v) = inner.upgrade() else { return };
+        let mut last = v.keys.fetching.lock().await;
+        v.keys.replace().await;
+        *last = Some(Instant::now());
+    }
 }

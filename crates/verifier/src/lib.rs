@@ -111,9 +111,10 @@ pub struct Config {
     /// <id> --watch-revocations true`).
     pub client_id: String,
     pub client_secret: String,
-    /// Clock skew allowed on `exp` and `nbf`.
+    /// Clock skew allowed on `exp` and `nbf` (at most [`MAX_LEEWAY`]).
     pub leeway: Duration,
-    /// How long the revocation stream may be lost before [`Config::when_disconnected`] applies.
+    /// How long the revocation stream may be lost before [`Config::when_disconnected`] applies
+    /// (at least three heartbeats).
     pub max_disconnected: Duration,
     pub when_disconnected: WhenDisconnected,
     /// Verified tokens kept, so a token seen again skips the signature check.
@@ -165,7 +166,7 @@ pub struct Verifier {
 
 pub(crate) struct Inner {
     cfg: Config,
-    keys: keys::Keys,
+    pub(crate) keys: keys::Keys,
     revocations: Revocations,
     cache: cache::TokenCache,
     /// When the stream was last heard from (Unix ms); 0 before it first caught up.
@@ -178,6 +179,9 @@ impl std::fmt::Debug for Verifier {
     }
 }
 
+/// The longest leeway on `exp` and `nbf` a verifier takes.
+pub const MAX_LEEWAY: Duration = Duration::from_secs(60);
+
 pub(crate) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
@@ -187,16 +191,23 @@ impl Verifier {
     /// to the token service's gRPC port; `Channel::balance_list` spreads it over replicas).
     /// Returns at once; until the stream has delivered its snapshot the verifier counts as
     /// disconnected (see [`Verifier::caught_up`]).
-    pub fn start(channel: Channel, cfg: Config) -> Self {
+    pub fn start(channel: Channel, mut cfg: Config) -> Self {
+        // The token service sends an access token's revocation until a minute past its `exp`;
+        // a longer leeway would accept revoked tokens it no longer speaks of.
+        cfg.leeway = cfg.leeway.min(MAX_LEEWAY);
+        // One late heartbeat must not count as a lost stream.
+        cfg.heartbeat = cfg.heartbeat.clamp(Duration::from_secs(1), Duration::from_secs(60));
+        cfg.max_disconnected = cfg.max_disconnected.max(cfg.heartbeat * 3);
         let client = TokenServiceClient::new(channel);
         let inner = Arc::new(Inner {
             keys: keys::Keys::new(client.clone()),
-            revocations: Revocations::default(),
+            revocations: Revocations::new(cfg.leeway.as_secs() as i64),
             cache: cache::TokenCache::new(cfg.cache_capacity),
             last_heard_ms: AtomicI64::new(0),
             cfg,
         });
         tokio::spawn(watch::follow(Arc::downgrade(&inner), client));
+        tokio::spawn(keys::refresh_now_and_then(Arc::downgrade(&inner)));
         Verifier { inner }
     }
 

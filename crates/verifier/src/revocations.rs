@@ -10,6 +10,10 @@ use std::sync::RwLock;
 #[derive(Debug, Default)]
 pub struct Revocations {
     state: RwLock<State>,
+    /// Seconds an access token's revocation is kept past its `exp`: the leeway on `exp`.
+    keep_past_exp: i64,
+    /// When expired entries were last dropped (Unix seconds).
+    purged_at: std::sync::atomic::AtomicI64,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -28,13 +32,14 @@ pub(crate) enum Entry {
 }
 
 impl State {
-    pub(crate) fn apply(&mut self, e: Entry, now: i64) {
+    /// Records `e`; an access token's revocation is kept until `exp + keep_past_exp`.
+    pub(crate) fn apply(&mut self, e: Entry, now: i64, keep_past_exp: i64) {
         let later = |map: &mut HashMap<String, i64>, id: String, before: i64| {
             let v = map.entry(id).or_insert(before);
             *v = (*v).max(before);
         };
         match e {
-            Entry::Access { exp, .. } if exp <= now => {}
+            Entry::Access { exp, .. } if exp + keep_past_exp <= now => {}
             Entry::Access { jti, exp } => {
                 self.access.insert(jti, exp);
             }
@@ -45,6 +50,14 @@ impl State {
 }
 
 impl Revocations {
+    pub(crate) fn new(keep_past_exp: i64) -> Self {
+        Revocations { keep_past_exp, ..Revocations::default() }
+    }
+
+    pub(crate) fn keep_past_exp(&self) -> i64 {
+        self.keep_past_exp
+    }
+
     /// Whether a verified token is revoked. Fails closed.
     pub fn revokes(&self, c: &Claims) -> bool {
         let Ok(st) = self.state.read() else { return true };
@@ -69,8 +82,18 @@ impl Revocations {
     pub(crate) fn apply(&self, entries: impl IntoIterator<Item = Entry>, now: i64) {
         if let Ok(mut st) = self.state.write() {
             for e in entries {
-                st.apply(e, now);
+                st.apply(e, now, self.keep_past_exp);
             }
+        }
+        self.purge_now_and_then(now);
+    }
+
+    /// Drops expired entries at most once a second, however busy the stream.
+    pub(crate) fn purge_now_and_then(&self, now: i64) {
+        use std::sync::atomic::Ordering;
+        let last = self.purged_at.load(Ordering::Relaxed);
+        if now > last && self.purged_at.compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            self.purge(now);
         }
     }
 
@@ -81,10 +104,10 @@ impl Revocations {
         }
     }
 
-    /// Forgets revoked access tokens that have expired.
+    /// Forgets revoked access tokens that have expired (past the leeway).
     pub(crate) fn purge(&self, now: i64) {
         if let Ok(mut st) = self.state.write() {
-            st.access.retain(|_, exp| *exp > now);
+            st.access.retain(|_, exp| *exp + self.keep_past_exp > now);
         }
     }
 }
@@ -111,7 +134,7 @@ mod tests {
 
     #[test]
     fn cut_offs_and_ids_revoke_as_the_token_service_judges_them() {
-        let r = Revocations::default();
+        let r = Revocations::new(0);
         r.apply([Entry::User { id: "u1".into(), before: 101 }, Entry::User { id: "u1".into(), before: 90 }], 100);
         assert!(r.revokes(&claims("u1", "c", 100, true)));
         assert!(!r.revokes(&claims("u1", "c", 101, true)), "issued at the cut-off: after it");
@@ -130,5 +153,17 @@ mod tests {
         r.purge(t.exp);
         assert!(!r.revokes(&t), "forgotten at its exp");
         assert_eq!(r.len(), (0, 1, 1));
+    }
+
+    #[test]
+    fn with_a_leeway_a_revocation_outlives_its_exp_as_long_as_the_token_is_accepted() {
+        let r = Revocations::new(5);
+        let t = claims("u", "c", 100, false);
+        r.apply([Entry::Access { jti: t.jti.clone(), exp: t.exp }], t.exp + 2);
+        assert!(r.revokes(&t), "kept within the leeway past exp");
+        r.purge(t.exp + 4);
+        assert!(r.revokes(&t));
+        r.purge(t.exp + 5);
+        assert!(!r.revokes(&t));
     }
 }

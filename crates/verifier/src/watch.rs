@@ -94,14 +94,14 @@ fn apply(v: &Inner, session: &mut Session, cursor: &mut String, event: Revocatio
             None
         }
         Some(Event::Heartbeat(_)) => {
-            v.revocations.purge(now);
+            v.revocations.purge_now_and_then(now);
             None
         }
         None => None,
     };
     if let Some(entry) = entry {
         match session.fresh.as_mut() {
-            Some(fresh) => fresh.apply(entry, now),
+            Some(fresh) => fresh.apply(entry, now, v.revocations.keep_past_exp()),
             None => v.revocations.apply([entry], now),
         }
     }

@@ -87,7 +87,7 @@ pub async fn poll(
                 .into_iter()
                 .map(|(jti, e)| (jti, pb::SetError { err: e.err, description: e.description }))
                 .collect(),
-            max_events: r.max_events.map_or(-1, |n| i32::try_from(n).unwrap_or(i32::MAX)),
+            max_events: r.max_events.map(|n| i32::try_from(n).unwrap_or(i32::MAX)),
             return_immediately: r.return_immediately,
         })
         .await

@@ -29,6 +29,8 @@ pub struct TokenApi {
     pub closing: tokio::sync::watch::Receiver<bool>,
     /// One permit per open watch ([`crate::watch::MAX_WATCHERS`]).
     pub watchers: Arc<tokio::sync::Semaphore>,
+    /// Open watches by client ([`crate::watch::MAX_WATCHERS_PER_CLIENT`]).
+    pub watchers_by_client: Arc<crate::watch::PerClient>,
 }
 
 impl TokenApi {
@@ -76,12 +78,19 @@ impl pb::token_service_server::TokenService for TokenApi {
                 })?;
                 let auth = ClientAuth::new(r.client_id, r.client_secret);
                 let watch = self.tessera.watch_revocations(&auth, &r.cursor).await?;
+                let slot =
+                    crate::watch::PerClient::take(&self.watchers_by_client, &watch.watcher.id).ok_or_else(|| {
+                        OAuthError::temporarily_unavailable(
+                            "this client has too many revocation watches open on this node",
+                            5,
+                        )
+                    })?;
                 Ok(crate::watch::events(
                     Arc::clone(&self.tessera),
                     watch,
                     crate::watch::heartbeat(r.heartbeat_seconds),
                     self.closing.clone(),
-                    permit,
+                    (permit, slot),
                 ))
             })
             .await
@@ -99,7 +108,7 @@ impl pb::token_service_server::TokenService for TokenApi {
                 let poll = tessera_core::watch::SetPoll {
                     ack: r.ack,
                     errors: r.set_errs.into_iter().map(|(jti, e)| (jti, e.err, e.description)).collect(),
-                    max_events: u32::try_from(r.max_events).ok(),
+                    max_events: r.max_events.map(|n| u32::try_from(n).unwrap_or(0)),
                     return_immediately: r.return_immediately,
                 };
                 let batch = self.tessera.poll_security_events(&auth, poll).await?;

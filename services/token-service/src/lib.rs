@@ -231,6 +231,7 @@ impl Application {
             trusted_relays: settings.grpc.trusted_relays.clone(),
             closing: closing_rx,
             watchers: Arc::new(tokio::sync::Semaphore::new(watch::MAX_WATCHERS)),
+            watchers_by_client: Default::default(),
         })
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let guard = admin::AdminGuard {
@@ -254,6 +255,10 @@ impl Application {
             .map_err(|e| anyhow::anyhow!("configuring the gRPC listener: {e}"))?;
         let server = tokio::spawn(
             tonic::transport::Server::builder()
+                // Dead peers (a watcher's vanished host) are found and their streams ended.
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+                .tcp_keepalive(Some(Duration::from_secs(60)))
                 // A caller's `traceparent` becomes the parent of the RPC's span.
                 .layer(tessera_telemetry::propagation::TraceContextLayer)
                 .add_routes(routes)

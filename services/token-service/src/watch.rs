@@ -15,7 +15,7 @@ use futures::Stream;
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_core::ports::Revocation;
-use tessera_core::watch::{cursor_text, Watch, Watched};
+use tessera_core::watch::{Watch, Watched, EXPIRY_GRACE};
 use tessera_core::Tessera;
 use tessera_proto::token::v1 as pb;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
@@ -24,6 +24,44 @@ use tonic::Status;
 
 /// Streams open at once on one node.
 pub const MAX_WATCHERS: usize = 1_024;
+/// Streams open at once on one node for one client, so that one client cannot take every
+/// place.
+pub const MAX_WATCHERS_PER_CLIENT: usize = 32;
+
+/// Open streams by client; a [`ClientSlot`] gives its place back when dropped.
+#[derive(Default)]
+pub struct PerClient(std::sync::Mutex<std::collections::HashMap<String, usize>>);
+
+pub struct ClientSlot {
+    table: Arc<PerClient>,
+    client_id: String,
+}
+
+impl PerClient {
+    /// A place for one more stream of `client_id`, if it has fewer than the bound open.
+    pub fn take(table: &Arc<PerClient>, client_id: &str) -> Option<ClientSlot> {
+        let mut open = table.0.lock().ok()?;
+        let n = open.entry(client_id.to_owned()).or_insert(0);
+        if *n >= MAX_WATCHERS_PER_CLIENT {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot { table: Arc::clone(table), client_id: client_id.to_owned() })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.table.0.lock() {
+            if let Some(n) = open.get_mut(&self.client_id) {
+                *n -= 1;
+                if *n == 0 {
+                    open.remove(&self.client_id);
+                }
+            }
+        }
+    }
+}
 /// Heartbeat interval when the watcher names none, and the range it may name.
 const DEFAULT_HEARTBEAT: u32 = 10;
 const HEARTBEAT_RANGE: std::ops::RangeInclusive<u32> = 1..=60;
@@ -41,12 +79,12 @@ fn event(cursor: &str, e: pb::revocation_event::Event) -> pb::RevocationEvent {
     pb::RevocationEvent { cursor: cursor.to_owned(), event: Some(e) }
 }
 
-/// A revocation as an event; `None` for an access token that has expired (it no longer
-/// matters, so it is never sent).
+/// A revocation as an event; `None` for an access token that expired more than
+/// [`EXPIRY_GRACE`] ago (it no longer matters, so it is never sent).
 fn revocation_event(r: &Revocation, cursor: &str, now: i64) -> Option<pb::RevocationEvent> {
     use pb::revocation_event::Event;
     let e = match r {
-        Revocation::Access { exp, .. } if *exp <= now => return None,
+        Revocation::Access { exp, .. } if *exp + EXPIRY_GRACE <= now => return None,
         Revocation::Access { jti, exp } => Event::AccessToken(pb::RevokedAccessToken { jti: jti.clone(), exp: *exp }),
         Revocation::User { id, before } => Event::User(pb::IssuedBefore { id: id.clone(), issued_before: *before }),
         Revocation::Client { id, before } => Event::Client(pb::IssuedBefore { id: id.clone(), issued_before: *before }),
@@ -72,6 +110,10 @@ fn fell_behind(missed: u64) -> Status {
     ))
 }
 
+fn shutting_down() -> Status {
+    Status::unavailable("the token service is shutting down; call again with the last cursor received")
+}
+
 fn credential_gone() -> Status {
     Status::unauthenticated("the watching client was deleted or its secret replaced; authenticate again")
 }
@@ -82,14 +124,18 @@ pub fn events(
     mut watch: Watch,
     beat: Duration,
     mut closing: tokio::sync::watch::Receiver<bool>,
-    permit: OwnedSemaphorePermit,
+    permit: (OwnedSemaphorePermit, ClientSlot),
 ) -> EventStream {
     Box::pin(async_stream::stream! {
         let _permit = permit;
         use pb::revocation_event::Event;
-        let backlog_cursor = watch.backlog_cursor.map(cursor_text).unwrap_or_default();
+        let backlog_cursor = watch.backlog_cursor_text();
         yield Ok(event(&backlog_cursor, Event::Start(pb::StreamStart { snapshot: watch.snapshot })));
         loop {
+            if *closing.borrow() {
+                yield Err(shutting_down());
+                return;
+            }
             match tessera.watch_backlog(&mut watch).await {
                 Ok(Some(page)) => {
                     let now = tessera.now();
@@ -106,7 +152,7 @@ pub fn events(
                 }
             }
         }
-        yield Ok(event(&cursor_text(watch.caught_up_cursor), Event::CaughtUp(pb::CaughtUp {})));
+        yield Ok(event(&watch.cursor_at(watch.caught_up_cursor), Event::CaughtUp(pb::CaughtUp {})));
 
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -119,28 +165,35 @@ pub fn events(
             };
             match next {
                 Next::Closing => {
-                    yield Err(Status::unavailable("the token service is shutting down; call again with the last cursor received"));
+                    yield Err(shutting_down());
                     return;
                 }
                 Next::Live(Ok(w)) => {
-                    if let Some(e) = revocation_event(&w.revocation, &cursor_text(watch.cursor_at(w.cursor)), tessera.now()) {
+                    if let Some(e) = revocation_event(&w.revocation, &watch.cursor_at(w.cursor), tessera.now()) {
                         yield Ok(e);
                     }
                     if ends_watcher(&w.revocation, &watch) {
                         yield Err(credential_gone());
                         return;
                     }
-                    ticks.reset();
                 }
                 Next::Live(Err(RecvError::Lagged(missed))) => {
                     yield Err(fell_behind(missed));
                     return;
                 }
                 Next::Live(Err(RecvError::Closed)) => {
-                    yield Err(Status::unavailable("the token service is shutting down; call again with the last cursor received"));
+                    yield Err(shutting_down());
                     return;
                 }
                 Next::Beat => {
+                    // A heartbeat vouches that nothing was missed: not from a node that cannot
+                    // read the durable log (its database is away). Its watchers go elsewhere.
+                    if !tessera.revocations_fresh() {
+                        yield Err(Status::unavailable(
+                            "this node cannot read the revocation log now; call another replica with the last cursor received",
+                        ));
+                        return;
+                    }
                     // The position first, then whatever is queued: everything up to the
                     // position was queued before it was read, so it goes out before the
                     // heartbeat that names it.
@@ -148,7 +201,7 @@ pub fn events(
                     loop {
                         match watch.live.try_recv() {
                             Ok(w) => {
-                                if let Some(e) = revocation_event(&w.revocation, &cursor_text(watch.cursor_at(w.cursor)), tessera.now()) {
+                                if let Some(e) = revocation_event(&w.revocation, &watch.cursor_at(w.cursor), tessera.now()) {
                                     yield Ok(e);
                                 }
                                 if ends_watcher(&w.revocation, &watch) {
@@ -165,7 +218,7 @@ pub fn events(
                         }
                     }
                     yield Ok(event(
-                        &cursor_text(watch.cursor_at(settled)),
+                        &watch.cursor_at(settled),
                         Event::Heartbeat(pb::Heartbeat { server_time: tessera.now() }),
                     ));
                 }

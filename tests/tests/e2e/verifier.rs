@@ -58,9 +58,11 @@ pub async fn the_verifier_accepts_valid_tokens_and_refuses_revoked_ones_at_once(
     assert!(v.verify_cached(&t).unwrap().is_ok(), "seen again: from the cache");
 
     // Not tokens of this issuer: each refused, none cached.
-    let mut tampered = t.clone();
-    let last = tampered.pop().unwrap();
-    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    // One character inside the signature (the last one may carry only padding bits).
+    let mut tampered = t.clone().into_bytes();
+    let at = tampered.len() - 10;
+    tampered[at] = if tampered[at] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
     assert_eq!(v.verify(&tampered).await.unwrap_err(), Rejection::Invalid("bad signature"));
     assert!(matches!(v.verify("a.b.c").await.unwrap_err(), Rejection::Invalid(_)));
     let id_token = app.issue(password(&web, "alice", "alice-password", "openid")).await.unwrap().id_token;
@@ -135,13 +137,15 @@ pub async fn while_the_stream_is_lost_the_verifier_fails_closed_or_open_as_confi
     // The token service goes away (on a port it will come back on).
     app.settings.grpc.listen = app.addr;
     app.app.take().unwrap().shutdown().await.unwrap();
+    // The bound is at least three heartbeats (3 s), counted from the last one heard (at most
+    // 1 s before the shutdown).
     let start = Instant::now();
     while closed.verify(&t).await.is_ok() {
-        assert!(start.elapsed() < Duration::from_secs(5), "fail closed did not close");
+        assert!(start.elapsed() < Duration::from_secs(10), "fail closed did not close");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(closed.verify(&t).await.unwrap_err(), Rejection::Unavailable);
-    assert!(start.elapsed() >= Duration::from_millis(500), "not before the bound: {:?}", start.elapsed());
+    assert!(start.elapsed() >= Duration::from_secs(1), "not before the bound: {:?}", start.elapsed());
     assert!(open.verify(&t).await.is_ok(), "fail open accepts on the signature alone");
 
     // Back: the verifier reconnects by itself and accepts again.
@@ -265,6 +269,20 @@ pub async fn the_layer_guards_a_tonic_service_and_hands_it_the_claims(app: TestA
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
     let t = app.issue(cc(&svc, "api")).await.unwrap().access_token;
     HealthClient::new(channel.clone()).check(with(Some(&t))).await.unwrap();
+    app.token
+        .clone()
+        .revoke(pb::RevokeRequest {
+            token: t.clone(),
+            token_type_hint: String::new(),
+            client_id: svc.0.clone(),
+            client_secret: svc.1.clone(),
+        })
+        .await
+        .unwrap();
+    refused_within_bound(&v, &t, "revoked").await;
+    let refused = HealthClient::new(channel.clone()).check(with(Some(&t))).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "a revoked token through the layer");
+    let t = app.issue(cc(&svc, "api")).await.unwrap().access_token;
 
     // The claims travel in the extensions; the scope helper answers by them.
     let mut ext = http::Extensions::new();

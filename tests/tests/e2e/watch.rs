@@ -109,14 +109,14 @@ pub async fn a_watcher_gets_a_snapshot_then_live_revocations_then_heartbeats(app
         others.iter().any(|e| matches!(e, Event::User(u) if u.id == alice && u.issued_before > 0)),
         "the user's cut-off is in the snapshot: {others:?}"
     );
-    assert!(caught_up.starts_with("r1."), "{caught_up}");
+    assert!(caught_up.starts_with("r2."), "{caught_up}");
 
     // Live: revoked after the watch began.
     let live = app.issue(cc(&svc, "api")).await.unwrap().access_token;
     revoke(&app, &live, &svc).await;
     let (cursor, e) = event(&mut stream).await;
     assert!(matches!(&e, Event::AccessToken(t) if t.jti == jti(&live) && t.exp > 0), "{e:?}");
-    assert!(cursor.starts_with("r1."));
+    assert!(cursor.starts_with("r2."));
     // Nothing else happens: a heartbeat within its second.
     let started = Instant::now();
     let (_, e) = event(&mut stream).await;
@@ -206,14 +206,31 @@ pub async fn watching_needs_a_confidential_client_with_the_permission(app: TestA
     assert_oauth(watch(&app, &me, "nonsense", 0).await, ErrorCode::InvalidRequest, "a malformed cursor");
 }
 
+/// Lets what is in the log settle on the node (entries count as settled once seen for 5 s of
+/// the service's clock), so that cursors move past it.
+pub(crate) async fn settle(app: &TestApp) {
+    // A poll of the log (every 500 ms) sees the entries, the clock moves past the settling
+    // time, and a later poll settles them.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    app.clock.advance_secs(6);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+}
+
+fn position(cursor: &str) -> i64 {
+    cursor.rsplit_once('.').unwrap().1.parse().unwrap()
+}
+
 pub async fn resuming_from_a_cursor_sends_what_was_missed_and_a_foreign_cursor_gets_a_snapshot(app: TestApp) {
     let me = watcher(&app, "rs").await;
     let svc = service_client(&app).await;
     let seen = app.issue(cc(&svc, "api")).await.unwrap().access_token;
     revoke(&app, &seen, &svc).await;
+    settle(&app).await;
     let mut stream = watch(&app, &me, "", 0).await.unwrap();
     let _ = event(&mut stream).await;
-    let (_, _, cursor) = until_caught_up(&mut stream).await;
+    let (jtis, _, cursor) = until_caught_up(&mut stream).await;
+    assert_eq!(jtis, [jti(&seen)]);
+    assert!(position(&cursor) > 0, "the cursor moved past what settled: {cursor}");
     drop(stream);
 
     let missed: Vec<String> = {
@@ -233,12 +250,17 @@ pub async fn resuming_from_a_cursor_sends_what_was_missed_and_a_foreign_cursor_g
     for j in &missed {
         assert!(jtis.contains(j), "{j} was missed while away: got {jtis:?}");
     }
+    assert!(!jtis.contains(&jti(&seen)), "what settled before the cursor is not sent again");
 
-    // A cursor this log never handed out (another deployment's): a snapshot, flagged.
-    let mut foreign = watch(&app, &me, "r1.999999999", 0).await.unwrap();
-    assert!(matches!(event(&mut foreign).await.1, Event::Start(pb::StreamStart { snapshot: true })));
-    let (jtis, _, _) = until_caught_up(&mut foreign).await;
-    assert!(jtis.contains(&jti(&seen)) && missed.iter().all(|j| jtis.contains(j)));
+    // Another deployment's cursor, even one behind this log, and a cursor ahead of this log
+    // (one restored from a backup): a snapshot, flagged.
+    let epoch = cursor.strip_prefix("r2.").unwrap().rsplit_once('.').unwrap().0;
+    for foreign in ["r2.another-log.1".to_owned(), format!("r2.{epoch}.999999999")] {
+        let mut s = watch(&app, &me, &foreign, 0).await.unwrap();
+        assert!(matches!(event(&mut s).await.1, Event::Start(pb::StreamStart { snapshot: true })), "{foreign}");
+        let (jtis, _, _) = until_caught_up(&mut s).await;
+        assert!(jtis.contains(&jti(&seen)) && missed.iter().all(|j| jtis.contains(j)), "{foreign}");
+    }
 }
 
 pub async fn a_watcher_that_stops_reading_is_dropped_and_resumes_without_gaps(app: TestApp) {
@@ -271,17 +293,22 @@ pub async fn a_watcher_that_stops_reading_is_dropped_and_resumes_without_gaps(ap
     let (durable, _) = tessera_token_service::connect_stores(&app.settings).await.unwrap();
     let cut_offs: Vec<Revocation> =
         (0..MANY).map(|i| Revocation::User { id: format!("user-{i}"), before: 1_000 + i as i64 }).collect();
+    // Appended "long ago", so they settle as soon as the node reads them.
+    let long_ago = {
+        use tessera_core::clock::Clock as _;
+        app.clock.now() - 600
+    };
     for chunk in cut_offs.chunks(1_000) {
-        durable
-            .append_revocations(chunk, {
-                use tessera_core::clock::Clock as _;
-                app.clock.now()
-            })
-            .await
-            .unwrap();
+        durable.append_revocations(chunk, long_ago).await.unwrap();
     }
     // The node reads the log within a poll; the watcher is left behind meanwhile.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let last = durable.last_revocation_seq().await.unwrap();
+    let node = app.app.as_ref().unwrap().tessera();
+    let waited = Instant::now();
+    while node.settled_position() < last {
+        assert!(waited.elapsed() < Duration::from_secs(30), "the node never read the log through");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut last_cursor = cursor;
     let mut seen = std::collections::HashSet::new();
     let status = loop {
@@ -345,7 +372,7 @@ pub async fn deleting_or_rotating_the_watching_client_ends_its_stream(app: TestA
 fn poll(
     who: &(String, String),
     ack: &[&str],
-    max_events: i32,
+    max_events: Option<i32>,
     return_immediately: bool,
 ) -> pb::PollSecurityEventsRequest {
     pb::PollSecurityEventsRequest {
@@ -365,7 +392,7 @@ pub async fn security_events_by_poll_are_signed_redelivered_until_acknowledged_a
     revoke(&app, &t, &svc).await;
     let mut node = app.connect().await;
 
-    let first = node.poll_security_events(poll(&me, &[], -1, true)).await.unwrap().into_inner();
+    let first = node.poll_security_events(poll(&me, &[], None, true)).await.unwrap().into_inner();
     assert_eq!(first.sets.len(), 1, "{first:?}");
     assert!(!first.more_available);
     let (set_jti, set) = first.sets.iter().next().unwrap();
@@ -381,24 +408,31 @@ pub async fn security_events_by_poll_are_signed_redelivered_until_acknowledged_a
     let jwks: serde_json::Value = serde_json::from_str(&jwks).unwrap();
     assert!(jwks["keys"].as_array().unwrap().iter().any(|k| k["kid"] == header["kid"]));
 
-    let again = node.poll_security_events(poll(&me, &[], -1, true)).await.unwrap().into_inner();
+    let again = node.poll_security_events(poll(&me, &[], None, true)).await.unwrap().into_inner();
     assert_eq!(again.sets.keys().collect::<Vec<_>>(), [set_jti], "not acknowledged: delivered again");
-    let acked = node.poll_security_events(poll(&me, &[set_jti.as_str()], -1, true)).await.unwrap().into_inner();
+    let acked = node.poll_security_events(poll(&me, &[set_jti.as_str()], None, true)).await.unwrap().into_inner();
     assert!(acked.sets.is_empty(), "acknowledged: {acked:?}");
+    // Once settled, the acknowledgement moves the receiver's position past it: still not sent.
+    settle(&app).await;
+    let settled = node.poll_security_events(poll(&me, &[], None, true)).await.unwrap().into_inner();
+    assert!(settled.sets.is_empty(), "acknowledged and settled: {settled:?}");
+    let (durable, _) = tessera_token_service::connect_stores(&app.settings).await.unwrap();
+    let stored = durable.set_acks(&me.0).await.unwrap();
+    assert!(stored.through > 0 && stored.above.is_empty(), "{stored:?}");
 
     // maxEvents and moreAvailable.
     for _ in 0..3 {
         let t = app.issue(cc(&svc, "api")).await.unwrap().access_token;
         revoke(&app, &t, &svc).await;
     }
-    let two = node.poll_security_events(poll(&me, &[], 2, true)).await.unwrap().into_inner();
+    let two = node.poll_security_events(poll(&me, &[], Some(2), true)).await.unwrap().into_inner();
     assert_eq!(two.sets.len(), 2);
     assert!(two.more_available);
     let jtis: Vec<&str> = two.sets.keys().map(String::as_str).collect();
-    let rest = node.poll_security_events(poll(&me, &jtis, 10, true)).await.unwrap().into_inner();
+    let rest = node.poll_security_events(poll(&me, &jtis, Some(10), true)).await.unwrap().into_inner();
     assert_eq!(rest.sets.len(), 1, "{rest:?}");
     let last: Vec<&str> = rest.sets.keys().map(String::as_str).collect();
-    let none = node.poll_security_events(poll(&me, &last, 0, true)).await.unwrap().into_inner();
+    let none = node.poll_security_events(poll(&me, &last, Some(0), true)).await.unwrap().into_inner();
     assert!(none.sets.is_empty(), "maxEvents 0 only acknowledges");
 
     // A poll that may wait returns when a revocation happens.
@@ -406,7 +440,7 @@ pub async fn security_events_by_poll_are_signed_redelivered_until_acknowledged_a
     let waiting = tokio::spawn({
         let mut node = app.connect().await;
         let me = me.clone();
-        async move { node.poll_security_events(poll(&me, &[], -1, false)).await.unwrap().into_inner() }
+        async move { node.poll_security_events(poll(&me, &[], None, false)).await.unwrap().into_inner() }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let late = app.issue(cc(&svc, "api")).await.unwrap().access_token;
@@ -417,7 +451,7 @@ pub async fn security_events_by_poll_are_signed_redelivered_until_acknowledged_a
 
     let stranger = service_client_named(&app, "other").await;
     assert_oauth(
-        node.poll_security_events(poll(&stranger, &[], -1, true)).await,
+        node.poll_security_events(poll(&stranger, &[], None, true)).await,
         ErrorCode::UnauthorizedClient,
         "no permission",
     );

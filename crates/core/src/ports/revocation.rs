@@ -89,6 +89,9 @@ pub trait RevocationLog: Send + Sync {
     async fn client_id_retired(&self, client_id: &str) -> StoreResult<bool>;
     /// The highest position the log has handed out so far (0 for an empty log).
     async fn last_revocation_seq(&self) -> StoreResult<i64>;
+    /// The identity of this log: `candidate` if the log had none yet (it keeps it), else the
+    /// one it has.
+    async fn revocation_log_epoch(&self, candidate: &str) -> StoreResult<String>;
     /// What a receiver of Security Event Tokens by poll has acknowledged (the default for one
     /// never seen).
     async fn set_acks(&self, receiver: &str) -> StoreResult<SetAcks>;

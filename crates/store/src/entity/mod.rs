@@ -5,6 +5,7 @@ pub mod audit_events;
 pub mod clients;
 pub mod consents;
 pub mod refresh_tokens;
+pub mod revocation_log_meta;
 pub mod revocations;
 pub mod set_receivers;
 pub mod signing_keys;

@@ -94,6 +94,20 @@ impl RevocationLog for SqlStore {
         Ok(last.flatten().unwrap_or(0))
     }
 
+    async fn revocation_log_epoch(&self, candidate: &str) -> StoreResult<String> {
+        use crate::entity::revocation_log_meta as meta;
+        let row = meta::ActiveModel { id: ActiveValue::Set(1), epoch: ActiveValue::Set(candidate.to_owned()) };
+        // The first node to ask names the log; every later one reads that name.
+        meta::Entity::insert(row)
+            .on_conflict(OnConflict::column(meta::Column::Id).do_nothing().to_owned())
+            .do_nothing()
+            .exec_without_returning(&self.db)
+            .await
+            .map_err(error::from_db)?;
+        let stored = meta::Entity::find_by_id(1).one(&self.db).await.map_err(error::from_db)?;
+        stored.map(|m| m.epoch).ok_or_else(|| corrupt("revocation_log_meta", "the log's identity is missing"))
+    }
+
     async fn set_acks(&self, receiver: &str) -> StoreResult<SetAcks> {
         let Some(row) = set_receivers::Entity::find_by_id(receiver).one(&self.db).await.map_err(error::from_db)? else {
             return Ok(SetAcks::default());
