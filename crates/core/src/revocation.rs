@@ -16,6 +16,10 @@ use std::collections::HashMap;
 use std::sync::RwLock;
 use std::time::Duration;
 
+/// An access token's revocation is kept (in the log, on every node, and for watchers) this
+/// long past the token's `exp`: resource servers may accept a token up to their leeway past it.
+const GRACE: i64 = crate::watch::EXPIRY_GRACE;
+
 /// How often every node reads the durable log for revocations it was not told about.
 pub const POLL_EVERY: Duration = Duration::from_millis(500);
 /// Entries read per query of the log.
@@ -68,7 +72,7 @@ impl Revocations {
             }
         };
         let news = match r {
-            Revocation::Access { exp, .. } if *exp <= now => false,
+            Revocation::Access { exp, .. } if *exp + GRACE <= now => false,
             Revocation::Access { jti, exp } => st.access.insert(jti.clone(), *exp).is_none(),
             Revocation::User { id, before } => later(&mut st.users, id, *before),
             Revocation::Client { id, before } => later(&mut st.clients, id, *before),
@@ -115,7 +119,7 @@ impl Revocations {
     /// Forgets access-token revocations whose tokens have expired.
     pub fn purge(&self, now: i64) {
         if let Ok(mut st) = self.state.write() {
-            st.access.retain(|_, exp| *exp > now);
+            st.access.retain(|_, exp| *exp + GRACE > now);
         }
     }
 }
@@ -192,7 +196,8 @@ impl Tessera {
     /// nodes' polls of the log: the revocation itself has happened.
     pub(crate) async fn record_revocations(&self, revocations: Vec<Revocation>) -> Result<(), OAuthError> {
         let now = self.now();
-        let live: Vec<Revocation> = revocations.into_iter().filter(|r| r.relevant_until() > now).collect();
+        // Kept a minute past an access token's `exp`: resource servers may accept it that long.
+        let live: Vec<Revocation> = revocations.into_iter().filter(|r| r.relevant_until() > now - GRACE).collect();
         if live.is_empty() {
             return Ok(());
         }
@@ -246,7 +251,7 @@ impl Tessera {
         let (now, now_ms) = (self.now(), self.clock.now_ms());
         let mut from = cursor.through;
         loop {
-            let page = self.durable.revocations_after(from, now, PAGE).await?;
+            let page = self.durable.revocations_after(from, now - GRACE, PAGE).await?;
             let full = page.len() as u64 == PAGE;
             for LoggedRevocation { seq, at, revocation } in page {
                 self.apply_revocation(&revocation, now);
@@ -262,9 +267,13 @@ impl Tessera {
         // On this node's own clock, not the service clock: how fresh its view is.
         self.last_drain.store(crate::watch::monotonic_ms(), std::sync::atomic::Ordering::Release);
         cursor.polls = cursor.polls.wrapping_add(1);
-        if cursor.polls % PURGE_EVERY_POLLS == 0 {
+        let purge_due = cursor.polls % PURGE_EVERY_POLLS == 0;
+        // The purge runs after the cursor is released: a slow delete must not hold up the
+        // next drain (nor make this node look stale to its watchers).
+        drop(cursor);
+        if purge_due {
             self.revocations.purge(now);
-            if let Err(e) = self.durable.purge_revocations(now).await {
+            if let Err(e) = self.durable.purge_revocations(now - GRACE).await {
                 tracing::debug!(error = %e, "cannot purge the revocation log");
             }
         }
@@ -387,10 +396,12 @@ mod tests {
     fn access_revocations_are_forgotten_when_their_tokens_expire() {
         let r = Revocations::default();
         let c = claims("s", "c", 100, false);
-        assert!(!r.apply(&Revocation::Access { jti: c.jti.clone(), exp: 100 }, 100), "already expired");
+        assert!(!r.apply(&Revocation::Access { jti: c.jti.clone(), exp: 100 - GRACE }, 100), "long expired");
         r.apply(&Revocation::Access { jti: c.jti.clone(), exp: c.exp }, 100);
         assert!(r.revokes_access(&c));
         r.purge(c.exp);
-        assert!(!r.revokes_access(&c), "forgotten once the token expired");
+        assert!(r.revokes_access(&c), "kept through the grace after exp");
+        r.purge(c.exp + GRACE);
+        assert!(!r.revokes_access(&c), "forgotten once the token expired and the grace passed");
     }
 }

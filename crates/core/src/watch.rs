@@ -73,6 +73,13 @@ fn parse_position<'a>(prefix: &str, text: &'a str) -> Option<(&'a str, i64)> {
     (!epoch.is_empty()).then_some((epoch, seq))
 }
 
+/// Whether `text` is a cursor of another form than this version's (`r<digits>.`).
+fn is_other_version(text: &str) -> bool {
+    let Some(rest) = text.strip_prefix('r') else { return false };
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    digits > 0 && rest.as_bytes().get(digits) == Some(&b'.') && !text.starts_with(CURSOR_PREFIX)
+}
+
 /// Milliseconds on a clock that only goes forward, for how fresh this node's view is.
 pub fn monotonic_ms() -> i64 {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
@@ -171,6 +178,8 @@ impl Tessera {
         let watcher = self.authorize_watcher(auth).await?;
         let resume = match cursor {
             "" => None,
+            // A cursor of an earlier form (`r<n>.…`) cannot be resumed: a snapshot.
+            text if is_other_version(text) => Some(("", 0)),
             text => Some(
                 parse_position(CURSOR_PREFIX, text)
                     .ok_or_else(|| OAuthError::invalid_request("the cursor is malformed"))?,
@@ -219,9 +228,6 @@ impl Tessera {
     /// up to [`LONG_POLL`] for one.
     pub async fn poll_security_events(&self, auth: &ClientAuth, poll: SetPoll) -> Result<SetBatch, OAuthError> {
         let receiver = self.authorize_watcher(auth).await?;
-        let _signing = self.set_polls.try_acquire().map_err(|_| {
-            OAuthError::temporarily_unavailable("too many security event polls at once; retry later", 1)
-        })?;
         let epoch = self.log_epoch().await?;
         let stored = self.durable.set_acks(&receiver.id).await?;
         let mut acks = stored.clone();
@@ -280,6 +286,10 @@ impl Tessera {
         if acks != stored {
             self.durable.save_set_acks(&receiver.id, &acks).await?;
         }
+        // Only the signing is bounded: a poll waiting for an event costs no CPU.
+        let _signing = self.set_polls.try_acquire().map_err(|_| {
+            OAuthError::temporarily_unavailable("too many security event polls at once; retry later", 1)
+        })?;
         let keys = self.keys.current();
         let now = self.now();
         let mut sets = Vec::with_capacity(pending.len());
@@ -365,6 +375,8 @@ mod tests {
             assert_eq!(parse_position(CURSOR_PREFIX, bad), None, "{bad}");
         }
         assert_eq!(parse_position(SET_PREFIX, "set.e.7"), Some(("e", 7)));
+        assert!(is_other_version("r1.42") && is_other_version("r10.x.1"));
+        assert!(!is_other_version("r2.e.1") && !is_other_version("rx.1") && !is_other_version("42"));
     }
 
     #[test]

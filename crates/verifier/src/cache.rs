@@ -93,6 +93,16 @@ impl TokenCache {
         }
     }
 
+    /// Forgets every token.
+    pub(crate) fn clear(&self) {
+        for shard in &self.shards {
+            if let Ok(mut shard) = shard.write() {
+                self.len.fetch_sub(shard.len(), Ordering::Relaxed);
+                shard.clear();
+            }
+        }
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.len.load(Ordering::Relaxed)
     }

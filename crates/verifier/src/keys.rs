@@ -30,13 +30,15 @@ pub(crate) struct Key {
 pub(crate) struct Keys {
     client: TokenServiceClient<Channel>,
     held: RwLock<Arc<HashMap<String, Arc<Key>>>>,
-    /// Held while fetching; when the last fetch started.
+    /// Held while fetching; when the last fetch ended.
     fetching: tokio::sync::Mutex<Option<Instant>>,
+    /// A fetch found a key gone that was held before: tokens it verified must be checked again.
+    withdrawn: std::sync::atomic::AtomicBool,
 }
 
 impl Keys {
     pub(crate) fn new(client: TokenServiceClient<Channel>) -> Self {
-        Keys { client, held: RwLock::default(), fetching: tokio::sync::Mutex::new(None) }
+        Keys { client, held: RwLock::default(), fetching: tokio::sync::Mutex::new(None), withdrawn: Default::default() }
     }
 
     fn get(&self, kid: &str) -> Option<Arc<Key>> {
@@ -66,11 +68,19 @@ impl Keys {
         self.get(kid)
     }
 
+    /// Whether a key was withdrawn since the last call (see [`Keys::withdrawn`]).
+    pub(crate) fn take_withdrawn(&self) -> bool {
+        self.withdrawn.swap(false, std::sync::atomic::Ordering::AcqRel)
+    }
+
     /// Fetches the JWK Set and holds exactly its keys (a withdrawn key goes).
     async fn replace(&self) {
         match self.fetch().await {
             Ok(keys) => {
                 if let Ok(mut held) = self.held.write() {
+                    if held.keys().any(|kid| !keys.contains_key(kid)) {
+                        self.withdrawn.store(true, std::sync::atomic::Ordering::Release);
+                    }
                     *held = Arc::new(keys);
                 }
             }
@@ -114,5 +124,9 @@ pub(crate) async fn refresh_now_and_then(inner: std::sync::Weak<crate::Inner>) {
         let mut last = v.keys.fetching.lock().await;
         v.keys.replace().await;
         *last = Some(Instant::now());
+        drop(last);
+        if v.keys.take_withdrawn() {
+            v.cache.clear();
+        }
     }
 }

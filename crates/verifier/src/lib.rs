@@ -168,7 +168,7 @@ pub(crate) struct Inner {
     cfg: Config,
     pub(crate) keys: keys::Keys,
     revocations: Revocations,
-    cache: cache::TokenCache,
+    pub(crate) cache: cache::TokenCache,
     /// When the stream was last heard from (Unix ms); 0 before it first caught up.
     last_heard_ms: AtomicI64,
 }
@@ -263,7 +263,12 @@ impl Verifier {
             return Err(Rejection::Invalid("not an access token (typ)"));
         }
         let kid = header.kid.ok_or(Rejection::Invalid("no kid"))?;
-        let key = self.inner.keys.find(&kid).await.ok_or(Rejection::Invalid("unknown key"))?;
+        let key = self.inner.keys.find(&kid).await;
+        if self.inner.keys.take_withdrawn() {
+            // Tokens verified with a key the service withdrew are not trusted from the cache.
+            self.inner.cache.clear();
+        }
+        let key = key.ok_or(Rejection::Invalid("unknown key"))?;
         if key.alg != header.alg {
             return Err(Rejection::Invalid("algorithm mismatch"));
         }

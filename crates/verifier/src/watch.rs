@@ -68,6 +68,10 @@ pub(crate) async fn follow(inner: Weak<Inner>, mut client: TokenServiceClient<Ch
             }
             Err(status) => {
                 tracing::warn!(code = ?status.code(), message = status.message(), "cannot watch revocations; retrying");
+                // A cursor the service refuses (one it cannot read): start again with a snapshot.
+                if status.code() == tonic::Code::InvalidArgument {
+                    cursor.clear();
+                }
             }
         }
         tokio::time::sleep(backoff).await;

@@ -108,7 +108,8 @@ impl pb::token_service_server::TokenService for TokenApi {
                 let poll = tessera_core::watch::SetPoll {
                     ack: r.ack,
                     errors: r.set_errs.into_iter().map(|(jti, e)| (jti, e.err, e.description)).collect(),
-                    max_events: r.max_events.map(|n| u32::try_from(n).unwrap_or(0)),
+                    // Negative: absent, as callers of the earlier form of this field sent it.
+                    max_events: r.max_events.and_then(|n| u32::try_from(n).ok()),
                     return_immediately: r.return_immediately,
                 };
                 let batch = self.tessera.poll_security_events(&auth, poll).await?;

@@ -26,7 +26,7 @@ use tonic::Status;
 pub const MAX_WATCHERS: usize = 1_024;
 /// Streams open at once on one node for one client, so that one client cannot take every
 /// place.
-pub const MAX_WATCHERS_PER_CLIENT: usize = 32;
+pub const MAX_WATCHERS_PER_CLIENT: usize = MAX_WATCHERS / 4;
 
 /// Open streams by client; a [`ClientSlot`] gives its place back when dropped.
 #[derive(Default)]
@@ -110,6 +110,12 @@ fn fell_behind(missed: u64) -> Status {
     ))
 }
 
+fn stale() -> Status {
+    Status::unavailable(
+        "this node cannot read the revocation log now; call another replica with the last cursor received",
+    )
+}
+
 fn shutting_down() -> Status {
     Status::unavailable("the token service is shutting down; call again with the last cursor received")
 }
@@ -169,6 +175,10 @@ pub fn events(
                     return;
                 }
                 Next::Live(Ok(w)) => {
+                    if !tessera.revocations_fresh() {
+                        yield Err(stale());
+                        return;
+                    }
                     if let Some(e) = revocation_event(&w.revocation, &watch.cursor_at(w.cursor), tessera.now()) {
                         yield Ok(e);
                     }
@@ -189,9 +199,7 @@ pub fn events(
                     // A heartbeat vouches that nothing was missed: not from a node that cannot
                     // read the durable log (its database is away). Its watchers go elsewhere.
                     if !tessera.revocations_fresh() {
-                        yield Err(Status::unavailable(
-                            "this node cannot read the revocation log now; call another replica with the last cursor received",
-                        ));
+                        yield Err(stale());
                         return;
                     }
                     // The position first, then whatever is queued: everything up to the

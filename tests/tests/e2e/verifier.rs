@@ -136,10 +136,10 @@ pub async fn while_the_stream_is_lost_the_verifier_fails_closed_or_open_as_confi
 
     // The token service goes away (on a port it will come back on).
     app.settings.grpc.listen = app.addr;
-    app.app.take().unwrap().shutdown().await.unwrap();
     // The bound is at least three heartbeats (3 s), counted from the last one heard (at most
     // 1 s before the shutdown).
     let start = Instant::now();
+    app.app.take().unwrap().shutdown().await.unwrap();
     while closed.verify(&t).await.is_ok() {
         assert!(start.elapsed() < Duration::from_secs(10), "fail closed did not close");
         tokio::time::sleep(Duration::from_millis(50)).await;
