@@ -13,10 +13,12 @@ use tonic::transport::Channel;
 
 const BOUND: Duration = Duration::from_secs(3);
 
+/// A verifier following `app` as a client of its own allowed to watch, with a heartbeat a second.
 async fn verifier(app: &TestApp, tweak: impl FnOnce(&mut Config)) -> Verifier {
+    let id = format!("rs-{}", tessera_testkit::unique());
     let me = app
         .client(ClientSpec {
-            id: "rs",
+            id: &id,
             grants: &["client_credentials"],
             scopes: "api",
             watch_revocations: true,
@@ -30,6 +32,16 @@ async fn verifier(app: &TestApp, tweak: impl FnOnce(&mut Config)) -> Verifier {
     let v = Verifier::start(channel, cfg);
     assert!(v.caught_up(Duration::from_secs(10)).await, "the verifier never caught up");
     v
+}
+
+async fn revoke(app: &TestApp, token: &str, caller: &(String, String)) {
+    let request = pb::RevokeRequest {
+        token: token.into(),
+        token_type_hint: String::new(),
+        client_id: caller.0.clone(),
+        client_secret: caller.1.clone(),
+    };
+    app.token.clone().revoke(request).await.unwrap();
 }
 
 async fn refused_within_bound(v: &Verifier, token: &str, what: &str) -> Rejection {
@@ -67,23 +79,14 @@ pub async fn the_verifier_accepts_valid_tokens_and_refuses_revoked_ones_at_once(
     assert!(matches!(v.verify("a.b.c").await.unwrap_err(), Rejection::Invalid(_)));
     let id_token = app.issue(password(&web, "alice", "alice-password", "openid")).await.unwrap().id_token;
     assert_eq!(v.verify(&id_token).await.unwrap_err(), Rejection::Invalid("not an access token (typ)"));
-    let elsewhere = verifier_for(&app, "https://tessera.test", Some("https://other.example")).await;
+    let elsewhere = verifier(&app, |c| c.audience = Some("https://other.example".into())).await;
     assert_eq!(elsewhere.verify(&t).await.unwrap_err(), Rejection::Invalid("another audience"));
-    let other_issuer = verifier_for(&app, "https://other.example", None).await;
+    let other_issuer = verifier(&app, |c| c.issuer = "https://other.example".into()).await;
     assert!(matches!(other_issuer.verify(&t).await.unwrap_err(), Rejection::Invalid(_)));
     assert_eq!(v.cached_tokens(), 1);
 
     // Revoked at the token service: refused here, though cached.
-    app.token
-        .clone()
-        .revoke(pb::RevokeRequest {
-            token: t.clone(),
-            token_type_hint: String::new(),
-            client_id: svc.0.clone(),
-            client_secret: svc.1.clone(),
-        })
-        .await
-        .unwrap();
+    revoke(&app, &t, &svc).await;
     assert_eq!(refused_within_bound(&v, &t, "revoked").await, Rejection::Revoked);
     assert_eq!(v.revocations().len().0, 1);
 
@@ -108,28 +111,13 @@ pub async fn the_verifier_accepts_valid_tokens_and_refuses_revoked_ones_at_once(
     assert_eq!(refused_within_bound(&v, &own, "client secret replaced").await, Rejection::Revoked);
 }
 
-async fn verifier_for(app: &TestApp, issuer: &str, audience: Option<&str>) -> Verifier {
-    let id = format!("rs-{}", tessera_testkit::unique());
-    let me = app
-        .client(ClientSpec {
-            id: &id,
-            grants: &["client_credentials"],
-            scopes: "api",
-            watch_revocations: true,
-            ..Default::default()
-        })
-        .await;
-    let mut cfg = Config::new(issuer, me.0, me.1);
-    cfg.audience = audience.map(str::to_owned);
-    let channel = Channel::from_shared(format!("http://{}", app.addr)).unwrap().connect_lazy();
-    let v = Verifier::start(channel, cfg);
-    assert!(v.caught_up(Duration::from_secs(10)).await);
-    v
-}
-
 pub async fn while_the_stream_is_lost_the_verifier_fails_closed_or_open_as_configured(mut app: TestApp) {
     let closed = verifier(&app, |c| c.max_disconnected = Duration::from_secs(1)).await;
-    let open = verifier_for_open(&app).await;
+    let open = verifier(&app, |c| {
+        c.max_disconnected = Duration::from_secs(1);
+        c.when_disconnected = WhenDisconnected::FailOpen;
+    })
+    .await;
     let svc = service_client(&app).await;
     let t = app.issue(cc(&svc, "api")).await.unwrap().access_token;
     assert!(closed.verify(&t).await.is_ok() && open.verify(&t).await.is_ok());
@@ -155,26 +143,6 @@ pub async fn while_the_stream_is_lost_the_verifier_fails_closed_or_open_as_confi
         assert!(start.elapsed() < Duration::from_secs(10), "never reconnected");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-async fn verifier_for_open(app: &TestApp) -> Verifier {
-    let me = app
-        .client(ClientSpec {
-            id: "rs-open",
-            grants: &["client_credentials"],
-            scopes: "api",
-            watch_revocations: true,
-            ..Default::default()
-        })
-        .await;
-    let mut cfg = Config::new("https://tessera.test", me.0, me.1);
-    cfg.heartbeat = Duration::from_secs(1);
-    cfg.max_disconnected = Duration::from_secs(1);
-    cfg.when_disconnected = WhenDisconnected::FailOpen;
-    let channel = Channel::from_shared(format!("http://{}", app.addr)).unwrap().connect_lazy();
-    let v = Verifier::start(channel, cfg);
-    assert!(v.caught_up(Duration::from_secs(10)).await);
-    v
 }
 
 async fn jwks_fetches(app: &TestApp) -> u64 {
@@ -269,16 +237,7 @@ pub async fn the_layer_guards_a_tonic_service_and_hands_it_the_claims(app: TestA
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
     let t = app.issue(cc(&svc, "api")).await.unwrap().access_token;
     HealthClient::new(channel.clone()).check(with(Some(&t))).await.unwrap();
-    app.token
-        .clone()
-        .revoke(pb::RevokeRequest {
-            token: t.clone(),
-            token_type_hint: String::new(),
-            client_id: svc.0.clone(),
-            client_secret: svc.1.clone(),
-        })
-        .await
-        .unwrap();
+    revoke(&app, &t, &svc).await;
     refused_within_bound(&v, &t, "revoked").await;
     let refused = HealthClient::new(channel.clone()).check(with(Some(&t))).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated, "a revoked token through the layer");
