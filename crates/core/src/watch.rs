@@ -147,8 +147,9 @@ pub const SET_EVENT_TYPES: [&str; 4] =
 impl Tessera {
     /// A confidential client allowed to watch revocations, or why not.
     async fn authorize_watcher(&self, auth: &ClientAuth) -> Result<Arc<Client>, OAuthError> {
+        // A confidential client authenticates with its secret: no secret, no confidential client.
         let client = self.authenticate_client(auth).await?;
-        if !client.confidential || auth.client_secret.is_none() {
+        if !client.confidential {
             return Err(OAuthError::invalid_client("watching revocations needs an authenticated confidential client"));
         }
         if !client.watch_revocations {

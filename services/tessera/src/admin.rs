@@ -200,6 +200,15 @@ fn print_client(c: &pb::Client) {
     }
 }
 
+/// One client, as JSON or as text.
+fn show_client(c: &pb::Client, json: bool) {
+    if json {
+        println!("{}", client_json(c));
+    } else {
+        print_client(c);
+    }
+}
+
 pub async fn run(args: &AdminArgs, config: Option<&Path>) -> anyhow::Result<()> {
     if let AdminCommand::Keys { command: KeysCommand::GenerateKek } = &args.command {
         let kek = tessera_crypto::seal::Kek::generate_b64();
@@ -284,11 +293,7 @@ pub async fn run(args: &AdminArgs, config: Option<&Path>) -> anyhow::Result<()> 
                     .await
                     .map_err(failed)?
                     .into_inner();
-                if json {
-                    println!("{}", client_json(&c));
-                } else {
-                    print_client(&c);
-                }
+                show_client(&c, json);
             }
             ClientCommand::Delete { id } => {
                 client.delete_client(pb::DeleteClientRequest { client_id: id.clone() }).await.map_err(failed)?;
@@ -320,11 +325,7 @@ pub async fn run(args: &AdminArgs, config: Option<&Path>) -> anyhow::Result<()> 
                     .await
                     .map_err(failed)?
                     .into_inner();
-                if json {
-                    println!("{}", client_json(&c));
-                } else {
-                    print_client(&c);
-                }
+                show_client(&c, json);
             }
         },
         AdminCommand::Keys { command: KeysCommand::Rotate } => {

@@ -164,6 +164,23 @@ impl TestApp {
         self.token.clone().issue_token(req).await.map(|r| r.into_inner())
     }
 
+    /// Revokes a token (RFC 7009) as `caller`.
+    pub async fn revoke(&self, token: &str, caller: &(String, String)) {
+        let request = pb::RevokeRequest {
+            token: token.into(),
+            token_type_hint: String::new(),
+            client_id: caller.0.clone(),
+            client_secret: caller.1.clone(),
+        };
+        self.token.clone().revoke(request).await.unwrap();
+    }
+
+    /// Allows a client to watch revocations, or stops allowing it.
+    pub async fn permit_watching(&self, client_id: &str, allowed: bool) -> Result<adminpb::Client, tonic::Status> {
+        let request = adminpb::SetClientPermissionsRequest { client_id: client_id.into(), watch_revocations: allowed };
+        self.admin().await.set_client_permissions(request).await.map(tonic::Response::into_inner)
+    }
+
     pub async fn introspect(&self, token: &str, caller: (&str, &str)) -> pb::IntrospectResponse {
         self.token
             .clone()

@@ -7,7 +7,6 @@ use crate::harness::*;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tessera_proto::admin::v1 as adminpb;
-use tessera_proto::token::v1 as pb;
 use tessera_verifier::{Claims, Config, Rejection, RequireToken, Verifier, WhenDisconnected};
 use tonic::transport::Channel;
 
@@ -32,16 +31,6 @@ async fn verifier(app: &TestApp, tweak: impl FnOnce(&mut Config)) -> Verifier {
     let v = Verifier::start(channel, cfg);
     assert!(v.caught_up(Duration::from_secs(10)).await, "the verifier never caught up");
     v
-}
-
-async fn revoke(app: &TestApp, token: &str, caller: &(String, String)) {
-    let request = pb::RevokeRequest {
-        token: token.into(),
-        token_type_hint: String::new(),
-        client_id: caller.0.clone(),
-        client_secret: caller.1.clone(),
-    };
-    app.token.clone().revoke(request).await.unwrap();
 }
 
 async fn refused_within_bound(v: &Verifier, token: &str, what: &str) -> Rejection {
@@ -86,7 +75,7 @@ pub async fn the_verifier_accepts_valid_tokens_and_refuses_revoked_ones_at_once(
     assert_eq!(v.cached_tokens(), 1);
 
     // Revoked at the token service: refused here, though cached.
-    revoke(&app, &t, &svc).await;
+    app.revoke(&t, &svc).await;
     assert_eq!(refused_within_bound(&v, &t, "revoked").await, Rejection::Revoked);
     assert_eq!(v.revocations().len().0, 1);
 
@@ -237,7 +226,7 @@ pub async fn the_layer_guards_a_tonic_service_and_hands_it_the_claims(app: TestA
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
     let t = app.issue(cc(&svc, "api")).await.unwrap().access_token;
     HealthClient::new(channel.clone()).check(with(Some(&t))).await.unwrap();
-    revoke(&app, &t, &svc).await;
+    app.revoke(&t, &svc).await;
     refused_within_bound(&v, &t, "revoked").await;
     let refused = HealthClient::new(channel.clone()).check(with(Some(&t))).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated, "a revoked token through the layer");

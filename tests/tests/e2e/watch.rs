@@ -72,19 +72,6 @@ fn jti(token: &str) -> String {
     jwt_parts(token).1["jti"].as_str().unwrap().to_owned()
 }
 
-async fn revoke(app: &TestApp, token: &str, caller: &(String, String)) {
-    app.token
-        .clone()
-        .revoke(pb::RevokeRequest {
-            token: token.into(),
-            token_type_hint: String::new(),
-            client_id: caller.0.clone(),
-            client_secret: caller.1.clone(),
-        })
-        .await
-        .unwrap();
-}
-
 pub async fn a_watcher_gets_a_snapshot_then_live_revocations_then_heartbeats(app: TestApp) {
     let me = watcher(&app, "rs").await;
     let svc = service_client(&app).await;
@@ -92,7 +79,7 @@ pub async fn a_watcher_gets_a_snapshot_then_live_revocations_then_heartbeats(app
     let alice = app.user("alice", "alice-password").await;
     let expired_soon = app.issue(cc(&svc, "api")).await.unwrap().access_token;
     let before = app.issue(cc(&svc, "api")).await.unwrap().access_token;
-    revoke(&app, &before, &svc).await;
+    app.revoke(&before, &svc).await;
     app.admin()
         .await
         .set_user_disabled(adminpb::SetUserDisabledRequest { username: "alice".into(), disabled: true })
@@ -113,7 +100,7 @@ pub async fn a_watcher_gets_a_snapshot_then_live_revocations_then_heartbeats(app
 
     // Live: revoked after the watch began.
     let live = app.issue(cc(&svc, "api")).await.unwrap().access_token;
-    revoke(&app, &live, &svc).await;
+    app.revoke(&live, &svc).await;
     let (cursor, e) = loop {
         match event(&mut stream).await {
             (_, Event::Heartbeat(_)) => continue,
@@ -129,7 +116,7 @@ pub async fn a_watcher_gets_a_snapshot_then_live_revocations_then_heartbeats(app
     assert!(started.elapsed() < Duration::from_secs(3));
 
     // An access token whose revocation has expired is never sent again.
-    revoke(&app, &expired_soon, &svc).await;
+    app.revoke(&expired_soon, &svc).await;
     let _ = event(&mut stream).await;
     app.clock.advance_secs(3 * 3600);
     let mut again = watch(&app, &me, "", 1).await.unwrap();
@@ -143,7 +130,7 @@ pub async fn a_watcher_gets_a_snapshot_then_live_revocations_then_heartbeats(app
         .await
         .unwrap();
     let t = app.issue(password(&web, "alice", "alice-password", "openid")).await.unwrap();
-    revoke(&app, &t.access_token, &web).await;
+    app.revoke(&t.access_token, &web).await;
     loop {
         match event(&mut again).await {
             (_, Event::AccessToken(a)) => {
@@ -171,39 +158,14 @@ pub async fn watching_needs_a_confidential_client_with_the_permission(app: TestA
         })
         .await;
     assert_oauth(watch(&app, &public, "", 0).await, ErrorCode::InvalidClient, "a public client");
-    let refused = app
-        .admin()
-        .await
-        .set_client_permissions(adminpb::SetClientPermissionsRequest {
-            client_id: "spa".into(),
-            watch_revocations: true,
-        })
-        .await;
+    let refused = app.permit_watching("spa", true).await;
     assert_oauth(refused, ErrorCode::InvalidRequest, "a public client cannot be allowed");
 
-    let c = app
-        .admin()
-        .await
-        .set_client_permissions(adminpb::SetClientPermissionsRequest {
-            client_id: svc.0.clone(),
-            watch_revocations: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let c = app.permit_watching(&svc.0, true).await.unwrap();
     assert!(c.watch_revocations);
     let mut stream = watch(&app, &svc, "", 0).await.unwrap();
     assert!(matches!(event(&mut stream).await.1, Event::Start(_)));
-    let c = app
-        .admin()
-        .await
-        .set_client_permissions(adminpb::SetClientPermissionsRequest {
-            client_id: svc.0.clone(),
-            watch_revocations: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let c = app.permit_watching(&svc.0, false).await.unwrap();
     assert!(!c.watch_revocations);
     assert_oauth(watch(&app, &svc, "", 0).await, ErrorCode::UnauthorizedClient, "the permission taken back");
     assert_oauth(watch(&app, &svc, "nonsense", 0).await, ErrorCode::UnauthorizedClient, "checked before the cursor");
@@ -236,7 +198,7 @@ pub async fn resuming_from_a_cursor_sends_what_was_missed_and_a_foreign_cursor_g
     let me = watcher(&app, "rs").await;
     let svc = service_client(&app).await;
     let seen = app.issue(cc(&svc, "api")).await.unwrap().access_token;
-    revoke(&app, &seen, &svc).await;
+    app.revoke(&seen, &svc).await;
     settle(&app).await;
     let mut stream = watch(&app, &me, "", 0).await.unwrap();
     let _ = event(&mut stream).await;
@@ -249,7 +211,7 @@ pub async fn resuming_from_a_cursor_sends_what_was_missed_and_a_foreign_cursor_g
         let mut v = Vec::new();
         for _ in 0..3 {
             let t = app.issue(cc(&svc, "api")).await.unwrap().access_token;
-            revoke(&app, &t, &svc).await;
+            app.revoke(&t, &svc).await;
             v.push(jti(&t));
         }
         v
@@ -401,7 +363,7 @@ pub async fn security_events_by_poll_are_signed_redelivered_until_acknowledged_a
     let me = watcher(&app, "rs").await;
     let svc = service_client(&app).await;
     let t = app.issue(cc(&svc, "api")).await.unwrap().access_token;
-    revoke(&app, &t, &svc).await;
+    app.revoke(&t, &svc).await;
     let mut node = app.connect().await;
 
     let first = node.poll_security_events(poll(&me, &[], None, true)).await.unwrap().into_inner();
@@ -435,7 +397,7 @@ pub async fn security_events_by_poll_are_signed_redelivered_until_acknowledged_a
     // maxEvents and moreAvailable.
     for _ in 0..3 {
         let t = app.issue(cc(&svc, "api")).await.unwrap().access_token;
-        revoke(&app, &t, &svc).await;
+        app.revoke(&t, &svc).await;
     }
     let two = node.poll_security_events(poll(&me, &[], Some(2), true)).await.unwrap().into_inner();
     assert_eq!(two.sets.len(), 2);
@@ -456,7 +418,7 @@ pub async fn security_events_by_poll_are_signed_redelivered_until_acknowledged_a
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let late = app.issue(cc(&svc, "api")).await.unwrap().access_token;
-    revoke(&app, &late, &svc).await;
+    app.revoke(&late, &svc).await;
     let woke = waiting.await.unwrap();
     assert_eq!(woke.sets.len(), 1, "{woke:?}");
     assert!(started.elapsed() < Duration::from_secs(5), "woke at the event, not at the end of the wait");
