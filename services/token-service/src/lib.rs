@@ -6,6 +6,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::todo))]
 
 pub mod admin;
+mod connection;
 pub mod errors;
 pub mod grpc;
 pub mod metadata;
@@ -250,15 +251,12 @@ impl Application {
         let local = local_channel(routes.clone(), Arc::clone(&local_open));
 
         let (tx, rx) = oneshot::channel::<()>();
-        // TCP_NODELAY: without it every unary answer waits out the peer's delayed ACK (~40 ms).
-        let incoming = tonic::transport::server::TcpIncoming::from_listener(listener, true, None)
-            .map_err(|e| anyhow::anyhow!("configuring the gRPC listener: {e}"))?;
+        let incoming = connection::accept(listener)?;
         let server = tokio::spawn(
             tonic::transport::Server::builder()
                 // Dead peers (a watcher's vanished host) are found and their streams ended.
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-                .tcp_keepalive(Some(Duration::from_secs(60)))
                 // A caller's `traceparent` becomes the parent of the RPC's span.
                 .layer(tessera_telemetry::propagation::TraceContextLayer)
                 .add_routes(routes)
