@@ -492,11 +492,20 @@ fn query_params(query: &str) -> HashMap<String, String> {
     query.split('&').filter_map(|pair| pair.split_once('=')).map(|(k, v)| (decode(k), decode(v))).collect()
 }
 
+/// Source addresses the anonymous calls come from.
+///
+/// Enough that no source passes its 30 device starts a minute when two pools of 100,000 are
+/// minted within one minute (24 each), and few enough that the in-memory store's throttle
+/// table (200,000 keys, each start's kept for its minute) never fills: with one address per
+/// call it did, when the second pool's minute began before the first pool's keys were
+/// forgotten, and the server rightly refused the surplus.
+const SOURCES: usize = 8_192;
+
 /// A source address for the i-th anonymous call (RFC 2544's benchmark range 198.18.0.0/15),
 /// relayed as a facade would: the per-source throttles of device starts and user-code guesses
-/// bound one source, and here every start comes from another.
+/// bound one source, and here the calls are spread over [`SOURCES`] of them.
 fn relayed<T>(msg: T, i: usize) -> tonic::Request<T> {
-    let k = i % 131_072;
+    let k = i % SOURCES;
     let addr = format!("198.{}.{}.{}", 18 + (k >> 16), (k >> 8) & 255, k & 255);
     let mut req = tonic::Request::new(msg);
     if let Ok(v) = addr.parse() {
