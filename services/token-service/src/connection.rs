@@ -1,56 +1,78 @@
 //! The gRPC port's connections: accepted with TCP_NODELAY (without it every unary answer waits
-//! out the peer's delayed ACK, about 40 ms) and TCP keepalive (a peer whose host vanished is
-//! found), and written to as follows.
+//! out the peer's delayed ACK, about 40 ms) and TCP keepalive (the operating system's check
+//! under HTTP/2's own keepalive pings), and written to through a buffer, for this reason:
 //!
-//! h2 sends a DATA payload larger than 256 bytes from its own buffer, by vectored write, when
-//! the connection says it supports vectored writes; and while such a payload waits, nothing
-//! else can be queued behind it. A unary answer is HEADERS, one DATA and the trailers: with a
-//! token in it (about 500 bytes), every answer took two `writev`s, the second one for the
-//! 10-byte trailers. A connection that declines vectored writes makes h2 copy payloads of up
-//! to 1 KiB into its buffer instead, so that an answer, and the answers ready with it, leave in
-//! one write. Larger payloads (a JWK Set, a page of revocations) are still sent from their own
-//! buffers.
+//! On a connection that takes vectored writes, h2 sends a DATA payload of 256 bytes or more
+//! from the payload's own buffer, and while it waits nothing else can be queued behind it, so
+//! h2 flushes first. A unary answer is HEADERS, one DATA and the trailers: with a token in it
+//! (about 500 bytes; well over 1 KiB with an ID token) every answer took two `writev`s, the
+//! second for the 10-byte trailers alone. These connections decline vectored writes, and h2
+//! then copies a payload under 1 KiB into its buffer, behind which the trailers and other
+//! answers queue: one write an answer. A larger payload h2 still sends in two parts (what fits
+//! its buffer, then the rest) before it flushes; beneath it a [`BufWriter`] gathers the parts
+//! until that flush, so such an answer takes two writes, as before, not three. A write as large
+//! as that buffer (a page of revocations, say) bypasses it.
+//!
+//! h2 must write to this directly: a layer between them (TLS, were it ever added here) would
+//! need to go beneath it.
 
 use futures::{Stream, StreamExt as _};
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, BufWriter, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tonic::transport::server::{Connected, TcpIncoming};
-
-/// A connection that declines vectored writes; everything else is the inner connection's.
-pub struct CopyingWrites<T>(T);
 
 /// Idle time before TCP keepalive probes start.
 const KEEPALIVE: Duration = Duration::from_secs(60);
 
-/// The connections `listener` accepts, each as [`CopyingWrites`].
-pub fn accept(listener: TcpListener) -> anyhow::Result<impl Stream<Item = io::Result<CopyingWrites<TcpStream>>>> {
+/// Bytes written through the buffer at most; larger writes go straight to the socket. A few
+/// answers' worth, and a small part of what each connection's socket buffers already hold.
+const WRITE_BUFFER: usize = 4096;
+
+/// An accepted connection that declines vectored writes and gathers what is written until
+/// the flush.
+pub struct BufferedWrites(BufWriter<TcpStream>);
+
+/// The connections `listener` accepts, each as [`BufferedWrites`].
+pub fn accept(listener: TcpListener) -> anyhow::Result<impl Stream<Item = io::Result<BufferedWrites>>> {
     // The server builder's own keepalive setting applies only to listeners it binds itself.
     let incoming = TcpIncoming::from_listener(listener, true, Some(KEEPALIVE))
         .map_err(|e| anyhow::anyhow!("configuring the gRPC listener: {e}"))?;
-    Ok(incoming.map(|accepted| accepted.map(CopyingWrites)))
+    Ok(incoming.map(|accepted| accepted.map(|tcp| BufferedWrites(BufWriter::with_capacity(WRITE_BUFFER, tcp)))))
 }
 
-impl<T: Connected> Connected for CopyingWrites<T> {
-    type ConnectInfo = T::ConnectInfo;
+impl Connected for BufferedWrites {
+    type ConnectInfo = <TcpStream as Connected>::ConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.0.connect_info()
+        self.0.get_ref().connect_info()
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for CopyingWrites<T> {
+impl AsyncRead for BufferedWrites {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.0).poll_read(cx, buf)
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for CopyingWrites<T> {
+impl AsyncWrite for BufferedWrites {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        false
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -60,10 +82,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CopyingWrites<T> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.0).poll_shutdown(cx)
     }
-
-    fn is_write_vectored(&self) -> bool {
-        false
-    }
 }
 
 #[cfg(test)]
@@ -72,25 +90,42 @@ mod tests {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     #[tokio::test]
-    async fn an_accepted_connection_has_nodelay_and_keepalive_keeps_its_peer_and_declines_vectored_writes() {
+    async fn an_accepted_connection_keeps_its_peer_declines_vectored_writes_and_sends_at_the_flush() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut accepted = Box::pin(accept(listener).unwrap());
         let mut client = TcpStream::connect(addr).await.unwrap();
         let mut conn = accepted.next().await.unwrap().unwrap();
-        assert!(conn.0.nodelay().unwrap());
-        assert!(socket2::SockRef::from(&conn.0).keepalive().unwrap());
+        assert!(!conn.is_write_vectored());
+        let socket = conn.0.get_ref();
+        assert!(socket.nodelay().unwrap());
+        assert_eq!(socket2::SockRef::from(socket).keepalive_time().unwrap(), KEEPALIVE);
 
         // The peer's address is what the throttles key anonymous input by.
         assert_eq!(conn.connect_info().remote_addr(), Some(client.local_addr().unwrap()));
-        assert!(!conn.is_write_vectored());
-        assert!(client.is_write_vectored(), "the inner connection would have taken vectored writes");
 
-        conn.write_all(b"answer").await.unwrap();
+        // An answer in parts, as h2 writes a large one: nothing leaves until the flush, then
+        // all of it.
+        let payload = vec![b'x'; 1500];
+        conn.write_all(b"head").await.unwrap();
+        conn.write_all(&payload).await.unwrap();
+        conn.write_all(b"trailers").await.unwrap();
+        let mut early = [0u8; 1];
+        let nothing = tokio::time::timeout(Duration::from_millis(50), client.read(&mut early)).await;
+        assert!(nothing.is_err(), "a write left before the flush");
         conn.flush().await.unwrap();
-        let mut got = [0u8; 6];
+        let mut got = vec![0u8; 1512];
         client.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"answer");
+        assert!(got.starts_with(b"head") && got.ends_with(b"trailers") && got[4..1504] == payload[..]);
+
+        // Larger than the buffer: straight through.
+        let big = vec![b'y'; WRITE_BUFFER * 2];
+        conn.write_all(&big).await.unwrap();
+        conn.flush().await.unwrap();
+        let mut got = vec![0u8; big.len()];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, big);
+
         client.write_all(b"ask").await.unwrap();
         let mut asked = [0u8; 3];
         conn.read_exact(&mut asked).await.unwrap();
