@@ -114,7 +114,6 @@ local function take()
   return items[cursor]
 end
 
-
 -- Sent when this thread has nothing left to send: cheap, recognised by its answer, not counted.
 local function filler_request()
   return healthz_request
@@ -181,10 +180,10 @@ local function field(body, name)
   return body:match('"' .. name .. '"%s*:%s*"([^"]*)"')
 end
 
--- Whether `body` holds `plain` followed by what `after` (anchored) matches, or else matches
+-- Whether `body` holds `literal` followed by what `after` (anchored) matches, or else matches
 -- `pattern` (the same with whitespace allowed).
-local function has(body, plain, after, pattern)
-  local _, e = body:find(plain, 1, true)
+local function has(body, literal, after, pattern)
+  local _, e = body:find(literal, 1, true)
   if e and (after == nil or body:find(after, e + 1)) then return true end
   return body:match(pattern) ~= nil
 end

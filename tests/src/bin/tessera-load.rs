@@ -494,12 +494,15 @@ fn query_params(query: &str) -> HashMap<String, String> {
 
 /// Source addresses the anonymous calls come from.
 ///
-/// Enough that no source passes its 30 device starts a minute when two pools of 100,000 are
-/// minted within one minute (24 each), and few enough that the in-memory store's throttle
-/// table (200,000 keys, each start's kept for its minute) never fills: with one address per
-/// call it did, when the second pool's minute began before the first pool's keys were
-/// forgotten, and the server rightly refused the surplus.
-const SOURCES: usize = 8_192;
+/// Enough that no source passes its 30 device starts a minute when two of the largest pools
+/// (200,000) are minted within one minute (at most 13 each a pool), and few enough that the
+/// in-memory store's throttle table (200,000 keys; a source's starts are counted under a key
+/// per minute, kept a minute after its last start) never fills: with one address per call it
+/// did, when a second pool's minute began before the first pool's keys were forgotten, and the
+/// server rightly refused the surplus.
+const SOURCES: usize = 16_384;
+// Every source inside 198.18.0.0/15.
+const _: () = assert!(SOURCES <= 131_072);
 
 /// A source address for the i-th anonymous call (RFC 2544's benchmark range 198.18.0.0/15),
 /// relayed as a facade would: the per-source throttles of device starts and user-code guesses
