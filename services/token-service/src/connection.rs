@@ -9,78 +9,105 @@
 //! second for the 10-byte trailers alone. These connections decline vectored writes, and h2
 //! then copies a payload under 1 KiB into its buffer, behind which the trailers and other
 //! answers queue: one write an answer. A larger payload h2 still sends in two parts (what fits
-//! its buffer, then the rest) before it flushes; beneath it a [`BufWriter`] gathers the parts
+//! its buffer, then the rest) before it flushes; beneath it the connection gathers the parts
 //! until that flush, so such an answer takes two writes, as before, not three. A write as large
-//! as that buffer (a page of revocations, say) bypasses it.
+//! as the gathering buffer (a page of revocations, say) bypasses it.
+//!
+//! The gathering buffer exists only between a write and its flush (tokio's `BufWriter` would
+//! keep 4 KiB for every connection from the moment it is accepted: 3,000 idle HTTP/2
+//! connections cost 13.5 KiB each with it, 9.4 KiB without).
 //!
 //! h2 must write to this directly: a layer between them (TLS, were it ever added here) would
 //! need to go beneath it.
 
 use futures::{Stream, StreamExt as _};
-use std::io::{self, IoSlice};
+use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, BufWriter, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tonic::transport::server::{Connected, TcpIncoming};
 
 /// Idle time before TCP keepalive probes start.
 const KEEPALIVE: Duration = Duration::from_secs(60);
 
-/// Bytes written through the buffer at most; larger writes go straight to the socket. A few
-/// answers' worth, and a small part of what each connection's socket buffers already hold.
+/// Bytes gathered at most; larger writes go straight to the socket. A few answers' worth, and
+/// a small part of what each connection's socket buffers already hold.
 const WRITE_BUFFER: usize = 4096;
 
 /// An accepted connection that declines vectored writes and gathers what is written until
 /// the flush.
-pub struct BufferedWrites(BufWriter<TcpStream>);
+pub struct BufferedWrites {
+    tcp: TcpStream,
+    /// Written and not yet sent; empty, and without an allocation, after each flush.
+    gathered: Vec<u8>,
+}
+
+impl BufferedWrites {
+    /// Sends what was gathered, and lets its memory go.
+    fn poll_send_gathered(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.gathered.is_empty() {
+            let sent = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.gathered))?;
+            if sent == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.gathered.drain(..sent);
+        }
+        self.gathered = Vec::new();
+        Poll::Ready(Ok(()))
+    }
+}
 
 /// The connections `listener` accepts, each as [`BufferedWrites`].
 pub fn accept(listener: TcpListener) -> anyhow::Result<impl Stream<Item = io::Result<BufferedWrites>>> {
     // The server builder's own keepalive setting applies only to listeners it binds itself.
     let incoming = TcpIncoming::from_listener(listener, true, Some(KEEPALIVE))
         .map_err(|e| anyhow::anyhow!("configuring the gRPC listener: {e}"))?;
-    Ok(incoming.map(|accepted| accepted.map(|tcp| BufferedWrites(BufWriter::with_capacity(WRITE_BUFFER, tcp)))))
+    Ok(incoming.map(|accepted| accepted.map(|tcp| BufferedWrites { tcp, gathered: Vec::new() })))
 }
 
 impl Connected for BufferedWrites {
     type ConnectInfo = <TcpStream as Connected>::ConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.0.get_ref().connect_info()
+        self.tcp.connect_info()
     }
 }
 
 impl AsyncRead for BufferedWrites {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for BufferedWrites {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let me = self.get_mut();
+        if me.gathered.len() + buf.len() > WRITE_BUFFER {
+            ready!(me.poll_send_gathered(cx))?;
+        }
+        if buf.len() >= WRITE_BUFFER {
+            return Pin::new(&mut me.tcp).poll_write(cx, buf);
+        }
+        me.gathered.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
     }
 
     fn is_write_vectored(&self) -> bool {
         false
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        ready!(me.poll_send_gathered(cx))?;
+        Pin::new(&mut me.tcp).poll_flush(cx)
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        ready!(me.poll_send_gathered(cx))?;
+        Pin::new(&mut me.tcp).poll_shutdown(cx)
     }
 }
 
@@ -97,7 +124,7 @@ mod tests {
         let mut client = TcpStream::connect(addr).await.unwrap();
         let mut conn = accepted.next().await.unwrap().unwrap();
         assert!(!conn.is_write_vectored());
-        let socket = conn.0.get_ref();
+        let socket = &conn.tcp;
         assert!(socket.nodelay().unwrap());
         assert_eq!(socket2::SockRef::from(socket).keepalive_time().unwrap(), KEEPALIVE);
 
@@ -114,6 +141,7 @@ mod tests {
         let nothing = tokio::time::timeout(Duration::from_millis(50), client.read(&mut early)).await;
         assert!(nothing.is_err(), "a write left before the flush");
         conn.flush().await.unwrap();
+        assert_eq!(conn.gathered.capacity(), 0, "the gathered answer's memory outlived its flush");
         let mut got = vec![0u8; 1512];
         client.read_exact(&mut got).await.unwrap();
         assert!(got.starts_with(b"head") && got.ends_with(b"trailers") && got[4..1504] == payload[..]);
