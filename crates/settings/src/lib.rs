@@ -95,6 +95,14 @@ pub struct GrpcSettings {
     /// trusts no one over the network (a facade in the token service's own process, on the
     /// local channel, is always believed).
     pub trusted_relays: TrustedNetworks,
+    /// Connections the token service's gRPC port holds open at once (16 to 1,000,000); one
+    /// more is refused as it arrives. An idle HTTP/2 connection costs the service about 10 KiB.
+    pub max_connections: u32,
+}
+
+impl GrpcSettings {
+    /// The default for [`GrpcSettings::max_connections`]: about 100 MB of idle connections.
+    pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 }
 
 impl Default for GrpcSettings {
@@ -102,6 +110,7 @@ impl Default for GrpcSettings {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             trusted_relays: TrustedNetworks::loopback_and_private(),
+            max_connections: Self::DEFAULT_MAX_CONNECTIONS,
         }
     }
 }

@@ -2,7 +2,7 @@
 //! own [`Registry`] (so two services in one process, or two tests, never mix their series).
 
 pub use prometheus;
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
 /// The content type of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -26,6 +26,13 @@ pub fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Resul
     let c = IntCounter::with_opts(Opts::new(name, help))?;
     registry.register(Box::new(c.clone()))?;
     Ok(c)
+}
+
+/// A registered gauge.
+pub fn gauge(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
+    let g = IntGauge::with_opts(Opts::new(name, help))?;
+    registry.register(Box::new(g.clone()))?;
+    Ok(g)
 }
 
 /// A registered counter with labels.

@@ -19,14 +19,25 @@
 //!
 //! h2 must write to this directly: a layer between them (TLS, were it ever added here) would
 //! need to go beneath it.
+//!
+//! Bounded (DESIGN.md rule 8): the port holds at most `grpc.max_connections` connections at
+//! once. One more is refused as it arrives: it gets HTTP/2's SETTINGS and a GOAWAY
+//! (`ENHANCE_YOUR_CALM`, "too many connections"), so that its call fails at once (grpc-go
+//! reports UNAVAILABLE; tonic CANCELLED, "connection closed") rather than waiting in the
+//! listen queue, and is closed; it is counted in
+//! `tessera_grpc_connections_refused_total`, and logged at most every 10 seconds.
 
+use crate::observe::Metrics;
 use futures::{Stream, StreamExt as _};
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tessera_telemetry::metrics::prometheus::IntGauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::transport::server::{Connected, TcpIncoming};
 
 /// Idle time before TCP keepalive probes start.
@@ -36,12 +47,44 @@ const KEEPALIVE: Duration = Duration::from_secs(60);
 /// a small part of what each connection's socket buffers already hold.
 const WRITE_BUFFER: usize = 4096;
 
+/// How often a full port logs that it refuses connections.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What a connection refused at the bound is sent before it is closed: the server's HTTP/2
+/// preface (an empty SETTINGS frame) and a GOAWAY with no stream processed, error code
+/// ENHANCE_YOUR_CALM (RFC 9113 §6.8, §7) and a reason.
+const REFUSAL: &[u8] = b"\0\0\0\x04\0\0\0\0\0\
+    \0\0\x1c\x07\0\0\0\0\0\
+    \0\0\0\0\0\0\0\x0btoo many connections";
+
 /// An accepted connection that declines vectored writes and gathers what is written until
 /// the flush.
 pub struct BufferedWrites {
     tcp: TcpStream,
     /// Written and not yet sent; empty, and without an allocation, after each flush.
     gathered: Vec<u8>,
+    /// This connection's place under the bound, given back when it closes.
+    _place: Place,
+}
+
+/// A connection's place under the port's bound, counted in the open-connections gauge while
+/// it is held.
+struct Place {
+    _permit: OwnedSemaphorePermit,
+    open: IntGauge,
+}
+
+impl Place {
+    fn new(permit: OwnedSemaphorePermit, open: IntGauge) -> Self {
+        open.inc();
+        Self { _permit: permit, open }
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
 }
 
 impl BufferedWrites {
@@ -59,12 +102,68 @@ impl BufferedWrites {
     }
 }
 
-/// The connections `listener` accepts, each as [`BufferedWrites`].
-pub fn accept(listener: TcpListener) -> anyhow::Result<impl Stream<Item = io::Result<BufferedWrites>>> {
+/// The connections `listener` accepts, each as [`BufferedWrites`], at most `max_connections`
+/// open at once.
+pub fn accept(
+    listener: TcpListener,
+    max_connections: usize,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<impl Stream<Item = io::Result<BufferedWrites>>> {
     // The server builder's own keepalive setting applies only to listeners it binds itself.
     let incoming = TcpIncoming::from_listener(listener, true, Some(KEEPALIVE))
         .map_err(|e| anyhow::anyhow!("configuring the gRPC listener: {e}"))?;
-    Ok(incoming.map(|accepted| accepted.map(|tcp| BufferedWrites { tcp, gathered: Vec::new() })))
+    let places = Arc::new(Semaphore::new(max_connections));
+    let mut refusals = Refusals { last_logged: None, since_logged: 0 };
+    Ok(incoming.filter_map(move |accepted| {
+        let admitted = match accepted {
+            Err(e) => Some(Err(e)),
+            Ok(tcp) => match Arc::clone(&places).try_acquire_owned() {
+                Ok(permit) => Some(Ok(BufferedWrites {
+                    tcp,
+                    gathered: Vec::new(),
+                    _place: Place::new(permit, metrics.grpc_connections.clone()),
+                })),
+                Err(_) => {
+                    metrics.grpc_connections_refused.inc();
+                    refusals.note(max_connections);
+                    refuse(tcp);
+                    None
+                }
+            },
+        };
+        std::future::ready(admitted)
+    }))
+}
+
+/// Refusals since the last log line.
+struct Refusals {
+    last_logged: Option<Instant>,
+    since_logged: u64,
+}
+
+impl Refusals {
+    fn note(&mut self, max_connections: usize) {
+        self.since_logged += 1;
+        if self.last_logged.is_some_and(|at| at.elapsed() < REFUSAL_LOG_INTERVAL) {
+            return;
+        }
+        tracing::warn!(
+            max_connections,
+            refused = self.since_logged,
+            "the gRPC port holds grpc.max_connections connections: refusing new ones"
+        );
+        self.last_logged = Some(Instant::now());
+        self.since_logged = 0;
+    }
+}
+
+/// Tells a connection refused at the bound why, as far as its socket takes it without
+/// waiting, and closes it.
+fn refuse(tcp: TcpStream) {
+    let _ = tcp.try_write(REFUSAL);
+    // Dropping the socket closes it; what the peer sent unread may turn the close into a reset,
+    // which a client reports as UNAVAILABLE all the same.
+    drop(tcp);
 }
 
 impl Connected for BufferedWrites {
@@ -120,7 +219,7 @@ mod tests {
     async fn an_accepted_connection_keeps_its_peer_declines_vectored_writes_and_sends_at_the_flush() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut accepted = Box::pin(accept(listener).unwrap());
+        let mut accepted = Box::pin(accept(listener, 16, Arc::new(Metrics::new().unwrap())).unwrap());
         let mut client = TcpStream::connect(addr).await.unwrap();
         let mut conn = accepted.next().await.unwrap().unwrap();
         assert!(!conn.is_write_vectored());
@@ -158,5 +257,58 @@ mod tests {
         let mut asked = [0u8; 3];
         conn.read_exact(&mut asked).await.unwrap();
         assert_eq!(&asked, b"ask");
+    }
+
+    /// A gRPC health check over a new connection to `addr`.
+    async fn health_check(addr: std::net::SocketAddr) -> Result<tonic::transport::Channel, tonic::Status> {
+        use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        HealthClient::new(channel.clone()).check(HealthCheckRequest { service: String::new() }).await?;
+        Ok(channel)
+    }
+
+    #[tokio::test]
+    async fn the_port_holds_at_most_its_bound_and_refuses_one_more_with_a_goaway() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let incoming = accept(listener, 2, Arc::clone(&metrics)).unwrap();
+        let (_, health) = tonic_health::server::health_reporter();
+        tokio::spawn(tonic::transport::Server::builder().add_service(health).serve_with_incoming(incoming));
+
+        let first = health_check(addr).await.expect("the first connection is served");
+        let _second = health_check(addr).await.expect("the second connection is served");
+        assert!(metrics.render().contains("tessera_grpc_connections 2"), "{}", metrics.render());
+
+        // One more is refused: the call fails at once (tonic reports the closed connection as
+        // CANCELLED), and a raw client reads the GOAWAY's reason.
+        let refused = health_check(addr).await.expect_err("a third connection was served");
+        assert!(matches!(refused.code(), tonic::Code::Unavailable | tonic::Code::Cancelled), "{refused:?}");
+        let refused_before = metrics.grpc_connections_refused.get();
+        assert!(refused_before >= 1, "the gRPC client's connection was not counted");
+        let mut raw = TcpStream::connect(addr).await.unwrap();
+        let mut told = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut told)).await.unwrap().unwrap();
+        assert_eq!(told, REFUSAL, "a refused connection is told why, then closed");
+        assert_eq!(&told[9..13], b"\0\0\x1c\x07", "a GOAWAY of 28 bytes follows the SETTINGS");
+        assert_eq!(metrics.grpc_connections_refused.get(), refused_before + 1);
+        assert!(metrics.render().contains("tessera_grpc_connections_refused_total "), "{}", metrics.render());
+
+        // A connection that closes gives its place back.
+        drop(first);
+        let mut served = None;
+        for _ in 0..100 {
+            if let Ok(channel) = health_check(addr).await {
+                served = Some(channel);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(served.is_some(), "the place of a closed connection was not given back");
+        assert!(metrics.render().contains("tessera_grpc_connections 2"), "{}", metrics.render());
     }
 }

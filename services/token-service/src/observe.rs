@@ -22,8 +22,8 @@ use std::sync::Arc;
 use std::time::Instant;
 use tessera_core::ports::{AuditEvent, AuditKind, AuditLog};
 use tessera_core::{ErrorCode, OAuthError, StoreResult};
-use tessera_telemetry::metrics::prometheus::{HistogramVec, IntCounter, IntCounterVec, Registry};
-use tessera_telemetry::metrics::{counter, counter_vec, latency_vec, render};
+use tessera_telemetry::metrics::prometheus::{HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry};
+use tessera_telemetry::metrics::{counter, counter_vec, gauge, latency_vec, render};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tonic::Status;
@@ -49,6 +49,9 @@ pub struct Metrics {
     lockouts: IntCounter,
     audit_events: IntCounterVec,
     store_errors: IntCounterVec,
+    /// Connections the gRPC port holds open, and those it refused at its bound.
+    pub(crate) grpc_connections: IntGauge,
+    pub(crate) grpc_connections_refused: IntCounter,
 }
 
 impl Metrics {
@@ -91,6 +94,12 @@ impl Metrics {
                 "tessera_store_errors_total",
                 "Requests refused with temporarily_unavailable, by the store that could not be reached.",
                 &["store"],
+            )?,
+            grpc_connections: gauge(&r, "tessera_grpc_connections", "Connections the gRPC port holds open.")?,
+            grpc_connections_refused: counter(
+                &r,
+                "tessera_grpc_connections_refused_total",
+                "Connections the gRPC port refused because it held grpc.max_connections already.",
             )?,
             registry: r,
         };

@@ -220,6 +220,9 @@ impl Settings {
         if !(1..=1000).contains(&self.database.max_connections) {
             bail!("database.max_connections: must be between 1 and 1000");
         }
+        if !(16..=1_000_000).contains(&self.grpc.max_connections) {
+            bail!("grpc.max_connections: must be between 16 and 1000000, got {}", self.grpc.max_connections);
+        }
         let t = &self.tokens;
         for (name, v) in [
             ("tokens.access_token_ttl", t.access_token_ttl),
@@ -454,6 +457,13 @@ mod tests {
         assert!(format!("{e:#}").contains("nope"), "{e:#}");
         let e = Settings::load(None, &env(&[("TESSERA_GRPC__LISTEN", "not an address")])).unwrap_err();
         assert!(format!("{e:#}").contains("grpc.listen"), "{e:#}");
+        assert_eq!(Settings::load(None, &env(&[])).unwrap().grpc.max_connections, 10_000);
+        let s = Settings::load(None, &env(&[("TESSERA_GRPC__MAX_CONNECTIONS", "500")])).unwrap();
+        assert_eq!(s.grpc.max_connections, 500);
+        for bad in ["0", "15", "1000001"] {
+            let e = Settings::load(None, &env(&[("TESSERA_GRPC__MAX_CONNECTIONS", bad)])).unwrap_err();
+            assert!(format!("{e:#}").contains("grpc.max_connections: must be between 16 and 1000000"), "{e:#}");
+        }
     }
 
     #[test]
