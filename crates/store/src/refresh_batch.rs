@@ -211,7 +211,7 @@ const COLUMNS: &str = "digest, family_id, client_id, user_id, scope, issued_at, 
     access_jti, access_exp, state, rotated_at, successor_salt";
 
 /// A stored token `r` and its user's columns (null when it has no user), in the order
-/// [`Found::decode`] reads them after the slot; the caller adds the slot and the `WHERE`.
+/// [`Answered::decode`] reads them after the slot; the caller adds the slot and the `WHERE`.
 const ROW_AND_USER: &str = "r.digest, r.family_id, r.client_id, r.user_id, r.scope, r.issued_at, r.expires_at, \
     r.auth_time, r.access_jti, r.access_exp, r.state, r.rotated_at, r.successor_salt, u.id, u.username, \
     u.password_hash, u.disabled, u.email, u.name, u.created_at \
@@ -334,6 +334,7 @@ async fn write_together(writer: &Writer, writes: &[&Write]) -> Result<Vec<Rotate
         }
     }
     let sqlx_err = |e| Failed::from_db(DbErr::Query(RuntimeErr::SqlxError(e)));
+    // Each backend's rows are a type of their own, decoded by the same generic function.
     let answered: Vec<Answered> = match writer {
         Writer::Sqlite(pool) => {
             let rows = write_on_sqlite(pool, &rotations, &starts).await.map_err(sqlx_err)?;

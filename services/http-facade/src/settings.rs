@@ -21,8 +21,8 @@ use tessera_settings::{FacadeSettings, GrpcSettings, HttpSettings, LogSettings, 
 pub struct Settings {
     pub http: HttpSettings,
     pub facade: FacadeSettings,
-    /// For `grpc.listen`, the default `facade.token_service_url` (its `trusted_relays` are
-    /// parsed too, and not used).
+    /// For `grpc.listen`, the default `facade.token_service_url` (its `trusted_relays` and
+    /// `max_connections` are parsed too, and not used).
     pub grpc: GrpcSettings,
     pub shutdown: ShutdownSettings,
     pub log: LogSettings,

@@ -22,20 +22,25 @@
 //!
 //! Bounded (DESIGN.md rule 8): the port holds at most `grpc.max_connections` connections at
 //! once. One more is refused as it arrives: it gets HTTP/2's SETTINGS and a GOAWAY
-//! (`ENHANCE_YOUR_CALM`, "too many connections"), so that its call fails at once (grpc-go
-//! reports UNAVAILABLE; tonic CANCELLED, "connection closed") rather than waiting in the
-//! listen queue, and is closed; it is counted in
-//! `tessera_grpc_connections_refused_total`, and logged at most every 10 seconds.
+//! (`ENHANCE_YOUR_CALM`, "too many connections"), so that its call fails at once rather than
+//! waiting in the listen queue, and is closed; it is counted in
+//! `tessera_grpc_connections_refused_total`, and logged at most every 10 seconds. A
+//! connection that sends nothing for its first 10 seconds is closed, so that silent sockets
+//! cannot keep the places of callers that speak. When the process runs out of file
+//! descriptors (or socket memory), the port pauses accepting for 100 ms and tries again, where
+//! tonic's accept loop would stop for good.
 
 use crate::observe::Metrics;
+use futures::future::Either;
 use futures::{Stream, StreamExt as _};
+use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 use tessera_telemetry::metrics::prometheus::IntGauge;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::transport::server::{Connected, TcpIncoming};
@@ -47,8 +52,19 @@ const KEEPALIVE: Duration = Duration::from_secs(60);
 /// a small part of what each connection's socket buffers already hold.
 const WRITE_BUFFER: usize = 4096;
 
-/// How often a full port logs that it refuses connections.
-const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// How often a full port logs that it refuses connections, or a process out of file
+/// descriptors that it cannot accept.
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How long a new connection may stay silent before it is closed.
+pub const FIRST_BYTES_WITHIN: Duration = Duration::from_secs(10);
+
+/// How long the port pauses when an accept fails for want of a resource.
+const EXHAUSTED_PAUSE: Duration = Duration::from_millis(100);
+
+/// Refused connections that may wait at once for their peers to close, and how long each.
+const LINGERING: usize = 64;
+const LINGER: Duration = Duration::from_secs(1);
 
 /// What a connection refused at the bound is sent before it is closed: the server's HTTP/2
 /// preface (an empty SETTINGS frame) and a GOAWAY with no stream processed, error code
@@ -65,6 +81,8 @@ pub struct BufferedWrites {
     gathered: Vec<u8>,
     /// This connection's place under the bound, given back when it closes.
     _place: Place,
+    /// Until the peer's first bytes: when the connection is closed if none came.
+    silent_until: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// A connection's place under the port's bound, counted in the open-connections gauge while
@@ -103,67 +121,100 @@ impl BufferedWrites {
 }
 
 /// The connections `listener` accepts, each as [`BufferedWrites`], at most `max_connections`
-/// open at once.
+/// open at once, each closed if it sends nothing within `first_bytes_within`.
 pub fn accept(
     listener: TcpListener,
     max_connections: usize,
+    first_bytes_within: Duration,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<impl Stream<Item = io::Result<BufferedWrites>>> {
     // The server builder's own keepalive setting applies only to listeners it binds itself.
     let incoming = TcpIncoming::from_listener(listener, true, Some(KEEPALIVE))
         .map_err(|e| anyhow::anyhow!("configuring the gRPC listener: {e}"))?;
     let places = Arc::new(Semaphore::new(max_connections));
-    let mut refusals = Refusals { last_logged: None, since_logged: 0 };
+    let lingering = Arc::new(Semaphore::new(LINGERING));
+    let (mut refusals, mut exhaustions) = (Occasionally::default(), Occasionally::default());
     Ok(incoming.filter_map(move |accepted| {
         let admitted = match accepted {
+            Err(e) if out_of_resources(&e) => {
+                if let Some(failed) = exhaustions.count() {
+                    tracing::error!(
+                        error = %e,
+                        failed_since_last_log = failed,
+                        "the gRPC port cannot accept connections: the process is out of file descriptors or socket memory"
+                    );
+                }
+                return Either::Right(async {
+                    tokio::time::sleep(EXHAUSTED_PAUSE).await;
+                    None
+                });
+            }
             Err(e) => Some(Err(e)),
             Ok(tcp) => match Arc::clone(&places).try_acquire_owned() {
                 Ok(permit) => Some(Ok(BufferedWrites {
                     tcp,
                     gathered: Vec::new(),
                     _place: Place::new(permit, metrics.grpc_connections.clone()),
+                    silent_until: Some(Box::pin(tokio::time::sleep(first_bytes_within))),
                 })),
                 Err(_) => {
                     metrics.grpc_connections_refused.inc();
-                    refusals.note(max_connections);
-                    refuse(tcp);
+                    if let Some(refused) = refusals.count() {
+                        tracing::warn!(
+                            max_connections,
+                            refused_since_last_log = refused,
+                            "the gRPC port holds grpc.max_connections connections: refusing new ones"
+                        );
+                    }
+                    refuse(tcp, &lingering);
                     None
                 }
             },
         };
-        std::future::ready(admitted)
+        Either::Left(std::future::ready(admitted))
     }))
 }
 
-/// Refusals since the last log line.
-struct Refusals {
+/// Whether an accept failed for want of a resource of the process or the machine.
+fn out_of_resources(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+}
+
+/// Counts events, and says when one of them should be logged: the first, then the first after
+/// each [`LOG_INTERVAL`] (with how many there were since the last line logged).
+#[derive(Default)]
+struct Occasionally {
     last_logged: Option<Instant>,
     since_logged: u64,
 }
 
-impl Refusals {
-    fn note(&mut self, max_connections: usize) {
+impl Occasionally {
+    fn count(&mut self) -> Option<u64> {
         self.since_logged += 1;
-        if self.last_logged.is_some_and(|at| at.elapsed() < REFUSAL_LOG_INTERVAL) {
-            return;
+        if self.last_logged.is_some_and(|at| at.elapsed() < LOG_INTERVAL) {
+            return None;
         }
-        tracing::warn!(
-            max_connections,
-            refused = self.since_logged,
-            "the gRPC port holds grpc.max_connections connections: refusing new ones"
-        );
         self.last_logged = Some(Instant::now());
-        self.since_logged = 0;
+        Some(std::mem::take(&mut self.since_logged))
     }
 }
 
-/// Tells a connection refused at the bound why, as far as its socket takes it without
-/// waiting, and closes it.
-fn refuse(tcp: TcpStream) {
+/// Tells a connection refused at the bound why and closes it. Closing a socket whose peer
+/// is still sending resets the connection, and the peer may then lose the GOAWAY; so, while
+/// fewer than [`LINGERING`] refused connections wait, this one closes its side after the
+/// GOAWAY and waits up to [`LINGER`] for its peer to close, discarding what it sends. Beyond
+/// that it is closed at once: the peer sees a failed connection either way.
+fn refuse(tcp: TcpStream, lingering: &Arc<Semaphore>) {
     let _ = tcp.try_write(REFUSAL);
-    // Dropping the socket closes it; what the peer sent unread may turn the close into a reset,
-    // which a client reports as UNAVAILABLE all the same.
-    drop(tcp);
+    let Ok(place) = Arc::clone(lingering).try_acquire_owned() else { return };
+    tokio::spawn(async move {
+        let _place = place;
+        let mut tcp = tcp;
+        let _ = tcp.shutdown().await;
+        let mut sink = [0u8; 1024];
+        let drained = async { while let Ok(1..) = tcp.read(&mut sink).await {} };
+        let _ = tokio::time::timeout(LINGER, drained).await;
+    });
 }
 
 impl Connected for BufferedWrites {
@@ -175,8 +226,23 @@ impl Connected for BufferedWrites {
 }
 
 impl AsyncRead for BufferedWrites {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        let before = buf.filled().len();
+        let read = Pin::new(&mut me.tcp).poll_read(cx, buf);
+        if let Some(deadline) = &mut me.silent_until {
+            match read {
+                Poll::Ready(Ok(())) if buf.filled().len() > before => me.silent_until = None,
+                Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the peer sent nothing after connecting",
+                    )));
+                }
+                _ => {}
+            }
+        }
+        read
     }
 }
 
@@ -213,13 +279,13 @@ impl AsyncWrite for BufferedWrites {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     #[tokio::test]
     async fn an_accepted_connection_keeps_its_peer_declines_vectored_writes_and_sends_at_the_flush() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut accepted = Box::pin(accept(listener, 16, Arc::new(Metrics::new().unwrap())).unwrap());
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let mut accepted = Box::pin(accept(listener, 16, FIRST_BYTES_WITHIN, metrics).unwrap());
         let mut client = TcpStream::connect(addr).await.unwrap();
         let mut conn = accepted.next().await.unwrap().unwrap();
         assert!(!conn.is_write_vectored());
@@ -276,7 +342,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let metrics = Arc::new(Metrics::new().unwrap());
-        let incoming = accept(listener, 2, Arc::clone(&metrics)).unwrap();
+        let incoming = accept(listener, 2, FIRST_BYTES_WITHIN, Arc::clone(&metrics)).unwrap();
         let (_, health) = tonic_health::server::health_reporter();
         tokio::spawn(tonic::transport::Server::builder().add_service(health).serve_with_incoming(incoming));
 
@@ -284,17 +350,32 @@ mod tests {
         let _second = health_check(addr).await.expect("the second connection is served");
         assert!(metrics.render().contains("tessera_grpc_connections 2"), "{}", metrics.render());
 
-        // One more is refused: the call fails at once (tonic reports the closed connection as
-        // CANCELLED), and a raw client reads the GOAWAY's reason.
+        // One more is refused: the call fails at once (tonic reports CANCELLED when the GOAWAY
+        // came before the call's stream opened, RESOURCE_EXHAUSTED after; never a broken pipe,
+        // as the refused connection waits for its peer to close), and a raw client reads the
+        // GOAWAY's reason.
         let refused = health_check(addr).await.expect_err("a third connection was served");
-        assert!(matches!(refused.code(), tonic::Code::Unavailable | tonic::Code::Cancelled), "{refused:?}");
+        assert!(
+            matches!(
+                refused.code(),
+                tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::ResourceExhausted
+            ),
+            "{refused:?}"
+        );
         let refused_before = metrics.grpc_connections_refused.get();
         assert!(refused_before >= 1, "the gRPC client's connection was not counted");
         let mut raw = TcpStream::connect(addr).await.unwrap();
         let mut told = Vec::new();
         tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut told)).await.unwrap().unwrap();
         assert_eq!(told, REFUSAL, "a refused connection is told why, then closed");
-        assert_eq!(&told[9..13], b"\0\0\x1c\x07", "a GOAWAY of 28 bytes follows the SETTINGS");
+        // Read as frames: an empty SETTINGS on stream 0, then a GOAWAY on stream 0 that
+        // processed no stream, ENHANCE_YOUR_CALM, with its reason.
+        assert_eq!(told[..9], [0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+        let length = usize::from(told[9]) << 16 | usize::from(told[10]) << 8 | usize::from(told[11]);
+        assert_eq!((length, told[12], told[13]), (told.len() - 18, 0x7, 0));
+        assert_eq!(told[14..22], [0; 8], "stream 0, last stream 0");
+        assert_eq!(told[22..26], [0, 0, 0, 0xb]);
+        assert_eq!(&told[26..], b"too many connections");
         assert_eq!(metrics.grpc_connections_refused.get(), refused_before + 1);
         assert!(metrics.render().contains("tessera_grpc_connections_refused_total "), "{}", metrics.render());
 
@@ -310,5 +391,73 @@ mod tests {
         }
         assert!(served.is_some(), "the place of a closed connection was not given back");
         assert!(metrics.render().contains("tessera_grpc_connections 2"), "{}", metrics.render());
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_stays_silent_is_closed_and_gives_its_place_back() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let incoming = accept(listener, 1, Duration::from_millis(300), Arc::clone(&metrics)).unwrap();
+        let (_, health) = tonic_health::server::health_reporter();
+        tokio::spawn(tonic::transport::Server::builder().add_service(health).serve_with_incoming(incoming));
+
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let mut got = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut got)).await;
+        assert!(closed.is_ok(), "a silent connection was kept");
+        let channel = health_check(addr).await.expect("the silent connection's place was not given back");
+        // One that speaks is kept past the deadline.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+        HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await.unwrap();
+        assert_eq!(metrics.grpc_connections.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_port_keeps_accepting_after_the_process_ran_out_of_file_descriptors() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let incoming = accept(listener, 1000, FIRST_BYTES_WITHIN, Arc::clone(&metrics)).unwrap();
+        let (_, health) = tonic_health::server::health_reporter();
+        let server =
+            tokio::spawn(tonic::transport::Server::builder().add_service(health).serve_with_incoming(incoming));
+        let _warm = health_check(addr).await.unwrap();
+
+        // This test runs in a process of its own (nextest): lower its open-file limit to a few
+        // more than it holds (with util-linux's prlimit), and connect until no descriptor is
+        // left for the server to accept with.
+        let open = std::fs::read_dir("/proc/self/fd").unwrap().count();
+        let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+        let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+        let (soft, hard): (u64, u64) = match line.split_whitespace().collect::<Vec<_>>()[3..5] {
+            [soft, hard] => (soft.parse().unwrap(), hard.parse().unwrap()),
+            _ => unreachable!(),
+        };
+        let set_limit = |soft: u64| {
+            let pid = std::process::id().to_string();
+            let status = std::process::Command::new("prlimit")
+                .args(["--pid", &pid, &format!("--nofile={soft}:{hard}")])
+                .status()
+                .expect("running prlimit (util-linux)");
+            assert!(status.success());
+        };
+        set_limit(open as u64 + 16);
+        let mut clients = Vec::new();
+        while clients.len() < 64 {
+            match std::net::TcpStream::connect(addr) {
+                Ok(c) => clients.push(c),
+                Err(_) => break,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let accepted = usize::try_from(metrics.grpc_connections.get()).unwrap();
+        assert!(accepted < clients.len() + 1, "every connection was accepted: the limit was never reached");
+        drop(clients);
+        set_limit(soft);
+
+        assert!(!server.is_finished(), "the accept loop stopped");
+        health_check(addr).await.expect("the port no longer accepts");
     }
 }

@@ -251,7 +251,12 @@ impl Application {
         let local = local_channel(routes.clone(), Arc::clone(&local_open));
 
         let (tx, rx) = oneshot::channel::<()>();
-        let incoming = connection::accept(listener, settings.grpc.max_connections as usize, Arc::clone(&metrics))?;
+        let incoming = connection::accept(
+            listener,
+            settings.grpc.max_connections as usize,
+            connection::FIRST_BYTES_WITHIN,
+            Arc::clone(&metrics),
+        )?;
         let server = tokio::spawn(
             tonic::transport::Server::builder()
                 // Dead peers (a watcher's vanished host) are found and their streams ended.
