@@ -325,6 +325,21 @@ mod tests {
         assert_eq!(&asked, b"ask");
     }
 
+    /// A gRPC health service on a port of its own, behind [`accept`] with these bounds.
+    async fn serve_health(
+        max_connections: usize,
+        first_bytes_within: Duration,
+    ) -> (std::net::SocketAddr, Arc<Metrics>, tokio::task::JoinHandle<Result<(), tonic::transport::Error>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let incoming = accept(listener, max_connections, first_bytes_within, Arc::clone(&metrics)).unwrap();
+        let (_, health) = tonic_health::server::health_reporter();
+        let server =
+            tokio::spawn(tonic::transport::Server::builder().add_service(health).serve_with_incoming(incoming));
+        (addr, metrics, server)
+    }
+
     /// A gRPC health check over a new connection to `addr`.
     async fn health_check(addr: std::net::SocketAddr) -> Result<tonic::transport::Channel, tonic::Status> {
         use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
@@ -339,12 +354,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_port_holds_at_most_its_bound_and_refuses_one_more_with_a_goaway() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let metrics = Arc::new(Metrics::new().unwrap());
-        let incoming = accept(listener, 2, FIRST_BYTES_WITHIN, Arc::clone(&metrics)).unwrap();
-        let (_, health) = tonic_health::server::health_reporter();
-        tokio::spawn(tonic::transport::Server::builder().add_service(health).serve_with_incoming(incoming));
+        let (addr, metrics, _) = serve_health(2, FIRST_BYTES_WITHIN).await;
 
         let first = health_check(addr).await.expect("the first connection is served");
         let _second = health_check(addr).await.expect("the second connection is served");
@@ -395,12 +405,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_that_stays_silent_is_closed_and_gives_its_place_back() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let metrics = Arc::new(Metrics::new().unwrap());
-        let incoming = accept(listener, 1, Duration::from_millis(300), Arc::clone(&metrics)).unwrap();
-        let (_, health) = tonic_health::server::health_reporter();
-        tokio::spawn(tonic::transport::Server::builder().add_service(health).serve_with_incoming(incoming));
+        let (addr, metrics, _) = serve_health(1, Duration::from_millis(300)).await;
 
         let mut silent = TcpStream::connect(addr).await.unwrap();
         let mut got = Vec::new();
@@ -416,13 +421,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_port_keeps_accepting_after_the_process_ran_out_of_file_descriptors() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let metrics = Arc::new(Metrics::new().unwrap());
-        let incoming = accept(listener, 1000, FIRST_BYTES_WITHIN, Arc::clone(&metrics)).unwrap();
-        let (_, health) = tonic_health::server::health_reporter();
-        let server =
-            tokio::spawn(tonic::transport::Server::builder().add_service(health).serve_with_incoming(incoming));
+        let (addr, metrics, server) = serve_health(1000, FIRST_BYTES_WITHIN).await;
         let _warm = health_check(addr).await.unwrap();
 
         // This test runs in a process of its own (nextest): lower its open-file limit to a few
