@@ -25,8 +25,9 @@
 //! (`ENHANCE_YOUR_CALM`, "too many connections"), so that its call fails at once rather than
 //! waiting in the listen queue, and is closed; it is counted in
 //! `tessera_grpc_connections_refused_total`, and logged at most every 10 seconds. A
-//! connection that sends nothing for its first 10 seconds is closed, so that silent sockets
-//! cannot keep the places of callers that speak. When the process runs out of file
+//! connection that has not sent HTTP/2's client preface within 10 seconds is closed, so that
+//! sockets that never speak (or speak a byte and stop) cannot keep the places of callers that
+//! do; after the preface, HTTP/2 keepalive ends a peer that stops answering. When the process runs out of file
 //! descriptors (or socket memory), the port pauses accepting for 100 ms and tries again, where
 //! tonic's accept loop would stop for good.
 
@@ -56,8 +57,12 @@ const WRITE_BUFFER: usize = 4096;
 /// descriptors that it cannot accept.
 const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-/// How long a new connection may stay silent before it is closed.
-pub const FIRST_BYTES_WITHIN: Duration = Duration::from_secs(10);
+/// How long a new connection has to send its HTTP/2 preface before it is closed.
+pub const PREFACE_WITHIN: Duration = Duration::from_secs(10);
+
+/// A client's preface as far as the deadline waits for it: the 24-byte connection preface and
+/// the header of the SETTINGS frame that follows it (RFC 9113 §3.4).
+const PREFACE_BYTES: usize = 24 + 9;
 
 /// How long the port pauses when an accept fails for want of a resource.
 const EXHAUSTED_PAUSE: Duration = Duration::from_millis(100);
@@ -81,8 +86,9 @@ pub struct BufferedWrites {
     gathered: Vec<u8>,
     /// This connection's place under the bound, given back when it closes.
     _place: Place,
-    /// Until the peer's first bytes: when the connection is closed if none came.
-    silent_until: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Until the peer's preface has arrived: how much of it is still to come, and when the
+    /// connection is closed if it has not.
+    preface: Option<(usize, Pin<Box<tokio::time::Sleep>>)>,
 }
 
 /// A connection's place under the port's bound, counted in the open-connections gauge while
@@ -121,11 +127,11 @@ impl BufferedWrites {
 }
 
 /// The connections `listener` accepts, each as [`BufferedWrites`], at most `max_connections`
-/// open at once, each closed if it sends nothing within `first_bytes_within`.
+/// open at once, each closed if its HTTP/2 preface has not arrived within `preface_within`.
 pub fn accept(
     listener: TcpListener,
     max_connections: usize,
-    first_bytes_within: Duration,
+    preface_within: Duration,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<impl Stream<Item = io::Result<BufferedWrites>>> {
     // The server builder's own keepalive setting applies only to listeners it binds itself.
@@ -155,7 +161,7 @@ pub fn accept(
                     tcp,
                     gathered: Vec::new(),
                     _place: Place::new(permit, metrics.grpc_connections.clone()),
-                    silent_until: Some(Box::pin(tokio::time::sleep(first_bytes_within))),
+                    preface: Some((PREFACE_BYTES, Box::pin(tokio::time::sleep(preface_within)))),
                 })),
                 Err(_) => {
                     metrics.grpc_connections_refused.inc();
@@ -230,13 +236,18 @@ impl AsyncRead for BufferedWrites {
         let me = self.get_mut();
         let before = buf.filled().len();
         let read = Pin::new(&mut me.tcp).poll_read(cx, buf);
-        if let Some(deadline) = &mut me.silent_until {
+        if let Some((awaited, deadline)) = &mut me.preface {
             match read {
-                Poll::Ready(Ok(())) if buf.filled().len() > before => me.silent_until = None,
+                Poll::Ready(Ok(())) => {
+                    *awaited = awaited.saturating_sub(buf.filled().len() - before);
+                    if *awaited == 0 {
+                        me.preface = None;
+                    }
+                }
                 Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
-                        "the peer sent nothing after connecting",
+                        "the peer did not send its HTTP/2 preface in time",
                     )));
                 }
                 _ => {}
@@ -285,7 +296,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let metrics = Arc::new(Metrics::new().unwrap());
-        let mut accepted = Box::pin(accept(listener, 16, FIRST_BYTES_WITHIN, metrics).unwrap());
+        let mut accepted = Box::pin(accept(listener, 16, PREFACE_WITHIN, metrics).unwrap());
         let mut client = TcpStream::connect(addr).await.unwrap();
         let mut conn = accepted.next().await.unwrap().unwrap();
         assert!(!conn.is_write_vectored());
@@ -328,12 +339,12 @@ mod tests {
     /// A gRPC health service on a port of its own, behind [`accept`] with these bounds.
     async fn serve_health(
         max_connections: usize,
-        first_bytes_within: Duration,
+        preface_within: Duration,
     ) -> (std::net::SocketAddr, Arc<Metrics>, tokio::task::JoinHandle<Result<(), tonic::transport::Error>>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let metrics = Arc::new(Metrics::new().unwrap());
-        let incoming = accept(listener, max_connections, first_bytes_within, Arc::clone(&metrics)).unwrap();
+        let incoming = accept(listener, max_connections, preface_within, Arc::clone(&metrics)).unwrap();
         let (_, health) = tonic_health::server::health_reporter();
         let server =
             tokio::spawn(tonic::transport::Server::builder().add_service(health).serve_with_incoming(incoming));
@@ -354,7 +365,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_port_holds_at_most_its_bound_and_refuses_one_more_with_a_goaway() {
-        let (addr, metrics, _) = serve_health(2, FIRST_BYTES_WITHIN).await;
+        let (addr, metrics, _) = serve_health(2, PREFACE_WITHIN).await;
 
         let first = health_check(addr).await.expect("the first connection is served");
         let _second = health_check(addr).await.expect("the second connection is served");
@@ -404,14 +415,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_connection_that_stays_silent_is_closed_and_gives_its_place_back() {
+    async fn a_connection_without_its_preface_is_closed_and_gives_its_place_back() {
         let (addr, metrics, _) = serve_health(1, Duration::from_millis(300)).await;
 
         let mut silent = TcpStream::connect(addr).await.unwrap();
         let mut got = Vec::new();
         let closed = tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut got)).await;
         assert!(closed.is_ok(), "a silent connection was kept");
-        let channel = health_check(addr).await.expect("the silent connection's place was not given back");
+        // A part of the preface is not enough.
+        let mut halting = TcpStream::connect(addr).await.unwrap();
+        halting.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        let closed = tokio::time::timeout(Duration::from_secs(5), halting.read_to_end(&mut got)).await;
+        assert!(closed.is_ok(), "a connection that stopped inside its preface was kept");
+        let channel = health_check(addr).await.expect("the silent connections' place was not given back");
         // One that speaks is kept past the deadline.
         tokio::time::sleep(Duration::from_millis(600)).await;
         use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
@@ -421,7 +437,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_port_keeps_accepting_after_the_process_ran_out_of_file_descriptors() {
-        let (addr, metrics, server) = serve_health(1000, FIRST_BYTES_WITHIN).await;
+        let (addr, metrics, server) = serve_health(1000, PREFACE_WITHIN).await;
         let _warm = health_check(addr).await.unwrap();
 
         // This test runs in a process of its own (nextest): lower its open-file limit to a few

@@ -254,7 +254,7 @@ impl Application {
         let incoming = connection::accept(
             listener,
             settings.grpc.max_connections as usize,
-            connection::FIRST_BYTES_WITHIN,
+            connection::PREFACE_WITHIN,
             Arc::clone(&metrics),
         )?;
         let server = tokio::spawn(
