@@ -119,7 +119,7 @@ impl Tessera {
         if spec.public && spec.watch_revocations {
             return Err(bad("only a confidential client may watch revocations"));
         }
-        let secret = (!spec.public).then(|| ClientSecret::new(tessera_crypto::random_secret(32)));
+        let secret = (!spec.public).then(|| ClientSecret::new(tessera_crypto::random_credential(32)));
         let client = Client {
             id,
             name,
@@ -192,7 +192,7 @@ impl Tessera {
         if !client.confidential {
             return Err(bad("public clients have no secret"));
         }
-        let secret = ClientSecret::new(tessera_crypto::random_secret(32));
+        let secret = ClientSecret::new(tessera_crypto::random_credential(32));
         let replaced = self.durable.set_client_secret(id, secret.digest()).await?;
         if !replaced {
             return Err(bad("no such client"));

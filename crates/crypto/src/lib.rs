@@ -78,13 +78,23 @@ fn hex_val(c: u8) -> Option<u8> {
     }
 }
 
-/// A fresh random secret of `bytes` bytes, base64url without padding. 32 bytes give the 256
-/// bits DESIGN.md asks of client secrets and refresh tokens. From the thread's CSPRNG
-/// (ChaCha12, seeded from the OS generator and reseeded from it every 64 KiB of output):
-/// asking the OS for every secret costs a system call each, a token's `jti` included.
+/// A fresh random secret of `bytes` bytes, base64url without padding, for what a request
+/// mints (tokens' `jti`, refresh tokens, codes, sessions). 32 bytes give the 256 bits
+/// DESIGN.md asks of refresh tokens. From the thread's CSPRNG (ChaCha12, seeded from the OS
+/// generator and reseeded from it every 64 KiB of output): asking the OS for every secret costs
+/// a system call each, a token's `jti` included.
 pub fn random_secret(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     rand::thread_rng().fill_bytes(&mut buf);
+    URL_SAFE_NO_PAD.encode(buf)
+}
+
+/// A fresh random secret of `bytes` bytes straight from the OS generator, base64url without
+/// padding, for credentials that live long and are made rarely (client secrets, the admin
+/// credential): no generator state in this process's memory ever held them.
+pub fn random_credential(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::rngs::OsRng.fill_bytes(&mut buf);
     URL_SAFE_NO_PAD.encode(buf)
 }
 
@@ -134,6 +144,9 @@ mod tests {
 
     #[test]
     fn random_secrets_carry_256_bits() {
+        let c = random_credential(32);
+        assert_eq!(c.len(), 43);
+        assert_ne!(c, random_credential(32));
         let s = random_secret(32);
         assert_eq!(b64url_decode(&s).map(|v| v.len()), Some(32));
         assert_ne!(s, random_secret(32));

@@ -13,6 +13,13 @@
 //! until that flush, so such an answer takes two writes, as before, not three. A write as large
 //! as the gathering buffer (a page of revocations, say) bypasses it.
 //!
+//! A flush with something to send first yields once: the tasks already queued on this thread
+//! (other calls on this connection finishing their answers) run, and their answers leave in the
+//! same write. Under load a connection otherwise sent each unary answer on its own (0.92 sends
+//! an answer at 64 calls in flight on 8 connections; 0.15 with the yield), and on loopback each
+//! send also carries the receiving side's work. An idle server pays one trip through the run
+//! queue.
+//!
 //! The gathering buffer exists only between a write and its flush (tokio's `BufWriter` would
 //! keep 4 KiB for every connection from the moment it is accepted: 3,000 idle HTTP/2
 //! connections cost 13.5 KiB each with it, 9.4 KiB without).
@@ -84,6 +91,8 @@ pub struct BufferedWrites {
     tcp: TcpStream,
     /// Written and not yet sent; empty, and without an allocation, after each flush.
     gathered: Vec<u8>,
+    /// Whether the flush under way has yielded once already.
+    yielded: bool,
     /// This connection's place under the bound, given back when it closes.
     _place: Place,
     /// Until the peer's preface has arrived: how much of it is still to come, and when the
@@ -160,6 +169,7 @@ pub fn accept(
                 Ok(permit) => Some(Ok(BufferedWrites {
                     tcp,
                     gathered: Vec::new(),
+                    yielded: false,
                     _place: Place::new(permit, metrics.grpc_connections.clone()),
                     preface: Some((PREFACE_BYTES, Box::pin(tokio::time::sleep(preface_within)))),
                 })),
@@ -276,7 +286,15 @@ impl AsyncWrite for BufferedWrites {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let me = self.get_mut();
+        if !me.gathered.is_empty() && !me.yielded {
+            // Woken at once: the task goes to the back of its thread's run queue, behind the
+            // calls that may have answers to add to this write.
+            me.yielded = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         ready!(me.poll_send_gathered(cx))?;
+        me.yielded = false;
         Pin::new(&mut me.tcp).poll_flush(cx)
     }
 
@@ -321,6 +339,32 @@ mod tests {
         let mut got = vec![0u8; 1512];
         client.read_exact(&mut got).await.unwrap();
         assert!(got.starts_with(b"head") && got.ends_with(b"trailers") && got[4..1504] == payload[..]);
+
+        // A flush with something to send yields once (and wakes its task to come back at
+        // once); what is written meanwhile leaves with it, in one send.
+        struct Wakes(std::sync::atomic::AtomicUsize);
+        impl std::task::Wake for Wakes {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let wakes = Arc::new(Wakes(std::sync::atomic::AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(Arc::clone(&wakes));
+        let mut cx = Context::from_waker(&waker);
+        conn.write_all(b"one answer, ").await.unwrap();
+        assert!(Pin::new(&mut conn).poll_flush(&mut cx).is_pending());
+        assert_eq!(
+            wakes.0.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "a yield that nobody wakes would hang the connection"
+        );
+        conn.write_all(b"and another").await.unwrap();
+        assert!(Pin::new(&mut conn).poll_flush(&mut cx).is_ready());
+        let mut both = [0u8; 23];
+        client.read_exact(&mut both).await.unwrap();
+        assert_eq!(&both, b"one answer, and another");
+        // With nothing to send, a flush does not yield.
+        assert!(Pin::new(&mut conn).poll_flush(&mut cx).is_ready());
 
         // Larger than the buffer: straight through.
         let big = vec![b'y'; WRITE_BUFFER * 2];

@@ -381,17 +381,19 @@ async fn watch_health(tessera: Arc<Tessera>, mut health: tonic_health::server::H
     let mut serving = true;
     loop {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let ok = tessera.ready().await.is_ok();
+        let ready = tessera.ready().await;
+        let ok = ready.is_ok();
         if ok != serving {
             serving = ok;
-            if ok {
+            if let Err(e) = ready {
+                let detail = e.detail.as_deref().unwrap_or("");
+                tracing::warn!(error = %e, detail, "a store is unreachable; reporting NOT_SERVING");
+                health.set_not_serving::<TokenServiceServer<grpc::TokenApi>>().await;
+                health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+            } else {
                 tracing::info!("stores reachable again; serving");
                 health.set_serving::<TokenServiceServer<grpc::TokenApi>>().await;
                 health.set_service_status("", tonic_health::ServingStatus::Serving).await;
-            } else {
-                tracing::warn!("a store is unreachable; reporting NOT_SERVING");
-                health.set_not_serving::<TokenServiceServer<grpc::TokenApi>>().await;
-                health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
             }
         }
     }
@@ -404,7 +406,7 @@ fn admin_token(settings: &Settings) -> anyhow::Result<String> {
     }
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating the data directory {}", settings.data_dir.display()))?;
-    let token = tessera_crypto::random_secret(32);
+    let token = tessera_crypto::random_credential(32);
     let path = settings.admin_token_file();
     write_private(&path, &token)?;
     tracing::info!(path = %path.display(), "generated an admin credential");
@@ -451,7 +453,7 @@ async fn seed_demo(tessera: &Tessera, settings: &Settings) -> anyhow::Result<Dem
         })
         .await
         .map_err(|e| anyhow::anyhow!("creating the demo client: {e}"))?;
-    let password = Password::new(tessera_crypto::random_secret(12));
+    let password = Password::new(tessera_crypto::random_credential(12));
     tessera
         .create_user(NewUser {
             username: "demo".into(),
