@@ -381,20 +381,21 @@ async fn watch_health(tessera: Arc<Tessera>, mut health: tonic_health::server::H
     let mut serving = true;
     loop {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let ready = tessera.ready().await;
-        let ok = ready.is_ok();
-        if ok != serving {
-            serving = ok;
-            if let Err(e) = ready {
+        match (tessera.ready().await, serving) {
+            (Err(e), true) => {
+                serving = false;
                 let detail = e.detail.as_deref().unwrap_or("");
                 tracing::warn!(error = %e, detail, "a store is unreachable; reporting NOT_SERVING");
                 health.set_not_serving::<TokenServiceServer<grpc::TokenApi>>().await;
                 health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
-            } else {
+            }
+            (Ok(()), false) => {
+                serving = true;
                 tracing::info!("stores reachable again; serving");
                 health.set_serving::<TokenServiceServer<grpc::TokenApi>>().await;
                 health.set_service_status("", tonic_health::ServingStatus::Serving).await;
             }
+            _ => {}
         }
     }
 }
