@@ -12,7 +12,8 @@ ceiling's, measured in the same run:
   gRPC cases                   / the gRPC health check of the same backend
   password                     / the raw Argon2id rate on every core (the higher of the samples
                                  taken just before and just after)
-  refresh rotation             / pgbench single-row inserts at the same concurrency
+  refresh rotation             / pgbench single-row inserts at the same concurrency (the higher of
+                                 the samples taken just before and just after the refresh cases)
   code exchange, device poll   / refresh rotation of the same backend and transport
   verifier hot, 10k distinct,  / ring's raw ES256 check of the same tokens, one core
   10k cached
@@ -155,9 +156,13 @@ def markdown(run):
     what = {"h2load": "gRPC health check from h2load", "cpu": "raw Argon2id", "sql": "pgbench single-row inserts",
             "sign": "raw ES256 access-token signing on every core"}
     per_token = lambda c: f" ({c['us_per_token']:.0f} µs of one core a token)" if c.get("us_per_token") else ""
+    sampled = lambda c: (
+        f" (the higher of {' and '.join(f'{fmt(x)}/s' for x in c['samples'])}, before and after)"
+        if len(c.get("samples") or []) > 1 else ""
+    )
     ceilings = ", ".join(
         f"{what.get(c['transport'], c['case'])} ({names.get(c['backend'], c['backend'])}) {fmt(c.get('rps'))}/s"
-        + per_token(c)
+        + per_token(c) + sampled(c)
         for c in other
     )
     lines.append("")
