@@ -157,7 +157,7 @@ def markdown(run):
             "sign": "raw ES256 access-token signing on every core"}
     per_token = lambda c: f" ({c['us_per_token']:.0f} µs of one core a token)" if c.get("us_per_token") else ""
     sampled = lambda c: (
-        f" (the higher of {' and '.join(f'{fmt(x)}/s' for x in c['samples'])}, before and after)"
+        f" (the higher of {fmt(c['samples'][0])}/s before and {fmt(c['samples'][-1])}/s after)"
         if len(c.get("samples") or []) > 1 else ""
     )
     ceilings = ", ".join(
