@@ -17,7 +17,7 @@ mod refresh_batch;
 
 pub use migration::Migrator;
 
-use sea_orm::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sea_orm::sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sea_orm::{ConnectionTrait as _, SqlxPostgresConnector, SqlxSqliteConnector};
 use sea_orm_migration::MigratorTrait as _;
@@ -42,9 +42,10 @@ const SQLITE_FILE_READERS: u32 = 4;
 pub struct PoolOptions {
     /// Postgres connections in the pool, opened as needed and closed after ten idle minutes.
     /// Every request in flight that touches the database holds one for a few statements; with
-    /// fewer connections than requests in flight, requests queue for them. Each is a server
-    /// process on Postgres: replicas × this must stay under the server's `max_connections`.
-    /// SQLite ignores it.
+    /// fewer connections than requests in flight, requests queue for them. The refresh-token
+    /// writer has one more of its own, opened when first needed. Each is a server process on
+    /// Postgres: replicas × (this + 1) must stay under the server's `max_connections`. SQLite
+    /// ignores it.
     pub max_connections: u32,
 }
 
@@ -69,6 +70,8 @@ pub struct SqlStore {
     db: circuit::Db,
     /// The group commit of refresh-token writes.
     refresh_writes: refresh_batch::RefreshBatches,
+    /// On Postgres, the refresh-token writer's own connection (see [`connect_postgres`]).
+    refresh_writer: Option<PgPool>,
 }
 
 // Hand-written so nothing about the connection (its URL above all) is ever printed.
@@ -92,13 +95,14 @@ impl SqlStore {
     /// [`SqlStore::connect`] with the pool sized by `options`.
     pub async fn connect_with(url: &str, options: PoolOptions) -> Result<SqlStore, StoreError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let db = connect_postgres(url, options.max_connections.max(1)).await?;
-            let refresh_writes = refresh_batch::RefreshBatches::start(refresh_batch::Writer::Postgres(db.clone()));
-            Ok(SqlStore { db, refresh_writes })
+            let (db, writer) = connect_postgres(url, options.max_connections.max(1)).await?;
+            let refresh_writes =
+                refresh_batch::RefreshBatches::start(refresh_batch::Writer::Postgres(db.clone(), writer.clone()));
+            Ok(SqlStore { db, refresh_writes, refresh_writer: Some(writer) })
         } else if url.starts_with("sqlite:") {
             let db = connect_sqlite(url).await?;
             let writer = refresh_batch::Writer::Sqlite(db.pool().get_sqlite_connection_pool().clone());
-            Ok(SqlStore { db, refresh_writes: refresh_batch::RefreshBatches::start(writer) })
+            Ok(SqlStore { db, refresh_writes: refresh_batch::RefreshBatches::start(writer), refresh_writer: None })
         } else {
             Err(StoreError::Other("unsupported database URL: expected postgres:// or sqlite:".into()))
         }
@@ -114,6 +118,9 @@ impl SqlStore {
     /// Closes the pool, waiting for connections in use to be returned. Other clones of this
     /// store fail with `Unavailable` afterwards.
     pub async fn close(self) -> Result<(), StoreError> {
+        if let Some(writer) = &self.refresh_writer {
+            writer.close().await;
+        }
         self.db.close().await.map_err(error::from_db)
     }
 
@@ -159,12 +166,32 @@ fn check_postgres_parameters(url: &str) -> Result<(), StoreError> {
     }
 }
 
-async fn connect_postgres(url: &str, max_connections: u32) -> Result<circuit::Db, StoreError> {
+/// The pool of every statement, and the refresh-token writer's own connection.
+///
+/// The writer sends one statement, the batch ([`refresh_batch`]), over and over, with arrays
+/// of every length. Left to choose, Postgres plans it afresh on each execution whenever its
+/// arrays are short (a custom plan per call: about half a millisecond of the database's CPU
+/// for this statement, more than executing it), which is every batch below full load; its
+/// connection therefore runs with `plan_cache_mode = force_generic_plan`, planned once per
+/// connection and again whenever the tables' statistics change. Every other statement keeps
+/// Postgres's own choice, on the shared pool.
+async fn connect_postgres(url: &str, max_connections: u32) -> Result<(circuit::Db, PgPool), StoreError> {
     check_postgres_parameters(url)?;
     let options: PgConnectOptions = url.parse().map_err(error::from_connect)?;
     let circuit = std::sync::Arc::new(circuit::Circuit::default());
-    let seen = std::sync::Arc::clone(&circuit);
-    let pool = PgPoolOptions::new()
+    let pool =
+        pool_options(max_connections, &circuit).connect_with(options.clone()).await.map_err(error::from_connect)?;
+    // One connection: the writer has one batch in flight at a time. Opened at its first batch.
+    let writer =
+        pool_options(1, &circuit).connect_lazy_with(options.options([("plan_cache_mode", "force_generic_plan")]));
+    Ok((circuit::Db::guarded(SqlxPostgresConnector::from_sqlx_postgres_pool(pool), circuit), writer))
+}
+
+/// How a Postgres pool of at most `max_connections` opens, keeps and checks its connections,
+/// the outages `circuit` sees included.
+fn pool_options(max_connections: u32, circuit: &std::sync::Arc<circuit::Circuit>) -> PgPoolOptions {
+    let seen = std::sync::Arc::clone(circuit);
+    PgPoolOptions::new()
         .max_connections(max_connections)
         .min_connections(0)
         .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -180,10 +207,6 @@ async fn connect_postgres(url: &str, max_connections: u32) -> Result<circuit::Db
             let suspect = meta.idle_for >= PING_IF_IDLE_FOR || seen.outage_since(meta.idle_for);
             Box::pin(async move { Ok(!suspect || sea_orm::sqlx::Connection::ping(conn).await.is_ok()) })
         })
-        .connect_with(options)
-        .await
-        .map_err(error::from_connect)?;
-    Ok(circuit::Db::guarded(SqlxPostgresConnector::from_sqlx_postgres_pool(pool), circuit))
 }
 
 async fn connect_sqlite(url: &str) -> Result<circuit::Db, StoreError> {
@@ -229,5 +252,54 @@ mod tests {
         let e = check_postgres_parameters("postgres://u@h/db?passwd=hunter2").unwrap_err();
         assert!(!e.to_string().contains("hunter2") && !e.to_string().contains("passwd"), "{e}");
         assert!(check_postgres_parameters("postgres://u@h/db?sslpassword=x").is_err());
+    }
+
+    /// The refresh-token writer's batch is planned once on its connection, however short its
+    /// arrays, while every other statement keeps Postgres's own choice of plan.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_refresh_writer_plans_its_batch_once_and_the_pool_keeps_the_default() {
+        use sea_orm::sqlx::Row as _;
+        use tessera_core::ports::{RefreshStore as _, Succession, Successor};
+        let db = match tessera_testkit::PgDatabase::create("tessera_store_unit").await {
+            Ok(db) => db,
+            Err(e) => return tessera_testkit::skip_or_fail(format!("{e}; the refresh writer's plan was not checked")),
+        };
+        let store = SqlStore::connect(&db.url()).await.unwrap();
+        store.migrate().await.unwrap();
+        // Batches of one, the shortest arrays: Postgres's own choice would plan each afresh.
+        const BATCHES: i64 = 8;
+        for i in 0..BATCHES {
+            let successor = Successor {
+                digest: tessera_crypto::Digest::of(format!("next {i}").as_bytes()),
+                issued_at: 1_700_000_000,
+                expires_at: 1_700_086_400,
+                access_jti: format!("jti {i}"),
+                access_exp: 1_700_000_300,
+            };
+            let succession =
+                Succession { at: 1_700_000_000, salt: tessera_crypto::succession::SuccessorSalt::generate() };
+            let unknown = tessera_crypto::Digest::of(format!("unknown {i}").as_bytes());
+            let rotated = store.rotate_live_refresh(unknown, "app", &succession, &successor).await.unwrap();
+            assert_eq!(rotated, None, "an unknown token is not rotated");
+        }
+        let writer = store.refresh_writer.as_ref().expect("a Postgres store has a refresh writer");
+        let plans = sea_orm::sqlx::query(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement LIKE 'WITH input AS%'",
+        )
+        .fetch_one(writer)
+        .await
+        .unwrap();
+        let (generic, custom): (i64, i64) = (plans.get(0), plans.get(1));
+        assert_eq!((generic, custom), (BATCHES, 0), "the batch's plans on the writer's connection");
+        let shown = |pool: &PgPool| {
+            let pool = pool.clone();
+            async move {
+                let row = sea_orm::sqlx::query("SHOW plan_cache_mode").fetch_one(&pool).await.unwrap();
+                row.get::<String, _>(0)
+            }
+        };
+        assert_eq!(shown(writer).await, "force_generic_plan");
+        assert_eq!(shown(store.db.pool().get_postgres_connection_pool()).await, "auto");
+        store.close().await.unwrap();
     }
 }

@@ -202,6 +202,8 @@ async fn a_postgres_store_reconnects_after_its_connections_are_killed() {
     let (store, admin, name) = (db.store.clone(), admin_connection().await, pg.name().to_owned());
     let outcome = tokio::spawn(async move {
         store.create_client(&cases::client("app")).await.unwrap();
+        // The refresh-token writer's own connection is opened too.
+        assert_eq!(cases::rotate_unknown(&store, 1).await.unwrap(), None);
         // What a Postgres restart does to the pool: every connection dies under it.
         let killed = admin
             .query_all(sea_orm::Statement::from_string(
@@ -219,6 +221,7 @@ async fn a_postgres_store_reconnects_after_its_connections_are_killed() {
         tokio::time::sleep(tessera_store::PING_IF_IDLE_FOR + std::time::Duration::from_millis(100)).await;
         store.ping().await.unwrap();
         assert_eq!(store.list_clients().await.unwrap(), vec![cases::client("app")]);
+        assert_eq!(cases::rotate_unknown(&store, 2).await.unwrap(), None, "the refresh writer reconnected");
     })
     .await;
     finish(db, outcome).await;
@@ -326,6 +329,27 @@ mod cases {
 
     fn succession(at: i64) -> Succession {
         Succession { at, salt: SuccessorSalt::generate() }
+    }
+
+    /// A rotation of a token never stored: a batch written that changes nothing.
+    pub async fn rotate_unknown(
+        s: &SqlStore,
+        n: u32,
+    ) -> tessera_core::StoreResult<Option<(RefreshRecord, Option<User>)>> {
+        let next = Successor {
+            digest: Digest::of(format!("successor {n}").as_bytes()),
+            issued_at: 1_700_000_000,
+            expires_at: 1_700_086_400,
+            access_jti: format!("jti-successor-{n}"),
+            access_exp: 1_700_000_300,
+        };
+        s.rotate_live_refresh(
+            Digest::of(format!("never stored {n}").as_bytes()),
+            "app",
+            &succession(1_700_000_000),
+            &next,
+        )
+        .await
     }
 
     fn key(kid: &str, created_at: i64) -> StoredKey {
