@@ -139,7 +139,7 @@ async fn a_store_outage_gives_unavailable_fails_closed_and_recovers_by_itself() 
     let (web_id, web_secret) = app
         .client(ClientSpec {
             id: "web",
-            grants: &["password", "authorization_code"],
+            grants: &["password", "authorization_code", "refresh_token"],
             redirect_uris: &["https://app.example/cb"],
             skip_consent: true,
             ..Default::default()
@@ -185,7 +185,16 @@ async fn a_store_outage_gives_unavailable_fails_closed_and_recovers_by_itself() 
     assert!(app.issue(cc.clone()).await.is_ok(), "client_credentials needs no Redis");
     assert!(app.introspect(&token, (&svc_id, &svc_secret)).await.active, "introspection is local");
     redis.restore();
-    eventually(Duration::from_secs(15), || app.issue(pw.clone())).await;
+    // A family's first refresh token is stored by the refresh-token writer, on its own
+    // Postgres connection.
+    let signed_in = eventually(Duration::from_secs(15), || app.issue(pw.clone())).await;
+    let refresh = pb::IssueTokenRequest {
+        grant_type: "refresh_token".into(),
+        client_id: web_id.clone(),
+        client_secret: web_secret.clone(),
+        refresh_token: signed_in.refresh_token.clone(),
+        ..Default::default()
+    };
 
     // Postgres down: once the node's cached clients are stale, client authentication fails
     // with UNAVAILABLE.
@@ -217,10 +226,15 @@ async fn a_store_outage_gives_unavailable_fails_closed_and_recovers_by_itself() 
         tonic::transport::Channel::from_shared(format!("http://{}", app.addr)).unwrap().connect().await.unwrap();
     let health = HealthClient::new(channel);
     wait_for_health(&health, ServingStatus::NotServing).await;
+    assert_oauth(app.issue(refresh.clone()).await, ErrorCode::TemporarilyUnavailable, "refresh without Postgres");
     pg.restore();
     eventually(Duration::from_secs(15), || app.issue(cc.clone())).await;
     wait_for_health(&health, ServingStatus::Serving).await;
     assert!(app.introspect(&token, (&svc_id, &svc_secret)).await.active);
+    // The refresh refused during the outage changed nothing, and the writer's connection, cut
+    // with the others, has been replaced: the same token rotates now.
+    let rotated = eventually(Duration::from_secs(15), || app.issue(refresh.clone())).await;
+    assert!(!rotated.refresh_token.is_empty() && rotated.refresh_token != signed_in.refresh_token);
 }
 
 /// Restarts `app`'s node on a store this test keeps a clone of, to watch its circuit breaker.
