@@ -14,8 +14,8 @@ ceiling's, measured in the same run:
                                  taken just before and just after)
   refresh rotation             / pgbench single-row inserts at the same concurrency (the higher of
                                  the samples taken just before and just after the refresh cases)
-  code exchange, device poll,  / refresh rotation of the same backend and transport
-  refresh, 4 in flight
+  code exchange, device poll   / refresh rotation of the same backend and transport
+  and refresh at 4 in flight
   verifier hot, 10k distinct,  / ring's raw ES256 check of the same tokens, one core
   10k cached
 HTTP and gRPC cases also carry server_cpu_us and machine_cpu_us: the server's CPU time per good
@@ -31,7 +31,7 @@ import sys
 DROP = 0.15
 ORDER = [
     "pgbench insert", "healthz", "health check", "argon2id raw", "es256 raw", "client_credentials", "introspect hot", "introspect 10k", "userinfo",
-    "password", "refresh rotation", "refresh, 4 in flight", "code exchange", "device poll", "revocation",
+    "password", "refresh rotation", "refresh at 4 in flight", "code exchange", "device poll", "revocation",
     "es256 verify raw", "verifier hot", "verifier 10k distinct", "verifier 10k cached", "verifier memory",
     "revocation to refusal",
 ]
@@ -52,7 +52,7 @@ def ceiling_of(r, by_key):
     if case == "refresh rotation":
         pg = next((v for (c, _t, _b), v in by_key.items() if c == "pgbench insert"), None)
         return ("pgbench insert", pg)
-    if case in ("code exchange", "device poll", "refresh, 4 in flight"):
+    if case in ("code exchange", "device poll", "refresh at 4 in flight"):
         return ("refresh rotation", by_key.get(("refresh rotation", transport, backend)))
     if transport == "http":
         return ("HTTP /healthz", by_key.get(("healthz", "http", backend)))

@@ -14,6 +14,7 @@
 
 use crate::error;
 use async_trait::async_trait;
+use sea_orm::sqlx::{self, PgPool};
 use sea_orm::{
     AccessMode, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, ExecResult, IsolationLevel,
     QueryResult, RuntimeErr, Statement, TransactionError, TransactionTrait,
@@ -94,22 +95,35 @@ pub(crate) struct Db {
     conn: DatabaseConnection,
     readers: Option<DatabaseConnection>,
     circuit: Option<Arc<Circuit>>,
+    /// On Postgres, the refresh-token writer's own connection (`connect_postgres` in lib.rs),
+    /// behind the same breaker, pinged and closed with the rest.
+    writer: Option<PgPool>,
 }
 
 impl Db {
     /// A connection behind a circuit breaker.
     pub(crate) fn guarded(conn: DatabaseConnection, circuit: Arc<Circuit>) -> Db {
-        Db { conn, readers: None, circuit: Some(circuit) }
+        Db { conn, readers: None, circuit: Some(circuit), writer: None }
+    }
+
+    /// This connection with the refresh-token writer's own pool beside it.
+    pub(crate) fn with_writer(self, writer: PgPool) -> Db {
+        Db { writer: Some(writer), ..self }
+    }
+
+    /// The refresh-token writer's own pool, where there is one.
+    pub(crate) fn writer(&self) -> Option<&PgPool> {
+        self.writer.as_ref()
     }
 
     /// A connection with no breaker: every call goes to the pool.
     pub(crate) fn unguarded(conn: DatabaseConnection) -> Db {
-        Db { conn, readers: None, circuit: None }
+        Db { conn, readers: None, circuit: None, writer: None }
     }
 
     /// One writer connection and a pool of readers, with no breaker (a SQLite file).
     pub(crate) fn split(writer: DatabaseConnection, readers: DatabaseConnection) -> Db {
-        Db { conn: writer, readers: Some(readers), circuit: None }
+        Db { conn: writer, readers: Some(readers), circuit: None, writer: None }
     }
 
     /// Where a statement outside a transaction goes: the readers take a `SELECT`.
@@ -128,6 +142,9 @@ impl Db {
 
     /// Closes every pool, waiting for connections in use to be returned.
     pub(crate) async fn close(&self) -> Result<(), DbErr> {
+        if let Some(writer) = &self.writer {
+            writer.close().await;
+        }
         if let Some(readers) = &self.readers {
             readers.close_by_ref().await?;
         }
@@ -140,9 +157,10 @@ impl Db {
     }
 
     /// A round trip; where there are readers, through them, so that a readiness check does not
-    /// queue behind the writes.
+    /// queue behind the writes; and one on the refresh-token writer's connection, where there is
+    /// one: a node that cannot write refresh tokens is not ready either.
     pub(crate) async fn ping(&self) -> Result<(), DbErr> {
-        self.guard(self.readers.as_ref().unwrap_or(&self.conn).ping()).await
+        self.guard(ping_all(self.readers.as_ref().unwrap_or(&self.conn), self.writer.as_ref())).await
     }
 
     fn admit(&self) -> Result<(), DbErr> {
@@ -153,7 +171,7 @@ impl Db {
         let Some(circuit) = &self.circuit else { return };
         if circuit.failed(err) {
             tracing::warn!(error = %err, "database unreachable; failing fast until a probe reaches it");
-            probe(self.conn.clone(), Arc::downgrade(circuit));
+            probe(self.conn.clone(), self.writer.clone(), Arc::downgrade(circuit));
         }
     }
 
@@ -169,9 +187,20 @@ impl Db {
     }
 }
 
-/// Pings the database until it answers, then closes the circuit. Ends early when every
-/// clone of the store is gone.
-fn probe(conn: DatabaseConnection, circuit: Weak<Circuit>) {
+/// A round trip on `conn`, then on `writer`.
+async fn ping_all(conn: &DatabaseConnection, writer: Option<&PgPool>) -> Result<(), DbErr> {
+    conn.ping().await?;
+    if let Some(writer) = writer {
+        let mut held = writer.acquire().await.map_err(|e| DbErr::Conn(RuntimeErr::SqlxError(e)))?;
+        sqlx::Connection::ping(&mut *held).await.map_err(|e| DbErr::Conn(RuntimeErr::SqlxError(e)))?;
+    }
+    Ok(())
+}
+
+/// Pings the database (on the pool and on the refresh-token writer's connection, if any)
+/// until both answer, then closes the circuit. Ends early when every clone of the store is
+/// gone.
+fn probe(conn: DatabaseConnection, writer: Option<PgPool>, circuit: Weak<Circuit>) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         // Nothing could ever close it: stay closed rather than fail forever.
         if let Some(c) = circuit.upgrade() {
@@ -183,7 +212,7 @@ fn probe(conn: DatabaseConnection, circuit: Weak<Circuit>) {
         let opened = Instant::now();
         loop {
             // A circuit opened by a passing hiccup closes at the first ping.
-            let answered = conn.ping().await.is_ok();
+            let answered = ping_all(&conn, writer.as_ref()).await.is_ok();
             let Some(circuit) = circuit.upgrade() else { return };
             if answered {
                 circuit.close();

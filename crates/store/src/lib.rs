@@ -17,7 +17,7 @@ mod refresh_batch;
 
 pub use migration::Migrator;
 
-use sea_orm::sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sea_orm::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sea_orm::{ConnectionTrait as _, SqlxPostgresConnector, SqlxSqliteConnector};
 use sea_orm_migration::MigratorTrait as _;
@@ -43,9 +43,8 @@ pub struct PoolOptions {
     /// Postgres connections in the pool, opened as needed and closed after ten idle minutes.
     /// Every request in flight that touches the database holds one for a few statements; with
     /// fewer connections than requests in flight, requests queue for them. The refresh-token
-    /// writer has one more of its own, opened when first needed. Each is a server process on
-    /// Postgres: replicas × (this + 1) must stay under the server's `max_connections`. SQLite
-    /// ignores it.
+    /// writer holds one more of its own. Each is a server process on Postgres: replicas × (this
+    /// + 1) must stay under the server's `max_connections`. SQLite ignores it.
     pub max_connections: u32,
 }
 
@@ -59,19 +58,18 @@ impl Default for PoolOptions {
     }
 }
 
-/// Every durable port on one SeaORM connection pool, Postgres or SQLite.
+/// Every durable port on one SeaORM connection pool, Postgres or SQLite (on Postgres with the
+/// refresh-token writer's own connection beside it).
 ///
 /// Cheap to clone: clones share the pool. The pool reconnects by itself after the database
-/// comes back (a connection idle for [`PING_IF_IDLE_FOR`] is checked before it is handed out). On Postgres a circuit
-/// breaker, shared by the clones, makes calls fail at once with `Unavailable` after the first
-/// outage, until a background probe reaches the database again.
+/// comes back (a connection idle for [`PING_IF_IDLE_FOR`] is checked before it is handed out).
+/// On Postgres a circuit breaker, shared by the clones, makes calls fail at once with
+/// `Unavailable` after the first outage, until a background probe reaches the database again.
 #[derive(Clone)]
 pub struct SqlStore {
     db: circuit::Db,
     /// The group commit of refresh-token writes.
     refresh_writes: refresh_batch::RefreshBatches,
-    /// On Postgres, the refresh-token writer's own connection (see [`connect_postgres`]).
-    refresh_writer: Option<PgPool>,
 }
 
 // Hand-written so nothing about the connection (its URL above all) is ever printed.
@@ -95,14 +93,13 @@ impl SqlStore {
     /// [`SqlStore::connect`] with the pool sized by `options`.
     pub async fn connect_with(url: &str, options: PoolOptions) -> Result<SqlStore, StoreError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let (db, writer) = connect_postgres(url, options.max_connections.max(1)).await?;
-            let refresh_writes =
-                refresh_batch::RefreshBatches::start(refresh_batch::Writer::Postgres(db.clone(), writer.clone()));
-            Ok(SqlStore { db, refresh_writes, refresh_writer: Some(writer) })
+            let db = connect_postgres(url, options.max_connections.max(1)).await?;
+            let refresh_writes = refresh_batch::RefreshBatches::start(refresh_batch::Writer::Postgres(db.clone()));
+            Ok(SqlStore { db, refresh_writes })
         } else if url.starts_with("sqlite:") {
             let db = connect_sqlite(url).await?;
             let writer = refresh_batch::Writer::Sqlite(db.pool().get_sqlite_connection_pool().clone());
-            Ok(SqlStore { db, refresh_writes: refresh_batch::RefreshBatches::start(writer), refresh_writer: None })
+            Ok(SqlStore { db, refresh_writes: refresh_batch::RefreshBatches::start(writer) })
         } else {
             Err(StoreError::Other("unsupported database URL: expected postgres:// or sqlite:".into()))
         }
@@ -115,12 +112,9 @@ impl SqlStore {
         Ok(())
     }
 
-    /// Closes the pool, waiting for connections in use to be returned. Other clones of this
-    /// store fail with `Unavailable` afterwards.
+    /// Closes the pool (and the writer's connection), waiting for connections in use to be
+    /// returned. Other clones of this store fail with `Unavailable` afterwards.
     pub async fn close(self) -> Result<(), StoreError> {
-        if let Some(writer) = &self.refresh_writer {
-            writer.close().await;
-        }
         self.db.close().await.map_err(error::from_db)
     }
 
@@ -166,26 +160,35 @@ fn check_postgres_parameters(url: &str) -> Result<(), StoreError> {
     }
 }
 
-/// The pool of every statement, and the refresh-token writer's own connection.
+/// The pool of every statement, and beside it the refresh-token writer's own connection.
 ///
 /// The writer sends one statement, the batch ([`refresh_batch`]), over and over, with arrays
 /// of every length. Left to choose, Postgres plans it afresh on each execution whenever its
-/// arrays are short (a custom plan per call: about half a millisecond of the database's CPU
-/// for this statement, more than executing it), which is every batch below full load; its
-/// connection therefore runs with `plan_cache_mode = force_generic_plan`, planned once per
-/// connection and again whenever the tables' statistics change. Every other statement keeps
-/// Postgres's own choice, on the shared pool.
-async fn connect_postgres(url: &str, max_connections: u32) -> Result<(circuit::Db, PgPool), StoreError> {
+/// arrays are short (a custom plan per call; planning it takes longer than running it), which is
+/// every batch below full load. Its connection therefore runs with `plan_cache_mode =
+/// force_generic_plan` and keeps its prepared statements whatever the URL's
+/// `statement-cache-capacity`: the batch is planned once per connection, and again whenever the
+/// tables' statistics change. Every other statement keeps Postgres's own choice, on the shared
+/// pool. The writer holds its one connection from the start (a server that refuses the setting,
+/// Postgres before 12 or a pooler, fails here, not at the first refresh), behind the pool's
+/// circuit breaker, and readiness pings it with the pool.
+async fn connect_postgres(url: &str, max_connections: u32) -> Result<circuit::Db, StoreError> {
     check_postgres_parameters(url)?;
     let options: PgConnectOptions = url.parse().map_err(error::from_connect)?;
     let circuit = std::sync::Arc::new(circuit::Circuit::default());
     let pool =
         pool_options(max_connections, &circuit).connect_with(options.clone()).await.map_err(error::from_connect)?;
-    // One connection: the writer has one batch in flight at a time. Opened at its first batch.
+    // One connection: the writer has one batch in flight at a time.
+    let writer_options =
+        options.options([("plan_cache_mode", "force_generic_plan")]).statement_cache_capacity(WRITER_STATEMENTS);
     let writer =
-        pool_options(1, &circuit).connect_lazy_with(options.options([("plan_cache_mode", "force_generic_plan")]));
-    Ok((circuit::Db::guarded(SqlxPostgresConnector::from_sqlx_postgres_pool(pool), circuit), writer))
+        pool_options(1, &circuit).min_connections(1).connect_with(writer_options).await.map_err(error::from_connect)?;
+    let db = circuit::Db::guarded(SqlxPostgresConnector::from_sqlx_postgres_pool(pool), circuit);
+    Ok(db.with_writer(writer))
 }
+
+/// The statements the refresh-token writer's connection keeps prepared: its batch, and room.
+const WRITER_STATEMENTS: usize = 4;
 
 /// How a Postgres pool of at most `max_connections` opens, keeps and checks its connections,
 /// the outages `circuit` sees included.
@@ -282,7 +285,7 @@ mod tests {
             let rotated = store.rotate_live_refresh(unknown, "app", &succession, &successor).await.unwrap();
             assert_eq!(rotated, None, "an unknown token is not rotated");
         }
-        let writer = store.refresh_writer.as_ref().expect("a Postgres store has a refresh writer");
+        let writer = store.db.writer().expect("a Postgres store has a refresh writer");
         let plans = sea_orm::sqlx::query(
             "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement LIKE 'WITH input AS%'",
         )
@@ -291,7 +294,7 @@ mod tests {
         .unwrap();
         let (generic, custom): (i64, i64) = (plans.get(0), plans.get(1));
         assert_eq!((generic, custom), (BATCHES, 0), "the batch's plans on the writer's connection");
-        let shown = |pool: &PgPool| {
+        let shown = |pool: &sea_orm::sqlx::PgPool| {
             let pool = pool.clone();
             async move {
                 let row = sea_orm::sqlx::query("SHOW plan_cache_mode").fetch_one(&pool).await.unwrap();

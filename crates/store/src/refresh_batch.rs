@@ -42,9 +42,9 @@ const QUEUE: usize = 1024;
 pub(crate) enum Writer {
     /// SQLite's one writer connection.
     Sqlite(SqlitePool),
-    /// The writer's own Postgres connection (`SqlStore`'s `connect_postgres` says why), behind
-    /// the circuit breaker of the store's pool.
-    Postgres(Db, sqlx::PgPool),
+    /// The writer's own Postgres connection where the store has one (`connect_postgres` in
+    /// lib.rs says why), else the store's pool; behind the store's circuit breaker.
+    Postgres(Db),
 }
 
 /// What one rotation found: the old token as it was and its user, or `None` when it was not
@@ -341,8 +341,8 @@ async fn write_together(writer: &Writer, writes: &[&Write]) -> Result<Vec<Rotate
             let rows = write_on_sqlite(pool, &rotations, &starts).await.map_err(sqlx_err)?;
             rows.iter().map(Answered::decode).collect::<Result<_, _>>().map_err(sqlx_err)?
         }
-        Writer::Postgres(db, pool) => {
-            let rows = write_on_postgres(db, pool, &rotations, &starts).await.map_err(Failed::from_db)?;
+        Writer::Postgres(db) => {
+            let rows = write_on_postgres(db, &rotations, &starts).await.map_err(Failed::from_db)?;
             rows.iter().map(Answered::decode).collect::<Result<_, _>>().map_err(sqlx_err)?
         }
     };
@@ -357,13 +357,14 @@ async fn write_together(writer: &Writer, writes: &[&Write]) -> Result<Vec<Rotate
     Ok(found)
 }
 
-/// Postgres: the batch as [`POSTGRES_BATCH`] on `pool`, behind the circuit breaker of `db`.
+/// Postgres: the batch as [`POSTGRES_BATCH`] on the writer's own connection, behind the
+/// circuit breaker.
 async fn write_on_postgres(
     db: &Db,
-    pool: &sqlx::PgPool,
     rotations: &[(usize, &LiveRotation)],
     starts: &[Start],
 ) -> Result<Vec<sqlx::postgres::PgRow>, DbErr> {
+    let pool = db.writer().unwrap_or_else(|| db.pool().get_postgres_connection_pool());
     let ints = |f: &dyn Fn(&LiveRotation) -> i64| rotations.iter().map(|(_, r)| f(r)).collect::<Vec<i64>>();
     let texts = |f: &dyn Fn(&LiveRotation) -> String| rotations.iter().map(|(_, r)| f(r)).collect::<Vec<_>>();
     let rows: Vec<&Model> = starts.iter().map(|start| &start.row).collect();
