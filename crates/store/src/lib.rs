@@ -27,6 +27,8 @@ use tessera_core::StoreError;
 /// How long a caller waits for a pooled connection, including opening a new one. Short, so
 /// a database that is down turns into `Unavailable` instead of a hung request.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+/// The statements the refresh-token writer's connection keeps prepared: its batch, and room.
+const WRITER_STATEMENTS: usize = 4;
 /// How long SQLite waits on another process's write lock before giving up with `SQLITE_BUSY`
 /// (writers of this process queue for the one writer connection, within `ACQUIRE_TIMEOUT`).
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -187,9 +189,6 @@ async fn connect_postgres(url: &str, max_connections: u32) -> Result<circuit::Db
     Ok(db.with_writer(writer))
 }
 
-/// The statements the refresh-token writer's connection keeps prepared: its batch, and room.
-const WRITER_STATEMENTS: usize = 4;
-
 /// How a Postgres pool of at most `max_connections` opens, keeps and checks its connections,
 /// the outages `circuit` sees included.
 fn pool_options(max_connections: u32, circuit: &std::sync::Arc<circuit::Circuit>) -> PgPoolOptions {
@@ -294,13 +293,10 @@ mod tests {
         .unwrap();
         let (generic, custom): (i64, i64) = (plans.get(0), plans.get(1));
         assert_eq!((generic, custom), (BATCHES, 0), "the batch's plans on the writer's connection");
-        let shown = |pool: &sea_orm::sqlx::PgPool| {
-            let pool = pool.clone();
-            async move {
-                let row = sea_orm::sqlx::query("SHOW plan_cache_mode").fetch_one(&pool).await.unwrap();
-                row.get::<String, _>(0)
-            }
-        };
+        async fn shown(pool: &sea_orm::sqlx::PgPool) -> String {
+            let row = sea_orm::sqlx::query("SHOW plan_cache_mode").fetch_one(pool).await.unwrap();
+            row.get(0)
+        }
         assert_eq!(shown(writer).await, "force_generic_plan");
         assert_eq!(shown(store.db.pool().get_postgres_connection_pool()).await, "auto");
         store.close().await.unwrap();
