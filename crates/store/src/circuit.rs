@@ -112,6 +112,7 @@ impl Db {
     }
 
     /// The refresh-token writer's own pool, where there is one.
+    #[cfg(test)]
     pub(crate) fn writer(&self) -> Option<&PgPool> {
         self.writer.as_ref()
     }

@@ -17,7 +17,7 @@ mod refresh_batch;
 
 pub use migration::Migrator;
 
-use sea_orm::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sea_orm::sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sea_orm::{ConnectionTrait as _, SqlxPostgresConnector, SqlxSqliteConnector};
 use sea_orm_migration::MigratorTrait as _;
@@ -95,8 +95,9 @@ impl SqlStore {
     /// [`SqlStore::connect`] with the pool sized by `options`.
     pub async fn connect_with(url: &str, options: PoolOptions) -> Result<SqlStore, StoreError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let db = connect_postgres(url, options.max_connections.max(1)).await?;
-            let refresh_writes = refresh_batch::RefreshBatches::start(refresh_batch::Writer::Postgres(db.clone()));
+            let (db, conn) = connect_postgres(url, options.max_connections.max(1)).await?;
+            let refresh_writes =
+                refresh_batch::RefreshBatches::start(refresh_batch::Writer::Postgres { db: db.clone(), conn });
             Ok(SqlStore { db, refresh_writes })
         } else if url.starts_with("sqlite:") {
             let db = connect_sqlite(url).await?;
@@ -162,7 +163,8 @@ fn check_postgres_parameters(url: &str) -> Result<(), StoreError> {
     }
 }
 
-/// The pool of every statement, and beside it the refresh-token writer's own connection.
+/// The pool of every statement, and beside it the refresh-token writer's own connection (kept
+/// in the `Db` for readiness, the breaker's probe and closing, and returned for the writer).
 ///
 /// The writer sends one statement, the batch ([`refresh_batch`]), over and over, with arrays
 /// of every length. Left to choose, Postgres plans it afresh on each execution whenever its
@@ -174,7 +176,7 @@ fn check_postgres_parameters(url: &str) -> Result<(), StoreError> {
 /// pool. The writer holds its one connection from the start (a server that refuses the setting,
 /// Postgres before 12 or a pooler, fails here, not at the first refresh), behind the pool's
 /// circuit breaker, and readiness pings it with the pool.
-async fn connect_postgres(url: &str, max_connections: u32) -> Result<circuit::Db, StoreError> {
+async fn connect_postgres(url: &str, max_connections: u32) -> Result<(circuit::Db, PgPool), StoreError> {
     check_postgres_parameters(url)?;
     let options: PgConnectOptions = url.parse().map_err(error::from_connect)?;
     let circuit = std::sync::Arc::new(circuit::Circuit::default());
@@ -186,7 +188,7 @@ async fn connect_postgres(url: &str, max_connections: u32) -> Result<circuit::Db
     let writer =
         pool_options(1, &circuit).min_connections(1).connect_with(writer_options).await.map_err(error::from_connect)?;
     let db = circuit::Db::guarded(SqlxPostgresConnector::from_sqlx_postgres_pool(pool), circuit);
-    Ok(db.with_writer(writer))
+    Ok((db.with_writer(writer.clone()), writer))
 }
 
 /// How a Postgres pool of at most `max_connections` opens, keeps and checks its connections,

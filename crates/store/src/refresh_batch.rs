@@ -23,7 +23,7 @@
 use crate::circuit::Db;
 use crate::entity::refresh_tokens::{Model, SaltBytes};
 use crate::error;
-use sea_orm::sqlx::{self, SqlitePool};
+use sea_orm::sqlx::{self, PgPool, SqlitePool};
 use sea_orm::{DbErr, RuntimeErr};
 use std::fmt::Write as _;
 use tessera_core::model::User;
@@ -42,9 +42,9 @@ const QUEUE: usize = 1024;
 pub(crate) enum Writer {
     /// SQLite's one writer connection.
     Sqlite(SqlitePool),
-    /// The writer's own Postgres connection where the store has one (`connect_postgres` in
-    /// lib.rs says why), else the store's pool; behind the store's circuit breaker.
-    Postgres(Db),
+    /// The writer's own Postgres connection (`connect_postgres` in lib.rs says why), behind the
+    /// store's circuit breaker.
+    Postgres { db: Db, conn: PgPool },
 }
 
 /// What one rotation found: the old token as it was and its user, or `None` when it was not
@@ -341,8 +341,8 @@ async fn write_together(writer: &Writer, writes: &[&Write]) -> Result<Vec<Rotate
             let rows = write_on_sqlite(pool, &rotations, &starts).await.map_err(sqlx_err)?;
             rows.iter().map(Answered::decode).collect::<Result<_, _>>().map_err(sqlx_err)?
         }
-        Writer::Postgres(db) => {
-            let rows = write_on_postgres(db, &rotations, &starts).await.map_err(Failed::from_db)?;
+        Writer::Postgres { db, conn } => {
+            let rows = write_on_postgres(db, conn, &rotations, &starts).await.map_err(Failed::from_db)?;
             rows.iter().map(Answered::decode).collect::<Result<_, _>>().map_err(sqlx_err)?
         }
     };
@@ -361,10 +361,10 @@ async fn write_together(writer: &Writer, writes: &[&Write]) -> Result<Vec<Rotate
 /// circuit breaker.
 async fn write_on_postgres(
     db: &Db,
+    pool: &PgPool,
     rotations: &[(usize, &LiveRotation)],
     starts: &[Start],
 ) -> Result<Vec<sqlx::postgres::PgRow>, DbErr> {
-    let pool = db.writer().unwrap_or_else(|| db.pool().get_postgres_connection_pool());
     let ints = |f: &dyn Fn(&LiveRotation) -> i64| rotations.iter().map(|(_, r)| f(r)).collect::<Vec<i64>>();
     let texts = |f: &dyn Fn(&LiveRotation) -> String| rotations.iter().map(|(_, r)| f(r)).collect::<Vec<_>>();
     let rows: Vec<&Model> = starts.iter().map(|start| &start.row).collect();
