@@ -219,9 +219,15 @@ async fn connect_sqlite(url: &str) -> Result<circuit::Db, StoreError> {
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(SQLITE_BUSY_TIMEOUT)
-        .foreign_keys(true);
+        .foreign_keys(true)
+        // sqlx hands results from the connection's thread to the caller through a queue of
+        // 50 by default: a refresh batch yields more, and the thread would stop part-way for
+        // the caller's task to take them.
+        .row_buffer_size(refresh_batch::SQLITE_BATCH_RESULTS);
     let connect = |pool: SqlitePoolOptions| async {
-        let pool = pool.acquire_timeout(ACQUIRE_TIMEOUT).connect_with(options.clone()).await;
+        // A SQLite connection is a file in this process, not a socket that dies with a
+        // server: sqlx's ping before every checkout would only be a trip to its thread and back.
+        let pool = pool.test_before_acquire(false).acquire_timeout(ACQUIRE_TIMEOUT).connect_with(options.clone()).await;
         Ok::<_, StoreError>(SqlxSqliteConnector::from_sqlx_sqlite_pool(pool.map_err(error::from_connect)?))
     };
     if is_sqlite_memory(url) {

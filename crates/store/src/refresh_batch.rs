@@ -36,6 +36,9 @@ use tokio::sync::{mpsc, oneshot};
 const MAX_BATCH: usize = 32;
 /// Writes that may wait for the writer.
 const QUEUE: usize = 1024;
+/// What a SQLite batch yields at most: a result for each statement (`BEGIN`, three a rotation,
+/// two a start, `COMMIT`) and a row for each write.
+pub(crate) const SQLITE_BATCH_RESULTS: usize = 2 + 4 * MAX_BATCH;
 
 /// Where the batches go.
 #[derive(Clone)]

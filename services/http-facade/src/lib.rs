@@ -123,14 +123,18 @@ pub struct Route {
 /// documented can be checked against what is routed.
 macro_rules! router {
     ($( $answers:ident $path:expr => { $($method:ident: $handler:expr),+ $(,)? } )+) => {
-        /// Every route of the facade.
+        /// Every route of the facade, each path (aliases included) a resource of its own: a
+        /// resource of several paths is matched by a set of regular expressions, run by every
+        /// request routed past it, where a resource of one path compares a string.
         pub fn routes(cfg: &mut web::ServiceConfig) {
             $(
-                cfg.service(
-                    web::resource(with_aliases($path))
-                        $(.route(web::$method().to($handler)))+
-                        .default_service(web::to(method_not_allowed)),
-                );
+                for path in with_aliases($path) {
+                    cfg.service(
+                        web::resource(path)
+                            $(.route(web::$method().to($handler)))+
+                            .default_service(web::to(method_not_allowed)),
+                    );
+                }
             )+
         }
 
