@@ -221,8 +221,8 @@ async fn connect_sqlite(url: &str) -> Result<circuit::Db, StoreError> {
         .busy_timeout(SQLITE_BUSY_TIMEOUT)
         .foreign_keys(true)
         // sqlx hands results from the connection's thread to the caller through a queue of
-        // 50 by default: a refresh batch yields more, and the thread would stop part-way for
-        // the caller's task to take them.
+        // 50 by default: a full refresh batch yields more, and the thread would stop part-way
+        // for the caller's task to take them.
         .row_buffer_size(refresh_batch::SQLITE_BATCH_RESULTS);
     let connect = |pool: SqlitePoolOptions| async {
         // A SQLite connection is a file in this process, not a socket that dies with a

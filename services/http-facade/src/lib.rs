@@ -110,8 +110,9 @@ pub enum Answers {
     Other,
 }
 
-/// One resource of the router: its paths (a standard path with its [`ALIASES`]), the methods
-/// it routes (lowercase) and what it answers with. Any other method answers 405.
+/// One route of the router: its paths (a standard path and its [`ALIASES`], each a resource of
+/// its own), the methods it routes (lowercase) and what it answers with. Any other method
+/// answers 405.
 #[derive(Clone, Debug)]
 pub struct Route {
     pub paths: Vec<&'static str>,
@@ -125,7 +126,7 @@ macro_rules! router {
     ($( $answers:ident $path:expr => { $($method:ident: $handler:expr),+ $(,)? } )+) => {
         /// Every route of the facade, each path (aliases included) a resource of its own: a
         /// resource of several paths is matched by a set of regular expressions, run by every
-        /// request routed past it, where a resource of one path compares a string.
+        /// request routed past it, where a resource of one fixed path compares a string.
         pub fn routes(cfg: &mut web::ServiceConfig) {
             $(
                 for path in with_aliases($path) {
