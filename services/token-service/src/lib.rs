@@ -79,14 +79,21 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
     connect_durable(settings).await.map(|_| ())
 }
 
-/// The local channel over `routes`, with the server's own layer: each call is a task of the
-/// current runtime, as a call over the network is a task of the server's, and is cancelled
+/// The local channel over `routes`, with the server's own layer: each call is a task of its
+/// own, as a call over the network is, and is cancelled
 /// when its caller gives up on it, as a reset HTTP/2 stream is, or when the deadline its
 /// `grpc-timeout` sets has passed (DEADLINE_EXCEEDED), as tonic's server does. Once `open` is
 /// false (the service is shutting down) calls fail as UNAVAILABLE, as a closed port would; a
 /// task that ends without an answer (it panicked) is UNAVAILABLE too, as a broken stream is.
 /// At most [`LOCAL_CALLS_IN_FLIGHT`] calls run at once (DESIGN.md rule 8): later ones wait for
 /// a place, as requests wait in a network channel's buffer, within their deadline.
+///
+/// The call's task runs on the caller's runtime (the facade's worker thread that serves the
+/// HTTP request), inside the server's runtime context: what the call spawns, the timers it
+/// sets and the connections it opens belong to the server's runtime, and outlive the facade's
+/// workers. Handing each call to the server's runtime instead cost two wake-ups of another
+/// thread a request (there, and the answer back): about a tenth of the server's CPU for an
+/// HTTP token request (README, Performance).
 fn local_channel(routes: tonic::service::Routes, open: Arc<AtomicBool>) -> LocalChannel {
     use tower_layer::Layer as _;
     use tower_service::Service as _;
@@ -102,11 +109,14 @@ fn local_channel(routes: tonic::service::Routes, open: Arc<AtomicBool>) -> Local
         let (runtime, mut service, places) = (runtime.clone(), service.clone(), Arc::clone(&places));
         let call = async move {
             let place = places.acquire_owned().await.map_err(|_| tonic::Status::unavailable("stopping"))?;
-            let task = AbortOnDrop(runtime.spawn(async move {
+            let serve = async move {
                 let answer = service.call(request).await;
                 drop(place);
                 answer
-            }));
+            };
+            // The caller's thread runs the call (see `within`).
+            let here = tokio::runtime::Handle::try_current().unwrap_or_else(|_| runtime.clone());
+            let task = AbortOnDrop(here.spawn(within(runtime, serve)));
             task.await.map_err(|_| tonic::Status::unavailable("the token service's task ended without an answer"))
         };
         Box::pin(async move {
@@ -123,6 +133,19 @@ fn local_channel(routes: tonic::service::Routes, open: Arc<AtomicBool>) -> Local
             }
         })
     })
+}
+
+/// `work`, each of its polls made inside `runtime`'s context, wherever it is polled: what it
+/// spawns, the timers it sets and the sockets it opens belong to `runtime`. A pooled database
+/// or Redis connection opened by a call made on a facade's worker thread must not die with
+/// that thread's runtime, nor wait for that thread to be free to see its socket ready.
+async fn within<F: std::future::Future>(runtime: tokio::runtime::Handle, work: F) -> F::Output {
+    let mut work = std::pin::pin!(work);
+    std::future::poll_fn(move |cx| {
+        let _inside = runtime.enter();
+        work.as_mut().poll(cx)
+    })
+    .await
 }
 
 /// Calls over the local channel that may run at once: as many as one network channel lets
@@ -475,6 +498,37 @@ async fn seed_demo(tessera: &Tessera, settings: &Settings) -> anyhow::Result<Dem
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_call_runs_where_it_is_made_and_what_it_starts_belongs_to_the_server() {
+        let server = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("server-worker")
+            .enable_all()
+            .build()
+            .unwrap();
+        // A facade's worker: a runtime of one thread, this one.
+        let caller = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let caller_thread = std::thread::current().id();
+        let (ran_on, started) = caller.block_on(async {
+            let call = within(server.handle().clone(), async {
+                // A task the call leaves behind, such as a connection's driver, and a timer.
+                let started = tokio::spawn(async {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    std::thread::current().name().map(str::to_owned)
+                });
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                (std::thread::current().id(), started)
+            });
+            tokio::spawn(call).await.unwrap()
+        });
+        assert_eq!(ran_on, caller_thread, "the call itself ran on the caller's thread");
+        // The caller's runtime goes away, as a facade's workers do at shutdown: what the call
+        // started lives on, on the server's runtime.
+        drop(caller);
+        let thread = server.block_on(started).expect("the task the call started outlived the caller's runtime");
+        assert_eq!(thread.as_deref(), Some("server-worker"));
+    }
 
     #[test]
     fn a_callers_grpc_timeout_is_its_deadline_on_the_local_channel() {
