@@ -80,20 +80,18 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
 }
 
 /// The local channel over `routes`, with the server's own layer: each call is a task of its
-/// own, as a call over the network is, and is cancelled
-/// when its caller gives up on it, as a reset HTTP/2 stream is, or when the deadline its
-/// `grpc-timeout` sets has passed (DEADLINE_EXCEEDED), as tonic's server does. Once `open` is
-/// false (the service is shutting down) calls fail as UNAVAILABLE, as a closed port would; a
-/// task that ends without an answer (it panicked) is UNAVAILABLE too, as a broken stream is.
-/// At most [`LOCAL_CALLS_IN_FLIGHT`] calls run at once (DESIGN.md rule 8): later ones wait for
-/// a place, as requests wait in a network channel's buffer, within their deadline.
+/// own, as a call over the network is, and is cancelled when its caller gives up on it, as a
+/// reset HTTP/2 stream is, or when the deadline its `grpc-timeout` sets has passed
+/// (DEADLINE_EXCEEDED), as tonic's server does. Once `open` is false (the service is shutting
+/// down) calls fail as UNAVAILABLE, as a closed port would; a task that ends without an answer
+/// (it panicked) is UNAVAILABLE too, as a broken stream is. At most [`LOCAL_CALLS_IN_FLIGHT`]
+/// calls run at once (DESIGN.md rule 8): later ones wait for a place, as requests wait in a
+/// network channel's buffer, within their deadline.
 ///
 /// The call's task runs on the caller's runtime (the facade's worker thread that serves the
-/// HTTP request), inside the server's runtime context: what the call spawns, the timers it
-/// sets and the connections it opens belong to the server's runtime, and outlive the facade's
-/// workers. Handing each call to the server's runtime instead cost two wake-ups of another
-/// thread a request (there, and the answer back): about a tenth of the server's CPU for an
-/// HTTP token request (README, Performance).
+/// HTTP request), inside the server's runtime context ([`Within`]). Handing each call to the
+/// server's runtime instead woke one of its threads for the call and the facade's thread again
+/// for the answer (README, Performance: "A local call on the caller's thread").
 fn local_channel(routes: tonic::service::Routes, open: Arc<AtomicBool>) -> LocalChannel {
     use tower_layer::Layer as _;
     use tower_service::Service as _;
@@ -135,17 +133,41 @@ fn local_channel(routes: tonic::service::Routes, open: Arc<AtomicBool>) -> Local
     })
 }
 
-/// `work`, each of its polls made inside `runtime`'s context, wherever it is polled: what it
-/// spawns, the timers it sets and the sockets it opens belong to `runtime`. A pooled database
-/// or Redis connection opened by a call made on a facade's worker thread must not die with
-/// that thread's runtime, nor wait for that thread to be free to see its socket ready.
-async fn within<F: std::future::Future>(runtime: tokio::runtime::Handle, work: F) -> F::Output {
-    let mut work = std::pin::pin!(work);
-    std::future::poll_fn(move |cx| {
-        let _inside = runtime.enter();
-        work.as_mut().poll(cx)
-    })
-    .await
+/// `work` inside `runtime`'s context wherever it runs: each of its polls, and its drop when it
+/// is cancelled. What it spawns, the timers it sets and the sockets it opens belong to
+/// `runtime`, and so does what its drop starts (sqlx hands a dropped connection back to its
+/// pool in a task of its own). A pooled database or Redis connection opened by a call made on
+/// a facade's worker thread must not die with that thread's runtime.
+fn within<F: std::future::Future>(runtime: tokio::runtime::Handle, work: F) -> Within<F> {
+    Within { runtime, work: Some(Box::pin(work)) }
+}
+
+struct Within<F> {
+    runtime: tokio::runtime::Handle,
+    /// `None` once it has answered.
+    work: Option<std::pin::Pin<Box<F>>>,
+}
+
+impl<F: std::future::Future> std::future::Future for Within<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
+        let this = &mut *self;
+        let _inside = this.runtime.enter();
+        let Some(work) = this.work.as_mut() else { return std::task::Poll::Pending };
+        let answer = std::task::ready!(work.as_mut().poll(cx));
+        this.work = None;
+        std::task::Poll::Ready(answer)
+    }
+}
+
+impl<F> Drop for Within<F> {
+    fn drop(&mut self) {
+        if let Some(work) = self.work.take() {
+            let _inside = self.runtime.enter();
+            drop(work);
+        }
+    }
 }
 
 /// Calls over the local channel that may run at once: as many as one network channel lets
@@ -327,9 +349,10 @@ impl Application {
     }
 
     /// The same services as [`Self::grpc_addr`] serves, for a facade in this process: no
-    /// socket, no HTTP/2 framing. Calls run on this runtime (the one that built the
-    /// application), whatever thread makes them, until the service shuts down; from then on
-    /// they fail as UNAVAILABLE. Stop a facade in this process before the service, so that
+    /// socket, no HTTP/2 framing. A call runs on the thread that makes it, inside the context
+    /// of this runtime (the one that built the application): what it spawns, the timers it
+    /// sets and the connections it opens belong to this runtime. Once the service shuts down
+    /// calls fail as UNAVAILABLE. Stop a facade in this process before the service, so that
     /// its requests in flight finish.
     pub fn local_channel(&self) -> LocalChannel {
         self.local.clone()
@@ -499,25 +522,36 @@ async fn seed_demo(tessera: &Tessera, settings: &Settings) -> anyhow::Result<Dem
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_call_runs_where_it_is_made_and_what_it_starts_belongs_to_the_server() {
-        let server = tokio::runtime::Builder::new_multi_thread()
+    fn server_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("server-worker")
             .enable_all()
             .build()
-            .unwrap();
-        // A facade's worker: a runtime of one thread, this one.
-        let caller = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            .unwrap()
+    }
+
+    /// A facade's worker: a runtime of one thread, this one, with no timers and no sockets of
+    /// its own, so that a call using either outside the server's context panics.
+    fn caller_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().build().unwrap()
+    }
+
+    #[test]
+    fn a_call_runs_where_it_is_made_and_what_it_starts_belongs_to_the_server() {
+        let server = server_runtime();
+        let caller = caller_runtime();
         let caller_thread = std::thread::current().id();
         let (ran_on, started) = caller.block_on(async {
             let call = within(server.handle().clone(), async {
-                // A task the call leaves behind, such as a connection's driver, and a timer.
-                let started = tokio::spawn(async {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                // A timer, a socket, and a task the call leaves behind (a connection's driver).
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let started = tokio::spawn(async move {
+                    let accepted = listener.accept();
+                    let _ = tokio::time::timeout(Duration::from_millis(50), accepted).await;
                     std::thread::current().name().map(str::to_owned)
                 });
-                tokio::time::sleep(Duration::from_millis(1)).await;
                 (std::thread::current().id(), started)
             });
             tokio::spawn(call).await.unwrap()
@@ -527,6 +561,39 @@ mod tests {
         // started lives on, on the server's runtime.
         drop(caller);
         let thread = server.block_on(started).expect("the task the call started outlived the caller's runtime");
+        assert_eq!(thread.as_deref(), Some("server-worker"));
+    }
+
+    #[test]
+    fn a_cancelled_call_is_dropped_inside_the_server_runtime() {
+        /// What a pooled connection does when dropped: hands itself back in a task.
+        struct Connection(std::sync::mpsc::Sender<tokio::task::JoinHandle<Option<String>>>);
+        impl Drop for Connection {
+            fn drop(&mut self) {
+                let handed_back = tokio::spawn(async {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    std::thread::current().name().map(str::to_owned)
+                });
+                let _ = self.0.send(handed_back);
+            }
+        }
+        let server = server_runtime();
+        let caller = caller_runtime();
+        let (tx, rx) = std::sync::mpsc::channel();
+        caller.block_on(async {
+            let call = within(server.handle().clone(), async move {
+                let _held = Connection(tx);
+                std::future::pending::<()>().await;
+            });
+            let task = AbortOnDrop(tokio::spawn(call));
+            tokio::task::yield_now().await;
+            // The caller gives up on the call.
+            drop(task);
+            tokio::task::yield_now().await;
+        });
+        drop(caller);
+        let handed_back = rx.recv_timeout(Duration::from_secs(5)).expect("the cancelled call was dropped");
+        let thread = server.block_on(handed_back).expect("what the drop started outlived the caller's runtime");
         assert_eq!(thread.as_deref(), Some("server-worker"));
     }
 
