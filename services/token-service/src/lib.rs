@@ -89,7 +89,7 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
 /// network channel's buffer, within their deadline.
 ///
 /// The call's task runs on the caller's runtime (the facade's worker thread that serves the
-/// HTTP request), inside the server's runtime context ([`Within`]). Handing each call to the
+/// HTTP request), inside the server's runtime context ([`within`]). Handing each call to the
 /// server's runtime instead woke one of its threads for the call and the facade's thread again
 /// for the answer (README, Performance: "A local call on the caller's thread").
 fn local_channel(routes: tonic::service::Routes, open: Arc<AtomicBool>) -> LocalChannel {
@@ -142,6 +142,7 @@ fn within<F: std::future::Future>(runtime: tokio::runtime::Handle, work: F) -> W
     Within { runtime, work: Some(Box::pin(work)) }
 }
 
+/// What [`within`] returns.
 struct Within<F> {
     runtime: tokio::runtime::Handle,
     /// `None` once it has answered.
