@@ -7,9 +7,11 @@
 
 mod json;
 pub mod metrics;
+mod once_per;
 mod otel;
 pub mod propagation;
 
+pub use once_per::OncePer;
 pub use otel::{ExportSettings, Telemetry};
 use std::io::IsTerminal as _;
 use tracing_subscriber::layer::{Layered, SubscriberExt as _};

@@ -8,7 +8,9 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 use std::fmt;
+use std::time::Duration;
 use tessera_core::{ErrorCode, OAuthError};
+use tessera_telemetry::OncePer;
 
 /// The HTTP status of each OAuth error code: the one table of it.
 pub fn http_status(code: ErrorCode) -> StatusCode {
@@ -123,10 +125,14 @@ pub fn oauth_error(status: &tonic::Status) -> OAuthError {
             detail = e.detail.as_deref().unwrap_or(""),
             "the token service failed"
         ),
-        ErrorCode::TemporarilyUnavailable => tracing::warn!(
-            grpc_code = ?status.code(),
-            "the token service is unavailable"
-        ),
+        ErrorCode::TemporarilyUnavailable => {
+            // During an outage every request ends here: a line a second, with how many
+            // requests it stands for.
+            static UNAVAILABLE: OncePer = OncePer::new(Duration::from_secs(1));
+            if let Some(held_back) = UNAVAILABLE.admit() {
+                tracing::warn!(grpc_code = ?status.code(), held_back, "the token service is unavailable");
+            }
+        }
         code => tracing::debug!(error = code.as_str(), "request refused"),
     }
     e

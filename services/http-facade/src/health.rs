@@ -7,6 +7,7 @@ use actix_web::{web, HttpResponse};
 use serde::Serialize;
 use std::time::Duration;
 use tessera_core::{ErrorCode, OAuthError};
+use tessera_telemetry::OncePer;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::HealthCheckRequest;
 
@@ -48,8 +49,12 @@ pub async fn readyz(backend: web::Data<Backend>) -> Result<HttpResponse, ApiErro
             format!("the token service is not ready: {why}"),
         ))
     };
+    // Anyone may ask, as often as they like: a line a second at most.
+    static FAILED: OncePer = OncePer::new(Duration::from_secs(1));
     let answer = backend.health.clone().check(request).await.map_err(|s| {
-        tracing::warn!(grpc_code = ?s.code(), "readiness check failed");
+        if let Some(held_back) = FAILED.admit() {
+            tracing::warn!(grpc_code = ?s.code(), held_back, "readiness check failed");
+        }
         unavailable("unreachable")
     })?;
     if answer.into_inner().status() == ServingStatus::Serving {

@@ -1,7 +1,9 @@
 //! OAuth errors leaving the service: logged with their detail, sent with their description,
 //! and named on the RPC's span (`error_code`, an attribute of its trace span).
 
+use std::time::Duration;
 use tessera_core::{ErrorCode, OAuthError};
+use tessera_telemetry::OncePer;
 use tonic::Status;
 
 /// Maps an error to a gRPC status, logging what the client does not see. A server error
@@ -17,7 +19,13 @@ pub fn status(e: OAuthError) -> Status {
             tessera_proto::to_status(&shown)
         }
         ErrorCode::TemporarilyUnavailable => {
-            tracing::warn!(error = e.code.as_str(), detail = e.detail.as_deref().unwrap_or(""), "store unavailable");
+            // While a store is down every request that needs it ends here: a line a second
+            // says so, and how many requests it stands for.
+            static UNAVAILABLE: OncePer = OncePer::new(Duration::from_secs(1));
+            if let Some(held_back) = UNAVAILABLE.admit() {
+                let detail = e.detail.as_deref().unwrap_or("");
+                tracing::warn!(error = e.code.as_str(), detail, held_back, "store unavailable");
+            }
             tessera_proto::to_status(&e)
         }
         _ => {

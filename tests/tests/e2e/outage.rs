@@ -266,6 +266,7 @@ async fn restart_on_own_store(app: &mut TestApp) -> tessera_store::SqlStore {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn while_postgres_is_silent_the_breaker_answers_at_once_and_closes_when_it_answers_again() {
+    let log = tessera_testkit::trace_log();
     let pg = Proxy::start("127.0.0.1:5432").await;
     let pg_addr = pg.addr;
     let Some(mut app) = TestApp::spawn_with(Pair::PostgresRedis, |s| {
@@ -294,6 +295,9 @@ async fn while_postgres_is_silent_the_breaker_answers_at_once_and_closes_when_it
     let s = assert_oauth(app.issue(cc.clone()).await, ErrorCode::TemporarilyUnavailable, "the first call");
     assert_eq!(s.code(), tonic::Code::Unavailable);
     assert!(store.circuit_open(), "the first timeout opens the breaker");
+    let unavailable_lines = || log.contents().matches("store unavailable").count();
+    let lines_before = unavailable_lines();
+    assert!(lines_before >= 1, "the first call's failure is in the log");
     let started = Instant::now();
     for i in 0..20 {
         let s = assert_oauth(
@@ -306,6 +310,9 @@ async fn while_postgres_is_silent_the_breaker_answers_at_once_and_closes_when_it
     // Without the breaker each of them waits out the 3 s acquire timeout: a minute in all.
     let spent = started.elapsed();
     assert!(spent < Duration::from_secs(3), "20 calls took {spent:?}: they waited for the database");
+    // Nor does each write a line: one a second at most says how many it stands for.
+    let lines = unavailable_lines() - lines_before;
+    assert!(lines as u64 <= 1 + spent.as_secs(), "{lines} lines for 20 failed calls in {spent:?}");
     assert!(store.circuit_open(), "the breaker stays open while the database is silent");
 
     // The background probe finds the database again; nobody restarts anything.

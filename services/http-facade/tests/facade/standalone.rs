@@ -7,9 +7,13 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tessera-http-facade");
 
+/// What [`start`] gives: the running binary, its HTTP URL, and the lines it writes to stdout
+/// (its log) after its banner.
+type Started = (std::process::Child, String, std::sync::mpsc::Receiver<String>);
+
 /// Runs the binary with `env` added to a clean environment; its HTTP URL once its banner says
 /// it listens, or its exit status and error output when it stops first.
-fn start(env: &[(&str, &str)]) -> Result<(std::process::Child, String), (Option<i32>, String)> {
+fn start(env: &[(&str, &str)]) -> Result<Started, (Option<i32>, String)> {
     let mut child = Command::new(BIN)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -30,7 +34,7 @@ fn start(env: &[(&str, &str)]) -> Result<(std::process::Child, String), (Option<
                 let _ = child.kill();
                 panic!("the default public URL is not the bound address: {line}");
             }
-            return Ok((child, url));
+            return Ok((child, url, rx));
         }
     }
     let out = child.wait_with_output().expect("the facade binary's output");
@@ -44,7 +48,7 @@ async fn the_facade_binary_serves_alone_and_reads_only_its_own_settings() {
     let upstream = format!("http://{}", app.grpc_addr());
     // Beside its own settings, what only the token service reads, even values it would refuse:
     // not the facade's business.
-    let (mut child, base) = start(&[
+    let (mut child, base, _) = start(&[
         ("TESSERA_FACADE__TOKEN_SERVICE_URL", upstream.as_str()),
         ("TESSERA_TOKENS__ACCESS_TOKEN_TTL", "-5"),
         ("DATABASE_URL", "mysql://u:hunter2@db/x"),
@@ -73,4 +77,40 @@ async fn the_facade_binary_serves_alone_and_reads_only_its_own_settings() {
     assert_eq!(code, Some(1));
     assert!(stderr.contains("facade.token_service_url"), "{stderr}");
     app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_token_service_gone_the_facade_answers_503_and_logs_it_once_a_second() {
+    // A port nobody listens on.
+    let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let upstream = format!("http://{gone}");
+    let (mut child, base, log) = start(&[("TESSERA_FACADE__TOKEN_SERVICE_URL", upstream.as_str())])
+        .unwrap_or_else(|(code, stderr)| panic!("the facade did not start (exit {code:?}):\n{stderr}"));
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    for _ in 0..25 {
+        let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
+        assert_eq!(ready.status(), 503);
+        let token = http
+            .post(format!("{base}/oauth2/token"))
+            .header("Authorization", basic_header("svc", "not-checked-by-the-facade"))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(token.status(), 503);
+        let body: serde_json::Value = token.json().await.unwrap();
+        assert_eq!(body["error"], "temporarily_unavailable", "{body}");
+    }
+    let spent = started.elapsed();
+    let _ = child.kill();
+    let _ = child.wait();
+    // The log ends when the process does.
+    let lines: Vec<String> = log.iter().collect();
+    // Each of 25 failures of each kind would otherwise be a line: one a second at most, the
+    // first at once.
+    for said in ["readiness check failed", "the token service is unavailable"] {
+        let n = lines.iter().filter(|l| l.contains(said)).count();
+        assert!((1..=1 + spent.as_secs() as usize).contains(&n), "{n} lines \"{said}\" in {spent:?}:\n{lines:#?}");
+    }
 }
