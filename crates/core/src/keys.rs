@@ -3,7 +3,7 @@
 //! across restarts and across replicas.
 
 use crate::error::{OAuthError, StoreError};
-use crate::ports::{Durable, StoredKey};
+use crate::ports::{KeyStore, StoredKey};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use tessera_crypto::keys::{self, Algorithm, SigningKey, VerifyingKey};
@@ -29,6 +29,8 @@ pub struct KeyRing {
     generation: AtomicU64,
     /// Serializes reloads caused by unknown kids; holds when the last one finished.
     unknown_kid_gate: tokio::sync::Mutex<Option<tokio::time::Instant>>,
+    /// Reloads caused by unknown kids, whether they read the store or failed to.
+    unknown_kid_reloads: AtomicU64,
 }
 
 /// The least time between two reloads caused by unknown kids: forged kids cost at most ten
@@ -46,7 +48,7 @@ impl KeyRing {
     /// keeps verifying (the longest token lifetime it may have signed).
     /// Private keys are stored sealed with `kek` when one is configured.
     pub async fn load(
-        durable: &dyn Durable,
+        durable: &dyn KeyStore,
         alg: Algorithm,
         kek: Option<Kek>,
         now: i64,
@@ -65,6 +67,7 @@ impl KeyRing {
             kek,
             generation: AtomicU64::new(0),
             unknown_kid_gate: tokio::sync::Mutex::new(None),
+            unknown_kid_reloads: AtomicU64::new(0),
         };
         Ok(Loaded { ring, first_start })
     }
@@ -86,7 +89,7 @@ impl KeyRing {
     }
 
     /// Re-reads the keys (after a rotation on any node).
-    pub async fn reload(&self, durable: &dyn Durable, now: i64, retain: i64) -> Result<(), OAuthError> {
+    pub async fn reload(&self, durable: &dyn KeyStore, now: i64, retain: i64) -> Result<(), OAuthError> {
         let set = build(&durable.list_keys().await?, self.kek.as_ref(), now, retain)?;
         match self.current.write() {
             Ok(mut g) => *g = Arc::new(set),
@@ -101,15 +104,22 @@ impl KeyRing {
     /// share one reload, and whoever finds the generation moved on just checks again. Reloads
     /// of this kind are spaced by [`UNKNOWN_KID_RELOAD_GAP`], waited out rather than refused,
     /// so a just-rotated key is honoured at once and forged kids cannot hammer the store.
+    ///
+    /// A reload that fails is shared as well: whoever was waiting when it was tried gets
+    /// `Ok` and checks again (and finds the kid still unknown). Otherwise, while the store is
+    /// down, every waiting caller would try a reload of its own, one gap after the other, and
+    /// a burst of forged kids would hold requests for its size times the gap. Only the caller
+    /// that tried gets the store's error.
     pub async fn reload_for_unknown_kid(
         &self,
         seen: u64,
-        durable: &dyn Durable,
+        durable: &dyn KeyStore,
         now: i64,
         retain: i64,
     ) -> Result<(), OAuthError> {
+        let tried = self.unknown_kid_reloads.load(Ordering::Acquire);
         let mut last = self.unknown_kid_gate.lock().await;
-        if self.generation() != seen {
+        if self.generation() != seen || self.unknown_kid_reloads.load(Ordering::Acquire) != tried {
             return Ok(());
         }
         if let Some(at) = *last {
@@ -117,18 +127,19 @@ impl KeyRing {
         }
         let outcome = self.reload(durable, now, retain).await;
         *last = Some(tokio::time::Instant::now());
+        self.unknown_kid_reloads.fetch_add(1, Ordering::AcqRel);
         outcome
     }
 }
 
 /// Creates a new active key and retires the others; returns its kid.
-pub async fn rotate(durable: &dyn Durable, alg: Algorithm, kek: Option<&Kek>, now: i64) -> Result<String, OAuthError> {
+pub async fn rotate(durable: &dyn KeyStore, alg: Algorithm, kek: Option<&Kek>, now: i64) -> Result<String, OAuthError> {
     let kid = create_key(durable, alg, kek, now).await?;
     durable.retire_keys_except(&kid, now).await?;
     Ok(kid)
 }
 
-async fn create_key(durable: &dyn Durable, alg: Algorithm, kek: Option<&Kek>, now: i64) -> Result<String, OAuthError> {
+async fn create_key(durable: &dyn KeyStore, alg: Algorithm, kek: Option<&Kek>, now: i64) -> Result<String, OAuthError> {
     let der = keys::generate_pkcs8(alg).map_err(|e| OAuthError::server_error(e.to_string()))?;
     let key = SigningKey::from_pkcs8(alg, &der).map_err(|e| OAuthError::server_error(e.to_string()))?;
     let kid = key.kid().to_owned();
@@ -171,4 +182,81 @@ fn parse(k: &StoredKey, kek: Option<&Kek>) -> Result<SigningKey, OAuthError> {
     let der = seal::open(kek, &k.kid, &k.private_der)
         .map_err(|e| OAuthError::server_error(format!("signing key {}: {e}", k.kid)))?;
     SigningKey::from_pkcs8(alg, &der).map_err(|e| OAuthError::server_error(format!("signing key {}: {e}", k.kid)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    /// Keys in memory, and a switch that makes reading them fail as a store that is down.
+    #[derive(Default)]
+    struct Keys {
+        stored: Mutex<Vec<StoredKey>>,
+        down: AtomicBool,
+        reads: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl KeyStore for Keys {
+        async fn list_keys(&self) -> crate::StoreResult<Vec<StoredKey>> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            if self.down.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable { store: "database", reason: "down".into() });
+            }
+            Ok(self.stored.lock().map(|k| k.clone()).unwrap_or_default())
+        }
+        async fn insert_key(&self, key: &StoredKey) -> crate::StoreResult<()> {
+            self.stored.lock().unwrap().push(key.clone());
+            Ok(())
+        }
+        async fn retire_keys_except(&self, _keep_kid: &str, _at: i64) -> crate::StoreResult<()> {
+            Ok(())
+        }
+    }
+
+    /// `callers` reloads for an unknown kid at once, all having seen the ring as it is now;
+    /// how many failed.
+    async fn at_once(ring: &Arc<KeyRing>, keys: &Arc<Keys>, callers: usize) -> usize {
+        let seen = ring.generation();
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..callers {
+            let (ring, keys) = (Arc::clone(ring), Arc::clone(keys));
+            calls.spawn(async move { ring.reload_for_unknown_kid(seen, keys.as_ref(), 0, 3600).await.is_err() });
+        }
+        calls.join_all().await.into_iter().filter(|failed| *failed).count()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn while_the_store_is_down_callers_with_unknown_kids_share_one_failed_read() {
+        let keys = Arc::new(Keys::default());
+        let ring = Arc::new(KeyRing::load(keys.as_ref(), Algorithm::Es256, None, 0, 3600).await.unwrap().ring);
+        let reads = || keys.reads.load(Ordering::SeqCst);
+
+        // Up: a burst shares one read.
+        let before = reads();
+        assert_eq!(at_once(&ring, &keys, 50).await, 0);
+        assert_eq!(reads() - before, 1);
+
+        // Down: a burst shares one read as well, and is answered within one gap, not fifty.
+        keys.down.store(true, Ordering::SeqCst);
+        let (before, started) = (reads(), tokio::time::Instant::now());
+        assert_eq!(at_once(&ring, &keys, 50).await, 1, "only the caller that read gets the store's error");
+        assert_eq!(reads() - before, 1);
+        assert!(started.elapsed() <= UNKNOWN_KID_RELOAD_GAP, "waited {:?}", started.elapsed());
+
+        // The next burst reads again, a gap after the last read.
+        let before = reads();
+        assert_eq!(at_once(&ring, &keys, 50).await, 1);
+        assert_eq!(reads() - before, 1);
+
+        // Up again: the ring reloads.
+        keys.down.store(false, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let generation = ring.generation();
+        assert_eq!(at_once(&ring, &keys, 5).await, 0);
+        assert_eq!(ring.generation(), generation + 1);
+    }
 }
