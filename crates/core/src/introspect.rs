@@ -45,26 +45,29 @@ impl Tessera {
     /// Verifies an access token locally; `None` if it is not active for any reason. A token
     /// signed by a key this node has not seen makes it re-read the keys (single-flight and
     /// rate-limited, see `KeyRing::reload_for_unknown_kid`), so a rotation on another node is
-    /// honoured at once.
-    pub async fn verify_access_token(&self, token: &str) -> Option<Arc<AccessClaims>> {
+    /// honoured at once; `temporarily_unavailable` when they cannot be read (the database is
+    /// down), since whether such a token is active cannot then be told.
+    pub async fn verify_access_token(&self, token: &str) -> Result<Option<Arc<AccessClaims>>, OAuthError> {
         let check = || {
             let keys = self.keys.current();
             verify_access(token, &keys, &self.cfg.issuer, self.now(), &self.revocations, &self.verified)
         };
         let seen = self.keys.generation();
         match check() {
-            Ok(c) => Some(c),
+            Ok(c) => Ok(Some(c)),
             Err(Inactive::UnknownKey) => {
                 let reloaded = self
                     .keys
                     .reload_for_unknown_kid(seen, self.durable.as_ref(), self.now(), key_retention(&self.cfg))
                     .await;
-                if let Err(e) = reloaded {
-                    tracing::warn!(error = %e, "cannot reload signing keys");
+                match reloaded {
+                    Err(e) if e.code == ErrorCode::TemporarilyUnavailable => return Err(e),
+                    Err(e) => tracing::warn!(error = %e, "cannot reload signing keys"),
+                    Ok(()) => {}
                 }
-                check().ok()
+                Ok(check().ok())
             }
-            Err(_) => None,
+            Err(_) => Ok(None),
         }
     }
 
@@ -78,7 +81,7 @@ impl Tessera {
         }
         required(token.expose(), "token", 8192)?;
         if looks_like_jwt(token.expose()) {
-            return Ok(match self.verify_access_token(token.expose()).await {
+            return Ok(match self.verify_access_token(token.expose()).await? {
                 Some(c) => Introspection::Active(Box::new(ActiveToken {
                     scope: c.scope.clone(),
                     client_id: c.client_id.clone(),
@@ -180,7 +183,7 @@ impl Tessera {
     pub async fn userinfo(&self, access_token: &str) -> Result<serde_json::Value, OAuthError> {
         let claims = self
             .verify_access_token(access_token)
-            .await
+            .await?
             .ok_or_else(|| OAuthError::invalid_token("the access token is invalid, expired or revoked"))?;
         let scope = crate::model::ScopeSet::parse(&claims.scope)?;
         if !scope.contains("openid") {

@@ -27,10 +27,19 @@ pub struct KeyRing {
     /// How many times the ring was read from the store: a caller that saw generation `g`
     /// and finds it moved on knows someone reloaded since.
     generation: AtomicU64,
-    /// Serializes reloads caused by unknown kids; holds when the last one finished.
-    unknown_kid_gate: tokio::sync::Mutex<Option<tokio::time::Instant>>,
+    /// Serializes reloads caused by unknown kids.
+    unknown_kid_gate: tokio::sync::Mutex<UnknownKidReload>,
     /// Reloads caused by unknown kids, whether they read the store or failed to.
     unknown_kid_reloads: AtomicU64,
+}
+
+/// The last reload caused by an unknown kid.
+#[derive(Default)]
+struct UnknownKidReload {
+    /// When it started.
+    at: Option<tokio::time::Instant>,
+    /// Why it failed, if it did: the answer of every caller that waited for it.
+    failed: Option<OAuthError>,
 }
 
 /// The least time between two reloads caused by unknown kids: forged kids cost at most ten
@@ -66,7 +75,7 @@ impl KeyRing {
             current: RwLock::new(Arc::new(set)),
             kek,
             generation: AtomicU64::new(0),
-            unknown_kid_gate: tokio::sync::Mutex::new(None),
+            unknown_kid_gate: tokio::sync::Mutex::new(UnknownKidReload::default()),
             unknown_kid_reloads: AtomicU64::new(0),
         };
         Ok(Loaded { ring, first_start })
@@ -105,11 +114,10 @@ impl KeyRing {
     /// of this kind are spaced by [`UNKNOWN_KID_RELOAD_GAP`], waited out rather than refused,
     /// so a just-rotated key is honoured at once and forged kids cannot hammer the store.
     ///
-    /// A reload that fails is shared as well: whoever was waiting when it was tried gets
-    /// `Ok` and checks again (and finds the kid still unknown). Otherwise, while the store is
-    /// down, every waiting caller would try a reload of its own, one gap after the other, and
-    /// a burst of forged kids would hold requests for its size times the gap. Only the caller
-    /// that tried gets the store's error.
+    /// A reload that fails is shared as well: whoever was waiting when it was tried gets its
+    /// error. Otherwise, while the store is down, every waiting caller would try a reload of
+    /// its own, one gap after the other, and a burst of forged kids would hold requests for
+    /// its size times the gap.
     pub async fn reload_for_unknown_kid(
         &self,
         seen: u64,
@@ -119,14 +127,20 @@ impl KeyRing {
     ) -> Result<(), OAuthError> {
         let tried = self.unknown_kid_reloads.load(Ordering::Acquire);
         let mut last = self.unknown_kid_gate.lock().await;
-        if self.generation() != seen || self.unknown_kid_reloads.load(Ordering::Acquire) != tried {
+        if self.generation() != seen {
             return Ok(());
         }
-        if let Some(at) = *last {
+        if self.unknown_kid_reloads.load(Ordering::Acquire) != tried {
+            // Tried while this caller waited, and failed (or the generation would have moved).
+            return last.failed.clone().map_or(Ok(()), Err);
+        }
+        if let Some(at) = last.at {
             tokio::time::sleep_until(at + UNKNOWN_KID_RELOAD_GAP).await;
         }
+        // Marked before the read, so that a read whose caller gives up on it still spaces the next.
+        last.at = Some(tokio::time::Instant::now());
         let outcome = self.reload(durable, now, retain).await;
-        *last = Some(tokio::time::Instant::now());
+        last.failed = outcome.clone().err();
         self.unknown_kid_reloads.fetch_add(1, Ordering::AcqRel);
         outcome
     }
@@ -230,7 +244,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn while_the_store_is_down_callers_with_unknown_kids_share_one_failed_read() {
+    async fn while_the_store_is_down_callers_with_unknown_kids_share_one_failed_read_and_its_error() {
         let keys = Arc::new(Keys::default());
         let ring = Arc::new(KeyRing::load(keys.as_ref(), Algorithm::Es256, None, 0, 3600).await.unwrap().ring);
         let reads = || keys.reads.load(Ordering::SeqCst);
@@ -243,13 +257,14 @@ mod tests {
         // Down: a burst shares one read as well, and is answered within one gap, not fifty.
         keys.down.store(true, Ordering::SeqCst);
         let (before, started) = (reads(), tokio::time::Instant::now());
-        assert_eq!(at_once(&ring, &keys, 50).await, 1, "only the caller that read gets the store's error");
+        assert_eq!(at_once(&ring, &keys, 50).await, 50, "every caller gets the store's error");
         assert_eq!(reads() - before, 1);
-        assert!(started.elapsed() <= UNKNOWN_KID_RELOAD_GAP, "waited {:?}", started.elapsed());
+        // Fifty reads in turn would take fifty gaps.
+        assert!(started.elapsed() < 2 * UNKNOWN_KID_RELOAD_GAP, "waited {:?}", started.elapsed());
 
         // The next burst reads again, a gap after the last read.
         let before = reads();
-        assert_eq!(at_once(&ring, &keys, 50).await, 1);
+        assert_eq!(at_once(&ring, &keys, 50).await, 50);
         assert_eq!(reads() - before, 1);
 
         // Up again: the ring reloads.

@@ -1,7 +1,8 @@
 //! Telemetry shared by Tessera's services: the `tracing` subscriber (text or JSON logs with
 //! an env filter), OpenTelemetry traces exported over OTLP/gRPC when an endpoint is
 //! configured, W3C trace-context propagation for both sides of a gRPC call, and the
-//! Prometheus text exposition. Security events go to the `tessera::audit` target. Depends on
+//! Prometheus text exposition, and [`OncePer`], the gate that keeps a line every failing request
+//! would write to one a second. Security events go to the `tessera::audit` target. Depends on
 //! no other Tessera crate; `tessera-core` must never depend on this one.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::todo))]
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub struct OncePer {
     interval_ms: u64,
-    /// Milliseconds since [`epoch`] from which the next line may go.
+    /// From when the next line may go, in milliseconds on the process's clock ([`elapsed_ms`]).
     next_ms: AtomicU64,
     /// Lines held back since the last one let through.
     held_back: AtomicU64,
@@ -27,7 +27,9 @@ impl OncePer {
     /// `Some(n)` when this line should be written, `n` being how many held-back lines it
     /// reports; `None` when it should not be (it is counted). Each held-back line is reported
     /// once, by a line written after it: by the next one, or (when it raced that one) the one
-    /// after.
+    /// after. Lines held back at the end of an outage are reported only when the site next
+    /// writes, however much later: the metrics, not this count, are the record of how many
+    /// requests failed.
     pub fn admit(&self) -> Option<u64> {
         self.admit_at(elapsed_ms())
     }
@@ -73,13 +75,17 @@ mod tests {
     #[test]
     fn of_many_threads_at_once_one_writes_and_every_other_line_is_counted_once() {
         let gate = std::sync::Arc::new(OncePer::new(Duration::from_secs(3600)));
+        let start = std::sync::Arc::new(std::sync::Barrier::new(8));
         let threads: Vec<_> = (0..8)
             .map(|_| {
-                let gate = gate.clone();
-                std::thread::spawn(move || (0..1000).filter_map(|_| gate.admit()).collect::<Vec<u64>>())
+                let (gate, start) = (gate.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    (0..1000).filter_map(|_| gate.admit()).collect::<Vec<u64>>()
+                })
             })
             .collect();
-        let written: Vec<u64> = threads.into_iter().flat_map(|t| t.join().unwrap_or_default()).collect();
+        let written: Vec<u64> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
         assert_eq!(written.len(), 1, "{written:?}");
         // Those held back while the one line was let through are reported by it, the rest by
         // the next.

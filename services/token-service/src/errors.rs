@@ -19,12 +19,26 @@ pub fn status(e: OAuthError) -> Status {
             tessera_proto::to_status(&shown)
         }
         ErrorCode::TemporarilyUnavailable => {
-            // While a store is down every request that needs it ends here: a line a second
-            // says so, and how many requests it stands for.
-            static UNAVAILABLE: OncePer = OncePer::new(Duration::from_secs(1));
-            if let Some(held_back) = UNAVAILABLE.admit() {
-                let detail = e.detail.as_deref().unwrap_or("");
-                tracing::warn!(error = e.code.as_str(), detail, held_back, "store unavailable");
+            // While a store is down, or a bound is reached, every request that meets it ends
+            // here: a line a second for each cause says so, and how many requests it stands
+            // for. One gate per cause, so that one cause never hides another.
+            static DATABASE: OncePer = OncePer::new(Duration::from_secs(1));
+            static EPHEMERAL: OncePer = OncePer::new(Duration::from_secs(1));
+            static BOUND: OncePer = OncePer::new(Duration::from_secs(1));
+            let detail = e.detail.as_deref().unwrap_or("");
+            match e.unavailable_store {
+                Some(store) => {
+                    let gate = if store == "database" { &DATABASE } else { &EPHEMERAL };
+                    if let Some(held_back) = gate.admit() {
+                        tracing::warn!(error = e.code.as_str(), store, detail, held_back, "store unavailable");
+                    }
+                }
+                None => {
+                    if let Some(held_back) = BOUND.admit() {
+                        let description = e.description.as_str();
+                        tracing::warn!(error = e.code.as_str(), description, detail, held_back, "a bound was reached");
+                    }
+                }
             }
             tessera_proto::to_status(&e)
         }

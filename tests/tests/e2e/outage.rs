@@ -223,6 +223,19 @@ async fn a_store_outage_gives_unavailable_fails_closed_and_recovers_by_itself() 
     // The caller's client authentication needs the database, so introspection is
     // unavailable too; the token check itself touches no store.
     assert_oauth(checked, ErrorCode::TemporarilyUnavailable, "introspection without Postgres");
+    // A token naming a key this node does not hold needs the keys re-read: without them,
+    // whether it is active cannot be told. Many at once share one failed read.
+    let forged = forged_kid_token(&token);
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let (mut client, access_token) = (app.token.clone(), forged.clone());
+        calls.spawn(async move { client.user_info(pb::UserInfoRequest { access_token }).await });
+    }
+    let started = Instant::now();
+    for answer in calls.join_all().await {
+        assert_oauth(answer, ErrorCode::TemporarilyUnavailable, "a token with an unknown kid without Postgres");
+    }
+    assert!(started.elapsed() < Duration::from_secs(1), "20 calls took {:?}", started.elapsed());
     // The standard health service reports it, and reports the recovery.
     let channel =
         tonic::transport::Channel::from_shared(format!("http://{}", app.addr)).unwrap().connect().await.unwrap();
@@ -232,10 +245,21 @@ async fn a_store_outage_gives_unavailable_fails_closed_and_recovers_by_itself() 
     eventually(Duration::from_secs(15), || app.issue(cc.clone())).await;
     wait_for_health(&health, ServingStatus::Serving).await;
     assert!(app.introspect(&token, (&svc_id, &svc_secret)).await.active);
+    let forged = app.token.clone().user_info(pb::UserInfoRequest { access_token: forged_kid_token(&token) }).await;
+    assert_oauth(forged, ErrorCode::InvalidToken, "a token with an unknown kid, the keys read");
     // The refresh refused during the outage changed nothing, and the writer's connection, cut
     // with the others, has been replaced: the same token rotates now.
     let rotated = eventually(Duration::from_secs(15), || app.issue(refresh.clone())).await;
     assert!(!rotated.refresh_token.is_empty() && rotated.refresh_token != signed_in.refresh_token);
+}
+
+/// `token` with its header naming a key nobody has (and so a signature nobody can check).
+fn forged_kid_token(token: &str) -> String {
+    use base64::Engine as _;
+    let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(r#"{"alg":"ES256","kid":"no-such-key","typ":"at+jwt"}"#);
+    let rest = token.split_once('.').map(|(_, rest)| rest).unwrap();
+    format!("{header}.{rest}")
 }
 
 /// Restarts `app`'s node on a store this test keeps a clone of, to watch its circuit breaker.

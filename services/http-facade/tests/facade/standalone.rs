@@ -79,14 +79,25 @@ async fn the_facade_binary_serves_alone_and_reads_only_its_own_settings() {
     app.stop().await;
 }
 
+/// Kills the child when dropped, so that a failed assertion leaves no process behind.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_token_service_gone_the_facade_answers_503_and_logs_it_once_a_second() {
     // A port nobody listens on.
     let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let upstream = format!("http://{gone}");
-    let (mut child, base, log) = start(&[("TESSERA_FACADE__TOKEN_SERVICE_URL", upstream.as_str())])
+    let (child, base, log) = start(&[("TESSERA_FACADE__TOKEN_SERVICE_URL", upstream.as_str())])
         .unwrap_or_else(|(code, stderr)| panic!("the facade did not start (exit {code:?}):\n{stderr}"));
-    let http = reqwest::Client::new();
+    let child = Killed(child);
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
     let started = Instant::now();
     for _ in 0..25 {
         let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
@@ -103,14 +114,19 @@ async fn with_the_token_service_gone_the_facade_answers_503_and_logs_it_once_a_s
         assert_eq!(body["error"], "temporarily_unavailable", "{body}");
     }
     let spent = started.elapsed();
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     // The log ends when the process does.
-    let lines: Vec<String> = log.iter().collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut lines = Vec::new();
+    while let Ok(line) = log.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        lines.push(line);
+    }
     // Each of 25 failures of each kind would otherwise be a line: one a second at most, the
-    // first at once.
+    // first at once, saying how many it stands for.
     for said in ["readiness check failed", "the token service is unavailable"] {
-        let n = lines.iter().filter(|l| l.contains(said)).count();
+        let written: Vec<&String> = lines.iter().filter(|l| l.contains(said)).collect();
+        let n = written.len();
         assert!((1..=1 + spent.as_secs() as usize).contains(&n), "{n} lines \"{said}\" in {spent:?}:\n{lines:#?}");
+        assert!(written[0].contains("held_back=0"), "{}", written[0]);
     }
 }
