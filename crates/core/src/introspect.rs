@@ -61,11 +61,10 @@ impl Tessera {
                     .reload_for_unknown_kid(seen, self.durable.as_ref(), self.now(), key_retention(&self.cfg))
                     .await;
                 match reloaded {
-                    Err(e) if e.code == ErrorCode::TemporarilyUnavailable => return Err(e),
-                    Err(e) => tracing::warn!(error = %e, "cannot reload signing keys"),
-                    Ok(()) => {}
+                    Err(e) if e.code == ErrorCode::TemporarilyUnavailable => Err(e),
+                    // Any other failure was logged where the keys were read; the kid is unknown.
+                    _ => Ok(check().ok()),
                 }
-                Ok(check().ok())
             }
             Err(_) => Ok(None),
         }

@@ -2,7 +2,7 @@
 //! Keys are generated on first start and kept in the durable store, so tokens stay valid
 //! across restarts and across replicas.
 
-use crate::error::{OAuthError, StoreError};
+use crate::error::{ErrorCode, OAuthError, StoreError};
 use crate::ports::{KeyStore, StoredKey};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -140,6 +140,14 @@ impl KeyRing {
         // Marked before the read, so that a read whose caller gives up on it still spaces the next.
         last.at = Some(tokio::time::Instant::now());
         let outcome = self.reload(durable, now, retain).await;
+        // Logged by the one caller that read, not by each that waited. A store outage is the
+        // caller's to report (it answers temporarily_unavailable); anything else is not.
+        if let Err(e) = &outcome {
+            if e.code != ErrorCode::TemporarilyUnavailable {
+                let detail = e.detail.as_deref().unwrap_or("");
+                tracing::warn!(error = %e, detail, "cannot reload signing keys");
+            }
+        }
         last.failed = outcome.clone().err();
         self.unknown_kid_reloads.fetch_add(1, Ordering::AcqRel);
         outcome
@@ -232,15 +240,17 @@ mod tests {
     }
 
     /// `callers` reloads for an unknown kid at once, all having seen the ring as it is now;
-    /// how many failed.
+    /// how many failed, each with `temporarily_unavailable`.
     async fn at_once(ring: &Arc<KeyRing>, keys: &Arc<Keys>, callers: usize) -> usize {
         let seen = ring.generation();
         let mut calls = tokio::task::JoinSet::new();
         for _ in 0..callers {
             let (ring, keys) = (Arc::clone(ring), Arc::clone(keys));
-            calls.spawn(async move { ring.reload_for_unknown_kid(seen, keys.as_ref(), 0, 3600).await.is_err() });
+            calls.spawn(async move { ring.reload_for_unknown_kid(seen, keys.as_ref(), 0, 3600).await.err() });
         }
-        calls.join_all().await.into_iter().filter(|failed| *failed).count()
+        let failed: Vec<OAuthError> = calls.join_all().await.into_iter().flatten().collect();
+        assert!(failed.iter().all(|e| e.code == ErrorCode::TemporarilyUnavailable), "{failed:?}");
+        failed.len()
     }
 
     #[tokio::test(start_paused = true)]

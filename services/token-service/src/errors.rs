@@ -20,8 +20,9 @@ pub fn status(e: OAuthError) -> Status {
         }
         ErrorCode::TemporarilyUnavailable => {
             // While a store is down, or a bound is reached, every request that meets it ends
-            // here: a line a second for each cause says so, and how many requests it stands
-            // for. One gate per cause, so that one cause never hides another.
+            // here: a line a second says so, and how many requests it stands for. One gate per
+            // store and one for the bounds, so that an outage never hides another, nor a bound
+            // an outage.
             static DATABASE: OncePer = OncePer::new(Duration::from_secs(1));
             static EPHEMERAL: OncePer = OncePer::new(Duration::from_secs(1));
             static BOUND: OncePer = OncePer::new(Duration::from_secs(1));

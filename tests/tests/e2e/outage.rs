@@ -226,12 +226,12 @@ async fn a_store_outage_gives_unavailable_fails_closed_and_recovers_by_itself() 
     // A token naming a key this node does not hold needs the keys re-read: without them,
     // whether it is active cannot be told. Many at once share one failed read.
     let forged = forged_kid_token(&token);
+    let started = Instant::now();
     let mut calls = tokio::task::JoinSet::new();
     for _ in 0..20 {
         let (mut client, access_token) = (app.token.clone(), forged.clone());
         calls.spawn(async move { client.user_info(pb::UserInfoRequest { access_token }).await });
     }
-    let started = Instant::now();
     for answer in calls.join_all().await {
         assert_oauth(answer, ErrorCode::TemporarilyUnavailable, "a token with an unknown kid without Postgres");
     }
