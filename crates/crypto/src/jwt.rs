@@ -51,7 +51,9 @@ pub fn verify<'a>(token: &str, find: impl Fn(&str) -> Option<&'a VerifyingKey>) 
     };
     let header: Value =
         serde_json::from_slice(&b64url_decode(h).ok_or(JwtError::Malformed)?).map_err(|_| JwtError::Malformed)?;
-    let kid = header.get("kid").and_then(Value::as_str).ok_or(JwtError::UnknownKey)?;
+    // Every key has a kid: a token naming none could never verify, and calling it an unknown
+    // key would send the caller to re-read its keys for nothing.
+    let kid = header.get("kid").and_then(Value::as_str).ok_or(JwtError::Malformed)?;
     let key = find(kid).ok_or(JwtError::UnknownKey)?;
     // RFC 8725 §3.1: the algorithm comes from the key, never from the token's header alone.
     if header.get("alg").and_then(Value::as_str) != Some(key.alg.as_str()) {
@@ -99,6 +101,11 @@ mod tests {
         let other = key().verifying_key();
         assert_eq!(verify(&t, |_| Some(&other)).unwrap_err(), JwtError::BadSignature);
         assert_eq!(verify(&t, |_| None).unwrap_err(), JwtError::UnknownKey);
+        for header in [json!({"alg": "ES256", "typ": "at+jwt"}), json!({"alg": "ES256", "kid": 7})] {
+            let no_kid = format!("{}.{}", b64url(header.to_string().as_bytes()), parts[1..].join("."));
+            let looked_up = |_: &str| -> Option<&VerifyingKey> { panic!("no kid to look up in {header}") };
+            assert_eq!(verify(&no_kid, looked_up).unwrap_err(), JwtError::Malformed, "{header}");
+        }
     }
 
     #[test]
