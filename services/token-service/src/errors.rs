@@ -28,7 +28,9 @@ pub fn status(e: OAuthError) -> Status {
             static BOUND: OncePer = OncePer::new(Duration::from_secs(1));
             let detail = e.detail.as_deref().unwrap_or("");
             match e.unavailable_store {
-                Some(store) => {
+                Some(_) => {
+                    // Named as the metrics name it.
+                    let store = crate::observe::store_label(&e);
                     let gate = if store == "database" { &DATABASE } else { &EPHEMERAL };
                     if let Some(held_back) = gate.admit() {
                         tracing::warn!(error = e.code.as_str(), store, detail, held_back, "store unavailable");

@@ -30,7 +30,7 @@ use tonic::Status;
 
 /// The label of the store a `temporarily_unavailable` error is about, as the store named itself
 /// ([`OAuthError::unavailable_store`]).
-fn store_label(e: &OAuthError) -> &'static str {
+pub(crate) fn store_label(e: &OAuthError) -> &'static str {
     match e.unavailable_store {
         Some("database") => "database",
         Some("ephemeral store") => "ephemeral",
